@@ -1,0 +1,108 @@
+// Every synthetic preset loads in the real llama.cpp (CPU build from scripts/llama-cpp), and what
+// llama.cpp reports about it (layers, parameters, model size, attention and expert geometry) is
+// what our profile says. Large presets are scaled down in block count, keeping real shapes.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <regex>
+#include <sstream>
+
+#include "gguf/reader.h"
+#include "model/profile.h"
+#include "model/synth.h"
+#include "test_util.h"
+
+namespace ggfleet {
+namespace {
+
+struct LlamaReport {
+  std::uint64_t model_size = 0;
+  std::uint64_t model_n_params = 0;
+  std::map<std::string, std::string> info;  // print_info: key = value
+};
+
+LlamaReport run_llama_bench(const std::string& model_path, const test::TempDir& dir) {
+  const std::string bench = test::llama_cpp_dir() + "/bin/llama-bench";
+  const std::string out = dir.file("bench.json");
+  const std::string log = dir.file("bench.log");
+  const test::CommandResult r =
+      test::run_command("(" + bench + " -m '" + model_path +
+                        "' -p 0 -n 1 -r 1 -t 2 -o json -v > '" + out + "' 2> '" + log + "')");
+  LlamaReport report;
+  const std::string log_text = test::read_file(log);
+  if (r.exit_code != 0) {
+    ADD_FAILURE() << "llama-bench failed (" << r.exit_code << "):\n"
+                  << log_text.substr(log_text.size() > 4000 ? log_text.size() - 4000 : 0);
+    return report;
+  }
+  const std::string out_text = test::read_file(out);
+  const nlohmann::json j = nlohmann::json::parse(out_text);
+  report.model_size = j.at(0).at("model_size").get<std::uint64_t>();
+  report.model_n_params = j.at(0).at("model_n_params").get<std::uint64_t>();
+  std::istringstream lines(log_text);
+  const std::regex info_line(R"(^print_info: ([a-z_A-Z0-9 ]+?)\s*= (.*)$)");
+  for (std::string line; std::getline(lines, line);) {
+    std::smatch m;
+    if (std::regex_match(line, m, info_line)) report.info[m[1].str()] = m[2].str();
+  }
+  return report;
+}
+
+class LlamaLoad : public ::testing::TestWithParam<std::pair<std::string, std::uint32_t>> {};
+
+TEST_P(LlamaLoad, LoadsAndMatchesProfile) {
+  GGFLEET_REQUIRE_PATH(test::llama_cpp_dir() + "/bin/llama-bench");
+  const auto& [preset, blocks] = GetParam();
+  test::TempDir dir;
+  model::SynthOptions o;
+  if (blocks > 0) o.blocks = blocks;
+  const auto paths = model::synth(preset, dir.path().string(), o);
+  const model::Profile p = model::profile(gguf::Model::open(paths.front()));
+  const LlamaReport r = run_llama_bench(paths.front(), dir);
+  if (HasFailure()) return;
+
+  EXPECT_EQ(r.model_size, p.tensor_bytes);
+  EXPECT_EQ(r.model_n_params, p.parameters);
+  auto info = [&](const char* key) -> std::string {
+    const auto it = r.info.find(key);
+    return it == r.info.end() ? "(missing)" : it->second;
+  };
+  EXPECT_EQ(info("arch"), p.architecture);
+  EXPECT_EQ(info("n_layer"), std::to_string(p.blocks));
+  EXPECT_EQ(info("n_embd"), std::to_string(p.embedding_length));
+  EXPECT_EQ(info("n_head"), std::to_string(p.attention.head_count));
+  EXPECT_EQ(info("n_head_kv"), std::to_string(p.attention.head_count_kv));
+  EXPECT_EQ(info("n_embd_head_k"), std::to_string(p.attention.key_length));
+  EXPECT_EQ(info("n_embd_head_v"), std::to_string(p.attention.value_length));
+  EXPECT_EQ(info("n_ctx_train"), std::to_string(p.context_length));
+  EXPECT_EQ(info("n_vocab"), std::to_string(p.vocab_size));
+  EXPECT_EQ(info("n_expert"), std::to_string(p.experts.count));
+  EXPECT_EQ(info("n_expert_used"), std::to_string(p.experts.used));
+  EXPECT_EQ(info("n_swa"), std::to_string(p.attention.sliding_window));
+  if (p.attention.is_mla()) {
+    EXPECT_EQ(info("n_lora_kv"), std::to_string(p.attention.kv_lora_rank));
+    EXPECT_EQ(info("n_lora_q"), std::to_string(p.attention.q_lora_rank));
+    EXPECT_EQ(info("n_expert_shared"), std::to_string(p.experts.shared));
+    EXPECT_EQ(info("n_layer_dense_lead"), std::to_string(p.experts.leading_dense_blocks));
+  }
+}
+
+// 0 = full size (fits this machine); otherwise the number of blocks kept.
+INSTANTIATE_TEST_SUITE_P(Presets, LlamaLoad,
+                         ::testing::Values(std::make_pair("llama3-8b-q4_0", 0u),
+                                           std::make_pair("llama3-70b-q4_k_m", 2u),
+                                           std::make_pair("qwen2.5-72b-q4_k_m", 2u),
+                                           std::make_pair("qwen3-30b-a3b-q4_k_m", 4u),
+                                           std::make_pair("gemma3-27b-q4_k_m", 7u),
+                                           std::make_pair("deepseek-r1-ud-iq2_xxs", 4u)),
+                         [](const auto& param_info) {
+                           std::string name = param_info.param.first;
+                           for (char& c : name) {
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           }
+                           return name;
+                         });
+
+}  // namespace
+}  // namespace ggfleet
