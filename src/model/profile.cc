@@ -11,6 +11,10 @@ using gguf::Error;
 using gguf::Value;
 using gguf::ValueType;
 
+// llama.cpp's LLAMA_MAX_LAYERS: no model it loads has more blocks, and trusting a larger count
+// from a file would let it size our per-block tables.
+constexpr std::uint32_t kMaxBlocks = 512;
+
 class Keys {
  public:
   Keys(const gguf::Model& m, std::string arch) : m_(m), arch_(std::move(arch)) {}
@@ -167,6 +171,11 @@ Profile profile(const gguf::Model& model) {
   }
   p.blocks = keys.u32("block_count", max_block_plus_one);
   if (p.architecture.empty()) p.blocks = max_block_plus_one;
+  if (p.blocks > kMaxBlocks) {
+    throw Error(model.first().name(), Error::kNoOffset,
+                p.architecture + ".block_count = " + std::to_string(p.blocks) + " exceeds llama.cpp's limit of " +
+                    std::to_string(kMaxBlocks) + " layers");
+  }
   if (max_block_plus_one > p.blocks) {
     throw Error(model.first().name(), Error::kNoOffset,
                 "tensor blk." + std::to_string(max_block_plus_one - 1) + ".* is past " +

@@ -140,6 +140,20 @@ TEST(Profile, BlockCountContradictingTensorsIsAnError) {
                gguf::Error);
 }
 
+TEST(Profile, AbsurdBlockCountIsAnError) {
+  // Found by the fuzzer: a block_count of 100 million must not size per-block tables.
+  test::TempDir dir;
+  gguf::GgufSpec spec;
+  spec.metadata.emplace_back("general.architecture", gguf::MetaValue::string("gemma3"));
+  spec.metadata.emplace_back("gemma3.block_count", gguf::MetaValue::u32(100663299));
+  try {
+    profile(gguf::Model::open(gguf::write_gguf(dir.file("b.gguf"), spec)[0]));
+    FAIL();
+  } catch (const gguf::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("exceeds llama.cpp's limit of 512"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Profile, VocabularyOnlyFilesFromLlamaCpp) {
   const std::string path = test::llama_cpp_source_dir() + "/models/ggml-vocab-llama-spm.gguf";
   GGFLEET_REQUIRE_PATH(path);
