@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <sstream>
 
+#include "cluster/units.h"
+
 namespace ggfleet::cli {
 namespace {
 
@@ -55,16 +57,6 @@ std::string human_count(std::uint64_t n) {
 
 }  // namespace
 
-std::string human_bytes(std::uint64_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024.0 && u < 4) {
-    v /= 1024.0;
-    ++u;
-  }
-  return u == 0 ? std::to_string(bytes) + " B" : fixed(v, 2) + " " + units[u];
-}
 
 json inspect_json(const gguf::Model& model, const model::Profile& p) {
   json j;
@@ -154,8 +146,8 @@ std::string inspect_text(const gguf::Model& model, const model::Profile& p) {
   o << "  architecture   " << (p.architecture.empty() ? "(none)" : p.architecture) << ", GGUF v"
     << model.first().version() << "\n";
   o << "  parameters     " << human_count(p.parameters) << " (" << p.parameters << ")\n";
-  o << "  size           " << human_bytes(p.tensor_bytes) << " of tensors in "
-    << human_bytes(p.file_bytes) << " of files, "
+  o << "  size           " << cluster::format_bytes(p.tensor_bytes) << " of tensors in "
+    << cluster::format_bytes(p.file_bytes) << " of files, "
     << fixed(p.parameters
                  ? 8.0 * static_cast<double>(p.tensor_bytes) / static_cast<double>(p.parameters)
                  : 0,
@@ -166,13 +158,13 @@ std::string inspect_text(const gguf::Model& model, const model::Profile& p) {
     const auto [lo, hi] = std::minmax_element(
         p.block_bytes.begin(), p.block_bytes.end(),
         [](const auto& a, const auto& b) { return a.total_bytes < b.total_bytes; });
-    o << ", " << human_bytes(lo->total_bytes);
-    if (hi->total_bytes != lo->total_bytes) o << " to " << human_bytes(hi->total_bytes);
+    o << ", " << cluster::format_bytes(lo->total_bytes);
+    if (hi->total_bytes != lo->total_bytes) o << " to " << cluster::format_bytes(hi->total_bytes);
     o << " each";
   }
   o << "\n";
-  o << "  non-block      token_embd " << human_bytes(p.token_embedding_bytes) << ", output "
-    << (p.output_tied ? std::string("tied to token_embd") : human_bytes(p.output_bytes)) << "\n";
+  o << "  non-block      token_embd " << cluster::format_bytes(p.token_embedding_bytes) << ", output "
+    << (p.output_tied ? std::string("tied to token_embd") : cluster::format_bytes(p.output_bytes)) << "\n";
   o << "  context        " << p.context_length << " tokens (training)\n";
   o << "  embedding      " << p.embedding_length << ", feed-forward " << p.feed_forward_length
     << "\n";
@@ -215,7 +207,7 @@ std::string inspect_text(const gguf::Model& model, const model::Profile& p) {
   o << "  tensors        " << p.tensor_count << ", metadata keys " << p.metadata_count << "\n";
   o << "  files          " << model.shards().size() << "\n";
   for (const gguf::File& s : model.shards())
-    o << "    " << s.name() << "  " << human_bytes(s.file_bytes()) << "\n";
+    o << "    " << s.name() << "  " << cluster::format_bytes(s.file_bytes()) << "\n";
   return o.str();
 }
 

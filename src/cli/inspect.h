@@ -15,7 +15,4 @@ nlohmann::json inspect_json(const gguf::Model& model, const model::Profile& prof
 // The human-readable summary.
 std::string inspect_text(const gguf::Model& model, const model::Profile& profile);
 
-// "4.37 GiB", "512 MiB", "12 B".
-std::string human_bytes(std::uint64_t bytes);
-
 }  // namespace ggfleet::cli

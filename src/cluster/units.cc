@@ -1,0 +1,102 @@
+#include "cluster/units.h"
+
+#include <cctype>
+#include <cstdio>
+#include <limits>
+
+namespace ggfleet::cluster {
+namespace {
+
+__extension__ typedef unsigned __int128 U128;  // exact fractional units
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+struct Number {
+  std::uint64_t whole = 0;
+  std::uint64_t frac_digits_value = 0;  // digits after the point, as an integer
+  std::uint32_t frac_digits = 0;
+  std::string_view rest;
+};
+
+Number split_number(std::string_view text, std::string_view original) {
+  Number n;
+  std::size_t i = 0;
+  bool any = false;
+  auto fail = [&](const std::string& why) { throw UnitError("'" + std::string(original) + "': " + why); };
+  for (; i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])); ++i) {
+    const std::uint64_t d = static_cast<std::uint64_t>(text[i] - '0');
+    if (n.whole > (std::numeric_limits<std::uint64_t>::max() - d) / 10) fail("number too large");
+    n.whole = n.whole * 10 + d;
+    any = true;
+  }
+  if (i < text.size() && text[i] == '.') {
+    ++i;
+    for (; i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])); ++i) {
+      if (n.frac_digits < 18) {
+        n.frac_digits_value = n.frac_digits_value * 10 + static_cast<std::uint64_t>(text[i] - '0');
+        ++n.frac_digits;
+      }
+      any = true;
+    }
+  }
+  if (!any) fail(text.empty() || text[0] != '-' ? "expected a number" : "must not be negative");
+  n.rest = trim(text.substr(i));
+  return n;
+}
+
+}  // namespace
+
+std::uint64_t parse_bytes(std::string_view text) {
+  const std::string_view t = trim(text);
+  const Number n = split_number(t, text);
+  struct Unit {
+    std::string_view name;
+    std::uint64_t bytes;
+  };
+  static constexpr Unit kUnits[] = {
+      {"", 1},          {"B", 1},
+      {"KiB", 1ull << 10}, {"MiB", 1ull << 20}, {"GiB", 1ull << 30}, {"TiB", 1ull << 40},
+      {"KB", 1000ull},  {"MB", 1000000ull}, {"GB", 1000000000ull}, {"TB", 1000000000000ull},
+      {"K", 1ull << 10}, {"M", 1ull << 20}, {"G", 1ull << 30}, {"T", 1ull << 40},
+  };
+  for (const Unit& u : kUnits) {
+    if (n.rest != u.name) continue;
+    if (n.whole > std::numeric_limits<std::uint64_t>::max() / u.bytes) {
+      throw UnitError("'" + std::string(text) + "': too large");
+    }
+    std::uint64_t bytes = n.whole * u.bytes;
+    if (n.frac_digits > 0) {
+      // frac * unit / 10^digits in 128-bit integers: exact, and rounds down to a whole byte.
+      U128 scale = 1;
+      for (std::uint32_t i = 0; i < n.frac_digits; ++i) scale *= 10;
+      const U128 part = static_cast<U128>(n.frac_digits_value) * u.bytes / scale;
+      if (bytes > std::numeric_limits<std::uint64_t>::max() - static_cast<std::uint64_t>(part)) {
+        throw UnitError("'" + std::string(text) + "': too large");
+      }
+      bytes += static_cast<std::uint64_t>(part);
+    }
+    return bytes;
+  }
+  throw UnitError("'" + std::string(text) + "': unknown unit '" + std::string(n.rest) +
+                  "' (expected B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)");
+}
+
+std::string format_bytes(std::uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 4) {
+    v /= 1024.0;
+    ++u;
+  }
+  if (u == 0) return std::to_string(bytes) + " B";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
+  return buf;
+}
+
+}  // namespace ggfleet::cluster

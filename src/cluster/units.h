@@ -1,0 +1,26 @@
+// Quantities with units as people write them in cluster files and on the command line.
+// Parsing is exact (integer arithmetic where the unit allows it) and strict: an unknown unit, a
+// negative number or an overflow is an error, never a silent default.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace ggfleet::cluster {
+
+class UnitError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+// "48GiB", "1.5 GiB", "512MiB", "80GB", "4096" (bytes), "0". Binary (KiB, MiB, GiB, TiB) and
+// decimal (KB, MB, GB, TB) units, case-sensitive B. Fractions round down to a whole byte.
+// Throws UnitError naming the text.
+std::uint64_t parse_bytes(std::string_view text);
+
+// "4.37 GiB"-style text for people (two decimals, binary units).
+std::string format_bytes(std::uint64_t bytes);
+
+}  // namespace ggfleet::cluster
