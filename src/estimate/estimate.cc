@@ -1,0 +1,345 @@
+#include "estimate/estimate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace ggfleet::estimate {
+namespace {
+
+using gguf::GgmlType;
+
+constexpr std::uint64_t kCpuAlignment = 32;
+constexpr std::uint64_t kCudaAlignment = 128;
+constexpr std::uint32_t kContextPadding = 256;  // llama.cpp pads n_ctx (and SWA cells) to 256
+constexpr std::uint32_t kPipelineCopies = 4;    // GGML_SCHED_MAX_COPIES
+
+std::uint64_t pad(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+
+std::uint64_t align_for(Backend b) { return b == Backend::kCuda ? kCudaAlignment : kCpuAlignment; }
+
+std::string type_name(GgmlType t) { return std::string(gguf::type_display_name(t)); }
+
+void validate(const model::Profile& p, const Layout& layout) {
+  const ContextOptions& c = layout.context;
+  if (!layout.tensor_split.empty() && layout.tensor_split.size() != layout.devices.size()) {
+    throw LayoutError("tensor split has " + std::to_string(layout.tensor_split.size()) + " values but there are " +
+                      std::to_string(layout.devices.size()) + " devices");
+  }
+  for (double v : layout.tensor_split) {
+    if (!std::isfinite(v) || v < 0) throw LayoutError("tensor split values must be finite and not negative");
+  }
+  if (layout.gpu_layers < -1) throw LayoutError("gpu layers must be -1 (all) or at least 0");
+  if (c.parallel == 0) throw LayoutError("parallel must be at least 1");
+  if (c.ubatch_tokens == 0 || c.batch_tokens == 0) throw LayoutError("batch and ubatch sizes must be at least 1");
+  const bool v_quantized = gguf::traits(c.cache_type_v).quantized;
+  if (v_quantized && c.flash_attention == FlashAttention::kOff) {
+    throw LayoutError("a quantized V cache (" + type_name(c.cache_type_v) + ") requires flash attention");
+  }
+  if (p.attention.is_mla() && c.cache_type_k != c.cache_type_v) {
+    throw LayoutError("MLA models keep one latent cache: K and V cache types must match (K " +
+                      type_name(c.cache_type_k) + ", V " + type_name(c.cache_type_v) + ")");
+  }
+  for (GgmlType t : {c.cache_type_k, c.cache_type_v}) {
+    const auto& tr = gguf::traits(t);
+    const bool allowed = t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16 || t == GgmlType::Q8_0 ||
+                         t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q5_0 || t == GgmlType::Q5_1 ||
+                         t == GgmlType::IQ4_NL;
+    if (!allowed) throw LayoutError("cache type " + type_name(t) + " is not one llama.cpp accepts");
+    if (tr.quantized && p.attention.key_length % tr.block_elements != 0) {
+      throw LayoutError("cache type " + type_name(t) + " needs head sizes that are multiples of " +
+                        std::to_string(tr.block_elements));
+    }
+  }
+  for (const Device& d : layout.devices) {
+    if (d.name.empty()) throw LayoutError("every device needs a name");
+  }
+}
+
+bool is_recurrent_layer(const model::Profile& p, std::uint32_t il) {
+  return p.recurrent.present() && p.attention.head_count_kv_per_block[il] == 0;
+}
+
+// Per-layer KV (or recurrent state) bytes for one buffer of alignment `align`.
+struct KvPlan {
+  std::uint32_t n_ctx = 0;       // after padding
+  std::uint32_t cells = 0;       // per stream, full-attention layers
+  std::uint32_t swa_cells = 0;   // per stream, sliding-window layers
+  std::uint32_t streams = 1;
+};
+
+KvPlan plan_kv(const model::Profile& p, const ContextOptions& c) {
+  KvPlan k;
+  std::uint64_t n_ctx = c.context_tokens ? c.context_tokens : p.context_length;
+  n_ctx = pad(std::max<std::uint64_t>(n_ctx, 1), kContextPadding);
+  std::uint64_t n_ctx_seq = n_ctx;
+  k.streams = 1;
+  if (!c.kv_unified && c.parallel > 1) {
+    n_ctx_seq = pad(n_ctx / c.parallel, kContextPadding);
+    k.streams = c.parallel;
+    n_ctx = n_ctx_seq * c.parallel;
+  }
+  k.n_ctx = static_cast<std::uint32_t>(n_ctx);
+  k.cells = static_cast<std::uint32_t>(n_ctx_seq);
+  if (p.attention.sliding_window > 0) {
+    const std::uint64_t window = std::uint64_t{p.attention.sliding_window} * (c.kv_unified ? c.parallel : 1) +
+                                 c.ubatch_tokens;
+    k.swa_cells = c.swa_full ? k.cells
+                             : static_cast<std::uint32_t>(pad(std::min<std::uint64_t>(n_ctx_seq, window), kContextPadding));
+  }
+  return k;
+}
+
+std::uint64_t kv_layer_bytes(const model::Profile& p, const ContextOptions& c, const KvPlan& k, std::uint32_t il,
+                             std::uint64_t align) {
+  const model::Attention& a = p.attention;
+  if (is_recurrent_layer(p, il)) {
+    const model::Recurrent& r = p.recurrent;
+    std::uint64_t n_embd_r = 0;
+    std::uint64_t n_embd_s = 0;
+    if (r.wkv_head_size > 0) {
+      n_embd_r = 2 * p.embedding_length;
+      n_embd_s = p.embedding_length * r.wkv_head_size;
+    } else {
+      n_embd_r = std::uint64_t{r.conv_kernel ? r.conv_kernel - 1 : 0} *
+                 (r.inner_size + 2ull * r.group_count * r.state_size);
+      n_embd_s = std::uint64_t{r.state_size} * r.inner_size;
+    }
+    const std::uint64_t rows = std::max<std::uint32_t>(1, c.parallel);
+    return pad(4 * n_embd_r * rows, align) + pad(4 * n_embd_s * rows, align);
+  }
+  const std::uint32_t heads_kv = a.head_count_kv_per_block[il];
+  if (heads_kv == 0) return 0;
+  const bool swa = !a.sliding_window_blocks.empty() && a.sliding_window_blocks[il];
+  const std::uint64_t cells = std::uint64_t{swa ? k.swa_cells : k.cells} * k.streams;
+  const std::uint64_t k_bytes = pad(gguf::row_bytes(c.cache_type_k, std::uint64_t{a.key_length} * heads_kv) * cells, align);
+  if (a.is_mla()) return k_bytes;  // the latent cache has no V
+  const std::uint64_t v_bytes =
+      pad(gguf::row_bytes(c.cache_type_v, std::uint64_t{a.value_length} * heads_kv) * cells, align);
+  return k_bytes + v_bytes;
+}
+
+// Peak activation bytes of one block for a micro-batch of `tokens`, excluding what every block
+// keeps live (the residual stream, inputs), which the callers add.
+std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il, std::uint64_t tokens, bool fa,
+                                     std::uint64_t kv_cells) {
+  const model::Attention& a = p.attention;
+  const std::uint64_t f32 = 4 * tokens;
+  std::uint64_t ffn = 0;
+  const bool moe = p.experts.count > 0 && il >= p.experts.leading_dense_blocks;
+  if (moe) {
+    const std::uint64_t used = p.experts.used;
+    ffn = 2 * p.experts.count * f32 + 3 * p.experts.feed_forward_length * used * f32 +
+          p.embedding_length * used * f32 + 3 * p.experts.feed_forward_length * p.experts.shared * f32;
+  } else {
+    ffn = 3 * p.feed_forward_length * f32;
+  }
+  std::uint64_t attn = 0;
+  if (a.is_mla()) {
+    attn = std::uint64_t{a.head_count} * (a.key_length_mla + a.kv_lora_rank + a.key_length + a.value_length_mla) * f32;
+  } else if (a.head_count_kv_per_block[il] > 0) {
+    const std::uint64_t heads_kv = a.head_count_kv_per_block[il];
+    attn = (std::uint64_t{a.head_count} * a.key_length + heads_kv * (a.key_length + a.value_length)) * f32;
+  }
+  if (!fa && a.head_count_kv_per_block[il] > 0) attn += kv_cells * tokens * a.head_count * 4;
+  return std::max(ffn, attn);
+}
+
+}  // namespace
+
+std::vector<std::int32_t> assign_layers(std::uint32_t blocks, std::int32_t gpu_layers,
+                                        const std::vector<double>& splits) {
+  const std::uint32_t n_layers = blocks + 1;
+  std::vector<std::int32_t> out(n_layers, -1);
+  if (splits.empty()) return out;
+  const std::uint32_t ngl = gpu_layers < 0 ? n_layers : std::min<std::uint32_t>(static_cast<std::uint32_t>(gpu_layers), n_layers);
+  if (ngl == 0) return out;
+  std::vector<double> cumulative(splits.size());
+  double sum = 0;
+  for (double s : splits) sum += s;
+  if (sum <= 0) {
+    for (std::size_t i = 0; i < splits.size(); ++i) cumulative[i] = static_cast<double>(i + 1) / static_cast<double>(splits.size());
+  } else {
+    double run = 0;
+    for (std::size_t i = 0; i < splits.size(); ++i) {
+      run += splits[i];
+      cumulative[i] = run / sum;
+    }
+  }
+  const std::uint32_t start = n_layers - ngl;
+  for (std::uint32_t il = start; il < n_layers; ++il) {
+    // llama.cpp compares in float: the first device whose cumulative split exceeds the fraction.
+    const float frac = static_cast<float>(il - start) / static_cast<float>(ngl);
+    std::size_t dev = 0;
+    while (dev + 1 < cumulative.size() && !(static_cast<float>(cumulative[dev]) > frac)) ++dev;
+    out[il] = static_cast<std::int32_t>(dev);
+  }
+  return out;
+}
+
+Estimate estimate(const ModelMemory& m, const Layout& layout) {
+  const model::Profile& p = m.profile;
+  validate(p, layout);
+  const ContextOptions& c = layout.context;
+  const std::uint32_t blocks = p.blocks;
+  const std::size_t n_dev = layout.devices.size();
+
+  Estimate e;
+  e.total_layers = blocks + 1;
+  std::vector<double> splits = layout.tensor_split;
+  const bool all_zero = std::all_of(splits.begin(), splits.end(), [](double v) { return v == 0; });
+  if (splits.empty() || all_zero) {
+    splits.clear();
+    for (const Device& d : layout.devices) splits.push_back(static_cast<double>(d.free_bytes));
+  }
+  const std::vector<std::int32_t> where = assign_layers(blocks, n_dev == 0 ? 0 : layout.gpu_layers, splits);
+
+  e.devices.resize(n_dev);
+  for (std::size_t d = 0; d < n_dev; ++d) {
+    e.devices[d].name = layout.devices[d].name;
+    e.devices[d].free_bytes = layout.devices[d].free_bytes;
+  }
+  for (std::uint32_t il = 0; il <= blocks; ++il) {
+    if (where[il] < 0) continue;
+    DeviceUsage& u = e.devices[static_cast<std::size_t>(where[il])];
+    ++u.layers;
+    ++e.offloaded_layers;
+    if (il == blocks) {
+      u.has_output = true;
+    } else {
+      if (u.first_block < 0) u.first_block = static_cast<std::int32_t>(il);
+      u.last_block = static_cast<std::int32_t>(il);
+    }
+  }
+  const std::int32_t output_device = where[blocks];
+
+  // Flash attention: auto is on for every backend we plan for; a quantized V cache forces it.
+  e.flash_attention = c.flash_attention != FlashAttention::kOff;
+  // Pipeline parallelism: several devices, everything offloaded, KV offloaded.
+  e.pipeline_parallel = n_dev > 1 && e.offloaded_layers == blocks + 1 && c.kv_offload;
+
+  // ---- Weights ----
+  const bool cuda_first = n_dev > 0 && !layout.devices[0].remote && layout.devices[0].backend == Backend::kCuda;
+  for (std::uint32_t il = 0; il <= blocks; ++il) {
+    if (where[il] < 0) continue;
+    const auto d = static_cast<std::size_t>(where[il]);
+    const LayerMemory& l = m.layers[il];
+    e.devices[d].weights_bytes += layout.devices[d].backend == Backend::kCuda ? l.cuda_bytes : l.cpu_bytes;
+  }
+  if (output_device >= 0 && m.profile.output_tied) {
+    const auto d = static_cast<std::size_t>(output_device);
+    e.devices[d].weights_bytes +=
+        layout.devices[d].backend == Backend::kCuda ? m.tied_output_cuda_bytes : m.tied_output_cpu_bytes;
+  }
+  // Host: the input tensors, blocks kept on the CPU, and the output layer if it is not offloaded.
+  std::vector<std::uint64_t> span_lo(m.shard_count, ~0ull);
+  std::vector<std::uint64_t> span_hi(m.shard_count, 0);
+  for (const TensorMemory& t : m.tensors) {
+    const bool on_cpu = t.layer < 0 || where[static_cast<std::size_t>(t.layer)] < 0;
+    if (!on_cpu) continue;
+    e.host.weights_bytes += t.bytes;
+    if (c.cpu_repack && t.repackable && !cuda_first) {
+      e.host.repack_bytes += t.cpu_bytes;
+      continue;
+    }
+    if (c.mmap) {
+      span_lo[t.shard] = std::min(span_lo[t.shard], t.file_offset);
+      span_hi[t.shard] = std::max(span_hi[t.shard], t.file_offset + t.bytes);
+    } else {
+      e.host.copied_bytes += t.cpu_bytes;
+    }
+  }
+  for (std::uint32_t s = 0; s < m.shard_count; ++s) {
+    if (span_hi[s] > 0) e.host.mapped_bytes += span_hi[s] - span_lo[s];
+  }
+  e.host.copied_bytes += e.host.repack_bytes;
+
+  // ---- KV cache ----
+  const KvPlan kv = plan_kv(p, c);
+  e.context_tokens = kv.n_ctx;
+  e.kv_cells_per_stream = kv.cells;
+  e.kv_streams = kv.streams;
+  for (std::uint32_t il = 0; il < blocks; ++il) {
+    const std::int32_t d = c.kv_offload ? where[il] : -1;
+    if (d < 0) {
+      e.host.kv_bytes += kv_layer_bytes(p, c, kv, il, kCpuAlignment);
+    } else {
+      const auto di = static_cast<std::size_t>(d);
+      e.devices[di].kv_bytes += kv_layer_bytes(p, c, kv, il, align_for(layout.devices[di].backend));
+    }
+  }
+
+  // ---- Compute buffers ----
+  const std::uint64_t tokens = std::min<std::uint64_t>(kv.n_ctx, c.ubatch_tokens);
+  const std::uint64_t hidden = p.embedding_length * tokens * 4;  // one residual-stream tensor
+  bool has_global = false;
+  bool has_swa = false;
+  for (std::uint32_t il = 0; il < blocks; ++il) {
+    if (p.attention.head_count_kv_per_block[il] == 0) continue;
+    const bool swa = !p.attention.sliding_window_blocks.empty() && p.attention.sliding_window_blocks[il];
+    (swa ? has_swa : has_global) = true;
+  }
+  const std::uint64_t mask_elem = e.flash_attention ? 2 : 4;
+  const std::uint64_t mask = ((has_global ? kv.cells : 0) + (has_swa ? kv.swa_cells : 0)) * tokens * mask_elem;
+  const std::uint64_t logits = p.vocab_size * 4 * c.parallel;
+  auto peak_of = [&](auto pick) {
+    std::uint64_t peak = 0;
+    for (std::uint32_t il = 0; il < blocks; ++il) {
+      if (!pick(il)) continue;
+      const bool swa = !p.attention.sliding_window_blocks.empty() && p.attention.sliding_window_blocks[il];
+      peak = std::max(peak, block_activation_bytes(p, il, tokens, e.flash_attention, swa ? kv.swa_cells : kv.cells));
+    }
+    return peak;
+  };
+  std::uint64_t cpu_block_weights_peak = 0;
+  bool cpu_has_blocks = false;
+  for (std::uint32_t il = 0; il < blocks; ++il) {
+    if (where[il] < 0) {
+      cpu_has_blocks = true;
+      cpu_block_weights_peak = std::max(cpu_block_weights_peak, m.layers[il].cpu_bytes);
+    }
+  }
+  for (std::size_t d = 0; d < n_dev; ++d) {
+    DeviceUsage& u = e.devices[d];
+    std::uint64_t bytes = 0;
+    if (u.first_block >= 0) {
+      bytes = peak_of([&](std::uint32_t il) { return where[il] == static_cast<std::int32_t>(d); }) + 3 * hidden + mask;
+      if (e.pipeline_parallel) bytes += (kPipelineCopies - 1) * (hidden + mask);
+    }
+    if (u.has_output) bytes += logits;
+    u.compute_bytes = bytes;
+  }
+  // With partial offload on CUDA, large CPU matrix products run on the first local GPU, which
+  // then holds a copy of the CPU layer's weights in its compute buffer (op offload).
+  if (cpu_has_blocks && tokens >= 32) {
+    for (std::size_t d = 0; d < n_dev; ++d) {
+      if (!layout.devices[d].remote && layout.devices[d].backend == Backend::kCuda) {
+        e.devices[d].compute_bytes += cpu_block_weights_peak;
+        break;
+      }
+    }
+  }
+  if (cpu_has_blocks || n_dev == 0 || e.offloaded_layers == 0) {
+    e.host.compute_bytes = peak_of([&](std::uint32_t il) { return where[il] < 0; }) + 4 * hidden + mask;
+  } else {
+    e.host.compute_bytes = 2 * hidden + mask;
+    if (e.pipeline_parallel) e.host.compute_bytes += (kPipelineCopies - 1) * mask;
+  }
+  if (output_device < 0) e.host.compute_bytes += logits;
+  e.host.output_bytes = logits;
+
+  // ---- Totals ----
+  e.fits = true;
+  for (std::size_t d = 0; d < n_dev; ++d) {
+    DeviceUsage& u = e.devices[d];
+    u.total_bytes = u.weights_bytes + u.kv_bytes + u.compute_bytes;
+    u.fits = u.total_bytes <= u.free_bytes;
+    e.fits = e.fits && u.fits;
+  }
+  // Mapped weights occupy page cache as they are read; copies occupy their buffers.
+  const std::uint64_t host_weights = c.mmap ? e.host.weights_bytes : e.host.copied_bytes;
+  e.host.total_bytes = host_weights + e.host.kv_bytes + e.host.compute_bytes + e.host.output_bytes;
+  return e;
+}
+
+}  // namespace ggfleet::estimate

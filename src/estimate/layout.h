@@ -1,0 +1,47 @@
+// A layout: the devices llama.cpp will use (in its order), how layers are split across them, and
+// the context options that size the KV cache and compute buffers. Plain data.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gguf/types.h"
+
+namespace ggfleet::estimate {
+
+// The compute backend behind a device: it decides weight padding and compute-buffer shapes.
+enum class Backend { kCpu, kCuda };
+
+struct Device {
+  std::string name;          // as llama.cpp names it: "RPC0", "RPC1", "CUDA0", ...
+  Backend backend = Backend::kCuda;
+  bool remote = false;       // reached through an RPC server
+  std::uint64_t free_bytes = 0;  // memory llama.cpp may use on it
+};
+
+enum class FlashAttention { kAuto, kOn, kOff };
+
+struct ContextOptions {
+  std::uint32_t context_tokens = 4096;  // -c, shared by all sequences (0 = the model's training context)
+  std::uint32_t parallel = 1;           // -np: sequences
+  bool kv_unified = false;              // -kvu (llama-server's explicit -np keeps it off)
+  std::uint32_t batch_tokens = 2048;    // -b
+  std::uint32_t ubatch_tokens = 512;    // -ub
+  gguf::GgmlType cache_type_k = gguf::GgmlType::F16;
+  gguf::GgmlType cache_type_v = gguf::GgmlType::F16;
+  FlashAttention flash_attention = FlashAttention::kAuto;
+  bool kv_offload = true;  // false = --no-kv-offload: every KV buffer in host RAM
+  bool swa_full = false;   // --swa-full
+  bool mmap = true;        // false = --load-mode none (weights copied into host buffers)
+  bool cpu_repack = false; // true when llama.cpp repacks CPU weights (CPU-only builds, AVX2)
+};
+
+struct Layout {
+  std::vector<Device> devices;       // llama.cpp's order: RPC devices first, then local GPUs
+  std::vector<double> tensor_split;  // one weight per device; empty = proportional to free_bytes
+  std::int32_t gpu_layers = -1;      // -ngl: layers offloaded (output counts as one); -1 = all
+  ContextOptions context;
+};
+
+}  // namespace ggfleet::estimate

@@ -1,0 +1,76 @@
+#include "estimate/model_memory.h"
+
+#include <algorithm>
+#include <charconv>
+#include <string_view>
+
+namespace ggfleet::estimate {
+namespace {
+
+std::uint64_t pad(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+
+// Layer of a tensor by name: blk.N.* -> N, output/output_norm -> the output layer, else input.
+std::int32_t layer_of(std::string_view name, std::uint32_t blocks) {
+  if (name.substr(0, 4) == "blk.") {
+    const std::size_t dot = name.find('.', 4);
+    std::uint32_t n = 0;
+    if (dot != std::string_view::npos && std::from_chars(name.data() + 4, name.data() + dot, n).ec == std::errc()) {
+      return static_cast<std::int32_t>(n);
+    }
+  }
+  if (name.substr(0, 7) == "output." || name.substr(0, 12) == "output_norm.") return static_cast<std::int32_t>(blocks);
+  return -1;
+}
+
+// CPU_REPACK on x86 with AVX2 takes 2-D MUL_MAT and 3-D MUL_MAT_ID weights of these types whose
+// second dimension is a multiple of 8 (ggml-cpu/repack.cpp).
+bool repackable(const gguf::TensorInfo& t, std::int32_t layer) {
+  using gguf::GgmlType;
+  if (layer < 0 || t.n_dims < 2) return false;
+  const bool type_ok = t.type == GgmlType::Q4_0 || t.type == GgmlType::Q4_K || t.type == GgmlType::IQ4_NL ||
+                       t.type == GgmlType::MXFP4;
+  return type_ok && t.dims[1] % 8 == 0 && t.name.find(".bias") == std::string_view::npos;
+}
+
+}  // namespace
+
+std::uint64_t cuda_tensor_bytes(gguf::GgmlType type, std::uint64_t ne0, std::uint64_t bytes) {
+  std::uint64_t size = bytes;
+  if (gguf::traits(type).quantized && ne0 % 512 != 0) size += gguf::row_bytes(type, 512 - ne0 % 512);
+  return pad(size, 128);
+}
+
+ModelMemory ModelMemory::from(const gguf::Model& model, model::Profile profile) {
+  ModelMemory m;
+  m.profile = std::move(profile);
+  m.shard_count = static_cast<std::uint32_t>(model.shards().size());
+  const std::uint32_t blocks = m.profile.blocks;
+  m.layers.resize(blocks + 1);
+  m.tensors.reserve(model.tensors().size());
+  for (const gguf::TensorInfo& t : model.tensors()) {
+    TensorMemory tm;
+    tm.layer = layer_of(t.name, blocks);
+    tm.shard = t.shard;
+    tm.file_offset = t.file_offset;
+    tm.bytes = t.bytes;
+    tm.cpu_bytes = pad(t.bytes, 32);
+    tm.cuda_bytes = cuda_tensor_bytes(t.type, t.dims[0], t.bytes);
+    tm.repackable = repackable(t, tm.layer);
+    LayerMemory& l = tm.layer < 0 ? m.input : m.layers[static_cast<std::size_t>(tm.layer)];
+    l.bytes += tm.bytes;
+    l.cpu_bytes += tm.cpu_bytes;
+    l.cuda_bytes += tm.cuda_bytes;
+    if (tm.repackable) l.repackable_bytes += tm.cpu_bytes;
+    if (t.name == "token_embd.weight" && m.profile.output_tied) {
+      m.tied_output_cpu_bytes = tm.cpu_bytes;
+      m.tied_output_cuda_bytes = tm.cuda_bytes;
+    }
+    m.tensors.push_back(tm);
+  }
+  std::sort(m.tensors.begin(), m.tensors.end(), [](const TensorMemory& a, const TensorMemory& b) {
+    return a.shard != b.shard ? a.shard < b.shard : a.file_offset < b.file_offset;
+  });
+  return m;
+}
+
+}  // namespace ggfleet::estimate

@@ -1,0 +1,50 @@
+// Per-tensor facts about a model that memory estimates need, computed once from the file:
+// which layer each tensor belongs to, where it lies in which shard, and its size as each backend
+// allocates it (CPU alignment 32; CUDA alignment 128 plus one padded row for quantized rows that
+// are not a multiple of 512). Estimates then run without touching the file.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "gguf/reader.h"
+#include "model/profile.h"
+
+namespace ggfleet::estimate {
+
+struct TensorMemory {
+  std::int32_t layer = -1;      // block index; the output layer is profile.blocks; -1 = input (token_embd)
+  std::uint32_t shard = 0;
+  std::uint64_t file_offset = 0;
+  std::uint64_t bytes = 0;       // ggml_nbytes
+  std::uint64_t cpu_bytes = 0;   // as a CPU (or CPU-backed RPC) buffer allocates it
+  std::uint64_t cuda_bytes = 0;  // as a CUDA (or CUDA-backed RPC) buffer allocates it
+  bool repackable = false;       // llama.cpp's CPU_REPACK takes it on AVX2 CPUs
+};
+
+struct LayerMemory {
+  std::uint64_t bytes = 0;
+  std::uint64_t cpu_bytes = 0;
+  std::uint64_t cuda_bytes = 0;
+  std::uint64_t repackable_bytes = 0;  // cpu_bytes of the tensors CPU_REPACK takes
+};
+
+struct ModelMemory {
+  model::Profile profile;
+  std::vector<TensorMemory> tensors;  // in file order (shard, offset)
+  std::vector<LayerMemory> layers;    // blocks 0..n-1, then the output layer (output, output_norm)
+  LayerMemory input;                  // token_embd and other input tensors (always in host RAM)
+  // When the output is tied to token_embd and offloaded, llama.cpp allocates a second copy there.
+  std::uint64_t tied_output_cpu_bytes = 0;
+  std::uint64_t tied_output_cuda_bytes = 0;
+  std::uint32_t shard_count = 1;
+
+  // REQUIRES: `profile` was made from `model`.
+  static ModelMemory from(const gguf::Model& model, model::Profile profile);
+  std::uint32_t blocks() const { return profile.blocks; }
+};
+
+// Bytes a CUDA buffer takes for one tensor (ggml-cuda's alloc size, aligned to 128).
+std::uint64_t cuda_tensor_bytes(gguf::GgmlType type, std::uint64_t ne0, std::uint64_t bytes);
+
+}  // namespace ggfleet::estimate
