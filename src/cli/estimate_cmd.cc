@@ -29,15 +29,17 @@ estimate::Layout build_layout(const EstimateRequest& r) {
   if (r.backend != "cuda" && r.backend != "cpu") {
     throw estimate::LayoutError("--backend must be cuda or cpu, not '" + r.backend + "'");
   }
-  const estimate::Backend backend = r.backend == "cuda" ? estimate::Backend::kCuda : estimate::Backend::kCpu;
+  const estimate::Backend backend =
+      r.backend == "cuda" ? estimate::Backend::kCuda : estimate::Backend::kCpu;
   std::uint32_t i = 0;
   for (const std::string& g : r.rpc_gpus) {
     layout.devices.push_back({"RPC" + std::to_string(i++), backend, true, cluster::parse_bytes(g)});
   }
   i = 0;
   for (const std::string& g : r.gpus) {
-    layout.devices.push_back({(backend == estimate::Backend::kCuda ? "CUDA" : "GPU") + std::to_string(i++), backend,
-                              false, cluster::parse_bytes(g)});
+    layout.devices.push_back(
+        {(backend == estimate::Backend::kCuda ? "CUDA" : "GPU") + std::to_string(i++), backend,
+         false, cluster::parse_bytes(g)});
   }
   layout.tensor_split = r.tensor_split;
   layout.gpu_layers = r.gpu_layers;
@@ -93,27 +95,31 @@ std::string estimate_table(const std::vector<std::pair<std::int32_t, estimate::E
   std::ostringstream o;
   o << "all sizes in MiB; device = weights + KV + compute\n";
   for (const auto& [ngl, e] : rows) {
-    o << "\n-ngl " << (ngl < 0 ? std::string("all") : std::to_string(ngl)) << ": " << e.offloaded_layers << "/"
-      << e.total_layers << " layers offloaded, n_ctx " << e.context_tokens << ", flash attention "
-      << (e.flash_attention ? "on" : "off") << (e.pipeline_parallel ? ", pipeline parallel" : "")
+    o << "\n-ngl " << (ngl < 0 ? std::string("all") : std::to_string(ngl)) << ": "
+      << e.offloaded_layers << "/" << e.total_layers << " layers offloaded, n_ctx "
+      << e.context_tokens << ", flash attention " << (e.flash_attention ? "on" : "off")
+      << (e.pipeline_parallel ? ", pipeline parallel" : "")
       << (e.fits ? "" : "  ** DOES NOT FIT **") << "\n";
     char line[256];
-    std::snprintf(line, sizeof line, "  %-8s %7s %-9s %10s %10s %10s %10s %10s  %s\n", "device", "layers", "blocks",
-                  "weights", "kv", "compute", "total", "free", "fits");
+    std::snprintf(line, sizeof line, "  %-8s %7s %-9s %10s %10s %10s %10s %10s  %s\n", "device",
+                  "layers", "blocks", "weights", "kv", "compute", "total", "free", "fits");
     o << line;
     for (const estimate::DeviceUsage& d : e.devices) {
       const std::string blocks =
-          d.first_block < 0 ? "-" : std::to_string(d.first_block) + ".." + std::to_string(d.last_block);
-      std::snprintf(line, sizeof line, "  %-8s %7u %-9s %10s %10s %10s %10s %10s  %s\n", d.name.c_str(), d.layers,
-                    (blocks + (d.has_output ? "+out" : "")).c_str(), mib(d.weights_bytes).c_str(),
-                    mib(d.kv_bytes).c_str(), mib(d.compute_bytes).c_str(), mib(d.total_bytes).c_str(),
+          d.first_block < 0 ? "-"
+                            : std::to_string(d.first_block) + ".." + std::to_string(d.last_block);
+      std::snprintf(line, sizeof line, "  %-8s %7u %-9s %10s %10s %10s %10s %10s  %s\n",
+                    d.name.c_str(), d.layers, (blocks + (d.has_output ? "+out" : "")).c_str(),
+                    mib(d.weights_bytes).c_str(), mib(d.kv_bytes).c_str(),
+                    mib(d.compute_bytes).c_str(), mib(d.total_bytes).c_str(),
                     mib(d.free_bytes).c_str(), d.fits ? "yes" : "NO");
       o << line;
     }
     const estimate::HostUsage& h = e.host;
-    std::snprintf(line, sizeof line, "  %-8s %7s %-9s %10s %10s %10s %10s  (mapped %s, output %s)\n", "host", "", "",
-                  mib(h.weights_bytes).c_str(), mib(h.kv_bytes).c_str(), mib(h.compute_bytes).c_str(),
-                  mib(h.total_bytes).c_str(), mib(h.mapped_bytes).c_str(), mib(h.output_bytes).c_str());
+    std::snprintf(
+        line, sizeof line, "  %-8s %7s %-9s %10s %10s %10s %10s  (mapped %s, output %s)\n", "host",
+        "", "", mib(h.weights_bytes).c_str(), mib(h.kv_bytes).c_str(), mib(h.compute_bytes).c_str(),
+        mib(h.total_bytes).c_str(), mib(h.mapped_bytes).c_str(), mib(h.output_bytes).c_str());
     o << line;
   }
   return o.str();

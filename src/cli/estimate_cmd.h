@@ -11,12 +11,12 @@ namespace ggfleet::cli {
 
 struct EstimateRequest {
   std::string model;
-  std::string backend = "cuda";           // cuda | cpu
-  std::vector<std::string> gpus;          // free memory per local GPU ("48GiB")
-  std::vector<std::string> rpc_gpus;      // free memory per remote GPU, listed first
+  std::string backend = "cuda";       // cuda | cpu
+  std::vector<std::string> gpus;      // free memory per local GPU ("48GiB")
+  std::vector<std::string> rpc_gpus;  // free memory per remote GPU, listed first
   std::vector<double> tensor_split;
   std::int32_t gpu_layers = -1;
-  std::int32_t gpu_layers_step = 0;       // > 0: one row per offload level
+  std::int32_t gpu_layers_step = 0;  // > 0: one row per offload level
   estimate::ContextOptions context;
   std::string cache_type_k = "f16";
   std::string cache_type_v = "f16";

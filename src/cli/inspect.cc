@@ -57,7 +57,6 @@ std::string human_count(std::uint64_t n) {
 
 }  // namespace
 
-
 json inspect_json(const gguf::Model& model, const model::Profile& p) {
   json j;
   j["architecture"] = p.architecture;
@@ -163,8 +162,10 @@ std::string inspect_text(const gguf::Model& model, const model::Profile& p) {
     o << " each";
   }
   o << "\n";
-  o << "  non-block      token_embd " << cluster::format_bytes(p.token_embedding_bytes) << ", output "
-    << (p.output_tied ? std::string("tied to token_embd") : cluster::format_bytes(p.output_bytes)) << "\n";
+  o << "  non-block      token_embd " << cluster::format_bytes(p.token_embedding_bytes)
+    << ", output "
+    << (p.output_tied ? std::string("tied to token_embd") : cluster::format_bytes(p.output_bytes))
+    << "\n";
   o << "  context        " << p.context_length << " tokens (training)\n";
   o << "  embedding      " << p.embedding_length << ", feed-forward " << p.feed_forward_length
     << "\n";

@@ -65,27 +65,38 @@ int main(int argc, char** argv) {
   cli::EstimateRequest er;
   bool no_kv_offload = false;
   bool no_mmap = false;
-  CLI::App* est = app.add_subcommand("estimate", "Memory llama.cpp needs on each device for a layout");
+  CLI::App* est =
+      app.add_subcommand("estimate", "Memory llama.cpp needs on each device for a layout");
   est->add_option("model", er.model, "GGUF file, any shard, or URL")->required();
-  est->add_option("--backend", er.backend, "Compute backend of the GPUs: cuda | cpu")->default_val("cuda");
+  est->add_option("--backend", er.backend, "Compute backend of the GPUs: cuda | cpu")
+      ->default_val("cuda");
   est->add_option("--gpus", er.gpus, "Local GPUs' free memory, e.g. 48GiB,48GiB")->delimiter(',');
-  est->add_option("--rpc-gpus", er.rpc_gpus, "Remote (RPC) GPUs' free memory; llama.cpp lists them first")
+  est->add_option("--rpc-gpus", er.rpc_gpus,
+                  "Remote (RPC) GPUs' free memory; llama.cpp lists them first")
       ->delimiter(',');
-  est->add_option("--tensor-split", er.tensor_split, "Split weights in llama.cpp's device order")->delimiter(',');
-  auto* ngl = est->add_option("--ngl", er.gpu_layers, "Layers to offload (-1 = all; the output counts as one)");
-  est->add_option("--ngl-step", er.gpu_layers_step, "One row per offload level, in steps of N")->excludes(ngl);
-  est->add_option("--ctx,-c", er.context.context_tokens, "Context size (0 = the model's)")->check(CLI::NonNegativeNumber);
-  est->add_option("--parallel", er.context.parallel, "Parallel sequences")->check(CLI::PositiveNumber);
+  est->add_option("--tensor-split", er.tensor_split, "Split weights in llama.cpp's device order")
+      ->delimiter(',');
+  auto* ngl = est->add_option("--ngl", er.gpu_layers,
+                              "Layers to offload (-1 = all; the output counts as one)");
+  est->add_option("--ngl-step", er.gpu_layers_step, "One row per offload level, in steps of N")
+      ->excludes(ngl);
+  est->add_option("--ctx,-c", er.context.context_tokens, "Context size (0 = the model's)")
+      ->check(CLI::NonNegativeNumber);
+  est->add_option("--parallel", er.context.parallel, "Parallel sequences")
+      ->check(CLI::PositiveNumber);
   est->add_flag("--kv-unified", er.context.kv_unified, "One KV buffer shared by all sequences");
-  est->add_option("--batch-size", er.context.batch_tokens, "Logical batch")->check(CLI::PositiveNumber);
-  est->add_option("--ubatch-size", er.context.ubatch_tokens, "Physical batch")->check(CLI::PositiveNumber);
+  est->add_option("--batch-size", er.context.batch_tokens, "Logical batch")
+      ->check(CLI::PositiveNumber);
+  est->add_option("--ubatch-size", er.context.ubatch_tokens, "Physical batch")
+      ->check(CLI::PositiveNumber);
   est->add_option("--cache-type-k", er.cache_type_k, "K cache type");
   est->add_option("--cache-type-v", er.cache_type_v, "V cache type");
   est->add_option("--flash-attn", er.flash_attn, "on | off | auto");
   est->add_flag("--no-kv-offload", no_kv_offload, "Keep the KV cache in host RAM");
   est->add_flag("--swa-full", er.context.swa_full, "Full-size cache for sliding-window layers");
   est->add_flag("--no-mmap", no_mmap, "Copy weights into host buffers instead of mapping the file");
-  est->add_flag("--repack", er.context.cpu_repack, "CPU weights are repacked (CPU-only llama.cpp builds)");
+  est->add_flag("--repack", er.context.cpu_repack,
+                "CPU weights are repacked (CPU-only llama.cpp builds)");
   est->add_flag("--json", er.json, "Print JSON");
 
   try {

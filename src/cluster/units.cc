@@ -26,7 +26,9 @@ Number split_number(std::string_view text, std::string_view original) {
   Number n;
   std::size_t i = 0;
   bool any = false;
-  auto fail = [&](const std::string& why) { throw UnitError("'" + std::string(original) + "': " + why); };
+  auto fail = [&](const std::string& why) {
+    throw UnitError("'" + std::string(original) + "': " + why);
+  };
   for (; i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])); ++i) {
     const std::uint64_t d = static_cast<std::uint64_t>(text[i] - '0');
     if (n.whole > (std::numeric_limits<std::uint64_t>::max() - d) / 10) fail("number too large");
@@ -58,10 +60,20 @@ std::uint64_t parse_bytes(std::string_view text) {
     std::uint64_t bytes;
   };
   static constexpr Unit kUnits[] = {
-      {"", 1},          {"B", 1},
-      {"KiB", 1ull << 10}, {"MiB", 1ull << 20}, {"GiB", 1ull << 30}, {"TiB", 1ull << 40},
-      {"KB", 1000ull},  {"MB", 1000000ull}, {"GB", 1000000000ull}, {"TB", 1000000000000ull},
-      {"K", 1ull << 10}, {"M", 1ull << 20}, {"G", 1ull << 30}, {"T", 1ull << 40},
+      {"", 1},
+      {"B", 1},
+      {"KiB", 1ull << 10},
+      {"MiB", 1ull << 20},
+      {"GiB", 1ull << 30},
+      {"TiB", 1ull << 40},
+      {"KB", 1000ull},
+      {"MB", 1000000ull},
+      {"GB", 1000000000ull},
+      {"TB", 1000000000000ull},
+      {"K", 1ull << 10},
+      {"M", 1ull << 20},
+      {"G", 1ull << 30},
+      {"T", 1ull << 40},
   };
   for (const Unit& u : kUnits) {
     if (n.rest != u.name) continue;

@@ -14,27 +14,37 @@ constexpr std::uint64_t kCudaAlignment = 128;
 constexpr std::uint32_t kContextPadding = 256;  // llama.cpp pads n_ctx (and SWA cells) to 256
 constexpr std::uint32_t kPipelineCopies = 4;    // GGML_SCHED_MAX_COPIES
 
-std::uint64_t pad(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+std::uint64_t pad(std::uint64_t v, std::uint64_t a) {
+  return (v + a - 1) / a * a;
+}
 
-std::uint64_t align_for(Backend b) { return b == Backend::kCuda ? kCudaAlignment : kCpuAlignment; }
+std::uint64_t align_for(Backend b) {
+  return b == Backend::kCuda ? kCudaAlignment : kCpuAlignment;
+}
 
-std::string type_name(GgmlType t) { return std::string(gguf::type_display_name(t)); }
+std::string type_name(GgmlType t) {
+  return std::string(gguf::type_display_name(t));
+}
 
 void validate(const model::Profile& p, const Layout& layout) {
   const ContextOptions& c = layout.context;
   if (!layout.tensor_split.empty() && layout.tensor_split.size() != layout.devices.size()) {
-    throw LayoutError("tensor split has " + std::to_string(layout.tensor_split.size()) + " values but there are " +
-                      std::to_string(layout.devices.size()) + " devices");
+    throw LayoutError("tensor split has " + std::to_string(layout.tensor_split.size()) +
+                      " values but there are " + std::to_string(layout.devices.size()) +
+                      " devices");
   }
   for (double v : layout.tensor_split) {
-    if (!std::isfinite(v) || v < 0) throw LayoutError("tensor split values must be finite and not negative");
+    if (!std::isfinite(v) || v < 0)
+      throw LayoutError("tensor split values must be finite and not negative");
   }
   if (layout.gpu_layers < -1) throw LayoutError("gpu layers must be -1 (all) or at least 0");
   if (c.parallel == 0) throw LayoutError("parallel must be at least 1");
-  if (c.ubatch_tokens == 0 || c.batch_tokens == 0) throw LayoutError("batch and ubatch sizes must be at least 1");
+  if (c.ubatch_tokens == 0 || c.batch_tokens == 0)
+    throw LayoutError("batch and ubatch sizes must be at least 1");
   const bool v_quantized = gguf::traits(c.cache_type_v).quantized;
   if (v_quantized && c.flash_attention == FlashAttention::kOff) {
-    throw LayoutError("a quantized V cache (" + type_name(c.cache_type_v) + ") requires flash attention");
+    throw LayoutError("a quantized V cache (" + type_name(c.cache_type_v) +
+                      ") requires flash attention");
   }
   if (p.attention.is_mla() && c.cache_type_k != c.cache_type_v) {
     throw LayoutError("MLA models keep one latent cache: K and V cache types must match (K " +
@@ -42,9 +52,9 @@ void validate(const model::Profile& p, const Layout& layout) {
   }
   for (GgmlType t : {c.cache_type_k, c.cache_type_v}) {
     const auto& tr = gguf::traits(t);
-    const bool allowed = t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16 || t == GgmlType::Q8_0 ||
-                         t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q5_0 || t == GgmlType::Q5_1 ||
-                         t == GgmlType::IQ4_NL;
+    const bool allowed = t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16 ||
+                         t == GgmlType::Q8_0 || t == GgmlType::Q4_0 || t == GgmlType::Q4_1 ||
+                         t == GgmlType::Q5_0 || t == GgmlType::Q5_1 || t == GgmlType::IQ4_NL;
     if (!allowed) throw LayoutError("cache type " + type_name(t) + " is not one llama.cpp accepts");
     if (tr.quantized && p.attention.key_length % tr.block_elements != 0) {
       throw LayoutError("cache type " + type_name(t) + " needs head sizes that are multiples of " +
@@ -62,9 +72,9 @@ bool is_recurrent_layer(const model::Profile& p, std::uint32_t il) {
 
 // Per-layer KV (or recurrent state) bytes for one buffer of alignment `align`.
 struct KvPlan {
-  std::uint32_t n_ctx = 0;       // after padding
-  std::uint32_t cells = 0;       // per stream, full-attention layers
-  std::uint32_t swa_cells = 0;   // per stream, sliding-window layers
+  std::uint32_t n_ctx = 0;      // after padding
+  std::uint32_t cells = 0;      // per stream, full-attention layers
+  std::uint32_t swa_cells = 0;  // per stream, sliding-window layers
   std::uint32_t streams = 1;
 };
 
@@ -82,16 +92,18 @@ KvPlan plan_kv(const model::Profile& p, const ContextOptions& c) {
   k.n_ctx = static_cast<std::uint32_t>(n_ctx);
   k.cells = static_cast<std::uint32_t>(n_ctx_seq);
   if (p.attention.sliding_window > 0) {
-    const std::uint64_t window = std::uint64_t{p.attention.sliding_window} * (c.kv_unified ? c.parallel : 1) +
-                                 c.ubatch_tokens;
+    const std::uint64_t window =
+        std::uint64_t{p.attention.sliding_window} * (c.kv_unified ? c.parallel : 1) +
+        c.ubatch_tokens;
     k.swa_cells = c.swa_full ? k.cells
-                             : static_cast<std::uint32_t>(pad(std::min<std::uint64_t>(n_ctx_seq, window), kContextPadding));
+                             : static_cast<std::uint32_t>(pad(
+                                   std::min<std::uint64_t>(n_ctx_seq, window), kContextPadding));
   }
   return k;
 }
 
-std::uint64_t kv_layer_bytes(const model::Profile& p, const ContextOptions& c, const KvPlan& k, std::uint32_t il,
-                             std::uint64_t align) {
+std::uint64_t kv_layer_bytes(const model::Profile& p, const ContextOptions& c, const KvPlan& k,
+                             std::uint32_t il, std::uint64_t align) {
   const model::Attention& a = p.attention;
   if (is_recurrent_layer(p, il)) {
     const model::Recurrent& r = p.recurrent;
@@ -112,7 +124,8 @@ std::uint64_t kv_layer_bytes(const model::Profile& p, const ContextOptions& c, c
   if (heads_kv == 0) return 0;
   const bool swa = !a.sliding_window_blocks.empty() && a.sliding_window_blocks[il];
   const std::uint64_t cells = std::uint64_t{swa ? k.swa_cells : k.cells} * k.streams;
-  const std::uint64_t k_bytes = pad(gguf::row_bytes(c.cache_type_k, std::uint64_t{a.key_length} * heads_kv) * cells, align);
+  const std::uint64_t k_bytes =
+      pad(gguf::row_bytes(c.cache_type_k, std::uint64_t{a.key_length} * heads_kv) * cells, align);
   if (a.is_mla()) return k_bytes;  // the latent cache has no V
   const std::uint64_t v_bytes =
       pad(gguf::row_bytes(c.cache_type_v, std::uint64_t{a.value_length} * heads_kv) * cells, align);
@@ -121,8 +134,8 @@ std::uint64_t kv_layer_bytes(const model::Profile& p, const ContextOptions& c, c
 
 // Peak activation bytes of one block for a micro-batch of `tokens`, excluding what every block
 // keeps live (the residual stream, inputs), which the callers add.
-std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il, std::uint64_t tokens, bool fa,
-                                     std::uint64_t kv_cells) {
+std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
+                                     std::uint64_t tokens, bool fa, std::uint64_t kv_cells) {
   const model::Attention& a = p.attention;
   const std::uint64_t f32 = 4 * tokens;
   std::uint64_t ffn = 0;
@@ -130,16 +143,20 @@ std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il, 
   if (moe) {
     const std::uint64_t used = p.experts.used;
     ffn = 2 * p.experts.count * f32 + 3 * p.experts.feed_forward_length * used * f32 +
-          p.embedding_length * used * f32 + 3 * p.experts.feed_forward_length * p.experts.shared * f32;
+          p.embedding_length * used * f32 +
+          3 * p.experts.feed_forward_length * p.experts.shared * f32;
   } else {
     ffn = 3 * p.feed_forward_length * f32;
   }
   std::uint64_t attn = 0;
   if (a.is_mla()) {
-    attn = std::uint64_t{a.head_count} * (a.key_length_mla + a.kv_lora_rank + a.key_length + a.value_length_mla) * f32;
+    attn = std::uint64_t{a.head_count} *
+           (a.key_length_mla + a.kv_lora_rank + a.key_length + a.value_length_mla) * f32;
   } else if (a.head_count_kv_per_block[il] > 0) {
     const std::uint64_t heads_kv = a.head_count_kv_per_block[il];
-    attn = (std::uint64_t{a.head_count} * a.key_length + heads_kv * (a.key_length + a.value_length)) * f32;
+    attn =
+        (std::uint64_t{a.head_count} * a.key_length + heads_kv * (a.key_length + a.value_length)) *
+        f32;
   }
   if (!fa && a.head_count_kv_per_block[il] > 0) attn += kv_cells * tokens * a.head_count * 4;
   return std::max(ffn, attn);
@@ -152,13 +169,16 @@ std::vector<std::int32_t> assign_layers(std::uint32_t blocks, std::int32_t gpu_l
   const std::uint32_t n_layers = blocks + 1;
   std::vector<std::int32_t> out(n_layers, -1);
   if (splits.empty()) return out;
-  const std::uint32_t ngl = gpu_layers < 0 ? n_layers : std::min<std::uint32_t>(static_cast<std::uint32_t>(gpu_layers), n_layers);
+  const std::uint32_t ngl =
+      gpu_layers < 0 ? n_layers
+                     : std::min<std::uint32_t>(static_cast<std::uint32_t>(gpu_layers), n_layers);
   if (ngl == 0) return out;
   std::vector<double> cumulative(splits.size());
   double sum = 0;
   for (double s : splits) sum += s;
   if (sum <= 0) {
-    for (std::size_t i = 0; i < splits.size(); ++i) cumulative[i] = static_cast<double>(i + 1) / static_cast<double>(splits.size());
+    for (std::size_t i = 0; i < splits.size(); ++i)
+      cumulative[i] = static_cast<double>(i + 1) / static_cast<double>(splits.size());
   } else {
     double run = 0;
     for (std::size_t i = 0; i < splits.size(); ++i) {
@@ -192,7 +212,8 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
     splits.clear();
     for (const Device& d : layout.devices) splits.push_back(static_cast<double>(d.free_bytes));
   }
-  const std::vector<std::int32_t> where = assign_layers(blocks, n_dev == 0 ? 0 : layout.gpu_layers, splits);
+  const std::vector<std::int32_t> where =
+      assign_layers(blocks, n_dev == 0 ? 0 : layout.gpu_layers, splits);
 
   e.devices.resize(n_dev);
   for (std::size_t d = 0; d < n_dev; ++d) {
@@ -219,17 +240,20 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
   e.pipeline_parallel = n_dev > 1 && e.offloaded_layers == blocks + 1 && c.kv_offload;
 
   // ---- Weights ----
-  const bool cuda_first = n_dev > 0 && !layout.devices[0].remote && layout.devices[0].backend == Backend::kCuda;
+  const bool cuda_first =
+      n_dev > 0 && !layout.devices[0].remote && layout.devices[0].backend == Backend::kCuda;
   for (std::uint32_t il = 0; il <= blocks; ++il) {
     if (where[il] < 0) continue;
     const auto d = static_cast<std::size_t>(where[il]);
     const LayerMemory& l = m.layers[il];
-    e.devices[d].weights_bytes += layout.devices[d].backend == Backend::kCuda ? l.cuda_bytes : l.cpu_bytes;
+    e.devices[d].weights_bytes +=
+        layout.devices[d].backend == Backend::kCuda ? l.cuda_bytes : l.cpu_bytes;
   }
   if (output_device >= 0 && m.profile.output_tied) {
     const auto d = static_cast<std::size_t>(output_device);
-    e.devices[d].weights_bytes +=
-        layout.devices[d].backend == Backend::kCuda ? m.tied_output_cuda_bytes : m.tied_output_cpu_bytes;
+    e.devices[d].weights_bytes += layout.devices[d].backend == Backend::kCuda
+                                      ? m.tied_output_cuda_bytes
+                                      : m.tied_output_cpu_bytes;
   }
   // Host: the input tensors, blocks kept on the CPU, and the output layer if it is not offloaded.
   std::vector<std::uint64_t> span_lo(m.shard_count, ~0ull);
@@ -276,51 +300,76 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
   bool has_swa = false;
   for (std::uint32_t il = 0; il < blocks; ++il) {
     if (p.attention.head_count_kv_per_block[il] == 0) continue;
-    const bool swa = !p.attention.sliding_window_blocks.empty() && p.attention.sliding_window_blocks[il];
+    const bool swa =
+        !p.attention.sliding_window_blocks.empty() && p.attention.sliding_window_blocks[il];
     (swa ? has_swa : has_global) = true;
   }
   const std::uint64_t mask_elem = e.flash_attention ? 2 : 4;
-  const std::uint64_t mask = ((has_global ? kv.cells : 0) + (has_swa ? kv.swa_cells : 0)) * tokens * mask_elem;
+  const std::uint64_t mask =
+      ((has_global ? kv.cells : 0) + (has_swa ? kv.swa_cells : 0)) * tokens * mask_elem;
   const std::uint64_t logits = p.vocab_size * 4 * c.parallel;
   auto peak_of = [&](auto pick) {
     std::uint64_t peak = 0;
     for (std::uint32_t il = 0; il < blocks; ++il) {
       if (!pick(il)) continue;
-      const bool swa = !p.attention.sliding_window_blocks.empty() && p.attention.sliding_window_blocks[il];
-      peak = std::max(peak, block_activation_bytes(p, il, tokens, e.flash_attention, swa ? kv.swa_cells : kv.cells));
+      const bool swa =
+          !p.attention.sliding_window_blocks.empty() && p.attention.sliding_window_blocks[il];
+      peak = std::max(peak, block_activation_bytes(p, il, tokens, e.flash_attention,
+                                                   swa ? kv.swa_cells : kv.cells));
     }
     return peak;
   };
-  std::uint64_t cpu_block_weights_peak = 0;
+  std::uint64_t cpu_expert_peak = 0;
   bool cpu_has_blocks = false;
   for (std::uint32_t il = 0; il < blocks; ++il) {
     if (where[il] < 0) {
       cpu_has_blocks = true;
-      cpu_block_weights_peak = std::max(cpu_block_weights_peak, m.layers[il].cpu_bytes);
+      cpu_expert_peak = std::max(cpu_expert_peak, m.layers[il].largest_expert_bytes);
     }
   }
+  bool first_with_blocks = true;
   for (std::size_t d = 0; d < n_dev; ++d) {
     DeviceUsage& u = e.devices[d];
     std::uint64_t bytes = 0;
     if (u.first_block >= 0) {
-      bytes = peak_of([&](std::uint32_t il) { return where[il] == static_cast<std::int32_t>(d); }) + 3 * hidden + mask;
-      if (e.pipeline_parallel) bytes += (kPipelineCopies - 1) * (hidden + mask);
+      bytes = peak_of([&](std::uint32_t il) { return where[il] == static_cast<std::int32_t>(d); }) +
+              3 * hidden + mask;
+      if (e.pipeline_parallel) {
+        // Four copies of every input that crosses into the device; the first device also keeps
+        // one more hidden state (measured on CPU-backed RPC and CUDA).
+        bytes += (kPipelineCopies - 1) * (hidden + mask) + (first_with_blocks ? hidden : 0);
+      }
+      first_with_blocks = false;
     }
     if (u.has_output) bytes += logits;
     u.compute_bytes = bytes;
   }
-  // With partial offload on CUDA, large CPU matrix products run on the first local GPU, which
-  // then holds a copy of the CPU layer's weights in its compute buffer (op offload).
-  if (cpu_has_blocks && tokens >= 32) {
-    for (std::size_t d = 0; d < n_dev; ++d) {
-      if (!layout.devices[d].remote && layout.devices[d].backend == Backend::kCuda) {
-        e.devices[d].compute_bytes += cpu_block_weights_peak;
-        break;
-      }
+  // Op offload: with layers left on the CPU, a local CUDA GPU runs their large matrix products,
+  // so the host only prepares inputs, and the first GPU holds the weights it is handed: for MoE
+  // blocks the largest expert tensor, for dense blocks about one hidden state (measured on H200).
+  std::int32_t offload_gpu = -1;
+  for (std::size_t d = 0; d < n_dev && offload_gpu < 0; ++d) {
+    if (!layout.devices[d].remote && layout.devices[d].backend == Backend::kCuda)
+      offload_gpu = static_cast<std::int32_t>(d);
+  }
+  const bool op_offload = cpu_has_blocks && offload_gpu >= 0 && tokens >= 32;
+  if (op_offload) {
+    DeviceUsage& g = e.devices[static_cast<std::size_t>(offload_gpu)];
+    // Expert products are offloaded only when each expert sees at least 32 tokens on average.
+    const bool experts_offloaded = p.experts.count > 0 &&
+                                   tokens * p.experts.used / p.experts.count >= 32 &&
+                                   cpu_expert_peak > 0;
+    g.compute_bytes += experts_offloaded ? cpu_expert_peak : hidden;
+    if (g.first_block < 0) {
+      g.compute_bytes +=
+          peak_of([&](std::uint32_t il) { return where[il] < 0; }) + 3 * hidden + mask;
     }
   }
-  if (cpu_has_blocks || n_dev == 0 || e.offloaded_layers == 0) {
-    e.host.compute_bytes = peak_of([&](std::uint32_t il) { return where[il] < 0; }) + 4 * hidden + mask;
+  if (op_offload) {
+    e.host.compute_bytes = 2 * hidden + mask;
+  } else if (cpu_has_blocks || n_dev == 0 || e.offloaded_layers == 0) {
+    e.host.compute_bytes =
+        peak_of([&](std::uint32_t il) { return where[il] < 0; }) + 4 * hidden + mask;
   } else {
     e.host.compute_bytes = 2 * hidden + mask;
     if (e.pipeline_parallel) e.host.compute_bytes += (kPipelineCopies - 1) * mask;

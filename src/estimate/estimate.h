@@ -40,14 +40,14 @@ struct DeviceUsage {
 };
 
 struct HostUsage {
-  std::uint64_t weights_bytes = 0;   // weights read from host RAM (mapped pages or copies)
-  std::uint64_t mapped_bytes = 0;    // llama.cpp's CPU_Mapped buffers (mmap spans, per shard)
-  std::uint64_t copied_bytes = 0;    // CPU / CPU_REPACK buffers (weights copied out of the file)
-  std::uint64_t repack_bytes = 0;    // of which CPU_REPACK
+  std::uint64_t weights_bytes = 0;  // weights read from host RAM (mapped pages or copies)
+  std::uint64_t mapped_bytes = 0;   // llama.cpp's CPU_Mapped buffers (mmap spans, per shard)
+  std::uint64_t copied_bytes = 0;   // CPU / CPU_REPACK buffers (weights copied out of the file)
+  std::uint64_t repack_bytes = 0;   // of which CPU_REPACK
   std::uint64_t kv_bytes = 0;
   std::uint64_t compute_bytes = 0;
-  std::uint64_t output_bytes = 0;    // logits buffer
-  std::uint64_t total_bytes = 0;     // weights + kv + compute + output
+  std::uint64_t output_bytes = 0;  // logits buffer
+  std::uint64_t total_bytes = 0;   // weights + kv + compute + output
 };
 
 struct Estimate {
@@ -58,9 +58,9 @@ struct Estimate {
   std::uint32_t context_tokens = 0;  // n_ctx after llama.cpp's rounding
   std::uint32_t kv_cells_per_stream = 0;
   std::uint32_t kv_streams = 1;
-  bool flash_attention = true;       // as resolved
+  bool flash_attention = true;  // as resolved
   bool pipeline_parallel = false;
-  bool fits = true;                  // every device fits its free memory
+  bool fits = true;  // every device fits its free memory
 };
 
 // Estimates `layout` for `model`. Throws LayoutError for impossible options.

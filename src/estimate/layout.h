@@ -14,27 +14,28 @@ namespace ggfleet::estimate {
 enum class Backend { kCpu, kCuda };
 
 struct Device {
-  std::string name;          // as llama.cpp names it: "RPC0", "RPC1", "CUDA0", ...
+  std::string name;  // as llama.cpp names it: "RPC0", "RPC1", "CUDA0", ...
   Backend backend = Backend::kCuda;
-  bool remote = false;       // reached through an RPC server
+  bool remote = false;           // reached through an RPC server
   std::uint64_t free_bytes = 0;  // memory llama.cpp may use on it
 };
 
 enum class FlashAttention { kAuto, kOn, kOff };
 
 struct ContextOptions {
-  std::uint32_t context_tokens = 4096;  // -c, shared by all sequences (0 = the model's training context)
-  std::uint32_t parallel = 1;           // -np: sequences
-  bool kv_unified = false;              // -kvu (llama-server's explicit -np keeps it off)
-  std::uint32_t batch_tokens = 2048;    // -b
-  std::uint32_t ubatch_tokens = 512;    // -ub
+  std::uint32_t context_tokens =
+      4096;                    // -c, shared by all sequences (0 = the model's training context)
+  std::uint32_t parallel = 1;  // -np: sequences
+  bool kv_unified = false;     // -kvu (llama-server's explicit -np keeps it off)
+  std::uint32_t batch_tokens = 2048;  // -b
+  std::uint32_t ubatch_tokens = 512;  // -ub
   gguf::GgmlType cache_type_k = gguf::GgmlType::F16;
   gguf::GgmlType cache_type_v = gguf::GgmlType::F16;
   FlashAttention flash_attention = FlashAttention::kAuto;
-  bool kv_offload = true;  // false = --no-kv-offload: every KV buffer in host RAM
-  bool swa_full = false;   // --swa-full
-  bool mmap = true;        // false = --load-mode none (weights copied into host buffers)
-  bool cpu_repack = false; // true when llama.cpp repacks CPU weights (CPU-only builds, AVX2)
+  bool kv_offload = true;   // false = --no-kv-offload: every KV buffer in host RAM
+  bool swa_full = false;    // --swa-full
+  bool mmap = true;         // false = --load-mode none (weights copied into host buffers)
+  bool cpu_repack = false;  // true when llama.cpp repacks CPU weights (CPU-only builds, AVX2)
 };
 
 struct Layout {

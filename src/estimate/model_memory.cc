@@ -7,18 +7,22 @@
 namespace ggfleet::estimate {
 namespace {
 
-std::uint64_t pad(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+std::uint64_t pad(std::uint64_t v, std::uint64_t a) {
+  return (v + a - 1) / a * a;
+}
 
 // Layer of a tensor by name: blk.N.* -> N, output/output_norm -> the output layer, else input.
 std::int32_t layer_of(std::string_view name, std::uint32_t blocks) {
   if (name.substr(0, 4) == "blk.") {
     const std::size_t dot = name.find('.', 4);
     std::uint32_t n = 0;
-    if (dot != std::string_view::npos && std::from_chars(name.data() + 4, name.data() + dot, n).ec == std::errc()) {
+    if (dot != std::string_view::npos &&
+        std::from_chars(name.data() + 4, name.data() + dot, n).ec == std::errc()) {
       return static_cast<std::int32_t>(n);
     }
   }
-  if (name.substr(0, 7) == "output." || name.substr(0, 12) == "output_norm.") return static_cast<std::int32_t>(blocks);
+  if (name.substr(0, 7) == "output." || name.substr(0, 12) == "output_norm.")
+    return static_cast<std::int32_t>(blocks);
   return -1;
 }
 
@@ -26,9 +30,13 @@ std::int32_t layer_of(std::string_view name, std::uint32_t blocks) {
 // second dimension is a multiple of 8 (ggml-cpu/repack.cpp).
 bool repackable(const gguf::TensorInfo& t, std::int32_t layer) {
   using gguf::GgmlType;
-  if (layer < 0 || t.n_dims < 2) return false;
-  const bool type_ok = t.type == GgmlType::Q4_0 || t.type == GgmlType::Q4_K || t.type == GgmlType::IQ4_NL ||
-                       t.type == GgmlType::MXFP4;
+  if (layer < 0) return false;
+  // 2-D weights of MUL_MAT, or 3-D expert stacks of MUL_MAT_ID; not other 3-D weights (MLA's
+  // attn_k_b/attn_v_b are batched products, which CPU_REPACK does not take).
+  const bool experts = t.name.find("_exps.") != std::string_view::npos;
+  if (!(t.n_dims == 2 || (t.n_dims == 3 && experts))) return false;
+  const bool type_ok = t.type == GgmlType::Q4_0 || t.type == GgmlType::Q4_K ||
+                       t.type == GgmlType::IQ4_NL || t.type == GgmlType::MXFP4;
   return type_ok && t.dims[1] % 8 == 0 && t.name.find(".bias") == std::string_view::npos;
 }
 
@@ -36,7 +44,8 @@ bool repackable(const gguf::TensorInfo& t, std::int32_t layer) {
 
 std::uint64_t cuda_tensor_bytes(gguf::GgmlType type, std::uint64_t ne0, std::uint64_t bytes) {
   std::uint64_t size = bytes;
-  if (gguf::traits(type).quantized && ne0 % 512 != 0) size += gguf::row_bytes(type, 512 - ne0 % 512);
+  if (gguf::traits(type).quantized && ne0 % 512 != 0)
+    size += gguf::row_bytes(type, 512 - ne0 % 512);
   return pad(size, 128);
 }
 
@@ -61,6 +70,8 @@ ModelMemory ModelMemory::from(const gguf::Model& model, model::Profile profile) 
     l.cpu_bytes += tm.cpu_bytes;
     l.cuda_bytes += tm.cuda_bytes;
     if (tm.repackable) l.repackable_bytes += tm.cpu_bytes;
+    if (t.name.find("_exps.") != std::string_view::npos)
+      l.largest_expert_bytes = std::max(l.largest_expert_bytes, tm.cuda_bytes);
     if (t.name == "token_embd.weight" && m.profile.output_tied) {
       m.tied_output_cpu_bytes = tm.cpu_bytes;
       m.tied_output_cuda_bytes = tm.cuda_bytes;

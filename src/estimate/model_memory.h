@@ -13,7 +13,8 @@
 namespace ggfleet::estimate {
 
 struct TensorMemory {
-  std::int32_t layer = -1;      // block index; the output layer is profile.blocks; -1 = input (token_embd)
+  std::int32_t layer =
+      -1;  // block index; the output layer is profile.blocks; -1 = input (token_embd)
   std::uint32_t shard = 0;
   std::uint64_t file_offset = 0;
   std::uint64_t bytes = 0;       // ggml_nbytes
@@ -26,7 +27,8 @@ struct LayerMemory {
   std::uint64_t bytes = 0;
   std::uint64_t cpu_bytes = 0;
   std::uint64_t cuda_bytes = 0;
-  std::uint64_t repackable_bytes = 0;  // cpu_bytes of the tensors CPU_REPACK takes
+  std::uint64_t repackable_bytes = 0;      // cpu_bytes of the tensors CPU_REPACK takes
+  std::uint64_t largest_expert_bytes = 0;  // largest routed-expert tensor (ffn_*_exps)
 };
 
 struct ModelMemory {

@@ -173,8 +173,8 @@ Profile profile(const gguf::Model& model) {
   if (p.architecture.empty()) p.blocks = max_block_plus_one;
   if (p.blocks > kMaxBlocks) {
     throw Error(model.first().name(), Error::kNoOffset,
-                p.architecture + ".block_count = " + std::to_string(p.blocks) + " exceeds llama.cpp's limit of " +
-                    std::to_string(kMaxBlocks) + " layers");
+                p.architecture + ".block_count = " + std::to_string(p.blocks) +
+                    " exceeds llama.cpp's limit of " + std::to_string(kMaxBlocks) + " layers");
   }
   if (max_block_plus_one > p.blocks) {
     throw Error(model.first().name(), Error::kNoOffset,

@@ -17,7 +17,8 @@ TEST(Units, Bytes) {
 }
 
 TEST(Units, BadBytes) {
-  for (const char* bad : {"", "GiB", "-1GiB", "12 parsecs", "1.2.3GB", "20000000000TiB", "99999999999999999999"}) {
+  for (const char* bad :
+       {"", "GiB", "-1GiB", "12 parsecs", "1.2.3GB", "20000000000TiB", "99999999999999999999"}) {
     EXPECT_THROW(parse_bytes(bad), UnitError) << bad;
   }
   try {

@@ -150,7 +150,8 @@ TEST(Profile, AbsurdBlockCountIsAnError) {
     profile(gguf::Model::open(gguf::write_gguf(dir.file("b.gguf"), spec)[0]));
     FAIL();
   } catch (const gguf::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("exceeds llama.cpp's limit of 512"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("exceeds llama.cpp's limit of 512"), std::string::npos)
+        << e.what();
   }
 }
 

@@ -1,0 +1,161 @@
+// The memory estimate: layer assignment, KV cache sizes and weights as the pinned llama.cpp
+// allocates them (numbers measured from its logs), option validation and the fit helpers.
+#include <gtest/gtest.h>
+
+#include "estimate/estimate.h"
+#include "estimate/fit.h"
+#include "gguf/reader.h"
+#include "model/profile.h"
+#include "model/synth.h"
+#include "test_util.h"
+
+namespace ggfleet::estimate {
+namespace {
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+ModelMemory preset(const std::string& name, std::uint32_t blocks, const test::TempDir& dir) {
+  model::SynthOptions o;
+  o.blocks = blocks;
+  const auto path = model::synth(name, dir.path().string(), o).front();
+  const gguf::Model m = gguf::Model::open(path);
+  return ModelMemory::from(m, model::profile(m));
+}
+
+Device rpc(const std::string& name, std::uint64_t free_bytes = 24ull << 30) {
+  return {name, Backend::kCpu, true, free_bytes};
+}
+
+TEST(AssignLayers, LlamaCppExamples) {
+  using V = std::vector<std::int32_t>;
+  // 2 blocks + output on two equal devices: blocks on the first, the output on the second.
+  EXPECT_EQ(assign_layers(2, -1, {1, 1}), (V{0, 0, 1}));
+  EXPECT_EQ(assign_layers(2, -1, {3, 1}), (V{0, 0, 0}));
+  EXPECT_EQ(assign_layers(2, -1, {1, 3}), (V{0, 1, 1}));
+  // -ngl 2: the CPU keeps the first block.
+  EXPECT_EQ(assign_layers(2, 2, {1, 1}), (V{-1, 0, 1}));
+  // -ngl 1 offloads only the output layer.
+  EXPECT_EQ(assign_layers(2, 1, {1}), (V{-1, -1, 0}));
+  EXPECT_EQ(assign_layers(2, 0, {1}), (V{-1, -1, -1}));
+  // 32 blocks + output, -ts 1,1: blocks 0..16 and 17..31 + output.
+  const V big = assign_layers(32, -1, {1, 1});
+  for (int i = 0; i <= 16; ++i) EXPECT_EQ(big[i], 0) << i;
+  for (int i = 17; i <= 32; ++i) EXPECT_EQ(big[i], 1) << i;
+}
+
+TEST(Estimate, KvCacheMatchesLlamaCpp) {
+  test::TempDir dir;
+  const ModelMemory llama = preset("llama3-8b-q4_0", 2, dir);
+  Layout l;
+  l.devices = {rpc("RPC0")};
+  l.context.context_tokens = 512;
+  EXPECT_DOUBLE_EQ(static_cast<double>(estimate(llama, l).devices[0].kv_bytes) / kMiB, 4.0);
+  l.context.cache_type_k = l.context.cache_type_v = gguf::GgmlType::Q8_0;
+  EXPECT_DOUBLE_EQ(static_cast<double>(estimate(llama, l).devices[0].kv_bytes) / kMiB, 2.125);
+  l.context.cache_type_k = l.context.cache_type_v = gguf::GgmlType::F16;
+  l.context.context_tokens = 5000;  // -c 5000 -np 3: 3 streams of 1792 cells
+  l.context.parallel = 3;
+  const Estimate e = estimate(llama, l);
+  EXPECT_EQ(e.kv_cells_per_stream, 1792u);
+  EXPECT_EQ(e.kv_streams, 3u);
+  EXPECT_DOUBLE_EQ(static_cast<double>(e.devices[0].kv_bytes) / kMiB, 42.0);
+
+  // MLA keeps a 576-wide latent K and no V: 4 blocks at 8192 cells.
+  const ModelMemory ds = preset("deepseek-r1-ud-iq2_xxs", 4, dir);
+  Layout d;
+  d.devices = {rpc("RPC0")};
+  d.context.context_tokens = 8192;
+  EXPECT_DOUBLE_EQ(static_cast<double>(estimate(ds, d).devices[0].kv_bytes) / kMiB, 36.0);
+  d.context.cache_type_k = d.context.cache_type_v = gguf::GgmlType::Q8_0;
+  EXPECT_DOUBLE_EQ(static_cast<double>(estimate(ds, d).devices[0].kv_bytes) / kMiB, 19.125);
+
+  // Gemma 3 with 4 blocks: all sliding-window, min(8192, 1024 + 512) padded = 1536 cells.
+  const ModelMemory gemma = preset("gemma3-27b-q4_k_m", 4, dir);
+  Layout g;
+  g.devices = {rpc("RPC0")};
+  g.context.context_tokens = 8192;
+  EXPECT_DOUBLE_EQ(static_cast<double>(estimate(gemma, g).devices[0].kv_bytes) / kMiB, 48.0);
+  g.context.swa_full = true;
+  EXPECT_DOUBLE_EQ(static_cast<double>(estimate(gemma, g).devices[0].kv_bytes) / kMiB, 256.0);
+}
+
+TEST(Estimate, WeightsAndTiedOutputMatchLlamaCpp) {
+  test::TempDir dir;
+  // Measured with two CPU-backed RPC servers: gemma3 (4 blocks, tied output), default split.
+  const ModelMemory gemma = preset("gemma3-27b-q4_k_m", 4, dir);
+  Layout l;
+  l.devices = {rpc("RPC0"), rpc("RPC1")};
+  l.context.context_tokens = 4096;
+  const Estimate e = estimate(gemma, l);
+  EXPECT_NEAR(static_cast<double>(e.host.mapped_bytes) / kMiB, 1102.77, 0.005);
+  EXPECT_NEAR(static_cast<double>(e.devices[0].weights_bytes) / kMiB, 695.83, 0.005);
+  EXPECT_NEAR(static_cast<double>(e.devices[1].weights_bytes) / kMiB, 1355.49,
+              0.005);  // includes the copy
+  EXPECT_TRUE(e.pipeline_parallel);
+  EXPECT_EQ(e.devices[0].first_block, 0);
+  EXPECT_EQ(e.devices[0].last_block, 2);
+  EXPECT_TRUE(e.devices[1].has_output);
+  EXPECT_NEAR(static_cast<double>(e.host.output_bytes) / kMiB, 1.0, 0.01);
+}
+
+TEST(Estimate, ImpossibleOptionsAreErrors) {
+  test::TempDir dir;
+  const ModelMemory llama = preset("llama3-8b-q4_0", 2, dir);
+  Layout l;
+  l.devices = {rpc("RPC0"), rpc("RPC1")};
+  l.context.cache_type_v = gguf::GgmlType::Q4_0;
+  l.context.flash_attention = FlashAttention::kOff;
+  EXPECT_THROW(estimate(llama, l), LayoutError);
+  l.context.flash_attention = FlashAttention::kOn;
+  EXPECT_NO_THROW(estimate(llama, l));
+  l.tensor_split = {1, 2, 3};
+  EXPECT_THROW(estimate(llama, l), LayoutError);
+  l.tensor_split = {1, -1};
+  EXPECT_THROW(estimate(llama, l), LayoutError);
+  l.tensor_split = {};
+  l.context.parallel = 0;
+  EXPECT_THROW(estimate(llama, l), LayoutError);
+  const ModelMemory ds = preset("deepseek-r1-ud-iq2_xxs", 4, dir);
+  Layout d;
+  d.devices = {rpc("RPC0")};
+  d.context.cache_type_k = gguf::GgmlType::Q8_0;  // V stays f16: MLA needs one type
+  EXPECT_THROW(estimate(ds, d), LayoutError);
+}
+
+TEST(Fit, MaxGpuLayersAndSplit) {
+  test::TempDir dir;
+  const ModelMemory llama = preset("llama3-8b-q4_0", 8, dir);
+  Layout l;
+  l.context.context_tokens = 4096;
+  l.devices = {{"CUDA0", Backend::kCuda, false, 1ull << 40}};
+  EXPECT_EQ(max_gpu_layers(llama, l), 9);
+  // Room for about half of the model: the answer fits, one more layer does not.
+  const Estimate all = estimate(llama, l);
+  l.devices[0].free_bytes = all.devices[0].total_bytes / 2;
+  const std::int32_t ngl = max_gpu_layers(llama, l);
+  EXPECT_GT(ngl, 0);
+  EXPECT_LT(ngl, 9);
+  Layout check = l;
+  check.gpu_layers = ngl;
+  EXPECT_TRUE(estimate(llama, check).fits);
+  check.gpu_layers = ngl + 1;
+  EXPECT_FALSE(estimate(llama, check).fits);
+
+  // Two unequal devices that together hold everything: the split found must fit.
+  l.devices = {{"CUDA0", Backend::kCuda, false, all.devices[0].total_bytes * 3 / 10},
+               {"CUDA1", Backend::kCuda, false, all.devices[0].total_bytes}};
+  const auto split = fit_tensor_split(llama, l);
+  ASSERT_TRUE(split);
+  Layout fitted = l;
+  fitted.tensor_split = *split;
+  const Estimate e = estimate(llama, fitted);
+  EXPECT_TRUE(e.fits);
+  EXPECT_EQ(e.offloaded_layers, 9u);
+  EXPECT_GT(e.devices[0].layers, 0u);
+  // Too little memory in total: no split.
+  l.devices[1].free_bytes = all.devices[0].total_bytes / 4;
+  EXPECT_FALSE(fit_tensor_split(llama, l));
+}
+
+}  // namespace
+}  // namespace ggfleet::estimate
