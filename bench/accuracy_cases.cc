@@ -214,6 +214,11 @@ std::vector<Case> cases(bool quick) {
     add({p.name, p.blocks, 8192, "f16", true, 1, -1, 2, {1, 1}});
     add({p.name, p.blocks, 8192, "f16", true, 1, -1, 3, {1, 1, 1}});
     add({p.name, p.blocks, 32768, "q8_0", true, 4, static_cast<std::int32_t>(all - 1), 2, {2, 1}});
+    // Which of long context, quantized cache, several streams and partial offload moves the
+    // compute buffer in the case above.
+    add({p.name, p.blocks, 32768, "q8_0", true, 1, -1, 1, {}});
+    add({p.name, p.blocks, 8192, "q8_0", true, 4, -1, 1, {}});
+    add({p.name, p.blocks, 32768, "f16", true, 4, static_cast<std::int32_t>(all - 1), 2, {2, 1}});
   }
   return out;
 }

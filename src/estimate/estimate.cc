@@ -134,8 +134,11 @@ std::uint64_t kv_layer_bytes(const model::Profile& p, const ContextOptions& c, c
 
 // Peak activation bytes of one block for a micro-batch of `tokens`, excluding what every block
 // keeps live (the residual stream, inputs), which the callers add.
+// `dequant_bytes_per_cell`: CUDA's flash attention reads a quantized cache through f16 copies of
+// the layer's K and V, this many bytes per cell (0 otherwise).
 std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
-                                     std::uint64_t tokens, bool fa, std::uint64_t kv_cells) {
+                                     std::uint64_t tokens, bool fa, std::uint64_t kv_cells,
+                                     std::uint64_t dequant_bytes_per_cell) {
   const model::Attention& a = p.attention;
   const std::uint64_t f32 = 4 * tokens;
   std::uint64_t ffn = 0;
@@ -158,7 +161,9 @@ std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
         (std::uint64_t{a.head_count} * a.key_length + heads_kv * (a.key_length + a.value_length)) *
         f32;
   }
-  if (!fa && a.head_count_kv_per_block[il] > 0) attn += kv_cells * tokens * a.head_count * 4;
+  if (a.head_count_kv_per_block[il] > 0) {
+    attn += fa ? kv_cells * dequant_bytes_per_cell : kv_cells * tokens * a.head_count * 4;
+  }
   return std::max(ffn, attn);
 }
 
@@ -308,14 +313,20 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
   const std::uint64_t mask =
       ((has_global ? kv.cells : 0) + (has_swa ? kv.swa_cells : 0)) * tokens * mask_elem;
   const std::uint64_t logits = p.vocab_size * 4 * c.parallel;
-  auto peak_of = [&](auto pick) {
+  const bool quantized_kv =
+      gguf::traits(c.cache_type_k).quantized || gguf::traits(c.cache_type_v).quantized;
+  auto peak_of = [&](auto pick, bool cuda) {
     std::uint64_t peak = 0;
     for (std::uint32_t il = 0; il < blocks; ++il) {
       if (!pick(il)) continue;
       const bool swa =
           !p.attention.sliding_window_blocks.empty() && p.attention.sliding_window_blocks[il];
+      const std::uint64_t heads_kv = p.attention.head_count_kv_per_block[il];
+      const std::uint64_t per_cell =
+          p.attention.key_length + (p.attention.is_mla() ? 0 : p.attention.value_length);
+      const std::uint64_t dequant = cuda && quantized_kv ? 2 * heads_kv * per_cell : 0;
       peak = std::max(peak, block_activation_bytes(p, il, tokens, e.flash_attention,
-                                                   swa ? kv.swa_cells : kv.cells));
+                                                   swa ? kv.swa_cells : kv.cells, dequant));
     }
     return peak;
   };
@@ -332,7 +343,9 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
     DeviceUsage& u = e.devices[d];
     std::uint64_t bytes = 0;
     if (u.first_block >= 0) {
-      bytes = peak_of([&](std::uint32_t il) { return where[il] == static_cast<std::int32_t>(d); }) +
+      const bool cuda = layout.devices[d].backend == Backend::kCuda;
+      bytes = peak_of([&](std::uint32_t il) { return where[il] == static_cast<std::int32_t>(d); },
+                      cuda) +
               3 * hidden + mask;
       if (e.pipeline_parallel) {
         // Four copies of every input that crosses into the device; the first device also keeps
@@ -360,16 +373,18 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
                                    tokens * p.experts.used / p.experts.count >= 32 &&
                                    cpu_expert_peak > 0;
     g.compute_bytes += experts_offloaded ? cpu_expert_peak : hidden;
+    // It also receives the attention masks of all streams for the CPU layers' products.
+    g.compute_bytes += mask * (kv.streams - 1);
     if (g.first_block < 0) {
       g.compute_bytes +=
-          peak_of([&](std::uint32_t il) { return where[il] < 0; }) + 3 * hidden + mask;
+          peak_of([&](std::uint32_t il) { return where[il] < 0; }, true) + 3 * hidden + mask;
     }
   }
   if (op_offload) {
     e.host.compute_bytes = 2 * hidden + mask;
   } else if (cpu_has_blocks || n_dev == 0 || e.offloaded_layers == 0) {
     e.host.compute_bytes =
-        peak_of([&](std::uint32_t il) { return where[il] < 0; }) + 4 * hidden + mask;
+        peak_of([&](std::uint32_t il) { return where[il] < 0; }, false) + 4 * hidden + mask;
   } else {
     e.host.compute_bytes = 2 * hidden + mask;
     if (e.pipeline_parallel) e.host.compute_bytes += (kPipelineCopies - 1) * mask;
