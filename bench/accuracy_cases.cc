@@ -122,10 +122,9 @@ std::vector<std::string> server_args(const accuracy::Case& c, const std::string&
   return a;
 }
 
-// Runs llama-server for one case; returns its log.
-std::string run_case(const accuracy::Case& c, const std::string& llama_bin,
-                     const std::string& model, const std::string& log_path) {
-  const int base_port = 52100;
+std::string run_case(const Case& c, const std::string& llama_bin, const std::string& model,
+                     const std::string& log_path, int port_base) {
+  const int base_port = port_base + 10;
   std::vector<pid_t> rpc_pids;
   std::vector<std::string> endpoints;
   for (std::uint32_t i = 0; i < c.devices; ++i) {
@@ -143,7 +142,7 @@ std::string run_case(const accuracy::Case& c, const std::string& llama_bin,
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   std::vector<std::string> argv = {llama_bin + "/llama-server"};
-  for (std::string& a : server_args(c, model, 52090, endpoints, false))
+  for (std::string& a : server_args(c, model, port_base, endpoints, false))
     argv.push_back(std::move(a));
   const pid_t server = spawn(argv, log_path);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
@@ -161,10 +160,10 @@ std::string run_case(const accuracy::Case& c, const std::string& llama_bin,
   return read_all(log_path);
 }
 
-std::vector<std::string> rpc_endpoints(const Case& c) {
+std::vector<std::string> rpc_endpoints(const Case& c, int port_base) {
   std::vector<std::string> out;
   for (std::uint32_t i = 0; i < c.devices; ++i)
-    out.push_back("127.0.0.1:" + std::to_string(52100 + i));
+    out.push_back("127.0.0.1:" + std::to_string(port_base + 10 + static_cast<int>(i)));
   return out;
 }
 

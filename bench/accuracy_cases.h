@@ -62,13 +62,14 @@ std::string read_all(const std::string& path);
 std::vector<std::string> server_args(const Case& c, const std::string& model, int port,
                                      const std::vector<std::string>& rpc, bool cuda);
 
-// Starts the case's RPC servers (CPU backend, 127.0.0.1:52100+i) and llama-server, waits until it
-// has reserved its buffers (or exited, or 240 s), stops everything and returns the server's log.
+// Starts the case's RPC servers (CPU backend, 127.0.0.1:port_base+10+i) and llama-server (on
+// port_base), waits until it has reserved its buffers (or exited, or 240 s), stops everything and
+// returns the server's log. Runs that may overlap need different port bases.
 std::string run_case(const Case& c, const std::string& llama_bin, const std::string& model,
-                     const std::string& log_path);
+                     const std::string& log_path, int port_base);
 
 // The RPC endpoints run_case uses for a case.
-std::vector<std::string> rpc_endpoints(const Case& c);
+std::vector<std::string> rpc_endpoints(const Case& c, int port_base);
 
 struct Verdict {
   double error_mib = 0;  // ours - llama.cpp on the total

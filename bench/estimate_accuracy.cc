@@ -43,6 +43,7 @@ std::string fmt(double v) {
 int main(int argc, char** argv) {
   bool quick = false, check = false, cuda = false;
   std::uint32_t max_devices = 3;
+  int port_base = 53090;  // the CI test uses 52090
   std::string from_logs, commands_dir;
   std::string llama_bin = std::string(std::getenv("HOME") ? std::getenv("HOME") : "/root") +
                           "/.cache/ggfleet/llama.cpp/3.22.1-cpu/bin";
@@ -63,6 +64,8 @@ int main(int argc, char** argv) {
       commands_dir = argv[++i];
     else if (a == "--work" && i + 1 < argc)
       work = argv[++i];
+    else if (a == "--port-base" && i + 1 < argc)
+      port_base = std::stoi(argv[++i]);
     else if (a == "--max-devices" && i + 1 < argc)
       max_devices = static_cast<std::uint32_t>(std::stoul(argv[++i]));
     else {
@@ -100,6 +103,7 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  if (!from_logs.empty()) work += "-from-logs";  // never share model files with a live run
   fs::create_directories(work);
   std::map<std::string, std::string> model_paths;
   std::map<std::string, estimate::ModelMemory> memories;
@@ -122,8 +126,8 @@ int main(int argc, char** argv) {
       log = accuracy::read_all(from_logs + "/" + c.id() + ".log");
     } else {
       log = accuracy::run_case(c, llama_bin, model_paths[key],
-                               (fs::path(work) / (c.id() + ".log")).string());
-      endpoints = accuracy::rpc_endpoints(c);
+                               (fs::path(work) / (c.id() + ".log")).string(), port_base);
+      endpoints = accuracy::rpc_endpoints(c, port_base);
     }
     const accuracy::Measured theirs =
         accuracy::parse_log(log, endpoints, cuda ? std::max<std::uint32_t>(c.devices, 1) : 0);

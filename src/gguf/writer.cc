@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -146,6 +147,12 @@ class FileWriter {
   int fd_ = -1;
   std::uint64_t pos_ = 0;
 };
+
+// A temporary name no other writer uses, so concurrent writes of one path cannot mix.
+std::string partial_suffix() {
+  static std::atomic<std::uint64_t> counter{0};
+  return ".partial-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+}
 
 std::uint64_t align_up(std::uint64_t v, std::uint64_t a) {
   return (v + a - 1) / a * a;
@@ -323,7 +330,7 @@ std::vector<std::string> write_gguf(const std::string& path, const GgufSpec& spe
   try {
     if (shards == 1) {
       finals.push_back(path);
-      temps.push_back(path + ".partial");
+      temps.push_back(path + partial_suffix());
       write_one(temps[0], spec.metadata, spec.tensors, 0, options);
     } else {
       if (path.size() < 5 || path.substr(path.size() - 5) != ".gguf") {
@@ -355,7 +362,7 @@ std::vector<std::string> write_gguf(const std::string& path, const GgufSpec& spe
             spec.tensors.begin() + static_cast<std::ptrdiff_t>(first),
             spec.tensors.begin() + static_cast<std::ptrdiff_t>(next));
         finals.push_back(split_path(prefix, s + 1, shards));
-        temps.push_back(finals.back() + ".partial");
+        temps.push_back(finals.back() + partial_suffix());
         write_one(temps.back(), meta, part, first, options);
       }
     }

@@ -16,6 +16,8 @@
 namespace ggfleet::accuracy {
 namespace {
 
+constexpr int kPortBase = 52090;  // bench/estimate_accuracy uses 53090 by default
+
 void expect_exact_components(const Case& c, const Measured& theirs, const Measured& ours) {
   SCOPED_TRACE(c.id());
   ASSERT_TRUE(theirs.ok) << theirs.error;
@@ -80,8 +82,8 @@ TEST(Accuracy, CpuWithRpcServers) {
   for (const Case& c : cases(true)) {
     const estimate::ModelMemory& memory = models.get(c, dir);
     const std::string log =
-        run_case(c, bin, models.path(c), (dir.path() / (c.id() + ".log")).string());
-    const Measured theirs = parse_log(log, rpc_endpoints(c), 0);
+        run_case(c, bin, models.path(c), (dir.path() / (c.id() + ".log")).string(), kPortBase);
+    const Measured theirs = parse_log(log, rpc_endpoints(c, kPortBase), 0);
     const Measured ours = predicted(estimate::estimate(memory, layout_for(c, false, 24ull << 30)));
     expect_exact_components(c, theirs, ours);
   }
