@@ -6,6 +6,7 @@
 //   ... --commands DIR      print a shell script that runs the matrix on local CUDA GPUs, writing
 //                           logs to DIR (run it on the GPU machine; see bench/run_cuda_matrix)
 //   ... --from-logs DIR --cuda   compare against logs saved from such a run (bench/data/cuda)
+//   ... --only TEXT         run only the cases whose id contains TEXT
 //   ... --max-devices N     skip cases with more devices (the GPU machine has 2 GPUs)
 //   ... --check             exit 1 if any device misses the goal (max(2%, 32 MiB), at most 1%
 //   under)
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
   bool quick = false, check = false, cuda = false;
   std::uint32_t max_devices = 3;
   int port_base = 53090;  // the CI test uses 52090
+  std::string only;       // run only cases whose id contains this
   std::string from_logs, commands_dir;
   std::string llama_bin = std::string(std::getenv("HOME") ? std::getenv("HOME") : "/root") +
                           "/.cache/ggfleet/llama.cpp/3.22.1-cpu/bin";
@@ -64,6 +66,8 @@ int main(int argc, char** argv) {
       commands_dir = argv[++i];
     else if (a == "--work" && i + 1 < argc)
       work = argv[++i];
+    else if (a == "--only" && i + 1 < argc)
+      only = argv[++i];
     else if (a == "--port-base" && i + 1 < argc)
       port_base = std::stoi(argv[++i]);
     else if (a == "--max-devices" && i + 1 < argc)
@@ -111,7 +115,7 @@ int main(int argc, char** argv) {
   std::printf("%-58s %-7s %10s %10s %9s %7s  %s\n", "case", "device", "llama.cpp", "ggfleet",
               "err MiB", "err %", "llama.cpp weights/kv/compute/output  | ggfleet");
   for (const accuracy::Case& c : matrix) {
-    if (c.devices > max_devices) continue;
+    if (c.devices > max_devices || c.id().find(only) == std::string::npos) continue;
     const std::string key = c.preset + "-b" + std::to_string(c.blocks);
     if (!model_paths.count(key)) {
       model::SynthOptions o;
