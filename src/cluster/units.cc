@@ -3,6 +3,7 @@
 #include <cctype>
 #include <cstdio>
 #include <limits>
+#include <utility>
 
 namespace ggfleet::cluster {
 namespace {
@@ -95,6 +96,53 @@ std::uint64_t parse_bytes(std::string_view text) {
   }
   throw UnitError("'" + std::string(text) + "': unknown unit '" + std::string(n.rest) +
                   "' (expected B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)");
+}
+
+namespace {
+
+// The number in `text` as a double and the unit after it (trimmed).
+std::pair<double, std::string_view> number_and_unit(std::string_view text) {
+  const std::string_view t = trim(text);
+  const Number n = split_number(t, text);
+  double v = static_cast<double>(n.whole);
+  double scale = 1;
+  for (std::uint32_t i = 0; i < n.frac_digits; ++i) scale *= 10;
+  v += static_cast<double>(n.frac_digits_value) / scale;
+  return {v, n.rest};
+}
+
+}  // namespace
+
+double parse_bandwidth(std::string_view text) {
+  const auto [v, unit] = number_and_unit(text);
+  struct Unit {
+    std::string_view name;
+    double bytes_per_s;
+  };
+  static constexpr Unit kUnits[] = {
+      {"B/s", 1},           {"KB/s", 1e3},           {"MB/s", 1e6},
+      {"GB/s", 1e9},        {"TB/s", 1e12},          {"KiB/s", 1024.0},
+      {"MiB/s", 1048576.0}, {"GiB/s", 1073741824.0}, {"TiB/s", 1099511627776.0},
+      {"bit/s", 1 / 8.0},   {"Kbit/s", 1e3 / 8},     {"Mbit/s", 1e6 / 8},
+      {"Gbit/s", 1e9 / 8},  {"Tbit/s", 1e12 / 8},    {"bps", 1 / 8.0},
+      {"Kbps", 1e3 / 8},    {"Mbps", 1e6 / 8},       {"Gbps", 1e9 / 8},
+      {"Tbps", 1e12 / 8},
+  };
+  for (const Unit& u : kUnits) {
+    if (unit == u.name) return v * u.bytes_per_s;
+  }
+  throw UnitError("'" + std::string(text) + "': unknown bandwidth unit '" + std::string(unit) +
+                  "' (expected e.g. GB/s, GiB/s, Gbit/s, Gbps)");
+}
+
+double parse_duration(std::string_view text) {
+  const auto [v, unit] = number_and_unit(text);
+  if (unit == "s") return v;
+  if (unit == "ms") return v * 1e-3;
+  if (unit == "us" || unit == "\u00b5s") return v * 1e-6;
+  if (unit == "ns") return v * 1e-9;
+  throw UnitError("'" + std::string(text) + "': unknown time unit '" + std::string(unit) +
+                  "' (expected s, ms, us or ns)");
 }
 
 std::string format_bytes(std::uint64_t bytes) {

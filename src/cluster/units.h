@@ -20,6 +20,15 @@ class UnitError : public std::invalid_argument {
 // Throws UnitError naming the text.
 std::uint64_t parse_bytes(std::string_view text);
 
+// "180GB/s", "1.5 TB/s", "10Gbit/s", "25 Gbps", "400MiB/s": bytes per second. Bit units
+// (bit/s, Kbit/s, Mbit/s, Gbit/s, Tbit/s, or bps, Kbps, Mbps, Gbps) are divided by 8.
+// Throws UnitError.
+double parse_bandwidth(std::string_view text);
+
+// "0.2ms", "50us", "1s", "250ns": seconds. A bare number is an error (the unit matters).
+// Throws UnitError.
+double parse_duration(std::string_view text);
+
 // "4.37 GiB"-style text for people (two decimals, binary units).
 std::string format_bytes(std::uint64_t bytes);
 

@@ -1,0 +1,267 @@
+#include "cluster/cluster.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "cluster/catalog.h"
+#include "cluster/units.h"
+
+namespace ggfleet::cluster {
+namespace {
+
+class Parser {
+ public:
+  explicit Parser(std::string file) : file_(std::move(file)) {}
+
+  [[noreturn]] void fail(const YAML::Node& at, const std::string& what) const {
+    const YAML::Mark m = at.Mark();
+    std::ostringstream o;
+    o << file_;
+    if (m.line >= 0) o << ":" << m.line + 1;
+    o << ": " << what;
+    throw ClusterError(o.str());
+  }
+
+  void only_keys(const YAML::Node& map, const std::set<std::string>& allowed,
+                 const std::string& where) const {
+    if (!map.IsMap()) fail(map, where + " must be a mapping");
+    for (const auto& kv : map) {
+      const std::string key = kv.first.as<std::string>();
+      if (!allowed.count(key)) {
+        std::string list;
+        for (const std::string& a : allowed) list += (list.empty() ? "" : ", ") + a;
+        fail(kv.first, "unknown key '" + key + "' in " + where + " (expected " + list + ")");
+      }
+    }
+  }
+
+  std::string text(const YAML::Node& n, const std::string& what) const {
+    if (!n.IsScalar()) fail(n, what + " must be a value");
+    return n.as<std::string>();
+  }
+
+  std::uint64_t bytes(const YAML::Node& n, const std::string& what) const {
+    try {
+      return parse_bytes(text(n, what));
+    } catch (const UnitError& e) {
+      fail(n, what + ": " + e.what());
+    }
+  }
+  double bandwidth(const YAML::Node& n, const std::string& what) const {
+    try {
+      return parse_bandwidth(text(n, what));
+    } catch (const UnitError& e) {
+      fail(n, what + ": " + e.what());
+    }
+  }
+  double duration(const YAML::Node& n, const std::string& what) const {
+    try {
+      return parse_duration(text(n, what));
+    } catch (const UnitError& e) {
+      fail(n, what + ": " + e.what());
+    }
+  }
+  double flops(const YAML::Node& n, const std::string& what) const {
+    // "362TFLOPS" / "362 TFLOPS" / "733TOPS" or a plain number of operations per second.
+    std::string t = text(n, what);
+    double scale = 1;
+    for (const auto& [suffix, s] : {std::pair<std::string, double>{"TFLOPS", 1e12},
+                                    {"TOPS", 1e12},
+                                    {"GFLOPS", 1e9},
+                                    {"GOPS", 1e9},
+                                    {"PFLOPS", 1e15}}) {
+      if (t.size() > suffix.size() &&
+          t.compare(t.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        t.resize(t.size() - suffix.size());
+        scale = s;
+        break;
+      }
+    }
+    try {
+      std::size_t used = 0;
+      const double v = std::stod(t, &used);
+      if (used != t.find_last_not_of(' ') + 1 || v < 0) throw std::invalid_argument("bad");
+      return v * scale;
+    } catch (const std::exception&) {
+      fail(n, what + ": '" + text(n, what) + "' is not a rate (e.g. 362TFLOPS)");
+    }
+  }
+
+  Gpu gpu(const YAML::Node& n, const std::string& where) const {
+    only_keys(n, {"name", "vram", "used", "memory_bandwidth", "fp16", "int8"}, where);
+    Gpu g;
+    if (!n["name"]) fail(n, where + " needs a name");
+    g.name = text(n["name"], where + ".name");
+    const auto spec = find_gpu(g.name);
+    if (spec) {
+      g.vram_bytes = spec->vram_bytes;
+      g.memory_bandwidth_bytes_per_s = spec->memory_bandwidth_bytes_per_s;
+      g.fp16_flops = spec->fp16_flops;
+      g.int8_ops = spec->int8_ops;
+    }
+    if (n["vram"]) g.vram_bytes = bytes(n["vram"], where + ".vram");
+    if (n["used"]) g.used_bytes = bytes(n["used"], where + ".used");
+    if (n["memory_bandwidth"])
+      g.memory_bandwidth_bytes_per_s =
+          bandwidth(n["memory_bandwidth"], where + ".memory_bandwidth");
+    if (n["fp16"]) g.fp16_flops = flops(n["fp16"], where + ".fp16");
+    if (n["int8"]) g.int8_ops = flops(n["int8"], where + ".int8");
+    if (!spec && (!n["vram"] || !n["memory_bandwidth"] || !n["fp16"])) {
+      fail(n, "GPU '" + g.name +
+                  "' is not in the catalog: give vram, memory_bandwidth and fp16 for it");
+    }
+    if (g.int8_ops == 0) g.int8_ops = 2 * g.fp16_flops;
+    if (g.used_bytes > g.vram_bytes) fail(n, where + ": used exceeds vram");
+    return g;
+  }
+
+  Worker worker(const YAML::Node& n, std::size_t index) const {
+    const std::string where = "workers[" + std::to_string(index) + "]";
+    only_keys(n, {"name", "cpu", "ram", "reserved", "labels", "gpus", "address"}, where);
+    Worker w;
+    if (!n["name"]) fail(n, where + " needs a name");
+    w.name = text(n["name"], where + ".name");
+    if (w.name.empty()) fail(n, where + ".name is empty");
+    if (const YAML::Node cpu = n["cpu"]) {
+      only_keys(cpu, {"cores", "memory_bandwidth"}, where + ".cpu");
+      if (cpu["cores"]) {
+        const long long c = cpu["cores"].as<long long>(-1);
+        if (c <= 0) fail(cpu["cores"], where + ".cpu.cores must be a positive integer");
+        w.cpu.cores = static_cast<std::uint32_t>(c);
+      }
+      if (cpu["memory_bandwidth"])
+        w.cpu.memory_bandwidth_bytes_per_s =
+            bandwidth(cpu["memory_bandwidth"], where + ".cpu.memory_bandwidth");
+    }
+    if (w.cpu.cores == 0) w.cpu.cores = 8;
+    if (w.cpu.memory_bandwidth_bytes_per_s == 0) {
+      w.cpu.memory_bandwidth_bytes_per_s =
+          std::min(200e9, w.cpu.cores * kDefaultCpuBandwidthPerCore);
+    }
+    if (const YAML::Node ram = n["ram"]) {
+      only_keys(ram, {"total", "used"}, where + ".ram");
+      if (ram["total"]) w.ram_bytes = bytes(ram["total"], where + ".ram.total");
+      if (ram["used"]) w.ram_used_bytes = bytes(ram["used"], where + ".ram.used");
+    }
+    if (const YAML::Node r = n["reserved"]) {
+      only_keys(r, {"ram", "vram"}, where + ".reserved");
+      if (r["ram"]) w.reserved_ram_bytes = bytes(r["ram"], where + ".reserved.ram");
+      if (r["vram"]) w.reserved_vram_bytes = bytes(r["vram"], where + ".reserved.vram");
+    }
+    if (const YAML::Node labels = n["labels"]) {
+      if (!labels.IsMap()) fail(labels, where + ".labels must be a mapping");
+      for (const auto& kv : labels)
+        w.labels[kv.first.as<std::string>()] = text(kv.second, where + ".labels");
+    }
+    if (const YAML::Node gpus = n["gpus"]) {
+      if (!gpus.IsSequence()) fail(gpus, where + ".gpus must be a list");
+      for (std::size_t i = 0; i < gpus.size(); ++i)
+        w.gpus.push_back(gpu(gpus[i], where + ".gpus[" + std::to_string(i) + "]"));
+    }
+    return w;
+  }
+
+  Link link(const YAML::Node& n, const std::string& where, const Link& base) const {
+    Link l = base;
+    if (n["bandwidth"]) l.bandwidth_bytes_per_s = bandwidth(n["bandwidth"], where + ".bandwidth");
+    if (n["latency"]) l.latency_s = duration(n["latency"], where + ".latency");
+    return l;
+  }
+
+  Cluster cluster(const YAML::Node& root) const {
+    if (!root.IsMap())
+      fail(root, "a cluster file is a mapping with 'workers' (and optionally 'network')");
+    only_keys(root, {"workers", "network"}, "the cluster file");
+    Cluster c;
+    const YAML::Node workers = root["workers"];
+    if (!workers || !workers.IsSequence() || workers.size() == 0)
+      fail(root, "'workers' must be a non-empty list");
+    std::set<std::string> names;
+    for (std::size_t i = 0; i < workers.size(); ++i) {
+      Worker w = worker(workers[i], i);
+      if (!names.insert(w.name).second) fail(workers[i], "worker '" + w.name + "' is listed twice");
+      c.workers.push_back(std::move(w));
+    }
+    if (const YAML::Node net = root["network"]) {
+      only_keys(net, {"default", "links"}, "network");
+      if (net["default"]) {
+        only_keys(net["default"], {"bandwidth", "latency"}, "network.default");
+        c.default_link = link(net["default"], "network.default", c.default_link);
+      }
+      if (const YAML::Node links = net["links"]) {
+        if (!links.IsSequence()) fail(links, "network.links must be a list");
+        for (std::size_t i = 0; i < links.size(); ++i) {
+          const std::string where = "network.links[" + std::to_string(i) + "]";
+          only_keys(links[i], {"between", "bandwidth", "latency"}, where);
+          const YAML::Node between = links[i]["between"];
+          if (!between || !between.IsSequence() || between.size() != 2)
+            fail(links[i], where + ".between must name two workers");
+          std::string a = text(between[0], where + ".between");
+          std::string b = text(between[1], where + ".between");
+          for (const std::string& w : {a, b}) {
+            if (!names.count(w)) fail(between, where + " names unknown worker '" + w + "'");
+          }
+          if (b < a) std::swap(a, b);
+          c.links[{a, b}] = link(links[i], where, c.default_link);
+        }
+      }
+    }
+    return c;
+  }
+
+ private:
+  std::string file_;
+};
+
+}  // namespace
+
+std::uint64_t Worker::free_vram_bytes(std::size_t gpu) const {
+  const Gpu& g = gpus.at(gpu);
+  const std::uint64_t taken = g.used_bytes + reserved_vram_bytes;
+  return g.vram_bytes > taken ? g.vram_bytes - taken : 0;
+}
+
+std::uint64_t Worker::free_ram_bytes() const {
+  const std::uint64_t taken = ram_used_bytes + reserved_ram_bytes;
+  return ram_bytes > taken ? ram_bytes - taken : 0;
+}
+
+const Worker* Cluster::find(const std::string& name) const {
+  for (const Worker& w : workers) {
+    if (w.name == name) return &w;
+  }
+  return nullptr;
+}
+
+Link Cluster::link(const std::string& a, const std::string& b) const {
+  const auto it = links.find(a < b ? std::make_pair(a, b) : std::make_pair(b, a));
+  return it == links.end() ? default_link : it->second;
+}
+
+Cluster parse_cluster(const std::string& yaml_text, const std::string& name) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw ClusterError(name + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  try {
+    return Parser(name).cluster(root);
+  } catch (const YAML::Exception& e) {
+    throw ClusterError(name + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+}
+
+Cluster load_cluster(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ClusterError(path + ": cannot open");
+  std::stringstream s;
+  s << in.rdbuf();
+  return parse_cluster(s.str(), path);
+}
+
+}  // namespace ggfleet::cluster

@@ -1,0 +1,86 @@
+// The fleet as plain data: workers, their CPUs, RAM and GPUs, reservations, and the network
+// between them. Loaded from a YAML cluster file (or, later, filled by live workers).
+//
+//   workers:
+//     - name: worker1
+//       cpu: {cores: 64, memory_bandwidth: 180GB/s}
+//       ram: {total: 512GiB, used: 16GiB}
+//       reserved: {ram: 2GiB, vram: 1GiB}          # vram: per GPU
+//       labels: {zone: a}
+//       gpus:
+//         - {name: NVIDIA L40S, vram: 48GiB, used: 0.5GiB}
+//         - {name: NVIDIA L40S}                     # numbers from the GPU catalog
+//   network:
+//     default: {bandwidth: 10Gbit/s, latency: 0.2ms}
+//     links: [{between: [worker1, worker2], bandwidth: 25Gbit/s, latency: 0.05ms}]
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ggfleet::cluster {
+
+class ClusterError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Gpu {
+  std::string name;  // as NVML reports it
+  std::uint64_t vram_bytes = 0;
+  std::uint64_t used_bytes = 0;  // in use by others
+  double memory_bandwidth_bytes_per_s = 0;
+  double fp16_flops = 0;
+  double int8_ops = 0;
+};
+
+struct Cpu {
+  std::uint32_t cores = 0;
+  double memory_bandwidth_bytes_per_s = 0;
+};
+
+struct Worker {
+  std::string name;
+  Cpu cpu;
+  std::uint64_t ram_bytes = 0;
+  std::uint64_t ram_used_bytes = 0;
+  std::uint64_t reserved_ram_bytes = 0;
+  std::uint64_t reserved_vram_bytes = 0;  // per GPU
+  std::map<std::string, std::string> labels;
+  std::vector<Gpu> gpus;
+
+  // What llama.cpp may use: total - used - reserved, never negative.
+  std::uint64_t free_vram_bytes(std::size_t gpu) const;
+  std::uint64_t free_ram_bytes() const;
+};
+
+struct Link {
+  double bandwidth_bytes_per_s = 0;
+  double latency_s = 0;
+};
+
+struct Cluster {
+  std::vector<Worker> workers;
+  Link default_link{10e9 / 8, 0.2e-3};
+  std::map<std::pair<std::string, std::string>, Link> links;  // key: names in sorted order
+
+  const Worker* find(const std::string& name) const;
+  // The link between two workers (the default when none is given); a worker to itself is
+  // loopback: no latency beyond the default's, memory-speed bandwidth is not assumed.
+  Link link(const std::string& a, const std::string& b) const;
+};
+
+// Parses a cluster file. Every problem is a ClusterError naming the file, the line and the
+// field: unknown keys, bad units, negative sizes, duplicate worker names, a GPU that is neither
+// in the catalog nor given its numbers, links naming unknown workers.
+Cluster load_cluster(const std::string& path);
+Cluster parse_cluster(const std::string& yaml_text, const std::string& name = "(cluster)");
+
+// Catalog default for a CPU without numbers: bandwidth per core, a conservative DDR4/DDR5 figure.
+constexpr double kDefaultCpuBandwidthPerCore = 4e9;
+
+}  // namespace ggfleet::cluster
