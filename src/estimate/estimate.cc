@@ -326,7 +326,7 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
           p.attention.key_length + (p.attention.is_mla() ? 0 : p.attention.value_length);
       const std::uint64_t dequant = cuda && quantized_kv ? 2 * heads_kv * per_cell : 0;
       peak = std::max(peak, block_activation_bytes(p, il, tokens, e.flash_attention,
-                                                   swa ? kv.swa_cells : kv.cells, dequant));
+                                                   swa ? kv.swa_cells : kv.cells, dequant * kv.streams));
     }
     return peak;
   };
