@@ -94,7 +94,7 @@ KvPlan plan_kv(const model::Profile& p, const ContextOptions& c) {
   if (p.attention.sliding_window > 0) {
     const std::uint64_t window =
         std::uint64_t{p.attention.sliding_window} * (c.kv_unified ? c.parallel : 1) +
-        c.ubatch_tokens;
+        std::min(c.ubatch_tokens, c.batch_tokens);
     k.swa_cells = c.swa_full ? k.cells
                              : static_cast<std::uint32_t>(pad(
                                    std::min<std::uint64_t>(n_ctx_seq, window), kContextPadding));
@@ -299,7 +299,9 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
   }
 
   // ---- Compute buffers ----
-  const std::uint64_t tokens = std::min<std::uint64_t>(kv.n_ctx, c.ubatch_tokens);
+  // llama.cpp caps the micro-batch at the batch, and both at the context.
+  const std::uint64_t tokens =
+      std::min<std::uint64_t>(kv.n_ctx, std::min(c.ubatch_tokens, c.batch_tokens));
   const std::uint64_t hidden = p.embedding_length * tokens * 4;  // one residual-stream tensor
   bool has_global = false;
   bool has_swa = false;
@@ -325,8 +327,9 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
       const std::uint64_t per_cell =
           p.attention.key_length + (p.attention.is_mla() ? 0 : p.attention.value_length);
       const std::uint64_t dequant = cuda && quantized_kv ? 2 * heads_kv * per_cell : 0;
-      peak = std::max(peak, block_activation_bytes(p, il, tokens, e.flash_attention,
-                                                   swa ? kv.swa_cells : kv.cells, dequant * kv.streams));
+      peak = std::max(peak,
+                      block_activation_bytes(p, il, tokens, e.flash_attention,
+                                             swa ? kv.swa_cells : kv.cells, dequant * kv.streams));
     }
     return peak;
   };
