@@ -116,6 +116,68 @@ TEST(Profile, OverridesChangeShape) {
   EXPECT_GT(p.bytes_by_type.at(gguf::GgmlType::Q8_0), 0u);
 }
 
+// gpt-oss and qwen3 (dense) have no preset: their profiles come from their metadata keys.
+TEST(Profile, GptOssAlternatesSlidingWindowAndCountsExperts) {
+  test::TempDir dir;
+  gguf::GgufSpec spec;
+  auto key = [&](const std::string& k, gguf::MetaValue v) {
+    spec.metadata.emplace_back(k, std::move(v));
+  };
+  key("general.architecture", gguf::MetaValue::string("gpt-oss"));
+  key("gpt-oss.block_count", gguf::MetaValue::u32(4));
+  key("gpt-oss.embedding_length", gguf::MetaValue::u32(2880));
+  key("gpt-oss.attention.head_count", gguf::MetaValue::u32(64));
+  key("gpt-oss.attention.head_count_kv", gguf::MetaValue::u32(8));
+  key("gpt-oss.attention.key_length", gguf::MetaValue::u32(64));
+  key("gpt-oss.attention.value_length", gguf::MetaValue::u32(64));
+  key("gpt-oss.attention.sliding_window", gguf::MetaValue::u32(128));
+  key("gpt-oss.expert_count", gguf::MetaValue::u32(32));
+  key("gpt-oss.expert_used_count", gguf::MetaValue::u32(4));
+  key("gpt-oss.expert_feed_forward_length", gguf::MetaValue::u32(2880));
+  for (int i = 0; i < 4; ++i) {
+    const std::string b = "blk." + std::to_string(i) + ".";
+    spec.tensors.push_back({b + "attn_q.weight", gguf::GgmlType::Q8_0, {2880, 4096}});
+    spec.tensors.push_back({b + "attn_sinks.weight", gguf::GgmlType::F32, {64}});
+    spec.tensors.push_back({b + "ffn_gate_inp.weight", gguf::GgmlType::F32, {2880, 32}});
+    spec.tensors.push_back({b + "ffn_up_exps.weight", gguf::GgmlType::MXFP4, {2880, 2880, 32}});
+  }
+  gguf::WriteOptions o;
+  o.fill = gguf::Fill::kSparse;
+  const Profile p = profile(gguf::Model::open(gguf::write_gguf(dir.file("g.gguf"), spec, o)[0]));
+  EXPECT_EQ(p.blocks, 4u);
+  EXPECT_EQ(p.attention.sliding_window, 128u);
+  // llama.cpp's pattern 2: even blocks windowed, odd blocks global.
+  EXPECT_EQ(p.attention.sliding_window_blocks, (std::vector<bool>{true, false, true, false}));
+  EXPECT_EQ(p.experts.count, 32u);
+  EXPECT_EQ(p.experts.used, 4u);
+  EXPECT_EQ(p.block_bytes[0].expert_bytes,
+            2880u * 32 * 4 + gguf::row_bytes(gguf::GgmlType::MXFP4, 2880) * 2880 * 32);
+  EXPECT_GT(p.block_bytes[0].attention_bytes, 0u);
+  EXPECT_EQ(p.bytes_by_type.count(gguf::GgmlType::MXFP4), 1u);
+}
+
+TEST(Profile, Qwen3DenseKeepsHeadSizeApartFromEmbedding) {
+  test::TempDir dir;
+  gguf::GgufSpec spec;
+  auto key = [&](const std::string& k, gguf::MetaValue v) {
+    spec.metadata.emplace_back(k, std::move(v));
+  };
+  key("general.architecture", gguf::MetaValue::string("qwen3"));
+  key("qwen3.block_count", gguf::MetaValue::u32(2));
+  key("qwen3.embedding_length", gguf::MetaValue::u32(2560));
+  key("qwen3.attention.head_count", gguf::MetaValue::u32(32));
+  key("qwen3.attention.head_count_kv", gguf::MetaValue::u32(8));
+  key("qwen3.attention.key_length", gguf::MetaValue::u32(128));  // 32 * 128 != 2560
+  key("qwen3.attention.value_length", gguf::MetaValue::u32(128));
+  spec.tensors.push_back({"blk.0.attn_q_norm.weight", gguf::GgmlType::F32, {128}});
+  spec.tensors.push_back({"blk.1.attn_q_norm.weight", gguf::GgmlType::F32, {128}});
+  const Profile p = profile(gguf::Model::open(gguf::write_gguf(dir.file("q.gguf"), spec)[0]));
+  EXPECT_EQ(p.attention.key_length, 128u);
+  EXPECT_EQ(p.attention.head_count_kv, 8u);
+  EXPECT_FALSE(p.is_moe());
+  EXPECT_EQ(p.attention.sliding_window, 0u);
+}
+
 TEST(Profile, UnknownArchitectureStillGetsBlockBytes) {
   test::TempDir dir;
   gguf::GgufSpec spec;
