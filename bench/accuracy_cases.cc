@@ -92,12 +92,9 @@ std::vector<std::string> server_args(const accuracy::Case& c, const std::string&
                                 "127.0.0.1",
                                 "--port",
                                 std::to_string(port)};
+  // No devices: nothing offloaded (on the GPU machine the GPU still takes op offload).
   a.push_back("-ngl");
-  a.push_back(c.gpu_layers < 0 ? "999" : std::to_string(c.gpu_layers));
-  if (c.devices == 0 && !cuda) {
-    a.push_back("-ngl");
-    a.push_back("0");
-  }
+  a.push_back(c.devices == 0 ? "0" : c.gpu_layers < 0 ? "999" : std::to_string(c.gpu_layers));
   if (!rpc.empty()) {
     std::string joined;
     for (const std::string& r : rpc) joined += (joined.empty() ? "" : ",") + r;
@@ -109,10 +106,6 @@ std::vector<std::string> server_args(const accuracy::Case& c, const std::string&
     for (double t : c.tensor_split) ts += (ts.empty() ? "" : ",") + std::to_string(t);
     a.push_back("-ts");
     a.push_back(ts);
-  }
-  if (cuda && c.devices == 0) {
-    a.push_back("-ngl");
-    a.push_back("0");
   }
   if (cuda && c.devices > 0) {
     std::string dev;

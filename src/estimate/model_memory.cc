@@ -65,13 +65,13 @@ ModelMemory ModelMemory::from(const gguf::Model& model, model::Profile profile) 
     tm.cpu_bytes = pad(t.bytes, 32);
     tm.cuda_bytes = cuda_tensor_bytes(t.type, t.dims[0], t.bytes);
     tm.repackable = repackable(t, tm.layer);
-    LayerMemory& l = tm.layer < 0 ? m.input : m.layers[static_cast<std::size_t>(tm.layer)];
-    l.bytes += tm.bytes;
-    l.cpu_bytes += tm.cpu_bytes;
-    l.cuda_bytes += tm.cuda_bytes;
-    if (tm.repackable) l.repackable_bytes += tm.cpu_bytes;
-    if (t.name.find("_exps.") != std::string_view::npos)
-      l.largest_expert_bytes = std::max(l.largest_expert_bytes, tm.cuda_bytes);
+    if (tm.layer >= 0) {  // input tensors (token_embd) always stay in host RAM: see estimate()
+      LayerMemory& l = m.layers[static_cast<std::size_t>(tm.layer)];
+      l.cpu_bytes += tm.cpu_bytes;
+      l.cuda_bytes += tm.cuda_bytes;
+      if (t.name.find("_exps.") != std::string_view::npos)
+        l.largest_expert_bytes = std::max(l.largest_expert_bytes, tm.cuda_bytes);
+    }
     if (t.name == "token_embd.weight" && m.profile.output_tied) {
       m.tied_output_cpu_bytes = tm.cpu_bytes;
       m.tied_output_cuda_bytes = tm.cuda_bytes;

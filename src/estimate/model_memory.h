@@ -24,10 +24,8 @@ struct TensorMemory {
 };
 
 struct LayerMemory {
-  std::uint64_t bytes = 0;
   std::uint64_t cpu_bytes = 0;
   std::uint64_t cuda_bytes = 0;
-  std::uint64_t repackable_bytes = 0;      // cpu_bytes of the tensors CPU_REPACK takes
   std::uint64_t largest_expert_bytes = 0;  // largest routed-expert tensor (ffn_*_exps)
 };
 
@@ -35,7 +33,6 @@ struct ModelMemory {
   model::Profile profile;
   std::vector<TensorMemory> tensors;  // in file order (shard, offset)
   std::vector<LayerMemory> layers;    // blocks 0..n-1, then the output layer (output, output_norm)
-  LayerMemory input;                  // token_embd and other input tensors (always in host RAM)
   // When the output is tied to token_embd and offloaded, llama.cpp allocates a second copy there.
   std::uint64_t tied_output_cpu_bytes = 0;
   std::uint64_t tied_output_cuda_bytes = 0;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <map>
 #include <string_view>
 
 namespace ggfleet::model {
@@ -139,10 +140,11 @@ std::vector<bool> sliding_window_blocks(const gguf::Model& m, const Keys& keys,
         [&](const Value& e) { out[i++] = e.as_bool().value_or(e.as_u64().value_or(0) != 0); });
     return out;
   }
-  std::uint32_t period = 0;  // 0: every block windowed
-  if (arch == "gemma3") period = 6;
-  if (arch == "gemma2" || arch == "gpt-oss" || arch == "cohere2")
-    period = arch == "cohere2" ? 4 : 2;
+  // llama.cpp's default period per architecture; 0 = every block windowed.
+  static const std::map<std::string, std::uint32_t> kPeriod = {
+      {"gemma2", 2}, {"gemma3", 6}, {"gpt-oss", 2}, {"cohere2", 4}};
+  const auto known = kPeriod.find(arch);
+  std::uint32_t period = known == kPeriod.end() ? 0 : known->second;
   if (pattern) period = static_cast<std::uint32_t>(pattern->as_u64().value_or(period));
   for (std::uint32_t il = 0; il < blocks; ++il) out[il] = period == 0 || (il % period < period - 1);
   return out;
