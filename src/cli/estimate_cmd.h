@@ -9,6 +9,9 @@
 
 namespace ggfleet::cli {
 
+// gpu_layers value meaning "the largest -ngl that fits" (predict, plan).
+constexpr std::int32_t kFitGpuLayers = -2;
+
 struct EstimateRequest {
   std::string model;
   std::string backend = "cuda";       // cuda | cpu

@@ -5,6 +5,7 @@
 
 #include "cli/estimate_cmd.h"
 #include "cli/inspect.h"
+#include "cli/predict_cmd.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
 #include "model/synth.h"
@@ -24,6 +25,35 @@ int run_inspect(const std::string& path, bool as_json) {
     std::cout << cli::inspect_text(model, p);
   }
   return 0;
+}
+
+// Options that size the KV cache and compute buffers, shared by estimate, predict and plan.
+struct ContextFlags {
+  bool no_kv_offload = false;
+  bool no_mmap = false;
+};
+void add_context_options(CLI::App* cmd, cli::EstimateRequest& er, ContextFlags& flags) {
+  cmd->add_option("--ctx,-c", er.context.context_tokens, "Context size (0 = the model's)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--parallel", er.context.parallel, "Parallel sequences")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--kv-unified", er.context.kv_unified, "One KV buffer shared by all sequences");
+  cmd->add_option("--batch-size", er.context.batch_tokens, "Logical batch")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--ubatch-size", er.context.ubatch_tokens, "Physical batch")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--cache-type-k", er.cache_type_k, "K cache type");
+  cmd->add_option("--cache-type-v", er.cache_type_v, "V cache type");
+  cmd->add_option("--flash-attn", er.flash_attn, "on | off | auto");
+  cmd->add_flag("--no-kv-offload", flags.no_kv_offload, "Keep the KV cache in host RAM");
+  cmd->add_flag("--swa-full", er.context.swa_full, "Full-size cache for sliding-window layers");
+  cmd->add_flag("--no-mmap", flags.no_mmap,
+                "Copy weights into host buffers instead of mapping the file");
+  cmd->add_flag("--json", er.json, "Print JSON");
+}
+void apply(const ContextFlags& flags, cli::EstimateRequest& er) {
+  er.context.kv_offload = !flags.no_kv_offload;
+  er.context.mmap = !flags.no_mmap;
 }
 
 }  // namespace
@@ -63,8 +93,7 @@ int main(int argc, char** argv) {
   synth->add_option("--seed", so.seed, "Seed for --fill random");
 
   cli::EstimateRequest er;
-  bool no_kv_offload = false;
-  bool no_mmap = false;
+  ContextFlags est_flags;
   CLI::App* est =
       app.add_subcommand("estimate", "Memory llama.cpp needs on each device for a layout");
   est->add_option("model", er.model, "GGUF file, any shard, or URL")->required();
@@ -80,24 +109,31 @@ int main(int argc, char** argv) {
                               "Layers to offload (-1 = all; the output counts as one)");
   est->add_option("--ngl-step", er.gpu_layers_step, "One row per offload level, in steps of N")
       ->excludes(ngl);
-  est->add_option("--ctx,-c", er.context.context_tokens, "Context size (0 = the model's)")
-      ->check(CLI::NonNegativeNumber);
-  est->add_option("--parallel", er.context.parallel, "Parallel sequences")
-      ->check(CLI::PositiveNumber);
-  est->add_flag("--kv-unified", er.context.kv_unified, "One KV buffer shared by all sequences");
-  est->add_option("--batch-size", er.context.batch_tokens, "Logical batch")
-      ->check(CLI::PositiveNumber);
-  est->add_option("--ubatch-size", er.context.ubatch_tokens, "Physical batch")
-      ->check(CLI::PositiveNumber);
-  est->add_option("--cache-type-k", er.cache_type_k, "K cache type");
-  est->add_option("--cache-type-v", er.cache_type_v, "V cache type");
-  est->add_option("--flash-attn", er.flash_attn, "on | off | auto");
-  est->add_flag("--no-kv-offload", no_kv_offload, "Keep the KV cache in host RAM");
-  est->add_flag("--swa-full", er.context.swa_full, "Full-size cache for sliding-window layers");
-  est->add_flag("--no-mmap", no_mmap, "Copy weights into host buffers instead of mapping the file");
+  add_context_options(est, er, est_flags);
   est->add_flag("--repack", er.context.cpu_repack,
                 "CPU weights are repacked (CPU-only llama.cpp builds)");
-  est->add_flag("--json", er.json, "Print JSON");
+
+  cli::PredictRequest pr;
+  ContextFlags predict_flags;
+  pr.options.gpu_layers = cli::kFitGpuLayers;
+  CLI::App* pred = app.add_subcommand(
+      "predict", "Predicted speed and memory of one layout on a cluster (see --devices)");
+  pred->add_option("model", pr.options.model, "GGUF file, any shard, or URL")->required();
+  pred->add_option("--cluster", pr.cluster_file, "Cluster YAML file")->required();
+  pred->add_option("--main", pr.main_worker, "The worker that runs llama-server")->required();
+  pred->add_option("--devices", pr.devices,
+                   "GPUs as WORKER:INDEX; other workers' GPUs join over RPC (listed first)")
+      ->delimiter(',');
+  pred->add_option("--tensor-split", pr.options.tensor_split,
+                   "Weights per device, in the order of --devices")
+      ->delimiter(',');
+  pred->add_option("--ngl", pr.options.gpu_layers,
+                   "Layers to offload (-1 = all); default: the most that fit");
+  pred->add_option("--threads", pr.threads, "llama.cpp threads on the main (default: its cores)");
+  pred->add_option("--prompt-tokens", pr.prompt_tokens, "Prompt length for time to first token")
+      ->check(CLI::PositiveNumber);
+  pred->add_option("--depth", pr.depth_tokens, "Tokens already in the cache while generating");
+  add_context_options(pred, pr.options, predict_flags);
 
   try {
     app.parse(argc, argv);
@@ -108,9 +144,15 @@ int main(int argc, char** argv) {
   try {
     if (inspect->parsed()) return run_inspect(inspect_path, inspect_as_json);
     if (est->parsed()) {
-      er.context.kv_offload = !no_kv_offload;
-      er.context.mmap = !no_mmap;
+      apply(est_flags, er);
       return cli::run_estimate(er);
+    }
+    if (pred->parsed()) {
+      apply(predict_flags, pr.options);
+      if (pr.options.gpu_layers < cli::kFitGpuLayers) {
+        throw estimate::LayoutError("--ngl must be -1 (all) or at least 0");
+      }
+      return cli::run_predict(pr);
     }
     if (synth->parsed()) {
       if (list_presets || preset.empty()) {

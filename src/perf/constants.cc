@@ -1,0 +1,69 @@
+#include "perf/constants.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace ggfleet::perf {
+
+extern const char* const kCalibrationJson;  // generated from src/perf/calibration.json
+
+const std::vector<ConstantField>& constant_fields() {
+  using F = ConstantField::Fit;
+  static const std::vector<ConstantField> fields = {
+      {"gpu_bandwidth_efficiency", &Constants::gpu_bandwidth_efficiency, F::kGeneration},
+      {"gpu_layer_s", &Constants::gpu_layer_s, F::kGeneration},
+      {"kquant_read_factor", &Constants::kquant_read_factor, F::kGeneration},
+      {"token_s", &Constants::token_s, F::kGeneration},
+      {"split_s", &Constants::split_s, F::kGeneration},
+      {"cpu_thread_bandwidth_bytes_per_s", &Constants::cpu_thread_bandwidth_bytes_per_s,
+       F::kGeneration},
+      {"cpu_layer_s", &Constants::cpu_layer_s, F::kGeneration},
+      {"rpc_call_s", &Constants::rpc_call_s, F::kGeneration},
+      {"rpc_layer_s", &Constants::rpc_layer_s, F::kGeneration},
+      {"gpu_matmul_efficiency", &Constants::gpu_matmul_efficiency, F::kPrompt},
+      {"gpu_matmul_half_width", &Constants::gpu_matmul_half_width, F::kPrompt},
+      {"gpu_layer_prompt_s", &Constants::gpu_layer_prompt_s, F::kPrompt},
+      {"op_offload_bandwidth_bytes_per_s", &Constants::op_offload_bandwidth_bytes_per_s,
+       F::kPrompt},
+      {"cpu_thread_flops", &Constants::cpu_thread_flops, F::kPrompt},
+      {"rpc_transfer_bandwidth_bytes_per_s", &Constants::rpc_transfer_bandwidth_bytes_per_s,
+       F::kPrompt},
+      {"rpc_load_bandwidth_bytes_per_s", &Constants::rpc_load_bandwidth_bytes_per_s, F::kNone},
+  };
+  return fields;
+}
+
+Constants constants_from_json(const nlohmann::json& calibration) {
+  Constants c;
+  if (!calibration.is_object() || !calibration.contains("constants") ||
+      !calibration["constants"].is_object()) {
+    throw std::runtime_error("calibration: no \"constants\" object");
+  }
+  const nlohmann::json& all = calibration["constants"];
+  for (const ConstantField& f : constant_fields()) {
+    if (!all.contains(f.name) || !all[f.name].contains("value") ||
+        !all[f.name]["value"].is_number()) {
+      throw std::runtime_error(std::string("calibration: constant ") + f.name +
+                               " is missing or has no numeric value");
+    }
+    const double v = all[f.name]["value"].get<double>();
+    if (!std::isfinite(v) || v <= 0) {
+      throw std::runtime_error(std::string("calibration: constant ") + f.name +
+                               " must be positive and finite");
+    }
+    c.*f.member = v;
+  }
+  return c;
+}
+
+const std::string& calibration_json_text() {
+  static const std::string text(kCalibrationJson);
+  return text;
+}
+
+const Constants& calibrated_constants() {
+  static const Constants c = constants_from_json(nlohmann::json::parse(calibration_json_text()));
+  return c;
+}
+
+}  // namespace ggfleet::perf

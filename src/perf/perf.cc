@@ -1,0 +1,316 @@
+#include "perf/perf.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+namespace ggfleet::perf {
+namespace {
+
+constexpr double kActivationBytes = 4;            // f32 hidden state per value
+constexpr std::uint32_t kOpOffloadMinBatch = 32;  // llama.cpp offloads CPU matmuls from this batch
+// A worker to itself (an rpc-server on the main's own host): loopback TCP.
+constexpr cluster::Link kLoopback{20e9, 10e-6};
+
+struct LayerCost {
+  double active_bytes = 0;   // weights read per token (routed experts: only the used ones)
+  double all_bytes = 0;      // weights in the layer
+  double expert_bytes = 0;   // of which routed experts
+  double active_params = 0;  // parameters multiplied per token
+  double kv_bytes_per_token = 0;
+};
+
+// Per layer 0..blocks (blocks = the output head) of the model.
+std::vector<LayerCost> layer_costs(const estimate::ModelMemory& m, const estimate::Estimate& e) {
+  const model::Profile& p = m.profile;
+  std::vector<LayerCost> out(p.blocks + 1);
+  const double used_fraction =
+      p.experts.count > 0 ? static_cast<double>(p.experts.used) / p.experts.count : 1.0;
+  for (std::uint32_t i = 0; i < p.blocks && i < p.block_bytes.size(); ++i) {
+    const model::BlockBytes& b = p.block_bytes[i];
+    const double active = static_cast<double>(b.total_bytes - b.expert_bytes) +
+                          used_fraction * static_cast<double>(b.expert_bytes);
+    out[i].all_bytes = static_cast<double>(b.total_bytes);
+    out[i].expert_bytes = static_cast<double>(b.expert_bytes);
+    out[i].active_bytes = active;
+    out[i].active_params = b.total_bytes == 0 ? 0
+                                              : static_cast<double>(b.parameters) * active /
+                                                    static_cast<double>(b.total_bytes);
+  }
+  LayerCost& head = out[p.blocks];
+  const double head_bytes = static_cast<double>(
+      (p.output_tied ? p.token_embedding_bytes : p.output_bytes) + p.output_norm_bytes);
+  head.all_bytes = head.active_bytes = head_bytes;
+  head.active_params = static_cast<double>(p.embedding_length * p.vocab_size);
+  // KV bytes per cached token, spread evenly over the blocks that hold them.
+  double kv_total = static_cast<double>(e.host.kv_bytes);
+  for (const estimate::DeviceUsage& d : e.devices) kv_total += static_cast<double>(d.kv_bytes);
+  const double cells = static_cast<double>(e.kv_cells_per_stream) * std::max(1u, e.kv_streams);
+  if (cells > 0 && p.blocks > 0) {
+    for (std::uint32_t i = 0; i < p.blocks; ++i)
+      out[i].kv_bytes_per_token = kv_total / cells / p.blocks;
+  }
+  return out;
+}
+
+// K-quants and I-quants (super-blocks of 256) dequantize slower per byte than Q4_0, Q8_0 or F16:
+// the model-wide share of their bytes scales the weight-read time.
+double read_factor(const model::Profile& p, const Constants& c) {
+  double slow = 0;
+  for (const auto& [type, bytes] : p.bytes_by_type) {
+    const auto id = static_cast<std::uint32_t>(type);
+    const bool super_block = (id >= 10 && id <= 23 && id != 20) || id == 29 || id == 34 || id == 35;
+    if (super_block) slow += static_cast<double>(bytes);
+  }
+  const double share = p.tensor_bytes > 0 ? slow / static_cast<double>(p.tensor_bytes) : 0.0;
+  return 1.0 + share * (c.kquant_read_factor - 1.0);
+}
+
+// Attention FLOPs of one block for `n` new tokens after `depth` cached ones (QK^T and AV).
+double attention_flops(const model::Profile& p, double n, double depth) {
+  const double per_pair =
+      2.0 * p.attention.head_count *
+      (p.attention.is_mla() ? p.attention.key_length_mla + p.attention.value_length_mla
+                            : p.attention.key_length + p.attention.value_length);
+  return per_pair * n * (depth + n / 2.0);
+}
+
+double cpu_bandwidth(const cluster::Worker& w, std::uint32_t threads, const Constants& c) {
+  const double thread_bw = threads * c.cpu_thread_bandwidth_bytes_per_s;
+  return 1.0 / (1.0 / thread_bw + 1.0 / w.cpu.memory_bandwidth_bytes_per_s);
+}
+
+struct Segment {
+  std::int32_t device = -1;  // layout device, -1 = the main's CPU
+  std::uint32_t first = 0;   // layers [first, last]
+  std::uint32_t last = 0;
+};
+
+Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
+               const estimate::Estimate& e, const Scenario& s, const Constants& c, bool detail) {
+  if (s.cluster == nullptr) throw PlacementError("no cluster given");
+  const cluster::Cluster& cl = *s.cluster;
+  const cluster::Worker* main = cl.find(s.main_worker);
+  if (main == nullptr)
+    throw PlacementError("main worker '" + s.main_worker + "' is not in the cluster");
+  if (s.places.size() != layout.devices.size()) {
+    throw PlacementError(std::to_string(layout.devices.size()) + " devices but " +
+                         std::to_string(s.places.size()) + " places");
+  }
+  std::vector<const cluster::Worker*> workers;
+  std::vector<const cluster::Gpu*> gpus;
+  {
+    std::set<std::pair<std::string, std::uint32_t>> seen;
+    for (const DevicePlace& place : s.places) {
+      const cluster::Worker* w = cl.find(place.worker);
+      if (w == nullptr) throw PlacementError("unknown worker '" + place.worker + "'");
+      if (place.gpu >= w->gpus.size()) {
+        throw PlacementError("worker " + place.worker + " has no GPU " + std::to_string(place.gpu) +
+                             " (it has " + std::to_string(w->gpus.size()) + ")");
+      }
+      if (!seen.insert({place.worker, place.gpu}).second) {
+        throw PlacementError(place.worker + ":" + std::to_string(place.gpu) + " is listed twice");
+      }
+      workers.push_back(w);
+      gpus.push_back(&w->gpus[place.gpu]);
+    }
+  }
+  const model::Profile& p = m.profile;
+  const std::uint32_t blocks = p.blocks;
+  const std::vector<LayerCost> cost = layer_costs(m, e);
+  std::vector<std::int32_t> owner(blocks + 1, -1);
+  for (std::size_t d = 0; d < e.devices.size(); ++d) {
+    const estimate::DeviceUsage& u = e.devices[d];
+    if (u.first_block >= 0) {
+      for (std::int32_t b = u.first_block; b <= u.last_block; ++b)
+        owner[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(d);
+    }
+    if (u.has_output) owner[blocks] = static_cast<std::int32_t>(d);
+  }
+  std::vector<Segment> segments;
+  for (std::uint32_t l = 0; l <= blocks; ++l) {
+    if (!segments.empty() && segments.back().device == owner[l]) {
+      segments.back().last = l;
+    } else {
+      segments.push_back({owner[l], l, l});
+    }
+  }
+  const std::uint32_t threads = s.threads > 0 ? s.threads : std::max(1u, main->cpu.cores);
+  // The main's first local GPU, which takes the CPU layers' matmuls in prompt processing.
+  std::int32_t main_gpu = -1;
+  for (std::size_t d = 0; d < s.places.size(); ++d) {
+    if (s.places[d].worker == s.main_worker && !layout.devices[d].remote) {
+      main_gpu = static_cast<std::int32_t>(d);
+      break;
+    }
+  }
+  const double width = static_cast<double>(p.embedding_length);
+  const double depth = s.depth_tokens;
+  const double n_prompt = std::max(1u, s.prompt_tokens);
+  const double ubatch = std::min<double>(
+      n_prompt, std::max(1u, std::min(layout.context.ubatch_tokens, layout.context.batch_tokens)));
+  const double n_ubatches = std::ceil(n_prompt / ubatch);
+  const double width_efficiency = width / (width + c.gpu_matmul_half_width);
+  const double weight_factor = read_factor(p, c);
+  // Share of a layer's routed experts that one micro-batch touches (random routing): llama.cpp's
+  // op offload copies only the experts in use.
+  const double expert_share =
+      p.experts.count > 0
+          ? 1.0 - std::pow(1.0 - static_cast<double>(p.experts.used) / p.experts.count, ubatch)
+          : 1.0;
+
+  Prediction out;
+  const std::size_t n_dev = layout.devices.size();
+  std::vector<PartTime> dev_parts(n_dev);
+  PartTime cpu_part;
+  cpu_part.worker = main->name;
+
+  // Work per device: the layers it holds.
+  for (const Segment& seg : segments) {
+    double read = 0, all = 0, params = 0, attn = 0;
+    for (std::uint32_t l = seg.first; l <= seg.last; ++l) {
+      read += cost[l].active_bytes * weight_factor + cost[l].kv_bytes_per_token * depth;
+      all += cost[l].all_bytes - cost[l].expert_bytes * (1.0 - expert_share);
+      if (l < blocks) {
+        params += cost[l].active_params;
+        attn += attention_flops(p, ubatch, depth);
+      }
+    }
+    const std::uint32_t layers = seg.last - seg.first + 1;
+    // Prompt FLOPs per micro-batch: only the last token of a prompt needs the output head.
+    const double flops = 2.0 * params * ubatch + attn +
+                         (seg.last == blocks ? 2.0 * cost[blocks].active_params : 0.0);
+    if (seg.device >= 0) {
+      const auto d = static_cast<std::size_t>(seg.device);
+      PartTime& part = dev_parts[d];
+      const double bw = gpus[d]->memory_bandwidth_bytes_per_s * c.gpu_bandwidth_efficiency;
+      part.layers += layers;
+      part.read_bytes += read;
+      part.bandwidth_bytes_per_s = bw;
+      part.generation_s += read / bw + layers * c.gpu_layer_s;
+      part.prompt_s +=
+          n_ubatches * (flops / (gpus[d]->fp16_flops * c.gpu_matmul_efficiency * width_efficiency) +
+                        layers * c.gpu_layer_prompt_s);
+    } else {
+      const double bw = cpu_bandwidth(*main, threads, c);
+      cpu_part.layers += layers;
+      cpu_part.read_bytes += read;
+      cpu_part.bandwidth_bytes_per_s = bw;
+      cpu_part.generation_s += read / bw + layers * c.cpu_layer_s;
+      double per_ubatch;
+      if (main_gpu >= 0 && ubatch >= kOpOffloadMinBatch) {
+        const cluster::Gpu& g = *gpus[static_cast<std::size_t>(main_gpu)];
+        per_ubatch = all / c.op_offload_bandwidth_bytes_per_s +
+                     flops / (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
+      } else {
+        per_ubatch = flops / (threads * c.cpu_thread_flops);
+      }
+      cpu_part.prompt_s += n_ubatches * (per_ubatch + layers * c.cpu_layer_s);
+    }
+  }
+
+  // Hops: every change of device along the layers; runs on RPC devices pay a call each.
+  double hop_gen = 0, hop_prompt = 0, split_gen = 0;
+  std::vector<PartTime> hop_parts;
+  const double hidden_bytes = width * kActivationBytes;
+  const double logits_bytes = static_cast<double>(p.vocab_size) * kActivationBytes;
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    const Segment& seg = segments[i];
+    if (i > 0) {
+      split_gen += c.split_s;
+      hop_gen += c.split_s;
+      hop_prompt += n_ubatches * c.split_s;
+    }
+    if (seg.device < 0) continue;
+    const auto d = static_cast<std::size_t>(seg.device);
+    if (!layout.devices[d].remote) continue;
+    const cluster::Link link = s.places[d].worker == s.main_worker
+                                   ? kLoopback
+                                   : cl.link(s.main_worker, s.places[d].worker);
+    const double transfer_bw =
+        1.0 / (1.0 / link.bandwidth_bytes_per_s + 1.0 / c.rpc_transfer_bandwidth_bytes_per_s);
+    const std::uint32_t layers = seg.last - seg.first + 1;
+    const bool has_output = seg.last == blocks;
+    const double fixed = 2 * link.latency_s + c.rpc_call_s + layers * c.rpc_layer_s;
+    // In: the hidden state from the previous device (or the embeddings from the host).
+    // Out: the hidden state for the next device, or the logits of the outputs.
+    const double gen_bytes = hidden_bytes + (has_output ? logits_bytes : hidden_bytes);
+    const double prompt_bytes =
+        hidden_bytes * ubatch + (has_output ? logits_bytes : hidden_bytes * ubatch);
+    PartTime hop;
+    hop.worker = s.places[d].worker;
+    hop.layers = layers;
+    hop.generation_s = fixed + gen_bytes / transfer_bw;
+    hop.prompt_s = n_ubatches * (fixed + prompt_bytes / transfer_bw);
+    hop_gen += hop.generation_s;
+    hop_prompt += hop.prompt_s;
+    if (detail) {
+      hop.what = "RPC calls to " + layout.devices[d].name + " on " + hop.worker + " (round trip " +
+                 std::to_string(2 * link.latency_s * 1e3).substr(0, 5) + " ms)";
+      hop_parts.push_back(std::move(hop));
+    }
+  }
+
+  double gen_s = c.token_s + hop_gen + cpu_part.generation_s;
+  double prompt_s = n_ubatches * c.token_s + hop_prompt + cpu_part.prompt_s;
+  for (const PartTime& part : dev_parts) {
+    gen_s += part.generation_s;
+    prompt_s += part.prompt_s;
+  }
+  out.generation_token_s = gen_s;
+  out.prompt_s = prompt_s;
+  out.generation_tokens_per_s = 1.0 / gen_s;
+  out.prompt_tokens_per_s = n_prompt / prompt_s;
+  out.time_to_first_token_s = prompt_s + gen_s;
+  for (std::size_t d = 0; d < n_dev; ++d) {
+    if (layout.devices[d].remote && s.places[d].worker != s.main_worker) {
+      out.rpc_load_bytes += e.devices[d].weights_bytes;
+    }
+  }
+  out.startup_s = static_cast<double>(out.rpc_load_bytes) / c.rpc_load_bandwidth_bytes_per_s;
+  if (!detail) return out;
+
+  double worst = -1;
+  for (std::size_t d = 0; d < n_dev; ++d) {
+    PartTime& part = dev_parts[d];
+    part.worker = s.places[d].worker;
+    part.what = layout.devices[d].name + " (" + s.places[d].worker + " GPU " +
+                std::to_string(s.places[d].gpu) + ", " + gpus[d]->name + ")";
+    out.parts.push_back(part);
+  }
+  if (cpu_part.layers > 0) {
+    cpu_part.what = "CPU of " + main->name + " (" + std::to_string(threads) + " threads)";
+    out.parts.push_back(cpu_part);
+  }
+  for (PartTime& hop : hop_parts) out.parts.push_back(std::move(hop));
+  PartTime fixed;
+  fixed.what = "per-token fixed cost and local device changes";
+  fixed.worker = main->name;
+  fixed.generation_s = c.token_s + split_gen;
+  fixed.prompt_s = n_ubatches * (c.token_s + split_gen);
+  out.parts.push_back(fixed);
+  for (const PartTime& part : out.parts) {
+    if (part.generation_s > worst) {
+      worst = part.generation_s;
+      out.bottleneck = part.what;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Prediction predict(const estimate::ModelMemory& model, const estimate::Layout& layout,
+                   const estimate::Estimate& e, const Scenario& scenario,
+                   const Constants& constants) {
+  return run(model, layout, e, scenario, constants, true);
+}
+
+std::pair<double, double> predict_rates(const estimate::ModelMemory& model,
+                                        const estimate::Layout& layout, const estimate::Estimate& e,
+                                        const Scenario& scenario, const Constants& constants) {
+  const Prediction p = run(model, layout, e, scenario, constants, false);
+  return {p.generation_tokens_per_s, p.prompt_tokens_per_s};
+}
+
+}  // namespace ggfleet::perf

@@ -1,0 +1,93 @@
+// Predicted speed of one layout on one cluster: generation tokens/s (llama-bench tg), prompt
+// tokens/s (pp) and time to first token, with the time each part takes.
+//
+// The model walks the layers in llama.cpp's execution order (CPU layers of the main worker
+// first, then each device of the layout in order) and adds:
+//   - per device: the bytes of weights it reads per token (attention, dense FFN, shared experts
+//     and only the routed experts a token uses) plus its KV cache at the given depth, at the
+//     device's memory bandwidth times a fitted efficiency, and a fitted cost per layer;
+//   - layers on the main worker's CPU: the same bytes at the CPU's bandwidth for the thread count
+//     (threads and the memory system combine like resistors in series);
+//   - each run of layers on an RPC device: one round trip to that worker per evaluation
+//     (llama.cpp relays remote-to-remote hops through the main), a fitted fixed cost per call and
+//     per remote layer (graph serialisation), and the activations (and logits, when the output is
+//     remote) over the link;
+//   - for prompts: matrix products at the device's FP16 rate times an efficiency that grows with
+//     the embedding width; the CPU layers' products either copied to the main's first local GPU
+//     (llama.cpp's op offload, when the main has one) or computed by the CPU threads.
+// Every constant that is not physics lives in src/perf/calibration.json with the measurements it
+// was fitted to (bench/perf_calibrate refits it from bench/data/perf).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cluster/cluster.h"
+#include "estimate/estimate.h"
+#include "estimate/layout.h"
+#include "estimate/model_memory.h"
+#include "perf/constants.h"
+
+namespace ggfleet::perf {
+
+// Where one device of the layout lives: a worker and its GPU index.
+struct DevicePlace {
+  std::string worker;
+  std::uint32_t gpu = 0;
+};
+
+struct Scenario {
+  const cluster::Cluster* cluster = nullptr;
+  std::string main_worker;
+  std::vector<DevicePlace> places;  // one per layout device, same order
+  std::uint32_t threads = 0;        // CPU threads of llama.cpp on the main; 0 = its cores
+  std::uint32_t prompt_tokens = 512;
+  std::uint32_t depth_tokens = 0;  // tokens already in the KV cache when generating
+};
+
+// One part of the time per token or per prompt.
+struct PartTime {
+  std::string what;    // "CUDA0 (worker1 GPU 0)", "CPU (worker1)", "RPC hop to worker2", ...
+  std::string worker;  // the worker doing the work
+  std::uint32_t layers = 0;
+  double read_bytes = 0;             // generation: weights + KV read per token
+  double bandwidth_bytes_per_s = 0;  // generation: effective bandwidth used
+  double generation_s = 0;           // per generated token
+  double prompt_s = 0;               // for the whole prompt
+};
+
+struct Prediction {
+  double generation_tokens_per_s = 0;
+  double prompt_tokens_per_s = 0;
+  double time_to_first_token_s = 0;  // prompt_tokens through the prompt path, then one token
+  double generation_token_s = 0;     // seconds per generated token
+  double prompt_s = 0;               // seconds for prompt_tokens
+  double startup_s = 0;              // weights sent to RPC servers at load (no cache)
+  std::uint64_t rpc_load_bytes = 0;
+  std::vector<PartTime> parts;  // devices in layout order, then the CPU, then RPC hops, fixed
+  std::string bottleneck;       // the part with the largest generation time
+};
+
+// Invalid placements: a place naming an unknown worker or GPU, a different number of places
+// and devices, the same GPU twice.
+class PlacementError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+// Predicts `layout` (with its estimate `e`) for `model` placed as `scenario` says.
+// REQUIRES: `e` is estimate::estimate(model, layout); scenario.cluster is not null.
+// Throws PlacementError for invalid places.
+Prediction predict(const estimate::ModelMemory& model, const estimate::Layout& layout,
+                   const estimate::Estimate& e, const Scenario& scenario,
+                   const Constants& constants = calibrated_constants());
+
+// The same, for a throughput-only answer with no strings: what the planner calls in its loops.
+// Returns {generation tokens/s, prompt tokens/s}.
+std::pair<double, double> predict_rates(const estimate::ModelMemory& model,
+                                        const estimate::Layout& layout, const estimate::Estimate& e,
+                                        const Scenario& scenario,
+                                        const Constants& constants = calibrated_constants());
+
+}  // namespace ggfleet::perf
