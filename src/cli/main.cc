@@ -1,14 +1,20 @@
 // ggfleet: one binary, `ggfleet <verb>`.
+#include <unistd.h>
 #include <CLI/CLI.hpp>
+
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <iostream>
 
 #include "cli/estimate_cmd.h"
 #include "cli/inspect.h"
 #include "cli/predict_cmd.h"
+#include "cluster/units.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
 #include "model/synth.h"
+#include "worker/probe.h"
 
 namespace {
 
@@ -54,6 +60,74 @@ void add_context_options(CLI::App* cmd, cli::EstimateRequest& er, ContextFlags& 
 void apply(const ContextFlags& flags, cli::EstimateRequest& er) {
   er.context.kv_offload = !flags.no_kv_offload;
   er.context.mmap = !flags.no_mmap;
+}
+
+struct ProbeOptions {
+  std::string name;
+  std::string llama_dir;
+  bool no_gpu = false;
+  std::vector<std::string> peers;  // HOST:PORT or HOST:PORT=NAME
+  std::string serve;               // HOST:PORT
+  std::uint32_t serve_count = 0;
+  double cpu_seconds = 1.0;
+  std::string buffer = "1GiB";
+};
+
+// The llama.cpp binaries to measure GPUs with: the option, $GGFLEET_LLAMA_DIR, or what
+// scripts/llama-cpp built (CUDA first).
+std::string find_llama_dir(const std::string& given) {
+  if (!given.empty()) return given;
+  if (const char* env = std::getenv("GGFLEET_LLAMA_DIR")) return env;
+  const char* home = std::getenv("HOME");
+  const std::string cache = std::getenv("GGFLEET_CACHE")
+                                ? std::getenv("GGFLEET_CACHE")
+                                : std::string(home ? home : "/root") + "/.cache/ggfleet";
+  for (const char* backend : {"cuda", "cpu"}) {
+    const std::string dir = cache + "/llama.cpp/3.22.1-" + backend + "/bin";
+    if (std::filesystem::exists(dir + "/llama-bench")) return dir;
+  }
+  return "";
+}
+
+int run_probe(const ProbeOptions& o) {
+  if (!o.serve.empty()) {
+    const auto colon = o.serve.rfind(':');
+    if (colon == std::string::npos) throw std::invalid_argument("--serve wants HOST:PORT");
+    const auto port = static_cast<std::uint16_t>(std::stoul(o.serve.substr(colon + 1)));
+    worker::run_peer_server(o.serve.substr(0, colon), port, o.serve_count, [&] {
+      std::cout << "probe peer listening on " << o.serve << std::endl;
+    });
+    return 0;
+  }
+  worker::ProbeReport r;
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  r.worker_name = o.name.empty() ? host : o.name;
+  r.cpu = worker::measure_cpu(cluster::parse_bytes(o.buffer), 0, o.cpu_seconds);
+  std::string gpu_note;
+  if (!o.no_gpu) {
+    const std::string dir = find_llama_dir(o.llama_dir);
+    if (dir.empty()) {
+      gpu_note =
+          "# GPUs not measured: no llama.cpp found (scripts/llama-cpp, --llama DIR or "
+          "GGFLEET_LLAMA_DIR)\n";
+    } else {
+      const std::filesystem::path work =
+          std::filesystem::temp_directory_path() / ("ggfleet-probe-" + std::to_string(getpid()));
+      r.gpus = worker::measure_gpus(dir, work.string());
+      std::filesystem::remove_all(work);
+      if (r.gpus.empty()) gpu_note = "# no GPUs found by " + dir + "/llama-bench\n";
+    }
+  }
+  for (const std::string& p : o.peers) {
+    const auto eq = p.find('=');
+    const std::string address = p.substr(0, eq);
+    r.links.emplace_back(
+        eq == std::string::npos ? address.substr(0, address.rfind(':')) : p.substr(eq + 1),
+        worker::measure_peer(address));
+  }
+  std::cout << worker::report_yaml(r) << gpu_note;
+  return 0;
 }
 
 }  // namespace
@@ -135,6 +209,23 @@ int main(int argc, char** argv) {
   pred->add_option("--depth", pr.depth_tokens, "Tokens already in the cache while generating");
   add_context_options(pred, pr.options, predict_flags);
 
+  ProbeOptions po;
+  CLI::App* probe = app.add_subcommand(
+      "probe",
+      "Measure this machine (CPU bandwidth, RAM, GPUs, links); prints a cluster-file fragment");
+  probe->add_option("--name", po.name, "Worker name in the output (default: the host name)");
+  probe->add_option("--llama", po.llama_dir,
+                    "Directory with llama-bench (default: scripts/llama-cpp's build)");
+  probe->add_flag("--no-gpu", po.no_gpu, "Skip the GPU measurement");
+  probe->add_option("--peer", po.peers,
+                    "Measure the link to `ggfleet probe --serve` at HOST:PORT[=NAME]");
+  probe->add_option("--serve", po.serve, "Answer other probes' link measurements on HOST:PORT");
+  probe->add_option("--serve-count", po.serve_count,
+                    "With --serve: exit after N connections (0 = never)");
+  probe->add_option("--cpu-seconds", po.cpu_seconds, "How long to stream memory")
+      ->check(CLI::PositiveNumber);
+  probe->add_option("--buffer", po.buffer, "Memory streamed per pass (larger than the caches)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -154,6 +245,7 @@ int main(int argc, char** argv) {
       }
       return cli::run_predict(pr);
     }
+    if (probe->parsed()) return run_probe(po);
     if (synth->parsed()) {
       if (list_presets || preset.empty()) {
         for (const auto& p : model::presets()) std::cout << p.name << "\t" << p.description << "\n";
