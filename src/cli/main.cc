@@ -9,6 +9,7 @@
 
 #include "cli/estimate_cmd.h"
 #include "cli/inspect.h"
+#include "cli/plan_cmd.h"
 #include "cli/predict_cmd.h"
 #include "cluster/units.h"
 #include "gguf/reader.h"
@@ -209,6 +210,40 @@ int main(int argc, char** argv) {
   pred->add_option("--depth", pr.depth_tokens, "Tokens already in the cache while generating");
   add_context_options(pred, pr.options, predict_flags);
 
+  cli::PlanRequest plr;
+  ContextFlags plan_flags;
+  plr.options.gpu_layers = cli::kFitGpuLayers;
+  CLI::App* planc = app.add_subcommand(
+      "plan",
+      "The best layout for a model on a cluster: main worker, GPUs, split, commands, and why");
+  planc->add_option("model", plr.options.model, "GGUF file, any shard, or URL")->required();
+  planc->add_option("--cluster", plr.cluster_file, "Cluster YAML file")->required();
+  planc->add_option("--replicas", plr.replicas, "Instances to place")->check(CLI::PositiveNumber);
+  planc->add_option("--policy", plr.policy,
+                    "Near-ties go to: spread (least loaded) | binpack (most loaded)");
+  planc->add_flag("--no-distributed", plr.no_distributed, "Only GPUs of the main worker (no RPC)");
+  planc->add_flag("--no-cpu-offload", plr.no_cpu_offload, "Every layer on a GPU");
+  planc->add_option("--max-rpc-servers", plr.max_rpc_servers, "Most remote GPUs in one layout");
+  planc->add_option("--selector", plr.selector,
+                    "Worker label KEY=VALUE that must match (repeatable)");
+  planc->add_option("--gpus", plr.gpus, "Use exactly these GPUs, WORKER:INDEX")->delimiter(',');
+  planc->add_option("--ngl", plr.options.gpu_layers,
+                    "Layers to offload (-1 = all); default: planned");
+  planc
+      ->add_option("--tensor-split", plr.options.tensor_split,
+                   "Weights per GPU, in the order of --gpus")
+      ->delimiter(',');
+  planc->add_option("--threads", plr.threads, "llama.cpp threads on the main (default: its cores)");
+  planc->add_option("--prompt-tokens", plr.prompt_tokens, "Prompt length for time to first token")
+      ->check(CLI::PositiveNumber);
+  planc->add_option("--tie-tolerance", plr.tie_tolerance,
+                    "Layouts this close in tokens/s are ties (0.02 = 2%)");
+  planc
+      ->add_option("--extra-arg", plr.extra_args,
+                   "Argument passed to llama-server as is (repeatable)")
+      ->allow_extra_args(false);
+  add_context_options(planc, plr.options, plan_flags);
+
   ProbeOptions po;
   CLI::App* probe = app.add_subcommand(
       "probe",
@@ -246,6 +281,10 @@ int main(int argc, char** argv) {
       return cli::run_predict(pr);
     }
     if (probe->parsed()) return run_probe(po);
+    if (planc->parsed()) {
+      apply(plan_flags, plr.options);
+      return cli::run_plan(plr);
+    }
     if (synth->parsed()) {
       if (list_presets || preset.empty()) {
         for (const auto& p : model::presets()) std::cout << p.name << "\t" << p.description << "\n";

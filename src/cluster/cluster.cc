@@ -125,6 +125,7 @@ class Parser {
     Worker w;
     if (!n["name"]) fail(n, where + " needs a name");
     w.name = text(n["name"], where + ".name");
+    w.address = n["address"] ? text(n["address"], where + ".address") : w.name;
     if (w.name.empty()) fail(n, where + ".name is empty");
     if (const YAML::Node cpu = n["cpu"]) {
       only_keys(cpu, {"cores", "memory_bandwidth"}, where + ".cpu");
@@ -172,10 +173,38 @@ class Parser {
     return l;
   }
 
+  void claim(const YAML::Node& n, std::size_t index, Cluster& c) const {
+    const std::string where = "claims[" + std::to_string(index) + "]";
+    only_keys(n, {"instance", "worker", "gpu", "vram", "ram", "rpc"}, where);
+    if (!n["instance"] || !n["worker"]) fail(n, where + " needs instance and worker");
+    const std::string instance = text(n["instance"], where + ".instance");
+    const std::string name = text(n["worker"], where + ".worker");
+    Worker* w = nullptr;
+    for (Worker& x : c.workers) w = x.name == name ? &x : w;
+    if (w == nullptr) fail(n["worker"], where + " names unknown worker '" + name + "'");
+    if (n["ram"]) w->claimed_ram_bytes += bytes(n["ram"], where + ".ram");
+    if (n["gpu"]) {
+      const long long g = n["gpu"].as<long long>(-1);
+      if (g < 0 || static_cast<std::size_t>(g) >= w->gpus.size())
+        fail(n["gpu"],
+             where + ".gpu: " + name + " has " + std::to_string(w->gpus.size()) + " GPU(s)");
+      Gpu& gpu = w->gpus[static_cast<std::size_t>(g)];
+      if (n["vram"]) gpu.claimed_bytes += bytes(n["vram"], where + ".vram");
+      if (n["rpc"] && n["rpc"].as<bool>(false)) {
+        if (!gpu.lent_to.empty() && gpu.lent_to != instance)
+          fail(n, where + ": " + name + " GPU " + std::to_string(g) + " is already lent to " +
+                      gpu.lent_to);
+        gpu.lent_to = instance;
+      }
+    } else if (n["vram"] || n["rpc"]) {
+      fail(n, where + ": vram and rpc claims need a gpu");
+    }
+  }
+
   Cluster cluster(const YAML::Node& root) const {
     if (!root.IsMap())
       fail(root, "a cluster file is a mapping with 'workers' (and optionally 'network')");
-    only_keys(root, {"workers", "network"}, "the cluster file");
+    only_keys(root, {"workers", "network", "claims"}, "the cluster file");
     Cluster c;
     const YAML::Node workers = root["workers"];
     if (!workers || !workers.IsSequence() || workers.size() == 0)
@@ -210,6 +239,10 @@ class Parser {
         }
       }
     }
+    if (const YAML::Node claims = root["claims"]) {
+      if (!claims.IsSequence()) fail(claims, "claims must be a list");
+      for (std::size_t i = 0; i < claims.size(); ++i) claim(claims[i], i, c);
+    }
     return c;
   }
 
@@ -221,12 +254,12 @@ class Parser {
 
 std::uint64_t Worker::free_vram_bytes(std::size_t gpu) const {
   const Gpu& g = gpus.at(gpu);
-  const std::uint64_t taken = g.used_bytes + reserved_vram_bytes;
+  const std::uint64_t taken = g.used_bytes + reserved_vram_bytes + g.claimed_bytes;
   return g.vram_bytes > taken ? g.vram_bytes - taken : 0;
 }
 
 std::uint64_t Worker::free_ram_bytes() const {
-  const std::uint64_t taken = ram_used_bytes + reserved_ram_bytes;
+  const std::uint64_t taken = ram_used_bytes + reserved_ram_bytes + claimed_ram_bytes;
   return ram_bytes > taken ? ram_bytes - taken : 0;
 }
 

@@ -13,6 +13,10 @@
 //   network:
 //     default: {bandwidth: 10Gbit/s, latency: 0.2ms}
 //     links: [{between: [worker1, worker2], bandwidth: 25Gbit/s, latency: 0.05ms}]
+//   claims:                                        # memory running instances already hold
+//     - {instance: chat-0, worker: worker1, gpu: 0, vram: 20GiB}
+//     - {instance: chat-0, worker: worker1, ram: 8GiB}
+//     - {instance: big-1, worker: worker2, gpu: 0, vram: 40GiB, rpc: true}  # lent over RPC
 #pragma once
 
 #include <cstdint>
@@ -36,6 +40,9 @@ struct Gpu {
   double memory_bandwidth_bytes_per_s = 0;
   double fp16_flops = 0;
   double int8_ops = 0;
+  std::uint64_t claimed_bytes = 0;  // held by instances ggfleet placed (claims)
+  std::string lent_to;              // instance this GPU is lent to over RPC ("" = none): an
+                                    // rpc-server serves one client, so nothing else may use it
 };
 
 struct Cpu {
@@ -45,15 +52,17 @@ struct Cpu {
 
 struct Worker {
   std::string name;
+  std::string address;  // where other workers reach it (default: the name)
   Cpu cpu;
   std::uint64_t ram_bytes = 0;
   std::uint64_t ram_used_bytes = 0;
   std::uint64_t reserved_ram_bytes = 0;
   std::uint64_t reserved_vram_bytes = 0;  // per GPU
+  std::uint64_t claimed_ram_bytes = 0;    // held by instances ggfleet placed
   std::map<std::string, std::string> labels;
   std::vector<Gpu> gpus;
 
-  // What llama.cpp may use: total - used - reserved, never negative.
+  // What llama.cpp may use: total - used - reserved - claimed, never negative.
   std::uint64_t free_vram_bytes(std::size_t gpu) const;
   std::uint64_t free_ram_bytes() const;
 };

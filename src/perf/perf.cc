@@ -306,6 +306,34 @@ Prediction predict(const estimate::ModelMemory& model, const estimate::Layout& l
   return run(model, layout, e, scenario, constants, true);
 }
 
+LayerCosts::LayerCosts(const model::Profile& p, const Constants& c) : c_(c) {
+  const double used_fraction =
+      p.experts.count > 0 ? static_cast<double>(p.experts.used) / p.experts.count : 1.0;
+  double sum = 0;
+  for (const model::BlockBytes& b : p.block_bytes) {
+    sum += static_cast<double>(b.total_bytes - b.expert_bytes) +
+           used_fraction * static_cast<double>(b.expert_bytes);
+  }
+  block_bytes_ = p.block_bytes.empty()
+                     ? 0
+                     : read_factor(p, c) * sum / static_cast<double>(p.block_bytes.size());
+}
+
+double LayerCosts::gpu_block_s(const cluster::Gpu& gpu, bool remote) const {
+  return block_bytes_ / (gpu.memory_bandwidth_bytes_per_s * c_.gpu_bandwidth_efficiency) +
+         c_.gpu_layer_s + (remote ? c_.rpc_layer_s : 0.0);
+}
+
+double LayerCosts::cpu_block_s(const cluster::Worker& main, std::uint32_t threads) const {
+  return block_bytes_ /
+             cpu_bandwidth(main, threads > 0 ? threads : std::max(1u, main.cpu.cores), c_) +
+         c_.cpu_layer_s;
+}
+
+double LayerCosts::rpc_call_s(const cluster::Link& link) const {
+  return 2 * link.latency_s + c_.rpc_call_s;
+}
+
 std::pair<double, double> predict_rates(const estimate::ModelMemory& model,
                                         const estimate::Layout& layout, const estimate::Estimate& e,
                                         const Scenario& scenario, const Constants& constants) {

@@ -90,4 +90,20 @@ std::pair<double, double> predict_rates(const estimate::ModelMemory& model,
                                         const Scenario& scenario,
                                         const Constants& constants = calibrated_constants());
 
+// Average time of one transformer block per generated token on each kind of device, and the
+// fixed cost of an RPC call: what a planner ranks devices by before predicting whole layouts.
+class LayerCosts {
+ public:
+  explicit LayerCosts(const model::Profile& profile,
+                      const Constants& constants = calibrated_constants());
+  double gpu_block_s(const cluster::Gpu& gpu, bool remote) const;
+  double cpu_block_s(const cluster::Worker& main,
+                     std::uint32_t threads) const;  // threads 0 = cores
+  double rpc_call_s(const cluster::Link& link) const;
+
+ private:
+  double block_bytes_ = 0;  // average weights read per block and token
+  Constants c_;
+};
+
 }  // namespace ggfleet::perf

@@ -1,0 +1,189 @@
+#include "cli/plan_cmd.h"
+
+#include <cstdio>
+#include <iostream>
+#include <set>
+#include <sstream>
+
+#include "cli/predict_cmd.h"
+#include "gguf/reader.h"
+#include "model/profile.h"
+
+namespace ggfleet::cli {
+namespace {
+
+std::string fixed(double v, int digits) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+nlohmann::json candidate_json(const plan::Candidate& c, const cluster::Cluster& cluster) {
+  nlohmann::json j = prediction_json({c.layout, c.places}, cluster, c.estimate, c.prediction);
+  j["label"] = c.label;
+  j["layout"]["main_worker"] = c.main_worker;
+  return j;
+}
+
+nlohmann::json commands_json(const std::vector<plan::Command>& commands) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const plan::Command& c : commands) {
+    out.push_back({{"worker", c.worker},
+                   {"role", c.role},
+                   {"env", c.env},
+                   {"argv", c.argv},
+                   {"line", c.line()}});
+  }
+  return out;
+}
+
+}  // namespace
+
+plan::Request build_request(const PlanRequest& r) {
+  plan::Request q;
+  EstimateRequest opts = r.options;
+  opts.gpus.clear();
+  opts.rpc_gpus.clear();
+  opts.tensor_split.clear();
+  q.context = build_layout(opts).context;
+  q.model_path = r.options.model;
+  q.replicas = r.replicas;
+  if (r.policy != "spread" && r.policy != "binpack") {
+    throw plan::PlanError("--policy must be spread or binpack, not '" + r.policy + "'");
+  }
+  q.policy = r.policy == "spread" ? plan::Policy::kSpread : plan::Policy::kBinpack;
+  q.allow_distributed = !r.no_distributed;
+  q.allow_cpu_offload = !r.no_cpu_offload;
+  q.max_rpc_servers = r.max_rpc_servers;
+  for (const std::string& kv : r.selector) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw plan::PlanError("--selector wants KEY=VALUE, not '" + kv + "'");
+    q.selector[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  for (const std::string& g : r.gpus) {
+    const auto colon = g.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == g.size() ||
+        g.find_first_not_of("0123456789", colon + 1) != std::string::npos) {
+      throw plan::PlanError("GPU '" + g + "' is not WORKER:INDEX (e.g. worker1:0)");
+    }
+    q.gpus.push_back(
+        {g.substr(0, colon), static_cast<std::uint32_t>(std::stoul(g.substr(colon + 1)))});
+  }
+  q.gpu_layers =
+      r.options.gpu_layers == kFitGpuLayers ? plan::kAutoGpuLayers : r.options.gpu_layers;
+  q.tensor_split = r.options.tensor_split;
+  q.extra_args = r.extra_args;
+  q.threads = r.threads;
+  q.prompt_tokens = r.prompt_tokens;
+  q.tie_tolerance = r.tie_tolerance;
+  return q;
+}
+
+nlohmann::json plan_json(const plan::Plan& p, const cluster::Cluster& cluster) {
+  nlohmann::json j;
+  j["feasible"] = p.feasible;
+  if (!p.reason.empty()) j["reason"] = p.reason;
+  j["layouts_evaluated"] = p.layouts_evaluated;
+  j["mains_evaluated"] = p.mains_evaluated;
+  nlohmann::json replicas = nlohmann::json::array();
+  for (const plan::Replica& r : p.replicas) {
+    nlohmann::json rj = candidate_json(r.chosen, cluster);
+    rj["commands"] = commands_json(r.commands);
+    replicas.push_back(rj);
+  }
+  j["replicas"] = replicas;
+  if (!p.replicas.empty()) {
+    const nlohmann::json first = replicas[0];
+    j["layout"] = first["layout"];
+    j["prediction"] = first["prediction"];
+    j["commands"] = first["commands"];
+  }
+  nlohmann::json alts = nlohmann::json::array();
+  for (const plan::Candidate& c : p.alternatives) alts.push_back(candidate_json(c, cluster));
+  j["alternatives"] = alts;
+  nlohmann::json rejected = nlohmann::json::array();
+  for (const plan::Rejection& r : p.rejected)
+    rejected.push_back({{"worker", r.worker}, {"reason", r.reason}});
+  j["rejected"] = rejected;
+  return j;
+}
+
+std::string plan_text(const plan::Plan& p, const cluster::Cluster& cluster,
+                      std::uint32_t prompt_tokens) {
+  std::ostringstream o;
+  if (p.replicas.empty()) {
+    o << p.reason << "\n";
+    return o.str();
+  }
+  for (std::size_t i = 0; i < p.replicas.size(); ++i) {
+    const plan::Candidate& c = p.replicas[i].chosen;
+    std::set<std::string> workers{c.main_worker};
+    for (const perf::DevicePlace& pl : c.places) workers.insert(pl.worker);
+    o << (p.replicas.size() > 1 ? "replica " + std::to_string(i + 1) + ": " : "plan: ")
+      << "main worker " << c.main_worker << ", " << c.layout.devices.size() << " GPU(s) on "
+      << workers.size() << " worker(s), " << c.cpu_layers() << " layer(s) on the main's CPU\n";
+    if (i == 0) {
+      for (const plan::Candidate& a : p.alternatives) {
+        if (a.main_worker != c.main_worker && a.label.find("same GPUs") != std::string::npos) {
+          o << "why " << c.main_worker << ": with the same GPUs, main " << a.main_worker
+            << " is predicted " << fixed(a.prediction.generation_tokens_per_s, 2)
+            << " tokens/s against " << fixed(c.prediction.generation_tokens_per_s, 2) << " ("
+            << fixed(100.0 * (c.prediction.generation_tokens_per_s /
+                                  a.prediction.generation_tokens_per_s -
+                              1),
+                     0)
+            << "% faster with " << c.main_worker << "); its bottleneck: " << a.prediction.bottleneck
+            << "\n";
+        }
+      }
+    }
+    o << prediction_text({c.layout, c.places}, cluster, c.estimate, c.prediction, prompt_tokens);
+    o << "commands:\n";
+    for (const plan::Command& cmd : p.replicas[i].commands)
+      o << "  [" << cmd.worker << "] " << cmd.line() << "\n";
+    o << "\n";
+  }
+  if (!p.alternatives.empty()) {
+    o << "alternatives:\n";
+    const double best = p.replicas[0].chosen.prediction.generation_tokens_per_s;
+    for (const plan::Candidate& a : p.alternatives) {
+      o << "  " << a.label << ": " << fixed(a.prediction.generation_tokens_per_s, 2)
+        << " tokens/s (" << fixed(100.0 * (1 - a.prediction.generation_tokens_per_s / best), 0)
+        << "% slower), " << fixed(a.prediction.prompt_tokens_per_s, 1) << " tokens/s prompt, "
+        << a.layout.devices.size() << " GPU(s), " << a.cpu_layers() << " CPU layer(s); bottleneck "
+        << a.prediction.bottleneck << "\n";
+    }
+  }
+  if (!p.rejected.empty()) {
+    o << "not used:\n";
+    std::size_t shown = 0;
+    for (const plan::Rejection& r : p.rejected) {
+      if (shown++ == 20) {
+        o << "  ... and " << (p.rejected.size() - 20) << " more (see --json)\n";
+        break;
+      }
+      o << "  " << r.worker << ": " << r.reason << "\n";
+    }
+  }
+  if (!p.feasible) o << p.reason << "\n";
+  o << "(" << p.layouts_evaluated << " layouts evaluated, " << p.mains_evaluated
+    << " main workers)\n";
+  return o.str();
+}
+
+int run_plan(const PlanRequest& r) {
+  const cluster::Cluster cluster = cluster::load_cluster(r.cluster_file);
+  const plan::Request q = build_request(r);
+  const gguf::Model model = gguf::Model::open(r.options.model);
+  const estimate::ModelMemory memory = estimate::ModelMemory::from(model, model::profile(model));
+  const plan::Plan p = plan::make_plan(memory, cluster, q);
+  if (r.options.json) {
+    std::cout << plan_json(p, cluster).dump(2) << "\n";
+  } else {
+    std::cout << plan_text(p, cluster, r.prompt_tokens);
+  }
+  return p.feasible ? 0 : 3;
+}
+
+}  // namespace ggfleet::cli

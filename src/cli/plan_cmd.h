@@ -1,0 +1,40 @@
+// `ggfleet plan`: the best layout for a model on a cluster file, its alternatives, why unused
+// workers are unused, and the command line each worker would run.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "cli/estimate_cmd.h"
+#include "plan/plan.h"
+
+namespace ggfleet::cli {
+
+struct PlanRequest {
+  std::string cluster_file;
+  EstimateRequest options;  // model, context, cache types, flash attention, -ngl, split, json
+  std::uint32_t replicas = 1;
+  std::string policy = "spread";
+  bool no_distributed = false;
+  bool no_cpu_offload = false;
+  std::uint32_t max_rpc_servers = 16;
+  std::vector<std::string> selector;  // key=value
+  std::vector<std::string> gpus;      // worker:gpu
+  std::vector<std::string> extra_args;
+  std::uint32_t threads = 0;
+  std::uint32_t prompt_tokens = 512;
+  double tie_tolerance = 0.02;
+};
+
+// The planner's request from the command line. Throws plan::PlanError / estimate::LayoutError.
+plan::Request build_request(const PlanRequest& r);
+
+nlohmann::json plan_json(const plan::Plan& p, const cluster::Cluster& cluster);
+std::string plan_text(const plan::Plan& p, const cluster::Cluster& cluster,
+                      std::uint32_t prompt_tokens);
+
+// Runs the command; returns 0 when every replica was placed, 3 when the model does not fit (the
+// reason is printed), and throws on bad input.
+int run_plan(const PlanRequest& request);
+
+}  // namespace ggfleet::cli

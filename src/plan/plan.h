@@ -1,0 +1,139 @@
+// The planner: the layout with the best predicted generation speed for a model on a fleet — which
+// worker is the main (runs llama-server), which GPUs join it (its own, and other workers' over
+// RPC), how the layers are split, how many stay on the main's CPU — with the alternatives it beat
+// and why each unused worker was not chosen.
+//
+// Search (per replica):
+//   1. Filter: workers matching the label selector, GPUs not lent to another instance and with
+//      free memory (total - used - reserved - claims), explicit GPUs when given.
+//   2. For each main worker, candidate device sets: prefixes of its own GPUs (fastest first),
+//      then its GPUs plus prefixes of the fastest remote GPUs (at most max_rpc_servers), and
+//      prefixes of all of them merged by speed; CPU-only when allowed. A set stops growing once
+//      it holds the whole model.
+//   3. For a set, layers go to the cheapest device per block first (a device's per-block time
+//      includes RPC costs), up to what fits (each device's free memory minus its compute buffer
+//      and, for the last device, the output layer); the rest to the main's CPU when allowed. The
+//      split is checked with estimate::estimate and trimmed until every device fits.
+//   4. Mains are visited best bound first (all layers at the best per-block cost it could reach)
+//      and workers with identical resources are evaluated once; the search stops when no
+//      remaining main can come within the tie tolerance of the best.
+//   5. Among layouts within `tie_tolerance` of the best predicted generation speed, the
+//      placement policy decides (spread: least loaded workers; binpack: most loaded), then
+//      fewer GPUs, then prompt speed.
+// Pure: no I/O, deterministic for the same input.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cluster/cluster.h"
+#include "estimate/estimate.h"
+#include "estimate/model_memory.h"
+#include "perf/perf.h"
+
+namespace ggfleet::plan {
+
+enum class Policy { kSpread, kBinpack };
+
+struct GpuRef {
+  std::string worker;
+  std::uint32_t gpu = 0;
+  bool operator==(const GpuRef&) const = default;
+};
+
+constexpr std::int32_t kAutoGpuLayers = -2;
+
+struct Request {
+  std::string model_path;  // for the command lines
+  estimate::ContextOptions context;
+  std::uint32_t replicas = 1;
+  Policy policy = Policy::kSpread;
+  bool allow_distributed = true;  // GPUs of other workers over RPC
+  bool allow_cpu_offload = true;  // layers on the main's CPU
+  std::uint32_t max_rpc_servers = 16;
+  std::map<std::string, std::string> selector;  // worker labels that must match
+  std::vector<GpuRef> gpus;                     // explicit GPUs (any order); empty = any
+  std::int32_t gpu_layers = kAutoGpuLayers;     // explicit -ngl (-1 = all)
+  std::vector<double> tensor_split;             // explicit, one per explicit GPU, same order
+  std::vector<std::string> extra_args;          // passed to llama-server as they are
+  std::uint32_t threads = 0;                    // llama.cpp threads on the main; 0 = its cores
+  std::uint32_t prompt_tokens = 512;
+  double tie_tolerance = 0.02;  // layouts this close to the best tg are ties for the policy
+  std::uint16_t server_port = 8080;
+  std::uint16_t rpc_port_base = 50052;
+};
+
+// Contradictory or impossible requests: GPUs that do not exist, a split with the wrong number of
+// entries, -ngl larger than the model, ...
+class PlanError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+struct Candidate {
+  std::string label;  // "plan", "main worker2, same GPUs", "best on one worker", ...
+  std::string main_worker;
+  estimate::Layout layout;                // devices in llama.cpp's order
+  std::vector<perf::DevicePlace> places;  // one per device
+  estimate::Estimate estimate;
+  perf::Prediction prediction;
+  std::uint32_t gpu_count() const { return static_cast<std::uint32_t>(layout.devices.size()); }
+  std::uint32_t cpu_layers() const { return estimate.total_layers - estimate.offloaded_layers; }
+};
+
+struct Rejection {
+  std::string worker;
+  std::string reason;
+};
+
+struct Command {
+  std::string worker;
+  std::string role;  // "rpc-server" or "llama-server"
+  std::map<std::string, std::string> env;
+  std::vector<std::string> argv;
+  std::string line() const;  // shell form: VAR=value prog args...
+};
+
+struct Replica {
+  Candidate chosen;
+  std::vector<Command> commands;
+};
+
+struct Plan {
+  bool feasible = false;
+  std::string reason;             // when not feasible: "does not fit: ..." with the closest option
+  std::vector<Replica> replicas;  // as many as were placed
+  std::vector<Candidate> alternatives;  // best few others for the first replica
+  std::vector<Rejection> rejected;      // workers the first replica does not use, and why
+  std::uint64_t layouts_evaluated = 0;
+  std::uint64_t mains_evaluated = 0;
+};
+
+// Plans `request.replicas` replicas of `model` on `cluster`. Each replica's memory and RPC GPUs
+// are claimed before the next is planned. Throws PlanError for contradictory requests; a model
+// that fits nowhere is a Plan with feasible = false and the reason.
+Plan make_plan(const estimate::ModelMemory& model, const cluster::Cluster& cluster,
+               const Request& request,
+               const perf::Constants& constants = perf::calibrated_constants());
+
+// Exhaustive search of the same space for small fleets (at most 6 usable GPUs): every main,
+// every number of layers on every GPU and the CPU, every choice of the device holding the
+// output. For tests. Returns nullopt when nothing fits. Throws PlanError above 6 GPUs.
+std::optional<Candidate> brute_force(
+    const estimate::ModelMemory& model, const cluster::Cluster& cluster, const Request& request,
+    const perf::Constants& constants = perf::calibrated_constants());
+
+// The cluster after a replica's claims: its devices' memory (and RPC GPUs lent to `instance`),
+// and the main's RAM.
+cluster::Cluster with_claims(const cluster::Cluster& cluster, const Candidate& c,
+                             const std::string& instance);
+
+// The processes that run a candidate: one rpc-server per remote GPU, then llama-server.
+std::vector<Command> commands_for(const Candidate& c, const cluster::Cluster& cluster,
+                                  const Request& request);
+
+}  // namespace ggfleet::plan

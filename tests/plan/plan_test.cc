@@ -1,0 +1,432 @@
+// The planner on named scenarios, its quality against an exhaustive search on random small
+// fleets, replicas with spread and binpack, existing claims, and bad requests.
+#include "plan/plan.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <memory>
+#include <random>
+
+#include "cluster/cluster.h"
+#include "gguf/reader.h"
+#include "model/profile.h"
+#include "model/synth.h"
+#include "test_util.h"
+
+namespace ggfleet::plan {
+namespace {
+
+// Synthetic models, written once per test program (sparse files).
+class Models {
+ public:
+  static const estimate::ModelMemory& get(const std::string& preset,
+                                          std::optional<std::uint32_t> blocks = {}) {
+    static Models models;
+    const std::string key = preset + "/" + std::to_string(blocks.value_or(0));
+    auto& slot = models.cache_[key];
+    if (!slot) {
+      model::SynthOptions o;
+      o.blocks = blocks;
+      if (preset == "deepseek-r1-ud-iq2_xxs") o.shards = 4;
+      const std::string path = model::synth(preset, models.dir_.file(key), o).front();
+      const gguf::Model m = gguf::Model::open(path);
+      slot = std::make_unique<estimate::ModelMemory>(
+          estimate::ModelMemory::from(m, model::profile(m)));
+    }
+    return *slot;
+  }
+
+ private:
+  test::TempDir dir_;
+  std::map<std::string, std::unique_ptr<estimate::ModelMemory>> cache_;
+};
+
+Request request(std::uint32_t ctx = 4096) {
+  Request r;
+  r.model_path = "/models/model.gguf";
+  r.context.context_tokens = ctx;
+  return r;
+}
+
+const Candidate* alternative(const Plan& p, const std::string& label_part) {
+  for (const Candidate& c : p.alternatives) {
+    if (c.label.find(label_part) != std::string::npos) return &c;
+  }
+  return nullptr;
+}
+
+TEST(Plan, SeedCaseChoosesWorker1AndSaysByHowMuch) {
+  const cluster::Cluster cl =
+      cluster::load_cluster(std::string(GGFLEET_SOURCE_DIR) + "/tests/fixtures/seed-cluster.yaml");
+  const Plan p = make_plan(Models::get("deepseek-r1-ud-iq2_xxs"), cl, request(8192));
+  ASSERT_TRUE(p.feasible) << p.reason;
+  const Candidate& c = p.replicas[0].chosen;
+  EXPECT_EQ(c.main_worker, "worker1");
+  EXPECT_EQ(c.layout.devices.size(), 3u);  // all three L40S
+  EXPECT_GT(c.cpu_layers(), 0u);           // 183 GB does not fit in 141 GB of VRAM
+  EXPECT_TRUE(c.estimate.fits);
+  const Candidate* other = alternative(p, "main worker2, same GPUs");
+  ASSERT_NE(other, nullptr);
+  EXPECT_GT(c.prediction.generation_tokens_per_s, 1.3 * other->prediction.generation_tokens_per_s);
+  EXPECT_EQ(other->prediction.bottleneck.rfind("CPU of worker2", 0), 0u);
+  // The commands: worker2 lends its GPU, worker1 runs llama-server with it over RPC.
+  ASSERT_EQ(p.replicas[0].commands.size(), 2u);
+  EXPECT_EQ(p.replicas[0].commands[0].worker, "worker2");
+  EXPECT_NE(p.replicas[0].commands[0].line().find(
+                "CUDA_VISIBLE_DEVICES=0 ggml-rpc-server -H worker2 -p 50052"),
+            std::string::npos);
+  const std::string server = p.replicas[0].commands[1].line();
+  EXPECT_NE(server.find("llama-server -m /models/model.gguf --rpc worker2:50052 -ngl "),
+            std::string::npos)
+      << server;
+  EXPECT_NE(server.find(" -c 8192 --parallel 1"), std::string::npos) << server;
+}
+
+TEST(Plan, Llama70bOnA4090WorkerAndA2x4080Worker) {
+  const cluster::Cluster cl = cluster::parse_cluster(R"(
+workers:
+  - name: one4090
+    cpu: {cores: 16, memory_bandwidth: 80GB/s}
+    ram: {total: 64GiB}
+    gpus: [{name: NVIDIA GeForce RTX 4090}]
+  - name: two4080
+    cpu: {cores: 16, memory_bandwidth: 80GB/s}
+    ram: {total: 64GiB}
+    gpus: [{name: NVIDIA GeForce RTX 4080}, {name: NVIDIA GeForce RTX 4080}]
+network:
+  default: {bandwidth: 10Gbit/s, latency: 0.2ms}
+)");
+  const Plan p = make_plan(Models::get("llama3-70b-q4_k_m"), cl, request(4096));
+  ASSERT_TRUE(p.feasible) << p.reason;
+  const Candidate& c = p.replicas[0].chosen;
+  // 42.5 GB fits in 24 + 2 x 16 GB: every GPU, nothing on a CPU, and the main is the worker with
+  // two GPUs (one RPC hop instead of two).
+  EXPECT_EQ(c.layout.devices.size(), 3u);
+  EXPECT_EQ(c.cpu_layers(), 0u);
+  EXPECT_EQ(c.main_worker, "two4080");
+  const Candidate* other = alternative(p, "main one4090, same GPUs");
+  ASSERT_NE(other, nullptr);
+  EXPECT_LT(other->prediction.generation_tokens_per_s, c.prediction.generation_tokens_per_s);
+}
+
+TEST(Plan, ModelThatFitsOneLargeGpuIsNotSpread) {
+  const cluster::Cluster cl = cluster::parse_cluster(R"(
+workers:
+  - name: small
+    cpu: {cores: 32, memory_bandwidth: 150GB/s}
+    gpus: [{name: NVIDIA GeForce RTX 4080}, {name: NVIDIA GeForce RTX 4080}, {name: NVIDIA GeForce RTX 4080}, {name: NVIDIA GeForce RTX 4080}]
+  - name: big
+    cpu: {cores: 32, memory_bandwidth: 150GB/s}
+    gpus: [{name: NVIDIA H100 SXM}]
+)");
+  const Plan p = make_plan(Models::get("llama3-70b-q4_k_m"), cl, request(4096));
+  ASSERT_TRUE(p.feasible) << p.reason;
+  const Candidate& c = p.replicas[0].chosen;
+  EXPECT_EQ(c.main_worker, "big");
+  ASSERT_EQ(c.layout.devices.size(), 1u);
+  EXPECT_FALSE(c.layout.devices[0].remote);
+  EXPECT_EQ(c.cpu_layers(), 0u);
+  ASSERT_EQ(p.rejected.size(), 1u);
+  EXPECT_EQ(p.rejected[0].worker, "small");
+  EXPECT_NE(p.rejected[0].reason.find("slower"), std::string::npos) << p.rejected[0].reason;
+}
+
+TEST(Plan, SlowRemoteLinkLosesToAFewCpuLayers) {
+  const std::string fleet = R"(
+workers:
+  - name: home
+    cpu: {cores: 16, memory_bandwidth: 100GB/s}
+    ram: {total: 64GiB}
+    gpus: [{name: NVIDIA GeForce RTX 4080}]
+  - name: far
+    cpu: {cores: 16, memory_bandwidth: 100GB/s}
+    ram: {total: 64GiB}
+    gpus: [{name: NVIDIA GeForce RTX 4080}]
+network:
+  default: {bandwidth: LINK}
+)";
+  auto with_link = [&](const std::string& link) {
+    std::string text = fleet;
+    text.replace(text.find("{bandwidth: LINK}"), 17, link);
+    return cluster::parse_cluster(text);
+  };
+  const estimate::ModelMemory& gemma =
+      Models::get("gemma3-27b-q4_k_m");  // 16.5 GB: a bit over 16 GB
+  const Plan slow =
+      make_plan(gemma, with_link("{bandwidth: 100Mbit/s, latency: 15ms}"), request(4096));
+  ASSERT_TRUE(slow.feasible) << slow.reason;
+  const Candidate& s = slow.replicas[0].chosen;
+  EXPECT_EQ(s.layout.devices.size(), 1u);
+  EXPECT_GT(s.cpu_layers(), 0u);
+  const Plan fast =
+      make_plan(gemma, with_link("{bandwidth: 25Gbit/s, latency: 0.05ms}"), request(4096));
+  ASSERT_TRUE(fast.feasible) << fast.reason;
+  const Candidate& f = fast.replicas[0].chosen;
+  EXPECT_EQ(f.layout.devices.size(), 2u);
+  EXPECT_EQ(f.cpu_layers(), 0u);
+}
+
+TEST(Plan, MuchVramButAWeakCpuIsNotTheMainWhenCpuOffloadIsUnavoidable) {
+  const cluster::Cluster cl = cluster::parse_cluster(R"(
+workers:
+  - name: vram
+    cpu: {cores: 8, memory_bandwidth: 30GB/s}
+    ram: {total: 256GiB}
+    gpus: [{name: NVIDIA L40S}, {name: NVIDIA L40S}]
+  - name: cpu
+    cpu: {cores: 64, memory_bandwidth: 250GB/s}
+    ram: {total: 512GiB}
+    gpus: [{name: NVIDIA L40S}]
+network:
+  default: {bandwidth: 25Gbit/s, latency: 0.05ms}
+)");
+  const Plan p = make_plan(Models::get("deepseek-r1-ud-iq2_xxs"), cl, request(8192));
+  ASSERT_TRUE(p.feasible) << p.reason;
+  const Candidate& c = p.replicas[0].chosen;
+  EXPECT_EQ(c.main_worker, "cpu");
+  EXPECT_GT(c.cpu_layers(), 0u);
+  EXPECT_EQ(c.layout.devices.size(), 3u);
+  const Candidate* other = alternative(p, "main vram, same GPUs");
+  ASSERT_NE(other, nullptr);
+  EXPECT_GT(c.prediction.generation_tokens_per_s, 1.5 * other->prediction.generation_tokens_per_s);
+}
+
+const char* kThree4090 = R"(
+workers:
+  - name: w1
+    ram: {total: 64GiB}
+    gpus: [{name: NVIDIA GeForce RTX 4090}]
+  - name: w2
+    ram: {total: 64GiB}
+    gpus: [{name: NVIDIA GeForce RTX 4090}]
+  - name: w3
+    ram: {total: 64GiB}
+    gpus: [{name: NVIDIA GeForce RTX 4090}]
+)";
+
+TEST(Plan, ReplicasSpreadAndBinpack) {
+  const estimate::ModelMemory& m = Models::get("llama3-8b-q4_0");
+  const cluster::Cluster cl = cluster::parse_cluster(kThree4090);
+  Request r = request(4096);
+  r.replicas = 3;
+  const Plan spread = make_plan(m, cl, r);
+  ASSERT_TRUE(spread.feasible) << spread.reason;
+  std::set<std::string> mains;
+  for (const Replica& rep : spread.replicas) mains.insert(rep.chosen.main_worker);
+  EXPECT_EQ(mains.size(), 3u);  // one per worker
+  r.policy = Policy::kBinpack;
+  const Plan pack = make_plan(m, cl, r);
+  ASSERT_TRUE(pack.feasible) << pack.reason;
+  for (const Replica& rep : pack.replicas)
+    EXPECT_EQ(rep.chosen.main_worker, pack.replicas[0].chosen.main_worker);
+  // More replicas than the memory holds: placed as many as fit, then the reason.
+  r.replicas = 40;
+  r.allow_cpu_offload = false;
+  const Plan too_many = make_plan(m, cl, r);
+  EXPECT_FALSE(too_many.feasible);
+  EXPECT_GT(too_many.replicas.size(), 3u);
+  EXPECT_NE(too_many.reason.find("placed " + std::to_string(too_many.replicas.size()) + " of 40"),
+            std::string::npos)
+      << too_many.reason;
+}
+
+TEST(Plan, ExistingClaimsAndLentGpusAreRespected) {
+  std::string text = kThree4090;
+  text += R"(claims:
+  - {instance: busy, worker: w1, gpu: 0, vram: 20GiB}
+  - {instance: big, worker: w2, gpu: 0, vram: 2GiB, rpc: true}
+)";
+  const cluster::Cluster cl = cluster::parse_cluster(text);
+  const Plan p = make_plan(Models::get("llama3-8b-q4_0"), cl, request(4096));
+  ASSERT_TRUE(p.feasible) << p.reason;
+  EXPECT_EQ(p.replicas[0].chosen.main_worker, "w3");  // w1 is loaded (spread), w2's GPU is lent
+  bool lent_reason = false;
+  for (const Rejection& rj : p.rejected)
+    lent_reason |= rj.worker == "w2" && rj.reason.find("lent to big") != std::string::npos;
+  EXPECT_TRUE(lent_reason);
+  // Asking for the lent GPU explicitly: not placed, and the reason says why.
+  Request r = request(4096);
+  r.gpus = {{"w2", 0}};
+  const Plan lent = make_plan(Models::get("llama3-8b-q4_0"), cl, r);
+  EXPECT_FALSE(lent.feasible);
+  EXPECT_NE(lent.reason.find("lent to instance big"), std::string::npos) << lent.reason;
+}
+
+TEST(Plan, ExplicitChoicesAreHonoured) {
+  const cluster::Cluster cl =
+      cluster::load_cluster(std::string(GGFLEET_SOURCE_DIR) + "/tests/fixtures/seed-cluster.yaml");
+  Request r = request(4096);
+  r.gpus = {{"worker1", 1}, {"worker2", 0}};
+  r.tensor_split = {3, 1};
+  r.gpu_layers = 21;
+  const Plan p = make_plan(Models::get("deepseek-r1-ud-iq2_xxs"), cl, r);
+  ASSERT_TRUE(p.feasible) << p.reason;
+  const Candidate& c = p.replicas[0].chosen;
+  EXPECT_EQ(c.estimate.offloaded_layers, 21u);
+  ASSERT_EQ(c.places.size(), 2u);
+  // llama.cpp's order: the remote GPU first, with its share of the split.
+  const bool main1 = c.main_worker == "worker1";
+  EXPECT_EQ(c.places[0].worker, main1 ? "worker2" : "worker1");
+  EXPECT_EQ(c.layout.tensor_split,
+            main1 ? std::vector<double>({1, 3}) : std::vector<double>({3, 1}));
+}
+
+TEST(Plan, BadRequestsAreErrors) {
+  const cluster::Cluster cl =
+      cluster::load_cluster(std::string(GGFLEET_SOURCE_DIR) + "/tests/fixtures/seed-cluster.yaml");
+  const estimate::ModelMemory& m = Models::get("llama3-8b-q4_0");
+  auto fails = [&](Request r, const std::string& message) {
+    try {
+      make_plan(m, cl, r);
+      ADD_FAILURE() << "expected: " << message;
+    } catch (const PlanError& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+  };
+  Request r = request();
+  r.gpus = {{"worker9", 0}};
+  fails(r, "no worker named worker9");
+  r.gpus = {{"worker2", 3}};
+  fails(r, "worker2 has 1 GPU(s)");
+  r.gpus = {{"worker1", 0}, {"worker1", 1}};
+  r.tensor_split = {1, 2, 3};
+  fails(r, "3 entries for 2 GPUs");
+  r = request();
+  r.tensor_split = {1, 1};
+  fails(r, "needs explicit GPUs");
+  r = request();
+  r.gpu_layers = 40;
+  fails(r, "-ngl 40 is larger than the model's 33 layers");
+  r = request();
+  r.context.cache_type_v = gguf::GgmlType::Q4_0;
+  r.context.flash_attention = estimate::FlashAttention::kOff;
+  EXPECT_THROW(make_plan(m, cl, r), std::invalid_argument);
+}
+
+TEST(Plan, AModelThatFitsNowhereSaysHowMuchIsMissing) {
+  const cluster::Cluster cl = cluster::parse_cluster(R"(
+workers:
+  - name: tiny
+    ram: {total: 32GiB}
+    gpus: [{name: NVIDIA GeForce RTX 4080}]
+  - name: tiny2
+    ram: {total: 16GiB}
+    gpus: [{name: NVIDIA GeForce RTX 4080}]
+)");
+  const Plan p = make_plan(Models::get("deepseek-r1-ud-iq2_xxs"), cl, request(8192));
+  EXPECT_FALSE(p.feasible);
+  EXPECT_TRUE(p.replicas.empty());
+  EXPECT_NE(p.reason.find("does not fit: the closest option is main tiny with 2 GPU(s)"),
+            std::string::npos)
+      << p.reason;
+  EXPECT_NE(p.reason.find("lacks"), std::string::npos) << p.reason;
+}
+
+// Random small fleets: the planner against the exhaustive search of the same speed model.
+cluster::Cluster random_fleet(std::mt19937& rng) {
+  std::uniform_int_distribution<int> n_workers(1, 4), n_gpus(0, 3), pick(0, 99);
+  const std::vector<std::pair<const char*, double>> kinds = {{"NVIDIA GeForce RTX 4090", 1008e9},
+                                                             {"NVIDIA GeForce RTX 4080", 717e9},
+                                                             {"NVIDIA L4", 300e9},
+                                                             {"NVIDIA A100 80GB", 2039e9},
+                                                             {"NVIDIA L40S", 864e9}};
+  const std::vector<double> free_gib = {0.7, 1.1, 1.6, 2.2, 3.0, 4.5};
+  cluster::Cluster c;
+  int total = 0;
+  const int workers = n_workers(rng);
+  for (int i = 0; i < workers; ++i) {
+    cluster::Worker w;
+    w.name = "w" + std::to_string(i);
+    w.address = w.name;
+    w.cpu.cores = 4u << (pick(rng) % 4);
+    w.cpu.memory_bandwidth_bytes_per_s = 20e9 + 10e9 * (pick(rng) % 20);
+    w.ram_bytes = 64ull << 30;
+    const int g = std::min(n_gpus(rng), 6 - total);
+    for (int k = 0; k < g; ++k, ++total) {
+      const auto& [name, bw] = kinds[static_cast<std::size_t>(pick(rng)) % kinds.size()];
+      cluster::Gpu gpu;
+      gpu.name = name;
+      gpu.memory_bandwidth_bytes_per_s = bw;
+      gpu.fp16_flops = 1e14;
+      gpu.vram_bytes = static_cast<std::uint64_t>(
+          free_gib[static_cast<std::size_t>(pick(rng)) % free_gib.size()] * (1ull << 30));
+      w.gpus.push_back(gpu);
+    }
+    c.workers.push_back(w);
+  }
+  for (int i = 0; i < workers; ++i) {
+    for (int j = i + 1; j < workers; ++j) {
+      const double gbit =
+          std::vector<double>{1, 10, 25, 100}[static_cast<std::size_t>(pick(rng)) % 4];
+      const double ms =
+          std::vector<double>{0.05, 0.2, 1, 5}[static_cast<std::size_t>(pick(rng)) % 4];
+      c.links[{"w" + std::to_string(i), "w" + std::to_string(j)}] = {gbit * 1e9 / 8, ms * 1e-3};
+    }
+  }
+  return c;
+}
+
+TEST(PlanQuality, ReachesTheExhaustiveOptimumOnRandomSmallFleets) {
+#ifdef GGFLEET_SANITIZED
+  const int fleets = 40;  // the exhaustive search is slow under ASan
+#else
+  const int fleets = 300;
+#endif
+  const estimate::ModelMemory& m = Models::get("llama3-70b-q4_k_m", 4u);  // 4 blocks of 0.5 GB
+  std::mt19937 rng(20261128);
+  int compared = 0, both_infeasible = 0;
+  double worst = 1.0;
+  for (int i = 0; i < fleets; ++i) {
+    const cluster::Cluster cl = random_fleet(rng);
+    Request r = request(2048);
+    r.allow_cpu_offload = i % 3 != 0;
+    const Plan p = make_plan(m, cl, r);
+    const std::optional<Candidate> best = brute_force(m, cl, r);
+    ASSERT_EQ(p.feasible, best.has_value()) << "fleet " << i << ": " << p.reason;
+    if (!best) {
+      ++both_infeasible;
+      continue;
+    }
+    const Candidate& c = p.replicas[0].chosen;
+    if (const char* dbg = std::getenv("GGFLEET_DEBUG_FLEET"); dbg && std::atoi(dbg) == i) {
+      for (const cluster::Worker& w : cl.workers) {
+        std::printf("worker %s cpu %u %.0fGB/s:", w.name.c_str(), w.cpu.cores,
+                    w.cpu.memory_bandwidth_bytes_per_s / 1e9);
+        for (const cluster::Gpu& g : w.gpus)
+          std::printf(" [%s %.2fGiB]", g.name.c_str(),
+                      static_cast<double>(g.vram_bytes) / 1073741824.0);
+        std::printf("\n");
+      }
+      auto show = [](const char* what, const Candidate& k) {
+        std::printf("%s: main %s tg %.2f cpu layers %u:", what, k.main_worker.c_str(),
+                    k.prediction.generation_tokens_per_s, k.cpu_layers());
+        for (std::size_t d = 0; d < k.places.size(); ++d)
+          std::printf(" %s=%s:%u(%u)", k.layout.devices[d].name.c_str(), k.places[d].worker.c_str(),
+                      k.places[d].gpu, k.estimate.devices[d].layers);
+        std::printf("\n");
+      };
+      show("plan", c);
+      show("best", *best);
+      for (const Candidate& a : p.alternatives) show(a.label.c_str(), a);
+    }
+    EXPECT_TRUE(c.estimate.fits) << "fleet " << i;
+    for (const estimate::DeviceUsage& d : c.estimate.devices)
+      EXPECT_LE(d.total_bytes, d.free_bytes) << "fleet " << i;
+    const double ratio =
+        c.prediction.generation_tokens_per_s / best->prediction.generation_tokens_per_s;
+    worst = std::min(worst, ratio);
+    EXPECT_GE(ratio, 0.98) << "fleet " << i << ": plan " << c.prediction.generation_tokens_per_s
+                           << " vs exhaustive " << best->prediction.generation_tokens_per_s
+                           << " (main " << best->main_worker << ", " << best->layout.devices.size()
+                           << " GPUs, " << best->cpu_layers() << " CPU layers)";
+    ++compared;
+  }
+  RecordProperty("worst_ratio", std::to_string(worst));
+  std::printf("compared %d fleets (%d where nothing fits); worst plan/exhaustive = %.4f\n",
+              compared, both_infeasible, worst);
+  EXPECT_GT(compared, fleets / 2);
+}
+
+}  // namespace
+}  // namespace ggfleet::plan
