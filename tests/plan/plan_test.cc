@@ -368,11 +368,7 @@ cluster::Cluster random_fleet(std::mt19937& rng) {
 }
 
 TEST(PlanQuality, ReachesTheExhaustiveOptimumOnRandomSmallFleets) {
-#ifdef GGFLEET_SANITIZED
-  const int fleets = 40;  // the exhaustive search is slow under ASan
-#else
   const int fleets = 300;
-#endif
   const estimate::ModelMemory& m = Models::get("llama3-70b-q4_k_m", 4u);  // 4 blocks of 0.5 GB
   std::mt19937 rng(20261128);
   int compared = 0, both_infeasible = 0;
