@@ -2,11 +2,13 @@
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
+#include "cli/client_cmd.h"
 #include "cli/estimate_cmd.h"
 #include "cli/inspect.h"
 #include "cli/plan_cmd.h"
@@ -244,6 +246,81 @@ int main(int argc, char** argv) {
       ->allow_extra_args(false);
   add_context_options(planc, plr.options, plan_flags);
 
+  server::ServerConfig sc;
+  std::string listen = "127.0.0.1:8080";
+  CLI::App* serverc =
+      app.add_subcommand("server", "Run the ggfleet server (API, scheduler, state)");
+  serverc->add_option("--data-dir", sc.data_dir, "Directory for ggfleet.db (SQLite)")
+      ->default_val("ggfleet-data");
+  serverc->add_option("--db", sc.db, "postgres://user:pass@host/db instead of SQLite");
+  serverc->add_option("--listen", listen, "HOST:PORT to serve the API on");
+  serverc->add_option("--admin-key", sc.admin_key,
+                      "Admin API key (default: $GGFLEET_ADMIN_KEY or generated)");
+  serverc->add_option("--join-token", sc.join_token,
+                      "Token workers join with (default: $GGFLEET_JOIN_TOKEN or generated)");
+  serverc->add_option("--tls-cert", sc.tls_cert, "Certificate file (PEM) for HTTPS");
+  serverc->add_option("--tls-key", sc.tls_key, "Private key file (PEM) for HTTPS");
+  serverc->add_option("--heartbeat-timeout", sc.scheduler.heartbeat_timeout_ms,
+                      "Milliseconds without heartbeat before a worker is unreachable");
+  serverc->add_option("--replan-grace", sc.scheduler.replan_grace_ms,
+                      "Milliseconds more before its instances are re-planned");
+
+  cli::ClientOptions co;
+  auto client_flags = [&](CLI::App* c) {
+    c->add_option("--server", co.server,
+                  "Server URL (default: $GGFLEET_SERVER or http://127.0.0.1:8080)");
+    c->add_option("--key", co.key, "API key (default: $GGFLEET_API_KEY)");
+    c->add_flag("--json", co.json, "Print JSON");
+  };
+  std::string deploy_model, deploy_name;
+  std::int64_t deploy_replicas = 1;
+  cli::PlanRequest dp;
+  ContextFlags deploy_flags;
+  dp.options.gpu_layers = cli::kFitGpuLayers;
+  CLI::App* deployc = app.add_subcommand("deploy", "Create a deployment on the server");
+  deployc->add_option("model", deploy_model, "GGUF path (as the main worker sees it) or URL")
+      ->required();
+  deployc->add_option("--name", deploy_name, "Deployment name (default: from the file name)");
+  deployc->add_option("--replicas", deploy_replicas, "Instances");
+  deployc->add_option("--ctx,-c", dp.options.context.context_tokens, "Context size");
+  deployc->add_option("--parallel", dp.options.context.parallel, "Parallel sequences");
+  deployc->add_option("--cache-type-k", dp.options.cache_type_k, "K cache type");
+  deployc->add_option("--cache-type-v", dp.options.cache_type_v, "V cache type");
+  deployc->add_option("--flash-attn", dp.options.flash_attn, "on | off | auto");
+  deployc->add_option("--policy", dp.policy, "spread | binpack");
+  deployc->add_flag("--no-distributed", dp.no_distributed, "Only GPUs of the main worker");
+  deployc->add_flag("--no-cpu-offload", dp.no_cpu_offload, "Every layer on a GPU");
+  deployc->add_option("--max-rpc-servers", dp.max_rpc_servers, "Most remote GPUs in one layout");
+  deployc->add_option("--selector", dp.selector, "Worker label KEY=VALUE (repeatable)");
+  deployc->add_option("--gpus", dp.gpus, "Use exactly these GPUs, WORKER:INDEX")->delimiter(',');
+  deployc->add_option("--ngl", dp.options.gpu_layers, "Layers to offload (-1 = all)");
+  deployc
+      ->add_option("--tensor-split", dp.options.tensor_split,
+                   "Weights per GPU, in the order of --gpus")
+      ->delimiter(',');
+  deployc->add_option("--extra-arg", dp.extra_args, "Argument passed to llama-server (repeatable)");
+  client_flags(deployc);
+  std::string ls_what;
+  CLI::App* lsc = app.add_subcommand("ls", "List workers, deployments or instances");
+  lsc->add_option("what", ls_what, "workers | deployments | instances");
+  client_flags(lsc);
+  std::string rm_name;
+  CLI::App* rmc = app.add_subcommand("rm", "Delete a deployment and its instances");
+  rmc->add_option("deployment", rm_name)->required();
+  client_flags(rmc);
+  std::string scale_name;
+  std::int64_t scale_n = 1;
+  CLI::App* scalec = app.add_subcommand("scale", "Set a deployment's replica count");
+  scalec->add_option("deployment", scale_name)->required();
+  scalec->add_option("replicas", scale_n)->required();
+  client_flags(scalec);
+  std::string events_subject;
+  CLI::App* eventsc =
+      app.add_subcommand("events", "What happened and why (placements, pending reasons, workers)");
+  eventsc->add_option("--subject", events_subject,
+                      "Only events about this instance, deployment or worker");
+  client_flags(eventsc);
+
   ProbeOptions po;
   CLI::App* probe = app.add_subcommand(
       "probe",
@@ -281,6 +358,48 @@ int main(int argc, char** argv) {
       return cli::run_predict(pr);
     }
     if (probe->parsed()) return run_probe(po);
+    if (serverc->parsed()) {
+      const auto colon = listen.rfind(':');
+      if (colon == std::string::npos) throw std::invalid_argument("--listen wants HOST:PORT");
+      sc.host = listen.substr(0, colon);
+      sc.port = std::stoi(listen.substr(colon + 1));
+      return cli::run_server(sc);
+    }
+    if (deployc->parsed()) {
+      nlohmann::json o = nlohmann::json::object();
+      if (dp.options.context.context_tokens != 4096)
+        o["context"] = dp.options.context.context_tokens;
+      if (dp.options.context.parallel != 1) o["parallel"] = dp.options.context.parallel;
+      if (dp.options.cache_type_k != "f16") o["cache_type_k"] = dp.options.cache_type_k;
+      if (dp.options.cache_type_v != "f16") o["cache_type_v"] = dp.options.cache_type_v;
+      if (dp.options.flash_attn != "auto") o["flash_attn"] = dp.options.flash_attn;
+      if (dp.policy != "spread") o["policy"] = dp.policy;
+      if (dp.no_distributed) o["allow_distributed"] = false;
+      if (dp.no_cpu_offload) o["allow_cpu_offload"] = false;
+      if (dp.max_rpc_servers != 16) o["max_rpc_servers"] = dp.max_rpc_servers;
+      for (const std::string& kv : dp.selector) {
+        const auto eq = kv.find('=');
+        if (eq == std::string::npos) throw std::invalid_argument("--selector wants KEY=VALUE");
+        o["selector"][kv.substr(0, eq)] = kv.substr(eq + 1);
+      }
+      if (!dp.gpus.empty()) o["gpus"] = dp.gpus;
+      if (dp.options.gpu_layers != cli::kFitGpuLayers) o["ngl"] = dp.options.gpu_layers;
+      if (!dp.options.tensor_split.empty()) o["tensor_split"] = dp.options.tensor_split;
+      if (!dp.extra_args.empty()) o["extra_args"] = dp.extra_args;
+      std::string name = deploy_name;
+      if (name.empty()) {
+        name = std::filesystem::path(deploy_model).stem().string();
+        for (char& ch : name)
+          ch = std::isalnum(static_cast<unsigned char>(ch)) ? static_cast<char>(std::tolower(ch))
+                                                            : '-';
+        name = name.substr(0, 63);
+      }
+      return cli::run_deploy(co, name, deploy_model, deploy_replicas, o);
+    }
+    if (lsc->parsed()) return cli::run_ls(co, ls_what);
+    if (rmc->parsed()) return cli::run_rm(co, rm_name);
+    if (scalec->parsed()) return cli::run_scale(co, scale_name, scale_n);
+    if (eventsc->parsed()) return cli::run_events(co, events_subject);
     if (planc->parsed()) {
       apply(plan_flags, plr.options);
       return cli::run_plan(plr);

@@ -8,6 +8,7 @@
 #include "cli/predict_cmd.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
+#include "plan/report.h"
 
 namespace ggfleet::cli {
 namespace {
@@ -16,25 +17,6 @@ std::string fixed(double v, int digits) {
   char buf[48];
   std::snprintf(buf, sizeof buf, "%.*f", digits, v);
   return buf;
-}
-
-nlohmann::json candidate_json(const plan::Candidate& c, const cluster::Cluster& cluster) {
-  nlohmann::json j = prediction_json({c.layout, c.places}, cluster, c.estimate, c.prediction);
-  j["label"] = c.label;
-  j["layout"]["main_worker"] = c.main_worker;
-  return j;
-}
-
-nlohmann::json commands_json(const std::vector<plan::Command>& commands) {
-  nlohmann::json out = nlohmann::json::array();
-  for (const plan::Command& c : commands) {
-    out.push_back({{"worker", c.worker},
-                   {"role", c.role},
-                   {"env", c.env},
-                   {"argv", c.argv},
-                   {"line", c.line()}});
-  }
-  return out;
 }
 
 }  // namespace
@@ -78,35 +60,6 @@ plan::Request build_request(const PlanRequest& r) {
   q.prompt_tokens = r.prompt_tokens;
   q.tie_tolerance = r.tie_tolerance;
   return q;
-}
-
-nlohmann::json plan_json(const plan::Plan& p, const cluster::Cluster& cluster) {
-  nlohmann::json j;
-  j["feasible"] = p.feasible;
-  if (!p.reason.empty()) j["reason"] = p.reason;
-  j["layouts_evaluated"] = p.layouts_evaluated;
-  j["mains_evaluated"] = p.mains_evaluated;
-  nlohmann::json replicas = nlohmann::json::array();
-  for (const plan::Replica& r : p.replicas) {
-    nlohmann::json rj = candidate_json(r.chosen, cluster);
-    rj["commands"] = commands_json(r.commands);
-    replicas.push_back(rj);
-  }
-  j["replicas"] = replicas;
-  if (!p.replicas.empty()) {
-    const nlohmann::json first = replicas[0];
-    j["layout"] = first["layout"];
-    j["prediction"] = first["prediction"];
-    j["commands"] = first["commands"];
-  }
-  nlohmann::json alts = nlohmann::json::array();
-  for (const plan::Candidate& c : p.alternatives) alts.push_back(candidate_json(c, cluster));
-  j["alternatives"] = alts;
-  nlohmann::json rejected = nlohmann::json::array();
-  for (const plan::Rejection& r : p.rejected)
-    rejected.push_back({{"worker", r.worker}, {"reason", r.reason}});
-  j["rejected"] = rejected;
-  return j;
 }
 
 std::string plan_text(const plan::Plan& p, const cluster::Cluster& cluster,
@@ -179,7 +132,7 @@ int run_plan(const PlanRequest& r) {
   const estimate::ModelMemory memory = estimate::ModelMemory::from(model, model::profile(model));
   const plan::Plan p = plan::make_plan(memory, cluster, q);
   if (r.options.json) {
-    std::cout << plan_json(p, cluster).dump(2) << "\n";
+    std::cout << plan::plan_json(p, cluster).dump(2) << "\n";
   } else {
     std::cout << plan_text(p, cluster, r.prompt_tokens);
   }

@@ -29,7 +29,6 @@ struct PlanRequest {
 // The planner's request from the command line. Throws plan::PlanError / estimate::LayoutError.
 plan::Request build_request(const PlanRequest& r);
 
-nlohmann::json plan_json(const plan::Plan& p, const cluster::Cluster& cluster);
 std::string plan_text(const plan::Plan& p, const cluster::Cluster& cluster,
                       std::uint32_t prompt_tokens);
 

@@ -9,6 +9,7 @@
 #include "estimate/fit.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
+#include "plan/report.h"
 
 namespace ggfleet::cli {
 namespace {
@@ -94,61 +95,6 @@ PlacedLayout place_devices(const cluster::Cluster& cluster, const std::string& m
     }
   }
   return out;
-}
-
-nlohmann::json prediction_json(const PlacedLayout& placed, const cluster::Cluster& cluster,
-                               const estimate::Estimate& e, const perf::Prediction& p) {
-  nlohmann::json devices = nlohmann::json::array();
-  for (std::size_t i = 0; i < e.devices.size(); ++i) {
-    const estimate::DeviceUsage& d = e.devices[i];
-    const perf::DevicePlace& place = placed.places[i];
-    devices.push_back({{"name", d.name},
-                       {"worker", place.worker},
-                       {"gpu", place.gpu},
-                       {"gpu_name", cluster.find(place.worker)->gpus[place.gpu].name},
-                       {"remote", placed.layout.devices[i].remote},
-                       {"layers", d.layers},
-                       {"first_block", d.first_block},
-                       {"last_block", d.last_block},
-                       {"has_output", d.has_output},
-                       {"weights_bytes", d.weights_bytes},
-                       {"kv_bytes", d.kv_bytes},
-                       {"compute_bytes", d.compute_bytes},
-                       {"vram_bytes", d.total_bytes},
-                       {"free_bytes", d.free_bytes},
-                       {"fits", d.fits}});
-  }
-  nlohmann::json parts = nlohmann::json::array();
-  for (const perf::PartTime& part : p.parts) {
-    parts.push_back({{"part", part.what},
-                     {"worker", part.worker},
-                     {"layers", part.layers},
-                     {"read_bytes", part.read_bytes},
-                     {"bandwidth_bytes_per_s", part.bandwidth_bytes_per_s},
-                     {"generation_s", part.generation_s},
-                     {"prompt_s", part.prompt_s}});
-  }
-  nlohmann::json j;
-  j["layout"] = {{"devices", devices},
-                 {"gpu_layers", e.offloaded_layers},
-                 {"total_layers", e.total_layers},
-                 {"cpu_layers", e.total_layers - e.offloaded_layers},
-                 {"tensor_split", placed.layout.tensor_split},
-                 {"context_tokens", e.context_tokens},
-                 {"host",
-                  {{"weights_bytes", e.host.weights_bytes},
-                   {"kv_bytes", e.host.kv_bytes},
-                   {"compute_bytes", e.host.compute_bytes},
-                   {"total_bytes", e.host.total_bytes}}}};
-  j["prediction"] = {{"generation_tokens_per_s", p.generation_tokens_per_s},
-                     {"prompt_tokens_per_s", p.prompt_tokens_per_s},
-                     {"time_to_first_token_s", p.time_to_first_token_s},
-                     {"generation_token_s", p.generation_token_s},
-                     {"startup_s", p.startup_s},
-                     {"rpc_load_bytes", p.rpc_load_bytes},
-                     {"bottleneck", p.bottleneck},
-                     {"breakdown", parts}};
-  return j;
 }
 
 std::string prediction_text(const PlacedLayout& placed, const cluster::Cluster& cluster,
@@ -247,7 +193,7 @@ int run_predict(const PredictRequest& r) {
   s.depth_tokens = r.depth_tokens;
   const perf::Prediction p = perf::predict(memory, placed.layout, e, s);
   if (r.options.json) {
-    nlohmann::json j = prediction_json(placed, cluster, e, p);
+    nlohmann::json j = plan::prediction_json(placed.layout, placed.places, cluster, e, p);
     j["main_worker"] = r.main_worker;
     j["model"] = r.options.model;
     std::cout << j.dump(2) << "\n";

@@ -38,8 +38,6 @@ PlacedLayout place_devices(const cluster::Cluster& cluster, const std::string& m
                            const std::vector<std::string>& devices,
                            const std::vector<double>& split);
 
-nlohmann::json prediction_json(const PlacedLayout& placed, const cluster::Cluster& cluster,
-                               const estimate::Estimate& e, const perf::Prediction& p);
 std::string prediction_text(const PlacedLayout& placed, const cluster::Cluster& cluster,
                             const estimate::Estimate& e, const perf::Prediction& p,
                             std::uint32_t prompt_tokens);

@@ -1,0 +1,183 @@
+#include "cli/client_cmd.h"
+
+#include <httplib.h>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+namespace ggfleet::cli {
+namespace {
+
+using nlohmann::json;
+
+server::Server* g_server = nullptr;
+
+void on_signal(int) {
+  if (g_server != nullptr) g_server->stop();
+}
+
+std::string base_url(const ClientOptions& o) {
+  if (!o.server.empty()) return o.server;
+  const char* env = std::getenv("GGFLEET_SERVER");
+  return env && *env ? env : "http://127.0.0.1:8080";
+}
+
+std::string api_key(const ClientOptions& o) {
+  if (!o.key.empty()) return o.key;
+  const char* env = std::getenv("GGFLEET_API_KEY");
+  return env ? env : "";
+}
+
+std::string cell(const json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_null()) return "-";
+  return v.dump();
+}
+
+// A table with the given columns (JSON keys) of `rows`.
+void print_table(const json& rows, const std::vector<std::pair<std::string, std::string>>& cols) {
+  std::vector<std::size_t> width;
+  for (const auto& [title, key] : cols) width.push_back(title.size());
+  std::vector<std::vector<std::string>> cells;
+  for (const json& r : rows) {
+    std::vector<std::string> line;
+    for (std::size_t c = 0; c < cols.size(); ++c) {
+      line.push_back(cell(r.value(cols[c].second, json())));
+      width[c] = std::max(width[c], line.back().size());
+    }
+    cells.push_back(line);
+  }
+  for (std::size_t c = 0; c < cols.size(); ++c)
+    std::printf("%-*s  ", static_cast<int>(width[c]), cols[c].first.c_str());
+  std::printf("\n");
+  for (const auto& line : cells) {
+    for (std::size_t c = 0; c < cols.size(); ++c)
+      std::printf("%-*s  ", static_cast<int>(width[c]), line[c].c_str());
+    std::printf("\n");
+  }
+}
+
+}  // namespace
+
+int run_server(server::ServerConfig config) {
+  server::Server s(std::move(config));
+  const int port = s.start();
+  if (!s.generated_admin_key().empty()) {
+    std::cout << "admin key (shown once, stored hashed): " << s.generated_admin_key() << std::endl;
+  }
+  if (!s.generated_join_token().empty()) {
+    std::cout << "join token for workers (shown once): " << s.generated_join_token() << std::endl;
+  }
+  std::cout << "ggfleet server listening on port " << port << " (store: " << s.store().backend()
+            << ")" << std::endl;
+  g_server = &s;
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  s.wait();
+  s.stop();
+  g_server = nullptr;
+  return 0;
+}
+
+json call(const ClientOptions& o, const std::string& method, const std::string& path,
+          const json& body) {
+  httplib::Client client(base_url(o));
+  client.set_connection_timeout(5);
+  client.set_read_timeout(60);
+  const std::string key = api_key(o);
+  if (!key.empty()) client.set_bearer_token_auth(key.c_str());
+  httplib::Result r =
+      method == "GET"      ? client.Get(path.c_str())
+      : method == "DELETE" ? client.Delete(path.c_str())
+      : method == "PATCH"
+          ? client.Patch(path.c_str(), body.dump(), "application/json")
+          : client.Post(path.c_str(), body.is_null() ? "{}" : body.dump(), "application/json");
+  if (!r)
+    throw std::runtime_error("cannot reach " + base_url(o) + ": " + httplib::to_string(r.error()));
+  const json j = json::parse(r->body, nullptr, false);
+  if (r->status >= 400) {
+    const std::string why =
+        !j.is_discarded() && j.contains("error") ? j["error"].get<std::string>() : r->body;
+    throw std::runtime_error(method + " " + path + ": " + std::to_string(r->status) + ": " + why);
+  }
+  if (j.is_discarded())
+    throw std::runtime_error(method + " " + path + ": the server did not answer JSON");
+  return j;
+}
+
+int run_deploy(const ClientOptions& o, const std::string& name, const std::string& model,
+               std::int64_t replicas, const json& options) {
+  const json d =
+      call(o, "POST", "/v1/deployments",
+           {{"name", name}, {"model", model}, {"replicas", replicas}, {"options", options}});
+  if (o.json) {
+    std::cout << d.dump(2) << "\n";
+  } else {
+    std::cout << "deployment " << name << " created (" << replicas
+              << " replica(s)); `ggfleet ls instances` shows where they run\n";
+  }
+  return 0;
+}
+
+int run_ls(const ClientOptions& o, const std::string& what) {
+  const std::string w = what.empty() ? "deployments" : what;
+  if (w != "workers" && w != "deployments" && w != "instances") {
+    throw std::invalid_argument("ls takes workers, deployments or instances, not '" + w + "'");
+  }
+  const json j = call(o, "GET", "/v1/" + w);
+  if (o.json) {
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  json rows = j[w];
+  if (w == "workers") {
+    for (json& r : rows) r["gpus"] = r["resources"].value("gpus", json::array()).size();
+    print_table(rows,
+                {{"NAME", "name"}, {"ADDRESS", "address"}, {"STATUS", "status"}, {"GPUS", "gpus"}});
+  } else if (w == "deployments") {
+    for (json& r : rows) r["states"] = r["instances"].dump();
+    print_table(
+        rows,
+        {{"NAME", "name"}, {"MODEL", "model"}, {"REPLICAS", "replicas"}, {"INSTANCES", "states"}});
+  } else {
+    for (json& r : rows) {
+      char tps[32];
+      std::snprintf(tps, sizeof tps, "%.2f", r["predicted_tokens_per_s"].get<double>());
+      r["tps"] = tps;
+    }
+    print_table(rows, {{"ID", "id"},
+                       {"DEPLOYMENT", "deployment"},
+                       {"STATE", "state"},
+                       {"MAIN", "main_worker"},
+                       {"PREDICTED T/S", "tps"},
+                       {"REASON", "reason"}});
+  }
+  return 0;
+}
+
+int run_rm(const ClientOptions& o, const std::string& deployment) {
+  const json j = call(o, "DELETE", "/v1/deployments/" + deployment);
+  std::cout << (o.json ? j.dump(2) : "deleted " + deployment) << "\n";
+  return 0;
+}
+
+int run_scale(const ClientOptions& o, const std::string& deployment, std::int64_t replicas) {
+  const json j = call(o, "PATCH", "/v1/deployments/" + deployment, {{"replicas", replicas}});
+  std::cout << (o.json ? j.dump(2) : deployment + " scaled to " + std::to_string(replicas)) << "\n";
+  return 0;
+}
+
+int run_events(const ClientOptions& o, const std::string& subject) {
+  const json j =
+      call(o, "GET", "/v1/events?limit=1000" + (subject.empty() ? "" : "&subject=" + subject));
+  if (o.json) {
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  print_table(j["events"],
+              {{"ID", "id"}, {"KIND", "kind"}, {"SUBJECT", "subject"}, {"MESSAGE", "message"}});
+  return 0;
+}
+
+}  // namespace ggfleet::cli

@@ -1,0 +1,32 @@
+// `ggfleet server` and the client verbs that call its API: deploy, ls, rm, scale, events.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "server/server.h"
+
+namespace ggfleet::cli {
+
+struct ClientOptions {
+  std::string server;  // base URL; "" = $GGFLEET_SERVER or http://127.0.0.1:8080
+  std::string key;     // "" = $GGFLEET_API_KEY
+  bool json = false;
+};
+
+// Runs `ggfleet server` until SIGINT/SIGTERM. Prints generated keys once.
+int run_server(server::ServerConfig config);
+
+// Calls the API; throws std::runtime_error with the server's {"error"} message on failure.
+nlohmann::json call(const ClientOptions& o, const std::string& method, const std::string& path,
+                    const nlohmann::json& body = nullptr);
+
+int run_deploy(const ClientOptions& o, const std::string& name, const std::string& model,
+               std::int64_t replicas, const nlohmann::json& options);
+int run_ls(const ClientOptions& o, const std::string& what);
+int run_rm(const ClientOptions& o, const std::string& deployment);
+int run_scale(const ClientOptions& o, const std::string& deployment, std::int64_t replicas);
+int run_events(const ClientOptions& o, const std::string& subject);
+
+}  // namespace ggfleet::cli

@@ -1,0 +1,75 @@
+// The scheduling loop's one step (reconcile): workers that stopped heartbeating are marked, their
+// instances re-planned after a grace period; each deployment gets its replica count of instances
+// (scale-down removes the least preferred first); pending instances are planned on the live fleet
+// (free memory = total - used - reserved - claims of other instances) and their claims written
+// in the same transaction as the assignment; an instance that cannot be placed stays pending
+// with the planner's reason as an event.
+//
+// Thread safety: reconcile() is called from one thread (the server's loop); the store
+// serialises everything else.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cluster/cluster.h"
+#include "estimate/model_memory.h"
+#include "plan/plan.h"
+#include "store/store.h"
+
+namespace ggfleet::server {
+
+// Deployment options (the JSON a client sends) as a planner request. Unknown fields, wrong types
+// and impossible values throw std::invalid_argument with the field's name.
+plan::Request request_from_options(const nlohmann::json& options, const std::string& model);
+
+// A worker's reported resources (cpu, ram, reserved, gpus, simulated) as cluster data. GPU names
+// missing from the catalog need vram, memory_bandwidth and fp16. Throws std::invalid_argument.
+cluster::Worker worker_from_resources(const std::string& name, const std::string& address,
+                                      const nlohmann::json& labels,
+                                      const nlohmann::json& resources);
+
+// The fleet the planner sees: ready workers (not draining, not unreachable) with the claims of
+// every instance except `except_instance`.
+cluster::Cluster live_cluster(const std::vector<store::WorkerRow>& workers,
+                              const std::vector<store::ClaimRow>& claims,
+                              const std::string& except_instance = "");
+
+struct SchedulerConfig {
+  std::int64_t heartbeat_timeout_ms = 10000;  // no heartbeat for this long: unreachable
+  std::int64_t replan_grace_ms = 20000;       // unreachable for this long: instances re-planned
+};
+
+struct ReconcileStats {
+  int placed = 0;
+  int pending = 0;
+  int created = 0;
+  int removed = 0;
+  int replanned = 0;
+  double planning_s = 0;  // time spent in the planner
+};
+
+class Scheduler {
+ public:
+  Scheduler(store::Store& store, SchedulerConfig config);
+  ReconcileStats reconcile();
+
+  // The model's memory facts, read once per path (thread-safe). Throws on unreadable files.
+  std::shared_ptr<const estimate::ModelMemory> model(const std::string& path);
+
+ private:
+  void place(const store::InstanceRow& instance, const store::DeploymentRow& d,
+             ReconcileStats& stats);
+
+  store::Store& store_;
+  SchedulerConfig config_;
+  std::mutex models_mu_;
+  std::map<std::string, std::shared_ptr<const estimate::ModelMemory>> models_;
+};
+
+}  // namespace ggfleet::server

@@ -1,0 +1,85 @@
+// The ggfleet server: the HTTP API under /v1 (JSON in and out, API keys), the scheduling loop and
+// Prometheus metrics. State lives in the store (SQLite by default, PostgreSQL by URL).
+//
+// Auth: every route except GET /healthz needs `Authorization: Bearer KEY`. Roles: admin (all,
+// including keys), user (deployments, plans, workers, events, metrics), worker (its own
+// heartbeat, assignments and record; made at registration), join (registering workers only).
+// The first start creates an admin key (--admin-key / GGFLEET_ADMIN_KEY, else generated and
+// printed once) and a join token (--join-token / GGFLEET_JOIN_TOKEN, else generated and
+// printed); only SHA-256 hashes are stored.
+//
+// Thread safety: start() once, stop() from any thread; the API is served by a thread pool.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "server/scheduler.h"
+#include "store/store.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace ggfleet::server {
+
+struct ServerConfig {
+  std::string data_dir = "ggfleet-data";  // holds ggfleet.db unless db is given
+  std::string db;                         // "" = <data_dir>/ggfleet.db; or postgres://...
+  std::string host = "127.0.0.1";
+  int port = 8080;                // 0 = any free port
+  std::string admin_key;          // "" = from GGFLEET_ADMIN_KEY or generated on first start
+  std::string join_token;         // "" = from GGFLEET_JOIN_TOKEN or generated on first start
+  std::string tls_cert, tls_key;  // both set: HTTPS
+  SchedulerConfig scheduler;
+  std::int64_t schedule_interval_ms = 500;
+  int threads = 64;
+  std::size_t max_body_bytes = 1 << 20;
+  int max_wait_s = 30;  // longest long-poll
+};
+
+class Metrics;
+
+class Server {
+ public:
+  explicit Server(ServerConfig config);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Opens the store, bootstraps keys, binds and starts serving and scheduling. Returns the port.
+  // Throws std::runtime_error if it cannot bind or open the store.
+  int start();
+  void stop();  // idempotent
+  void wait();  // until stop()
+
+  // Set by start() when it generated them (print once).
+  const std::string& generated_admin_key() const { return generated_admin_key_; }
+  const std::string& generated_join_token() const { return generated_join_token_; }
+  store::Store& store() { return *store_; }
+  void wake_scheduler();
+
+ private:
+  void routes();
+  void schedule_loop();
+  void bootstrap_keys();
+
+  ServerConfig config_;
+  std::unique_ptr<store::Store> store_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<httplib::Server> http_;
+  std::unique_ptr<Metrics> metrics_;
+  std::thread http_thread_, schedule_thread_;
+  std::mutex mu_;
+  std::condition_variable wake_cv_, assign_cv_;
+  bool wake_ = false;
+  std::atomic<bool> stopping_{false};
+  std::string generated_admin_key_, generated_join_token_;
+};
+
+}  // namespace ggfleet::server

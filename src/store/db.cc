@@ -1,0 +1,164 @@
+#include "store/db.h"
+
+#include <libpq-fe.h>
+#include <sqlite3.h>
+
+#include <cstdlib>
+
+namespace ggfleet::store {
+
+std::string Rows::text(std::size_t row, std::size_t col) const {
+  const auto& v = rows.at(row).at(col);
+  return v ? *v : std::string();
+}
+
+std::int64_t Rows::integer(std::size_t row, std::size_t col) const {
+  const auto& v = rows.at(row).at(col);
+  return v && !v->empty() ? std::strtoll(v->c_str(), nullptr, 10) : 0;
+}
+
+namespace {
+
+class Sqlite final : public Db {
+ public:
+  explicit Sqlite(const std::string& path) {
+    if (sqlite3_open_v2(path.c_str(), &db_,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                        nullptr) != SQLITE_OK) {
+      const std::string why = db_ ? sqlite3_errmsg(db_) : "out of memory";
+      sqlite3_close(db_);
+      throw StoreError("sqlite " + path + ": " + why);
+    }
+    sqlite3_busy_timeout(db_, 10000);
+    exec("PRAGMA journal_mode=WAL");
+    exec("PRAGMA synchronous=NORMAL");
+    exec("PRAGMA foreign_keys=ON");
+  }
+  ~Sqlite() override { sqlite3_close(db_); }
+
+  Rows exec(const std::string& sql, const std::vector<Param>& params) override {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db_, sql.c_str(), static_cast<int>(sql.size()), &st, nullptr) !=
+        SQLITE_OK) {
+      throw StoreError(std::string("sqlite: ") + sqlite3_errmsg(db_) + " in: " + sql);
+    }
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const std::string name = "$" + std::to_string(i + 1);
+      const int at = sqlite3_bind_parameter_index(st, name.c_str());
+      if (at == 0) continue;
+      const Param& p = params[i];
+      if (std::holds_alternative<std::nullptr_t>(p)) {
+        sqlite3_bind_null(st, at);
+      } else if (const auto* n = std::get_if<std::int64_t>(&p)) {
+        sqlite3_bind_int64(st, at, *n);
+      } else {
+        const std::string& s = std::get<std::string>(p);
+        sqlite3_bind_text(st, at, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
+      }
+    }
+    Rows out;
+    for (;;) {
+      const int rc = sqlite3_step(st);
+      if (rc == SQLITE_DONE) break;
+      if (rc != SQLITE_ROW) {
+        const std::string why = sqlite3_errmsg(db_);
+        sqlite3_finalize(st);
+        throw StoreError("sqlite: " + why);
+      }
+      std::vector<std::optional<std::string>> row;
+      for (int c = 0; c < sqlite3_column_count(st); ++c) {
+        if (sqlite3_column_type(st, c) == SQLITE_NULL) {
+          row.emplace_back();
+        } else {
+          const auto* t = reinterpret_cast<const char*>(sqlite3_column_text(st, c));
+          row.emplace_back(std::string(t, static_cast<std::size_t>(sqlite3_column_bytes(st, c))));
+        }
+      }
+      out.rows.push_back(std::move(row));
+    }
+    sqlite3_finalize(st);
+    out.affected = sqlite3_changes(db_);
+    return out;
+  }
+  void begin() override { exec("BEGIN IMMEDIATE", {}); }
+  void commit() override { exec("COMMIT", {}); }
+  void rollback() noexcept override { sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr); }
+  std::string backend() const override { return "sqlite"; }
+
+ private:
+  Rows exec(const char* sql) { return exec(std::string(sql), {}); }
+  sqlite3* db_ = nullptr;
+};
+
+class Postgres final : public Db {
+ public:
+  explicit Postgres(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+    if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) {
+      const std::string why = conn_ ? PQerrorMessage(conn_) : "out of memory";
+      PQfinish(conn_);
+      throw StoreError("postgres: cannot connect: " + why);
+    }
+    exec("SET client_min_messages TO WARNING", {});
+  }
+  ~Postgres() override { PQfinish(conn_); }
+
+  Rows exec(const std::string& sql, const std::vector<Param>& params) override {
+    std::vector<std::string> texts(params.size());
+    std::vector<const char*> values(params.size(), nullptr);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      if (const auto* n = std::get_if<std::int64_t>(&params[i])) {
+        texts[i] = std::to_string(*n);
+        values[i] = texts[i].c_str();
+      } else if (const auto* s = std::get_if<std::string>(&params[i])) {
+        values[i] = s->c_str();
+      }
+    }
+    PGresult* res = PQexecParams(conn_, sql.c_str(), static_cast<int>(params.size()), nullptr,
+                                 values.data(), nullptr, nullptr, 0);
+    const ExecStatusType status = PQresultStatus(res);
+    if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+      const std::string why = PQresultErrorMessage(res);
+      PQclear(res);
+      if (PQstatus(conn_) != CONNECTION_OK) PQreset(conn_);
+      throw StoreError("postgres: " + why);
+    }
+    Rows out;
+    for (int r = 0; r < PQntuples(res); ++r) {
+      std::vector<std::optional<std::string>> row;
+      for (int c = 0; c < PQnfields(res); ++c) {
+        if (PQgetisnull(res, r, c)) {
+          row.emplace_back();
+        } else {
+          row.emplace_back(
+              std::string(PQgetvalue(res, r, c), static_cast<std::size_t>(PQgetlength(res, r, c))));
+        }
+      }
+      out.rows.push_back(std::move(row));
+    }
+    const char* affected = PQcmdTuples(res);
+    out.affected = affected && *affected ? std::strtoll(affected, nullptr, 10) : 0;
+    PQclear(res);
+    return out;
+  }
+  void begin() override { exec("BEGIN", {}); }
+  void commit() override { exec("COMMIT", {}); }
+  void rollback() noexcept override {
+    PGresult* res = PQexec(conn_, "ROLLBACK");
+    PQclear(res);
+  }
+  std::string backend() const override { return "postgres"; }
+
+ private:
+  PGconn* conn_;
+};
+
+}  // namespace
+
+std::unique_ptr<Db> open_db(const std::string& target) {
+  if (target.rfind("postgres://", 0) == 0 || target.rfind("postgresql://", 0) == 0) {
+    return std::make_unique<Postgres>(target);
+  }
+  return std::make_unique<Sqlite>(target);
+}
+
+}  // namespace ggfleet::store

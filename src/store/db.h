@@ -1,0 +1,47 @@
+// A small SQL layer with two real backends: SQLite (the embedded default, one file, WAL mode)
+// and PostgreSQL (libpq, chosen by a postgres:// URL). SQL is written once for both: parameters
+// are $1..$n, types are TEXT and BIGINT, RETURNING is allowed.
+//
+// Thread safety: a Db is one connection; callers serialise access (store::Store does).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace ggfleet::store {
+
+class StoreError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+using Param = std::variant<std::nullptr_t, std::int64_t, std::string>;
+
+struct Rows {
+  std::vector<std::vector<std::optional<std::string>>> rows;  // text form of every value
+  std::int64_t affected = 0;                                 // rows changed by INSERT/UPDATE/DELETE
+  std::string text(std::size_t row, std::size_t col) const;  // "" for NULL
+  std::int64_t integer(std::size_t row, std::size_t col) const;  // 0 for NULL
+};
+
+class Db {
+ public:
+  virtual ~Db() = default;
+  // Runs one statement. Throws StoreError with the backend's message.
+  virtual Rows exec(const std::string& sql, const std::vector<Param>& params = {}) = 0;
+  virtual void begin() = 0;  // a write transaction (SQLite: BEGIN IMMEDIATE)
+  virtual void commit() = 0;
+  virtual void rollback() noexcept = 0;
+  virtual std::string backend() const = 0;  // "sqlite" or "postgres"
+};
+
+// Opens `target`: a postgres:// or postgresql:// URL, or a SQLite file path (created if missing,
+// WAL mode, foreign keys on, busy timeout 10 s). Throws StoreError.
+std::unique_ptr<Db> open_db(const std::string& target);
+
+}  // namespace ggfleet::store

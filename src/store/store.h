@@ -1,0 +1,140 @@
+// ggfleet's state: workers, deployments, instances with their claims on memory, API keys and
+// events, in SQLite or PostgreSQL (see db.h). Every state change is one transaction; the schema
+// is versioned and migrated at open.
+//
+// Thread safety: all methods may be called from any thread; they are serialised on the one
+// connection. transaction() runs a function atomically (commit on return, rollback on throw).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "store/db.h"
+
+namespace ggfleet::store {
+
+std::int64_t now_ms();
+
+struct WorkerRow {
+  std::string name;
+  std::string address;
+  std::string labels_json = "{}";
+  std::string status = "ready";       // ready | unreachable | draining
+  std::string resources_json = "{}";  // cpu, ram, gpus[] (name, vram, used, bandwidth), simulated
+  std::int64_t last_heartbeat_ms = 0;
+  std::int64_t registered_ms = 0;
+};
+
+struct DeploymentRow {
+  std::string name;
+  std::string model;
+  std::string options_json = "{}";  // the planner request (context, policy, selector, ...)
+  std::int64_t replicas = 1;
+  std::int64_t created_ms = 0;
+  std::int64_t updated_ms = 0;
+};
+
+struct ClaimRow {
+  std::string instance;
+  std::string worker;
+  std::int64_t gpu = -1;  // -1: RAM of the worker
+  std::int64_t bytes = 0;
+  bool rpc = false;  // the GPU is lent over RPC: nothing else may use it
+};
+
+struct InstanceRow {
+  std::string id;
+  std::string deployment;
+  std::string state = "pending";  // pending | assigned | starting | loading | running | error
+  std::string main_worker;
+  std::string assignment_json = "{}";  // layout, prediction, commands, ports
+  std::string reason;                  // why pending, or the last error
+  std::string log_tail;
+  std::int64_t restarts = 0;
+  double predicted_tokens_per_s = 0;
+  std::int64_t created_ms = 0;
+  std::int64_t updated_ms = 0;
+};
+
+struct KeyRow {
+  std::string id;
+  std::string name;
+  std::string hash;    // SHA-256 of the secret, hex
+  std::string role;    // admin | user | worker | join
+  std::string worker;  // for role worker: the only worker it speaks for
+  std::int64_t created_ms = 0;
+};
+
+struct EventRow {
+  std::int64_t id = 0;
+  std::int64_t time_ms = 0;
+  std::string kind;     // instance.pending, instance.assigned, worker.unreachable, ...
+  std::string subject;  // the instance, deployment or worker
+  std::string message;
+};
+
+class Store {
+ public:
+  // Opens `target` (see open_db) and applies the migrations it lacks. Throws StoreError.
+  explicit Store(const std::string& target);
+  std::string backend() const;
+  int schema_version();
+
+  // Runs `fn` in one transaction on this store (nested calls join the outer one).
+  void transaction(const std::function<void()>& fn);
+
+  // Workers.
+  void put_worker(const WorkerRow& w);  // insert or replace
+  std::optional<WorkerRow> worker(const std::string& name);
+  std::vector<WorkerRow> workers();
+  bool set_worker_status(const std::string& name, const std::string& status);
+  bool remove_worker(const std::string& name);
+
+  // Deployments.
+  bool create_deployment(const DeploymentRow& d);  // false if the name exists
+  std::optional<DeploymentRow> deployment(const std::string& name);
+  std::vector<DeploymentRow> deployments();
+  bool update_deployment(const DeploymentRow& d);
+  bool delete_deployment(const std::string& name);  // and its instances and claims
+
+  // Instances and claims.
+  void put_instance(const InstanceRow& i);
+  std::optional<InstanceRow> instance(const std::string& id);
+  std::vector<InstanceRow> instances(const std::string& deployment = "");
+  bool delete_instance(const std::string& id);  // and its claims
+  void set_claims(const std::string& instance, const std::vector<ClaimRow>& claims);  // replaces
+  std::vector<ClaimRow> claims();
+  std::string next_id(const std::string& counter);  // "1", "2", ... per counter, never reused
+
+  // API keys.
+  void put_key(const KeyRow& k);
+  std::optional<KeyRow> key_by_hash(const std::string& hash);
+  std::vector<KeyRow> keys();
+  bool delete_key(const std::string& id);
+
+  // Events (newest last); `after_id` pages.
+  void event(const std::string& kind, const std::string& subject, const std::string& message);
+  std::vector<EventRow> events(std::int64_t after_id = 0, std::size_t limit = 200,
+                               const std::string& subject = "");
+
+  // A number that changes whenever any instance's assignment does (workers long-poll on it).
+  std::int64_t assignment_version();
+  void bump_assignment_version();
+
+ private:
+  template <typename F>
+  auto locked(F&& f);
+  void migrate();
+
+  std::recursive_mutex mu_;
+  std::unique_ptr<Db> db_;
+  int depth_ = 0;
+};
+
+}  // namespace ggfleet::store

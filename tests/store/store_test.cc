@@ -1,0 +1,135 @@
+// The store on both backends (same tests): migrations, every entity, transactions that roll back
+// whole, claims that go with their instance, and concurrent writers.
+#include "store/store.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+#include <thread>
+
+#include "test_db.h"
+
+namespace ggfleet::store {
+namespace {
+
+class StoreTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    db_ = std::make_unique<test::TestDb>(GetParam());
+    if (!db_->available()) GTEST_SKIP() << "no PostgreSQL (set GGFLEET_TEST_PG_URL)";
+    store_ = std::make_unique<Store>(db_->target());
+  }
+  std::unique_ptr<test::TestDb> db_;
+  std::unique_ptr<Store> store_;
+};
+
+TEST_P(StoreTest, MigratesOnceAndReopens) {
+  EXPECT_EQ(store_->backend(), GetParam());
+  EXPECT_EQ(store_->schema_version(), 1);
+  store_->put_worker({"w1", "10.0.0.1", "{}", "ready", "{}", 5, 1});
+  store_.reset();
+  Store again(db_->target());  // the same data, no second migration
+  EXPECT_EQ(again.schema_version(), 1);
+  ASSERT_TRUE(again.worker("w1").has_value());
+  EXPECT_EQ(again.worker("w1")->address, "10.0.0.1");
+}
+
+TEST_P(StoreTest, WorkersDeploymentsInstancesClaims) {
+  store_->put_worker({"w1", "a1", R"({"zone":"x"})", "ready", R"({"gpus":[]})", 10, 1});
+  store_->put_worker({"w1", "a2", "{}", "ready", "{}", 20, 1});  // replaces
+  EXPECT_EQ(store_->workers().size(), 1u);
+  EXPECT_EQ(store_->worker("w1")->address, "a2");
+  EXPECT_TRUE(store_->set_worker_status("w1", "draining"));
+  EXPECT_EQ(store_->worker("w1")->status, "draining");
+  EXPECT_FALSE(store_->set_worker_status("nobody", "ready"));
+
+  EXPECT_TRUE(store_->create_deployment({"chat", "/m.gguf", "{}", 2, 1, 1}));
+  EXPECT_FALSE(store_->create_deployment({"chat", "/other.gguf", "{}", 1, 1, 1}));
+  DeploymentRow d = *store_->deployment("chat");
+  d.replicas = 3;
+  EXPECT_TRUE(store_->update_deployment(d));
+  EXPECT_EQ(store_->deployment("chat")->replicas, 3);
+
+  InstanceRow i;
+  i.id = "chat-" + store_->next_id("instances");
+  i.deployment = "chat";
+  i.predicted_tokens_per_s = 12.5;
+  store_->put_instance(i);
+  store_->set_claims(i.id, {{i.id, "w1", 0, 1000, false}, {i.id, "w1", -1, 500, false}});
+  i.state = "running";
+  store_->put_instance(i);  // an update keeps the claims
+  EXPECT_EQ(store_->claims().size(), 2u);
+  EXPECT_EQ(store_->instance(i.id)->state, "running");
+  EXPECT_DOUBLE_EQ(store_->instance(i.id)->predicted_tokens_per_s, 12.5);
+  EXPECT_NE(store_->next_id("instances"), store_->next_id("instances"));
+
+  EXPECT_TRUE(store_->delete_deployment("chat"));  // instances and claims go with it
+  EXPECT_TRUE(store_->instances().empty());
+  EXPECT_TRUE(store_->claims().empty());
+  EXPECT_THROW(store_->put_instance(i), StoreError);  // no deployment any more
+}
+
+TEST_P(StoreTest, TransactionsRollBackWhole) {
+  store_->create_deployment({"a", "/m", "{}", 1, 1, 1});
+  EXPECT_THROW(store_->transaction([&] {
+    store_->create_deployment({"b", "/m", "{}", 1, 1, 1});
+    store_->put_worker({"w", "x", "{}", "ready", "{}", 1, 1});
+    throw std::runtime_error("half way");
+  }),
+               std::runtime_error);
+  EXPECT_FALSE(store_->deployment("b").has_value());
+  EXPECT_FALSE(store_->worker("w").has_value());
+  EXPECT_TRUE(store_->deployment("a").has_value());
+}
+
+TEST_P(StoreTest, KeysEventsAndVersions) {
+  store_->put_key({"k1", "admin", "abc", "admin", "", 1});
+  ASSERT_TRUE(store_->key_by_hash("abc").has_value());
+  EXPECT_EQ(store_->key_by_hash("abc")->role, "admin");
+  EXPECT_FALSE(store_->key_by_hash("abd").has_value());
+  EXPECT_TRUE(store_->delete_key("k1"));
+  EXPECT_TRUE(store_->keys().empty());
+
+  for (int k = 0; k < 5; ++k)
+    store_->event("instance.pending", k % 2 ? "x" : "y", "message " + std::to_string(k));
+  const std::vector<EventRow> all = store_->events();
+  ASSERT_EQ(all.size(), 5u);
+  EXPECT_LT(all[0].id, all[4].id);
+  EXPECT_EQ(store_->events(all[2].id).size(), 2u);
+  EXPECT_EQ(store_->events(0, 200, "x").size(), 2u);
+
+  const std::int64_t v = store_->assignment_version();
+  store_->bump_assignment_version();
+  EXPECT_EQ(store_->assignment_version(), v + 1);
+}
+
+TEST_P(StoreTest, ConcurrentWritersLoseNothing) {
+  store_->create_deployment({"d", "/m", "{}", 1, 1, 1});
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int k = 0; k < 25; ++k) {
+        InstanceRow i;
+        i.id = "d-" + store_->next_id("instances");
+        i.deployment = "d";
+        store_->transaction([&] {
+          store_->put_instance(i);
+          store_->set_claims(i.id, {{i.id, "w" + std::to_string(t), 0, 1, false}});
+        });
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  const std::vector<InstanceRow> all = store_->instances("d");
+  EXPECT_EQ(all.size(), 200u);
+  std::set<std::string> ids;
+  for (const InstanceRow& i : all) ids.insert(i.id);
+  EXPECT_EQ(ids.size(), 200u);
+  EXPECT_EQ(store_->claims().size(), 200u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::ValuesIn(test::store_backends()),
+                         [](const auto& p) { return p.param; });
+
+}  // namespace
+}  // namespace ggfleet::store
