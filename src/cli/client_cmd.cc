@@ -2,6 +2,8 @@
 
 #include <httplib.h>
 
+#include <pthread.h>
+
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -10,12 +12,6 @@ namespace ggfleet::cli {
 namespace {
 
 using nlohmann::json;
-
-server::Server* g_server = nullptr;
-
-void on_signal(int) {
-  if (g_server != nullptr) g_server->stop();
-}
 
 std::string base_url(const ClientOptions& o) {
   if (!o.server.empty()) return o.server;
@@ -61,6 +57,13 @@ void print_table(const json& rows, const std::vector<std::pair<std::string, std:
 }  // namespace
 
 int run_server(server::ServerConfig config) {
+  // SIGINT and SIGTERM are taken by this thread with sigwait (threads started below inherit the
+  // mask), so stopping runs outside a signal handler.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   server::Server s(std::move(config));
   const int port = s.start();
   if (!s.generated_admin_key().empty()) {
@@ -71,12 +74,10 @@ int run_server(server::ServerConfig config) {
   }
   std::cout << "ggfleet server listening on port " << port << " (store: " << s.store().backend()
             << ")" << std::endl;
-  g_server = &s;
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
-  s.wait();
+  int received = 0;
+  sigwait(&signals, &received);
+  std::cout << "stopping (signal " << received << ")" << std::endl;
   s.stop();
-  g_server = nullptr;
   return 0;
 }
 
@@ -85,6 +86,7 @@ json call(const ClientOptions& o, const std::string& method, const std::string& 
   httplib::Client client(base_url(o));
   client.set_connection_timeout(5);
   client.set_read_timeout(60);
+  client.set_tcp_nodelay(true);
   const std::string key = api_key(o);
   if (!key.empty()) client.set_bearer_token_auth(key.c_str());
   httplib::Result r =

@@ -269,6 +269,7 @@ int Server::start() {
   };
   http_->set_payload_max_length(config_.max_body_bytes);
   http_->set_keep_alive_max_count(1000);
+  http_->set_tcp_nodelay(true);
   routes();
   int port = config_.port;
   if (port == 0) {

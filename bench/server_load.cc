@@ -1,0 +1,200 @@
+// Load on a real `ggfleet server` process: N simulated workers heartbeating every 2 s while
+// clients deploy, scale and list; prints API latency percentiles and the server's CPU use.
+//
+//   build/release/bench/server_load [--workers 1000] [--seconds 30] [--clients 4] [--db URL]
+//
+// The server runs as a child process (SQLite in a temp dir unless --db), so its CPU time is its
+// own (/proc/PID/stat); the load generators run in this process.
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "model/synth.h"
+
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+constexpr const char* kAdmin = "bench-admin";
+constexpr const char* kJoin = "bench-join";
+
+double cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  std::istringstream fields(text.substr(text.rfind(')') + 2));
+  std::string f;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14 || i == 15) ticks += std::stod(f);
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+struct Latencies {
+  std::mutex mu;
+  std::vector<double> ms;
+  int errors = 0;
+  void add(double v, bool ok) {
+    std::lock_guard<std::mutex> lock(mu);
+    ms.push_back(v);
+    errors += ok ? 0 : 1;
+  }
+  void print(const char* what) {
+    std::sort(ms.begin(), ms.end());
+    auto pct = [&](double p) {
+      return ms.empty()
+                 ? 0.0
+                 : ms[std::min(ms.size() - 1,
+                               static_cast<std::size_t>(p * static_cast<double>(ms.size())))];
+    };
+    std::printf("%-12s %8zu requests  p50 %7.2f ms  p99 %7.2f ms  max %7.2f ms  errors %d\n", what,
+                ms.size(), pct(0.5), pct(0.99), ms.empty() ? 0.0 : ms.back(), errors);
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int workers = 1000, seconds = 30, clients = 4;
+  std::string db;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--workers")
+      workers = std::atoi(argv[i + 1]);
+    else if (a == "--seconds")
+      seconds = std::atoi(argv[i + 1]);
+    else if (a == "--clients")
+      clients = std::atoi(argv[i + 1]);
+    else if (a == "--db")
+      db = argv[i + 1];
+  }
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("ggfleet-load-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string model =
+      ggfleet::model::synth("llama3-8b-q4_0", (dir / "models").string(), {}).front();
+  const int port = 46000 + getpid() % 1000;
+  const pid_t server = fork();
+  if (server == 0) {
+    const std::string listen = "127.0.0.1:" + std::to_string(port);
+    std::vector<std::string> args = {
+        GGFLEET_BINARY, "server",      "--data-dir", (dir / "data").string(), "--listen",
+        listen,         "--admin-key", kAdmin,       "--join-token",          kJoin};
+    if (!db.empty()) args.insert(args.end(), {"--db", db});
+    std::vector<char*> cargs;
+    for (std::string& s : args) cargs.push_back(s.data());
+    cargs.push_back(nullptr);
+    freopen("/dev/null", "w", stdout);
+    execv(GGFLEET_BINARY, cargs.data());
+    _exit(127);
+  }
+  httplib::Client probe("127.0.0.1", port);
+  for (int i = 0; i < 100 && !probe.Get("/healthz"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // Register the workers (1-8 GPUs of a few kinds each).
+  const char* kinds[] = {"NVIDIA GeForce RTX 4090", "NVIDIA L40S", "NVIDIA A100 80GB",
+                         "NVIDIA H100 SXM"};
+  std::vector<std::pair<std::string, std::string>> fleet;
+  for (int i = 0; i < workers; ++i) {
+    json gpus = json::array();
+    for (int g = 0; g < 1 + i % 8; ++g) gpus.push_back({{"name", kinds[(i + g) % 4]}});
+    const json body = {
+        {"name", "w" + std::to_string(i)},
+        {"resources",
+         {{"cpu", {{"cores", 32}}}, {"ram", {{"total", 256ull << 30}}}, {"gpus", gpus}}}};
+    httplib::Headers h{{"Authorization", std::string("Bearer ") + kJoin}};
+    const auto r = probe.Post("/v1/workers/register", h, body.dump(), "application/json");
+    if (!r || r->status != 201) {
+      std::fprintf(stderr, "registration failed\n");
+      kill(server, SIGKILL);
+      return 1;
+    }
+    fleet.emplace_back("w" + std::to_string(i), json::parse(r->body)["key"].get<std::string>());
+  }
+  const double cpu0 = cpu_seconds(server);
+  const auto t0 = Clock::now();
+  const auto until = t0 + std::chrono::seconds(seconds);
+  Latencies beats, api;
+  std::vector<std::thread> threads;
+  const int beat_threads = 16;
+  for (int t = 0; t < beat_threads; ++t) {
+    threads.emplace_back([&, t] {
+      httplib::Client c("127.0.0.1", port);
+      c.set_keep_alive(true);
+      c.set_tcp_nodelay(true);
+      std::size_t k = static_cast<std::size_t>(t);
+      const auto mine =
+          (fleet.size() + beat_threads - 1 - static_cast<std::size_t>(t)) / beat_threads;
+      const auto gap = std::chrono::microseconds(
+          2000000 / std::max<std::size_t>(1, mine));  // each worker every 2 s
+      auto next = Clock::now();
+      while (Clock::now() < until) {
+        const auto& [name, key] = fleet[k];
+        httplib::Headers h{{"Authorization", "Bearer " + key}};
+        const auto s = Clock::now();
+        const auto r =
+            c.Post(("/v1/workers/" + name + "/heartbeat").c_str(), h, "{}", "application/json");
+        beats.add(std::chrono::duration<double, std::milli>(Clock::now() - s).count(),
+                  r && r->status == 200);
+        k += beat_threads;
+        if (k >= fleet.size()) k = static_cast<std::size_t>(t);
+        next += gap;
+        std::this_thread::sleep_until(next);
+      }
+    });
+  }
+  for (int t = 0; t < clients; ++t) {
+    threads.emplace_back([&, t] {
+      httplib::Client c("127.0.0.1", port);
+      c.set_keep_alive(true);
+      c.set_tcp_nodelay(true);
+      httplib::Headers h{{"Authorization", std::string("Bearer ") + kAdmin}};
+      std::mt19937 rng(static_cast<std::uint32_t>(t));
+      int n = 0;
+      while (Clock::now() < until) {
+        const int op = static_cast<int>(rng() % 4);
+        const auto s = Clock::now();
+        const std::string name = "d" + std::to_string(t) + "-" + std::to_string(n % 20);
+        if (op == 0) ++n;
+        const httplib::Result r =
+            op == 0
+                ? c.Post("/v1/deployments", h,
+                         json{{"name", name}, {"model", model}, {"replicas", 1 + rng() % 3}}.dump(),
+                         "application/json")
+            : op == 1 ? c.Patch(("/v1/deployments/" + name).c_str(), h,
+                                json{{"replicas", rng() % 4}}.dump(), "application/json")
+            : op == 2 ? c.Get("/v1/deployments", h)
+                      : c.Get("/v1/instances", h);
+        api.add(std::chrono::duration<double, std::milli>(Clock::now() - s).count(),
+                r && r->status < 500);
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+  const double cpu = cpu_seconds(server) - cpu0;
+  std::printf("%d workers heartbeating every 2 s, %d clients, %.0f s, store %s\n", workers, clients,
+              wall, db.empty() ? "sqlite" : "postgres");
+  beats.print("heartbeat");
+  api.print("client API");
+  std::printf("server CPU: %.1f s in %.1f s = %.0f%% of one core\n", cpu, wall, 100 * cpu / wall);
+  kill(server, SIGTERM);
+  waitpid(server, nullptr, 0);
+  std::filesystem::remove_all(dir);
+  return 0;
+}

@@ -1,0 +1,250 @@
+// The API over real HTTP: every route, auth failures (no key, wrong key, a worker speaking for
+// another, a join token listing) as 401/403 JSON, and malformed requests as 4xx JSON, never 5xx.
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "server_fixture.h"
+
+namespace ggfleet::test {
+namespace {
+
+using nlohmann::json;
+constexpr const char* kAdmin = ServerFixture::kAdmin;
+
+TEST(Api, EveryRouteWorks) {
+  ServerFixture f;
+  Api& api = f.api();
+  EXPECT_EQ(api.get("/healthz", "").status, 200);
+  const std::string w1 = f.add_worker("w1", resources(2));
+  const std::string w2 = f.add_worker("w2", resources(1));
+  ASSERT_FALSE(w1.empty());
+  // Workers.
+  Reply r = api.get("/v1/workers", kAdmin);
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.body["workers"].size(), 2u);
+  EXPECT_EQ(api.get("/v1/workers/w1", w1).body["name"], "w1");
+  EXPECT_EQ(api.post("/v1/workers/w1/heartbeat", w1, {{"resources", resources(2)}}).status, 200);
+  // Keys: a user key for the rest.
+  r = api.post("/v1/keys", kAdmin, {{"name", "alice"}, {"role", "user"}});
+  ASSERT_EQ(r.status, 201);
+  const std::string user = r.body["key"];
+  EXPECT_EQ(api.get("/v1/keys", kAdmin).status, 200);
+  // Deployments and their instances.
+  const std::string model = f.model();
+  r = api.post(
+      "/v1/deployments", user,
+      {{"name", "chat"}, {"model", model}, {"replicas", 2}, {"options", {{"context", 2048}}}});
+  ASSERT_EQ(r.status, 201) << r.body.dump();
+  EXPECT_EQ(api.post("/v1/deployments", user, {{"name", "chat"}, {"model", model}}).status, 409);
+  ASSERT_TRUE(f.eventually([&] {
+    const Reply i = api.get("/v1/instances?deployment=chat", user);
+    int assigned = 0;
+    for (const json& x : i.body["instances"]) assigned += x["state"] == "assigned";
+    return assigned == 2;
+  }));
+  r = api.get("/v1/instances", user);
+  ASSERT_EQ(r.body["instances"].size(), 2u);
+  const std::string id = r.body["instances"][0]["id"];
+  r = api.get("/v1/instances/" + id, user);
+  ASSERT_EQ(r.status, 200);
+  EXPECT_TRUE(r.body["assignment"].contains("commands"));
+  EXPECT_EQ(api.get("/v1/instances/" + id + "/logs", user).status, 200);
+  EXPECT_EQ(api.get("/v1/deployments", user).body["deployments"].size(), 1u);
+  EXPECT_EQ(api.get("/v1/deployments/chat", user).body["instance_list"].size(), 2u);
+  // The main worker learns its assignment and reports it running.
+  const std::string main = api.get("/v1/instances/" + id, user).body["main_worker"];
+  const std::string main_key = main == "w1" ? w1 : w2;
+  r = api.get("/v1/workers/" + main + "/assignments?since=0", main_key);
+  ASSERT_EQ(r.status, 200);
+  ASSERT_FALSE(r.body["instances"].empty());
+  EXPECT_EQ(r.body["instances"][0]["role"], "main");
+  EXPECT_NE(r.body["instances"][0]["commands"].back()["line"].get<std::string>().find(
+                "llama-server -m " + model),
+            std::string::npos);
+  EXPECT_EQ(api.post("/v1/workers/" + main + "/heartbeat", main_key,
+                     {{"instances",
+                       json::array({{{"id", id}, {"state", "running"}, {"log_tail", "ready"}}})}})
+                .status,
+            200);
+  EXPECT_EQ(api.get("/v1/instances/" + id, user).body["state"], "running");
+  // A long poll returns when assignments change.
+  const std::int64_t version =
+      api.get("/v1/workers/" + main + "/assignments", main_key).body["version"];
+  std::thread scale([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    Api other(f.port());
+    other.send("PATCH", "/v1/deployments/chat", user, R"({"replicas": 1})");
+  });
+  r = api.get("/v1/workers/" + main + "/assignments?since=" + std::to_string(version) + "&wait=20",
+              main_key);
+  scale.join();
+  EXPECT_GT(r.body["version"].get<std::int64_t>(), version);
+  // Plan dry run, events, metrics.
+  r = api.post("/v1/plan", user, {{"model", model}, {"options", {{"context", 2048}}}});
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  EXPECT_TRUE(r.body["feasible"].get<bool>());
+  EXPECT_TRUE(r.body["layout"].contains("main_worker"));
+  r = api.get("/v1/events", user);
+  EXPECT_FALSE(r.body["events"].empty());
+  httplib::Client raw("127.0.0.1", f.port());
+  raw.set_bearer_token_auth(kAdmin);
+  const auto metrics = raw.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("ggfleet_workers{state=\"ready\"} 2"), std::string::npos)
+      << metrics->body;
+  EXPECT_NE(metrics->body.find("ggfleet_api_request_duration_seconds_bucket"), std::string::npos);
+  EXPECT_NE(metrics->body.find("ggfleet_scheduling_duration_seconds_count"), std::string::npos);
+  // Drain, remove, delete.
+  EXPECT_EQ(api.post("/v1/workers/w2/drain", user, json::object()).body["status"], "draining");
+  EXPECT_EQ(api.send("DELETE", "/v1/workers/w2", kAdmin).status, 200);
+  EXPECT_EQ(api.send("DELETE", "/v1/deployments/chat", user).status, 200);
+  EXPECT_EQ(api.get("/v1/deployments/chat", user).status, 404);
+  EXPECT_TRUE(api.get("/v1/instances", user).body["instances"].empty());
+  const std::string key_id = api.get("/v1/keys", kAdmin).body["keys"].back()["id"];
+  EXPECT_EQ(api.send("DELETE", "/v1/keys/" + key_id, kAdmin).status, 200);
+}
+
+TEST(Api, AuthFailuresAre401And403Json) {
+  ServerFixture f;
+  Api& api = f.api();
+  const std::string w1 = f.add_worker("w1", resources(1));
+  f.add_worker("w2", resources(1));
+  const Reply user_key = api.post("/v1/keys", kAdmin, {{"name", "bob"}});
+  const std::string user = user_key.body["key"];
+  struct Case {
+    std::string method, path, key, body;
+    int status;
+  };
+  const std::vector<Case> cases = {
+      {"GET", "/v1/workers", "", "", 401},
+      {"GET", "/metrics", "", "", 401},
+      {"GET", "/v1/deployments", "wrong", "", 401},
+      {"GET", "/v1/events", "Basic abc", "", 401},
+      {"POST", "/v1/workers/w2/heartbeat", w1, "{}", 403},  // a worker speaking for another
+      {"GET", "/v1/workers/w2/assignments", w1, "", 403},
+      {"GET", "/v1/workers", w1, "", 403},  // a worker listing the fleet
+      {"GET", "/v1/deployments", ServerFixture::kJoin, "",
+       403},                                               // a join token is only for joining
+      {"POST", "/v1/keys", user, R"({"name":"x"})", 403},  // users do not make keys
+      {"DELETE", "/v1/workers/w1", user, "", 403},
+      {"POST", "/v1/workers/w1/heartbeat", user, "{}", 403},
+  };
+  for (const Case& c : cases) {
+    const Reply r = api.send(c.method, c.path, c.key == "Basic abc" ? "" : c.key, c.body);
+    EXPECT_EQ(r.status, c.status) << c.method << " " << c.path;
+    ASSERT_TRUE(r.body.is_object()) << c.method << " " << c.path;
+    EXPECT_TRUE(r.body.contains("error")) << c.method << " " << c.path;
+  }
+}
+
+TEST(Api, MalformedRequestsAre4xxJson) {
+  ServerFixture f;
+  Api& api = f.api();
+  f.add_worker("w1", resources(1));
+  const std::string model = f.model();
+  const std::string big(2 << 20, 'x');
+  struct Case {
+    std::string method, path, body;
+    int status;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"POST", "/v1/deployments", "{not json", 400, "not valid JSON"},
+      {"POST", "/v1/deployments", "[1,2]", 400, "must be a JSON object"},
+      {"POST", "/v1/deployments", "", 400, "body is required"},
+      {"POST", "/v1/deployments", R"({"name":"a","model":")" + model + R"(","replicas":"two"})",
+       400, "'replicas' must be an integer"},
+      {"POST", "/v1/deployments", R"({"name":"a","model":")" + model + R"(","colour":"red"})", 400,
+       "unknown field 'colour'"},
+      {"POST", "/v1/deployments", R"({"name":"A B","model":")" + model + R"("})", 400,
+       "'name' must match"},
+      {"POST", "/v1/deployments", R"({"name":"a","model":"/no/such.gguf"})", 400,
+       "cannot read the model"},
+      {"POST", "/v1/deployments",
+       R"({"name":"a","model":")" + model + R"(","options":{"context":-5}})", 400,
+       "context must be"},
+      {"POST", "/v1/deployments", R"({"name":"a","model":")" + model + R"(","options":{"warp":9}})",
+       400, "unknown option 'warp'"},
+      {"POST", "/v1/deployments",
+       R"({"name":"a","model":")" + model + R"(","options":{"gpus":["w1"]}})", 400,
+       "is not \"worker:index\""},
+      {"POST", "/v1/deployments", R"({"name":"a","model":")" + model + R"(","replicas":100000})",
+       400, "from 0 to 1000"},
+      {"POST", "/v1/deployments", R"({"name":"a","model":")" + big + R"("})", 413, "too large"},
+      {"PATCH", "/v1/deployments/nope", R"({"replicas":1})", 404, "no deployment"},
+      {"POST", "/v1/workers/register",
+       R"({"name":"w9","resources":{"gpus":[{"name":"Mystery GPU"}]}})", 400, "not in the catalog"},
+      {"POST", "/v1/workers/register", R"({"name":"w9","resources":{"cpu":"fast"}})", 400,
+       "cpu must be an object"},
+      {"POST", "/v1/workers/w1/heartbeat", R"({"instances":[{"id":"x","state":"dancing"}]})", 400,
+       "unknown instance state"},
+      {"POST", "/v1/plan", R"({"model":")" + model + R"(","options":{"ngl":999}})", 400,
+       "larger than the model"},
+      {"GET", "/v1/events?after=abc", "", 400, "must be integers"},
+      {"GET", "/v1/nothing", "", 404, "no such route"},
+  };
+  for (const Case& c : cases) {
+    const Reply r = api.send(c.method, c.path, kAdmin, c.body);
+    EXPECT_EQ(r.status, c.status) << c.method << " " << c.path << " " << c.body.substr(0, 80)
+                                  << "\n"
+                                  << r.body.dump();
+    ASSERT_TRUE(r.body.is_object()) << c.path;
+    EXPECT_NE(r.body.value("error", "").find(c.message), std::string::npos)
+        << c.method << " " << c.path << ": " << r.body.dump();
+  }
+  // Nothing half-written: no deployment named "a" was created by any of those.
+  EXPECT_EQ(api.get("/v1/deployments/a", kAdmin).status, 404);
+  EXPECT_EQ(api.get("/healthz", "").status, 200);
+}
+
+TEST(Api, UnplaceableInstancesStayPendingWithTheReason) {
+  ServerFixture f;
+  f.add_worker("tiny", resources(0, 8ull << 30));
+  const std::string model = f.model("llama3-70b-q4_k_m");
+  ASSERT_EQ(f.api().post("/v1/deployments", kAdmin, {{"name", "big"}, {"model", model}}).status,
+            201);
+  ASSERT_TRUE(f.eventually([&] {
+    const Reply r = f.api().get("/v1/instances", kAdmin);
+    return !r.body["instances"].empty() &&
+           r.body["instances"][0]["reason"].get<std::string>().find("does not fit") == 0;
+  })) << f.api().get("/v1/instances", kAdmin).body.dump();
+  const Reply e = f.api().get("/v1/events?subject=big-1", kAdmin);
+  bool pending_event = false;
+  for (const json& x : e.body["events"]) pending_event |= x["kind"] == "instance.pending";
+  EXPECT_TRUE(pending_event);
+}
+
+TEST(Api, InstancesOfASilentWorkerAreReplanned) {
+  server::SchedulerConfig sched;
+  sched.heartbeat_timeout_ms = 600;
+  sched.replan_grace_ms = 600;
+  ServerFixture f("sqlite", sched);
+  const std::string a = f.add_worker("a", resources(1));
+  const std::string b = f.add_worker("b", resources(1));
+  ASSERT_EQ(
+      f.api().post("/v1/deployments", kAdmin, {{"name", "chat"}, {"model", f.model()}}).status,
+      201);
+  std::string main;
+  ASSERT_TRUE(f.eventually([&] {
+    const Reply r = f.api().get("/v1/instances", kAdmin);
+    if (r.body["instances"].empty() || r.body["instances"][0]["state"] != "assigned") return false;
+    main = r.body["instances"][0]["main_worker"];
+    return true;
+  }));
+  const std::string other = main == "a" ? "b" : "a";
+  const std::string other_key = main == "a" ? b : a;
+  // Only the other worker keeps heartbeating.
+  ASSERT_TRUE(f.eventually(
+      [&] {
+        f.api().post("/v1/workers/" + other + "/heartbeat", other_key, json::object());
+        const Reply r = f.api().get("/v1/instances", kAdmin);
+        return r.body["instances"][0]["main_worker"] == other &&
+               r.body["instances"][0]["state"] == "assigned";
+      },
+      15));
+  EXPECT_EQ(f.api().get("/v1/workers/" + main, kAdmin).body["status"], "unreachable");
+}
+
+}  // namespace
+}  // namespace ggfleet::test
