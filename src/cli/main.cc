@@ -13,6 +13,7 @@
 #include "cli/inspect.h"
 #include "cli/plan_cmd.h"
 #include "cli/predict_cmd.h"
+#include "cli/worker_cmd.h"
 #include "cluster/units.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
@@ -321,6 +322,44 @@ int main(int argc, char** argv) {
                       "Only events about this instance, deployment or worker");
   client_flags(eventsc);
 
+  worker::AgentConfig wc;
+  CLI::App* workerc =
+      app.add_subcommand("worker", "Join a server and run the llama.cpp processes it assigns");
+  workerc->add_option("--server", wc.server, "Server URL")->default_val("http://127.0.0.1:8080");
+  workerc->add_option("--join-token", wc.join_token,
+                      "The server's join token (default: $GGFLEET_JOIN_TOKEN)");
+  workerc->add_option("--name", wc.name, "Worker name (default: the host name)");
+  workerc
+      ->add_option("--address", wc.address,
+                   "Address the server and other workers reach this one at")
+      ->default_val("127.0.0.1");
+  workerc->add_option(
+      "--declare-gpu", wc.declared_gpus,
+      "Simulate a GPU, e.g. \"NVIDIA L40S:48GiB\" (llama.cpp's CPU backend serves it)");
+  workerc->add_option("--llama", wc.llama_bin_dir,
+                      "llama.cpp bin directory (default: scripts/llama-cpp's build)");
+  workerc->add_option("--data-dir", wc.data_dir, "Logs and state")->default_val("ggfleet-worker");
+  workerc->add_option("--heartbeat-ms", wc.heartbeat_ms, "Heartbeat period")->default_val(2000);
+  workerc
+      ->add_option("--max-restarts", wc.max_restarts,
+                   "Give up on a process after this many restarts")
+      ->default_val(5);
+
+  cli::StartOptions so_start;
+  CLI::App* startc = app.add_subcommand(
+      "start", "Server and a local worker in one process: deploys a model and serves it");
+  startc->add_option("--model", so_start.model, "GGUF file (default: a small synthetic model)");
+  startc->add_option("--listen", so_start.listen, "HOST:PORT of the API and OpenAI endpoint")
+      ->default_val("127.0.0.1:8080");
+  startc->add_option("--data-dir", so_start.data_dir, "State, logs, generated model")
+      ->default_val("ggfleet-data");
+  startc->add_option("--llama", so_start.llama_dir, "llama.cpp bin directory");
+  startc->add_option("--declare-gpu", so_start.declared_gpus, "Simulate a GPU on the local worker");
+  startc->add_option("--admin-key", so_start.admin_key,
+                     "Admin API key (default: generated and printed)");
+  startc->add_flag("--once", so_start.once,
+                   "Send one completion through the endpoint, print it and exit");
+
   ProbeOptions po;
   CLI::App* probe = app.add_subcommand(
       "probe",
@@ -358,6 +397,18 @@ int main(int argc, char** argv) {
       return cli::run_predict(pr);
     }
     if (probe->parsed()) return run_probe(po);
+    if (workerc->parsed()) {
+      if (wc.join_token.empty() && std::getenv("GGFLEET_JOIN_TOKEN"))
+        wc.join_token = std::getenv("GGFLEET_JOIN_TOKEN");
+      if (wc.name.empty()) {
+        char host[256] = {};
+        gethostname(host, sizeof host - 1);
+        wc.name = host;
+      }
+      wc.llama_bin_dir = cli::find_llama_bin(wc.llama_bin_dir);
+      return cli::run_worker(wc);
+    }
+    if (startc->parsed()) return cli::run_start(so_start);
     if (serverc->parsed()) {
       const auto colon = listen.rfind(':');
       if (colon == std::string::npos) throw std::invalid_argument("--listen wants HOST:PORT");

@@ -338,6 +338,7 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
       assignment["commands"] = plan::commands_json(rep.commands);
       assignment["model"] = d.model;
       assignment["server_port"] = one.server_port;
+      assignment["rpc_port_base"] = one.rpc_port_base;
       placed.assignment_json = assignment.dump();
       std::vector<store::ClaimRow> claims;
       for (std::size_t k = 0; k < rep.chosen.places.size(); ++k) {

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <regex>
@@ -26,6 +28,13 @@ class Metrics {
     std::lock_guard<std::mutex> lock(mu_);
     ++requests_[{route, method, status}];
     observe(latency_[route], seconds);
+  }
+  void proxied(const std::string& deployment, int status, std::uint64_t prompt_tokens,
+               std::uint64_t completion_tokens) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++proxy_requests_[{deployment, status}];
+    proxy_tokens_[{deployment, "prompt"}] += prompt_tokens;
+    proxy_tokens_[{deployment, "completion"}] += completion_tokens;
   }
   void scheduling(double seconds) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -69,6 +78,19 @@ class Metrics {
       o << "ggfleet_api_requests_total{route=\"" << std::get<0>(key) << "\",method=\""
         << std::get<1>(key) << "\",code=\"" << std::get<2>(key) << "\"} " << n << "\n";
     }
+    o << "# HELP ggfleet_inference_requests_total Requests proxied to instances.\n"
+         "# TYPE ggfleet_inference_requests_total counter\n";
+    for (const auto& [key, n] : proxy_requests_) {
+      o << "ggfleet_inference_requests_total{deployment=\"" << key.first << "\",code=\""
+        << key.second << "\"} " << n << "\n";
+    }
+    o << "# HELP ggfleet_inference_tokens_total Tokens through the proxy (streamed: one per "
+         "chunk).\n"
+         "# TYPE ggfleet_inference_tokens_total counter\n";
+    for (const auto& [key, n] : proxy_tokens_) {
+      o << "ggfleet_inference_tokens_total{deployment=\"" << key.first << "\",kind=\"" << key.second
+        << "\"} " << n << "\n";
+    }
     o << "# HELP ggfleet_api_request_duration_seconds API latency.\n"
          "# TYPE ggfleet_api_request_duration_seconds histogram\n";
     for (const auto& [route, h] : latency_) {
@@ -107,6 +129,8 @@ class Metrics {
   std::map<std::tuple<std::string, std::string, int>, std::uint64_t> requests_;
   std::map<std::string, Histogram> latency_;
   Histogram scheduling_;
+  std::map<std::pair<std::string, int>, std::uint64_t> proxy_requests_;
+  std::map<std::pair<std::string, std::string>, std::uint64_t> proxy_tokens_;
 };
 
 namespace {
@@ -571,6 +595,10 @@ void Server::routes() {
                   a["commands"] = commands;
                   a["model"] = assignment.value("model", "");
                   a["server_port"] = assignment.value("server_port", 0);
+                  a["rpc_port_base"] = assignment.value("rpc_port_base", 0);
+                  a["devices"] = assignment.contains("plan")
+                                     ? assignment["plan"]["layout"]["devices"]
+                                     : json::array();
                   list.push_back(a);
                 }
                 reply(res, {{"version", version}, {"instances", list}});
@@ -843,6 +871,132 @@ void Server::routes() {
           }
           reply(res, {{"keys", list}});
         }));
+  // OpenAI-compatible endpoints, routed by "model" (a deployment name) to a running instance,
+  // the one with the fewest requests in flight; streams pass through as they arrive.
+  s.Get("/v1/models",
+        route("/v1/models", true, [this, allow, reply](const auto&, auto& res, const Principal& p) {
+          allow(p, {"admin", "user"});
+          json data = json::array();
+          for (const store::DeploymentRow& d : store_->deployments()) {
+            int ready = 0;
+            for (const store::InstanceRow& i : store_->instances(d.name))
+              ready += i.state == "running";
+            data.push_back({{"id", d.name},
+                            {"object", "model"},
+                            {"owned_by", "ggfleet"},
+                            {"ready_instances", ready}});
+          }
+          reply(res, {{"object", "list"}, {"data", data}});
+        }));
+  for (const char* path : {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}) {
+    const std::string upstream_path = path;
+    s.Post(
+        path,
+        route(path, true,
+              [this, allow, upstream_path](const httplib::Request& req, httplib::Response& res,
+                                           const Principal& p) {
+                allow(p, {"admin", "user"});
+                const json b = parse_body(req);
+                if (!b.contains("model") || !b["model"].is_string())
+                  throw HttpError{400, "'model' (a deployment name) is required"};
+                const std::string deployment = b["model"];
+                if (!store_->deployment(deployment))
+                  throw HttpError{404, "no deployment named " + deployment};
+                // The running instance with the fewest requests in flight.
+                std::string host, chosen;
+                int port = 0;
+                {
+                  std::lock_guard<std::mutex> lock(proxy_mu_);
+                  int best = INT32_MAX;
+                  for (const store::InstanceRow& i : store_->instances(deployment)) {
+                    if (i.state != "running") continue;
+                    const std::optional<store::WorkerRow> w = store_->worker(i.main_worker);
+                    if (!w) continue;
+                    const int load = in_flight_[i.id];
+                    if (load < best) {
+                      best = load;
+                      chosen = i.id;
+                      host = w->address;
+                      port = parse_or(i.assignment_json, json::object()).value("server_port", 0);
+                    }
+                  }
+                  if (chosen.empty()) {
+                    std::string why = "no instance of " + deployment + " is ready";
+                    for (const store::InstanceRow& i : store_->instances(deployment)) {
+                      why += "; " + i.id + " is " + i.state +
+                             (i.reason.empty() ? "" : " (" + i.reason + ")");
+                    }
+                    metrics_->proxied(deployment, 503, 0, 0);
+                    throw HttpError{503, why};
+                  }
+                  ++in_flight_[chosen];
+                }
+                auto done = [this, chosen] {
+                  std::lock_guard<std::mutex> lock(proxy_mu_);
+                  if (--in_flight_[chosen] <= 0) in_flight_.erase(chosen);
+                };
+                httplib::Headers headers;
+                if (b.value("stream", false)) {
+                  res.set_chunked_content_provider(
+                      "text/event-stream",
+                      [this, host, port, upstream_path, body = req.body, deployment, done](
+                          std::size_t, httplib::DataSink& sink) {
+                        httplib::Client up(host, port);
+                        up.set_tcp_nodelay(true);
+                        up.set_read_timeout(600);
+                        httplib::Request r;
+                        r.method = "POST";
+                        r.path = upstream_path;
+                        r.body = body;
+                        r.set_header("Content-Type", "application/json");
+                        int status = 0;
+                        std::uint64_t chunks = 0;
+                        r.response_handler = [&](const httplib::Response& head) {
+                          status = head.status;
+                          return true;
+                        };
+                        r.content_receiver = [&](const char* data, std::size_t n, std::uint64_t,
+                                                 std::uint64_t) {
+                          for (std::size_t k = 0; k + 5 < n; ++k)
+                            chunks += std::memcmp(data + k, "data:", 5) == 0;
+                          return sink.write(data, n);
+                        };
+                        httplib::Response upstream_res;
+                        httplib::Error err = httplib::Error::Success;
+                        if (!up.send(r, upstream_res, err)) {
+                          const std::string msg =
+                              "data: " + json{{"error", "the instance stopped answering"}}.dump() +
+                              "\n\n";
+                          sink.write(msg.data(), msg.size());
+                          status = 502;
+                        }
+                        metrics_->proxied(deployment, status, 0, chunks);
+                        done();
+                        sink.done();
+                        return true;
+                      });
+                  return;
+                }
+                httplib::Client up(host, port);
+                up.set_tcp_nodelay(true);
+                up.set_read_timeout(600);
+                const httplib::Result r =
+                    up.Post(upstream_path.c_str(), req.body, "application/json");
+                done();
+                if (!r) {
+                  metrics_->proxied(deployment, 502, 0, 0);
+                  throw HttpError{502, "instance " + chosen +
+                                           " did not answer: " + httplib::to_string(r.error())};
+                }
+                res.status = r->status;
+                res.set_content(r->body, r->get_header_value("Content-Type").empty()
+                                             ? "application/json"
+                                             : r->get_header_value("Content-Type").c_str());
+                const json usage = parse_or(r->body, json::object()).value("usage", json::object());
+                metrics_->proxied(deployment, r->status, usage.value("prompt_tokens", 0u),
+                                  usage.value("completion_tokens", 0u));
+              }));
+  }
   s.Delete(R"(/v1/keys/([A-Za-z0-9-]+))",
            route("/v1/keys/{id}", true,
                  [this, allow, reply](const auto& req, auto& res, const Principal& p) {

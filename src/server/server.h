@@ -14,6 +14,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -80,6 +81,8 @@ class Server {
   bool wake_ = false;
   std::atomic<bool> stopping_{false};
   std::string generated_admin_key_, generated_join_token_;
+  std::mutex proxy_mu_;
+  std::map<std::string, int> in_flight_;  // proxied requests per instance
 };
 
 }  // namespace ggfleet::server

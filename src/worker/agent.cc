@@ -1,0 +1,337 @@
+#include "worker/agent.h"
+
+#include <arpa/inet.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+namespace ggfleet::worker {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+bool port_open(const std::string& host, int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  const bool ok =
+      inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host.c_str(), &addr.sin_addr) == 1 &&
+      ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  for (std::size_t i = 0; i <= s.size(); ++i) {
+    if (i == s.size() || s[i] == sep) {
+      if (i > start) out.push_back(s.substr(start, i - start));
+      start = i + 1;
+    }
+  }
+  return out;
+}
+
+void log(const std::string& name, const std::string& text) {
+  std::cout << "[worker " << name << "] " << text << std::endl;
+}
+
+}  // namespace
+
+// One assigned instance and its processes.
+struct Agent::Instance {
+  std::string id;
+  std::string role;  // main | rpc
+  json assignment;   // as the server sent it
+  std::vector<std::unique_ptr<Process>>
+      rpc;  // rpc-servers (lent GPUs, or the main's simulated ones)
+  std::vector<json> rpc_commands;
+  std::unique_ptr<Process> server;  // llama-server (main)
+  std::vector<std::string> server_argv;
+  std::map<std::string, std::string> server_env;
+  std::vector<std::pair<std::string, int>> needs;  // RPC endpoints llama-server waits for
+  std::string state = "starting";
+  std::string reason;
+  int restarts = 0;
+  Clock::time_point next_start = Clock::now();
+  bool exit_noticed = false;
+  std::string log_path;
+};
+
+Agent::Agent(AgentConfig config) : config_(std::move(config)) {
+  for (const std::string& g : config_.declared_gpus) declared_.push_back(parse_declared_gpu(g));
+  simulated_ = !declared_.empty();
+  std::filesystem::create_directories(config_.data_dir + "/logs");
+}
+
+Agent::~Agent() {
+  std::lock_guard<std::mutex> lock(mu_);
+  instances_.clear();  // stops every process
+}
+
+std::string Agent::binary(const std::string& name) const {
+  return config_.llama_bin_dir.empty() ? name : config_.llama_bin_dir + "/" + name;
+}
+
+json Agent::heartbeat_body() {
+  std::vector<GpuInfo> gpus = declared_;
+  if (!simulated_) gpus = nvml_gpus();
+  json body = {{"resources",
+                resources_json(host_info(), gpus, simulated_, config_.cpu_bandwidth_bytes_per_s)}};
+  json list = json::array();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, i] : instances_) {
+    if (i->role != "main") continue;
+    json r = {{"id", id}, {"state", i->state}, {"restarts", i->restarts}};
+    if (!i->reason.empty()) r["reason"] = i->reason;
+    if (i->state == "error" || i->state == "loading") r["log_tail"] = tail_file(i->log_path, 40);
+    list.push_back(r);
+  }
+  body["instances"] = list;
+  return body;
+}
+
+void Agent::reconcile(const json& assignments) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<std::string, json> wanted;
+  for (const json& a : assignments) wanted[a.value("id", "")] = a;
+  // Gone: stop everything of it.
+  for (auto it = instances_.begin(); it != instances_.end();) {
+    if (!wanted.count(it->first)) {
+      log(config_.name, "stopping " + it->first + " (no longer assigned)");
+      it = instances_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const auto& [id, a] : wanted) {
+    if (instances_.count(id)) continue;
+    auto inst = std::make_unique<Instance>();
+    inst->id = id;
+    inst->role = a.value("role", "");
+    inst->assignment = a;
+    inst->log_path = config_.data_dir + "/logs/" + id + ".log";
+    for (const json& c : a.value("commands", json::array())) {
+      const std::vector<std::string> argv = c.value("argv", std::vector<std::string>{});
+      if (argv.empty()) continue;
+      if (c.value("role", "") == "rpc-server") {
+        inst->rpc_commands.push_back(c);
+      } else if (c.value("role", "") == "llama-server") {
+        inst->server_argv = argv;
+        inst->server_argv[0] = binary("llama-server");
+        const json env_json = c.value("env", json::object());
+        for (const auto& [k, v] : env_json.items()) inst->server_env[k] = v.get<std::string>();
+      }
+    }
+    if (inst->role == "main") {
+      // The RPC endpoints it needs: --rpc host:port,...
+      for (std::size_t k = 0; k + 1 < inst->server_argv.size(); ++k) {
+        if (inst->server_argv[k] != "--rpc") continue;
+        for (const std::string& ep : split(inst->server_argv[k + 1], ',')) {
+          const auto colon = ep.rfind(':');
+          inst->needs.emplace_back(ep.substr(0, colon), std::stoi(ep.substr(colon + 1)));
+        }
+      }
+      if (simulated_) {
+        // The main's own GPUs: local CPU rpc-servers after the remote ones (llama.cpp's order).
+        int local = 0;
+        std::string endpoints;
+        for (const json& d : a.value("devices", json::array())) {
+          if (d.value("remote", false)) continue;
+          const int port = a.value("rpc_port_base", 30000) + 12 + local++;
+          inst->rpc_commands.push_back(
+              {{"argv", {"ggml-rpc-server", "-H", "127.0.0.1", "-p", std::to_string(port)}},
+               {"env", json::object()}});
+          endpoints +=
+              (endpoints.empty() ? "" : ",") + std::string("127.0.0.1:") + std::to_string(port);
+          inst->needs.emplace_back("127.0.0.1", port);
+        }
+        if (!endpoints.empty()) {
+          auto at = std::find(inst->server_argv.begin(), inst->server_argv.end(), "--rpc");
+          if (at != inst->server_argv.end()) {
+            *(at + 1) += "," + endpoints;
+          } else {
+            inst->server_argv.insert(inst->server_argv.begin() + 3, {"--rpc", endpoints});
+          }
+        }
+        inst->server_env["CUDA_VISIBLE_DEVICES"] = "";
+      }
+    }
+    log(config_.name, "assigned " + id + " as " + inst->role +
+                          (simulated_ ? " (simulated GPUs, CPU backend)" : ""));
+    instances_[id] = std::move(inst);
+  }
+}
+
+void Agent::supervise(Instance& i) {
+  const auto now = Clock::now();
+  // RPC servers: start, and restart when they exit.
+  if (i.rpc.size() < i.rpc_commands.size()) i.rpc.resize(i.rpc_commands.size());
+  for (std::size_t k = 0; k < i.rpc_commands.size(); ++k) {
+    std::unique_ptr<Process>& p = i.rpc[k];
+    if (p && p->running()) continue;
+    if (p)
+      log(config_.name,
+          i.id + ": rpc-server exited (code " + std::to_string(p->exit_code()) + "), restarting");
+    std::vector<std::string> argv = i.rpc_commands[k].value("argv", std::vector<std::string>{});
+    argv[0] = binary("ggml-rpc-server");
+    std::map<std::string, std::string> env;
+    const json env_json = i.rpc_commands[k].value("env", json::object());
+    for (const auto& [key, v] : env_json.items()) env[key] = v.get<std::string>();
+    if (simulated_) {
+      // CPU backend: no CUDA device to select.
+      for (std::size_t a = 0; a + 1 < argv.size(); ++a) {
+        if (argv[a] == "-d")
+          argv.erase(argv.begin() + static_cast<std::ptrdiff_t>(a),
+                     argv.begin() + static_cast<std::ptrdiff_t>(a) + 2);
+      }
+      env.clear();
+    }
+    if (!p) p = std::make_unique<Process>();
+    p->start(argv, env, i.log_path);
+  }
+  if (i.role != "main") {
+    i.state = "running";
+    return;
+  }
+  // llama-server: after the model is there and every RPC server answers.
+  if (i.server && !i.server->running() && !i.exit_noticed) {
+    i.exit_noticed = true;
+    i.state = "error";
+    i.reason = "llama-server exited with code " + std::to_string(i.server->exit_code());
+    ++i.restarts;
+    i.next_start = now + std::chrono::seconds(std::min(30, 1 << std::min(i.restarts - 1, 5)));
+    log(config_.name, i.id + ": " + i.reason + "; restart " + std::to_string(i.restarts) + " soon");
+    return;
+  }
+  if (!i.server || !i.server->running()) {
+    if (i.restarts > config_.max_restarts) {
+      if (i.reason.rfind("gave up", 0) != 0)
+        i.reason =
+            "gave up after " + std::to_string(config_.max_restarts) + " restarts: " + i.reason;
+      return;
+    }
+    if (now < i.next_start) return;
+    const std::string model = i.assignment.value("model", "");
+    if (!model.empty() && model.find("://") == std::string::npos &&
+        !std::filesystem::exists(model)) {
+      i.state = "error";
+      i.reason = "model file " + model + " not found on worker " + config_.name;
+      i.next_start = now + std::chrono::seconds(5);
+      return;
+    }
+    for (const auto& [host, port] : i.needs) {
+      if (!port_open(host, port)) {
+        if (i.state != "error") i.state = "starting";
+        if (i.state != "error")
+          i.reason = "waiting for rpc-server " + host + ":" + std::to_string(port);
+        return;
+      }
+    }
+    if (!i.server) i.server = std::make_unique<Process>();
+    i.server->start(i.server_argv, i.server_env, i.log_path);
+    i.exit_noticed = false;
+    i.state = "loading";
+    log(config_.name,
+        i.id + ": started llama-server (" + std::to_string(i.needs.size()) + " RPC device(s))");
+    return;
+  }
+  // Running: ready once /health says so.
+  httplib::Client c(config_.address, i.assignment.value("server_port", 0));
+  c.set_connection_timeout(1);
+  c.set_read_timeout(2);
+  const httplib::Result r = c.Get("/health");
+  if (r && r->status == 200) {
+    if (i.state != "running") log(config_.name, i.id + ": ready");
+    i.state = "running";
+    i.reason.clear();
+  } else if (i.state != "error") {
+    i.state = "loading";
+  }
+}
+
+void Agent::run(const std::atomic<bool>& stop) {
+  httplib::Client api(config_.server);
+  api.set_connection_timeout(5);
+  api.set_read_timeout(60);
+  api.set_tcp_nodelay(true);
+  std::vector<GpuInfo> gpus = declared_;
+  std::string why;
+  if (!simulated_) gpus = nvml_gpus(&why);
+  const json registration = {{"name", config_.name},
+                             {"address", config_.address},
+                             {"labels", {{"simulated", simulated_ ? "true" : "false"}}},
+                             {"resources", resources_json(host_info(), gpus, simulated_,
+                                                          config_.cpu_bandwidth_bytes_per_s)}};
+  auto attempt_registration = [&] {
+    return api.Post("/v1/workers/register", {{"Authorization", "Bearer " + config_.join_token}},
+                    registration.dump(), "application/json");
+  };
+  httplib::Result r = attempt_registration();
+  for (int attempt = 0; attempt < 50 && !stop && !r; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    r = attempt_registration();
+  }
+  if (!r || r->status != 201) {
+    throw std::runtime_error(
+        "cannot register with " + config_.server + ": " +
+        (r ? std::to_string(r->status) + " " + r->body : httplib::to_string(r.error())));
+  }
+  key_ = json::parse(r->body)["key"].get<std::string>();
+  log(config_.name,
+      "joined " + config_.server + " with " + std::to_string(gpus.size()) + " GPU(s)" +
+          (simulated_    ? " (SIMULATED: declared GPUs served by llama.cpp's CPU backend)"
+           : why.empty() ? ""
+                         : " (" + why + ")"));
+  const httplib::Headers auth = {{"Authorization", "Bearer " + key_}};
+  std::atomic<bool> poll_stop{false};
+  std::thread poller([&] {
+    httplib::Client c(config_.server);
+    c.set_read_timeout(60);
+    c.set_tcp_nodelay(true);
+    std::int64_t since = -1;
+    while (!stop && !poll_stop) {
+      const std::string path =
+          "/v1/workers/" + config_.name + "/assignments?since=" + std::to_string(since) + "&wait=5";
+      const httplib::Result a = c.Get(path.c_str(), auth);
+      if (!a || a->status != 200) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        continue;
+      }
+      const json j = json::parse(a->body, nullptr, false);
+      if (j.is_discarded()) continue;
+      since = j.value("version", since);
+      reconcile(j.value("instances", json::array()));
+    }
+  });
+  auto next_beat = Clock::now();
+  while (!stop) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& [id, i] : instances_) supervise(*i);
+    }
+    if (Clock::now() >= next_beat) {
+      api.Post(("/v1/workers/" + config_.name + "/heartbeat").c_str(), auth,
+               heartbeat_body().dump(), "application/json");
+      next_beat = Clock::now() + std::chrono::milliseconds(config_.heartbeat_ms);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  poll_stop = true;
+  poller.join();
+  std::lock_guard<std::mutex> lock(mu_);
+  instances_.clear();
+  log(config_.name, "stopped");
+}
+
+}  // namespace ggfleet::worker

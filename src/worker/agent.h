@@ -1,0 +1,62 @@
+// The worker agent: joins the server, reports its resources and its instances' states every
+// heartbeat, learns its assignments by long-polling, and runs them: one rpc-server per GPU it
+// lends, and llama-server (after the RPC servers it needs answer) for instances it is the main
+// of. Processes are restarted with backoff (and given up after a limit, reported), and stopped
+// when their assignment goes away. Logs are kept per instance under the data directory.
+//
+// With declared GPUs (no NVIDIA driver), GPUs are simulated with llama.cpp's CPU backend: the
+// rpc-servers run on the CPU, and the main's own "GPUs" become local CPU rpc-servers so the
+// device list, split and layer counts are the planned ones. Status and logs say "simulated".
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "worker/discovery.h"
+#include "worker/process.h"
+
+namespace ggfleet::worker {
+
+struct AgentConfig {
+  std::string server = "http://127.0.0.1:8080";
+  std::string join_token;
+  std::string name;
+  std::string address = "127.0.0.1";  // where the main and the server reach this worker
+  std::vector<std::string> declared_gpus;
+  std::string llama_bin_dir;  // llama-server and ggml-rpc-server
+  std::string data_dir = "ggfleet-worker";
+  int heartbeat_ms = 2000;
+  int max_restarts = 5;
+  double cpu_bandwidth_bytes_per_s = 0;  // from `ggfleet probe`, 0 = catalog default
+};
+
+class Agent {
+ public:
+  explicit Agent(AgentConfig config);
+  ~Agent();
+  // Registers and serves until `stop` becomes true; then stops every process it started.
+  // Throws std::runtime_error if it cannot register.
+  void run(const std::atomic<bool>& stop);
+  bool simulated() const { return simulated_; }
+
+ private:
+  struct Instance;
+  void reconcile(const nlohmann::json& assignments);
+  void supervise(Instance& i);
+  nlohmann::json heartbeat_body();
+  std::string binary(const std::string& name) const;
+
+  AgentConfig config_;
+  bool simulated_ = false;
+  std::vector<GpuInfo> declared_;
+  std::string key_;
+  std::mutex mu_;
+  std::map<std::string, std::unique_ptr<Instance>> instances_;
+};
+
+}  // namespace ggfleet::worker
