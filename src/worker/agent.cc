@@ -56,6 +56,7 @@ struct Agent::Instance {
   std::vector<std::unique_ptr<Process>>
       rpc;  // rpc-servers (lent GPUs, or the main's simulated ones)
   std::vector<json> rpc_commands;
+  std::vector<Clock::time_point> rpc_next_start;
   std::unique_ptr<Process> server;  // llama-server (main)
   std::vector<std::string> server_argv;
   std::map<std::string, std::string> server_env;
@@ -105,10 +106,17 @@ void Agent::reconcile(const json& assignments) {
   std::lock_guard<std::mutex> lock(mu_);
   std::map<std::string, json> wanted;
   for (const json& a : assignments) wanted[a.value("id", "")] = a;
-  // Gone: stop everything of it.
+  // What makes two assignments the same placement (states and reasons change all the time).
+  auto placement = [](const json& a) {
+    return a.value("commands", json::array()).dump() + a.value("devices", json::array()).dump() +
+           a.value("model", "");
+  };
+  // Gone, or placed anew: stop everything of it.
   for (auto it = instances_.begin(); it != instances_.end();) {
-    if (!wanted.count(it->first)) {
-      log(config_.name, "stopping " + it->first + " (no longer assigned)");
+    const auto w = wanted.find(it->first);
+    if (w == wanted.end() || placement(w->second) != placement(it->second->assignment)) {
+      log(config_.name, "stopping " + it->first +
+                            (w == wanted.end() ? " (no longer assigned)" : " (placed anew)"));
       it = instances_.erase(it);
     } else {
       ++it;
