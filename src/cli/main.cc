@@ -323,6 +323,7 @@ int main(int argc, char** argv) {
   client_flags(eventsc);
 
   worker::AgentConfig wc;
+  std::string reserve_vram, reserve_ram;
   CLI::App* workerc =
       app.add_subcommand("worker", "Join a server and run the llama.cpp processes it assigns");
   workerc->add_option("--server", wc.server, "Server URL")->default_val("http://127.0.0.1:8080");
@@ -344,6 +345,9 @@ int main(int argc, char** argv) {
       ->add_option("--max-restarts", wc.max_restarts,
                    "Give up on a process after this many restarts")
       ->default_val(5);
+  workerc->add_option("--gpus", wc.gpu_indices, "Only these GPUs (NVML indices), e.g. 0,1")->delimiter(',');
+  workerc->add_option("--reserve-vram", reserve_vram, "VRAM per GPU kept free, e.g. 1GiB");
+  workerc->add_option("--reserve-ram", reserve_ram, "RAM kept free, e.g. 2GiB");
 
   cli::StartOptions so_start;
   CLI::App* startc = app.add_subcommand(
@@ -406,6 +410,8 @@ int main(int argc, char** argv) {
         wc.name = host;
       }
       wc.llama_bin_dir = cli::find_llama_bin(wc.llama_bin_dir);
+      if (!reserve_vram.empty()) wc.reserved_vram_bytes = cluster::parse_bytes(reserve_vram);
+      if (!reserve_ram.empty()) wc.reserved_ram_bytes = cluster::parse_bytes(reserve_ram);
       return cli::run_worker(wc);
     }
     if (startc->parsed()) return cli::run_start(so_start);

@@ -317,9 +317,9 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
     const cluster::Cluster fleet = live_cluster(store_.workers(), store_.claims(), instance.id);
     plan::Request one = request;
     one.replicas = 1;
-    // Ports from the instance number: unique among live instances until 1,000 of them.
-    const std::int64_t n = std::max<std::int64_t>(
-        0, std::strtoll(instance.id.substr(instance.id.rfind('-') + 1).c_str(), nullptr, 10));
+    // Fresh ports for every placement (a re-placed instance must not wait for the old sockets'
+    // TIME_WAIT on a shared host); unique among the last 1,000 placements.
+    const std::int64_t n = std::stoll(store_.next_id("placements"));
     one.server_port = static_cast<std::uint16_t>(20000 + n % 1000);
     one.rpc_port_base = static_cast<std::uint16_t>(30000 + (n % 1000) * 16);
     const plan::Plan p = plan::make_plan(*m, fleet, one);

@@ -475,84 +475,91 @@ void Server::routes() {
               wake_scheduler();
               reply(res, {{"name", name}, {"key", key}}, 201);
             }));
-  s.Post(R"(/v1/workers/([a-z0-9-]+)/heartbeat)",
-         route("/v1/workers/{name}/heartbeat", true,
-               [this, self_or, reply](const auto& req, auto& res, const Principal& p) {
-                 const std::string name = req.matches[1];
-                 self_or(p, name);
-                 if (p.role == "user")
-                   throw HttpError{403, "only the worker itself reports its status"};
-                 const json b = parse_body(req);
-                 only(b, {"resources", "instances"});
-                 std::optional<store::WorkerRow> w = store_->worker(name);
-                 if (!w) throw HttpError{404, "no worker named " + name};
-                 if (b.contains("resources")) {
-                   worker_from_resources(name, w->address, parse_or(w->labels_json, json::object()),
-                                         b["resources"]);
-                   w->resources_json = b["resources"].dump();
-                 }
-                 struct Report {
-                   std::string id, state, reason, log;
-                   std::int64_t restarts = -1;
-                 };
-                 std::vector<Report> reports;
-                 if (b.contains("instances")) {
-                   if (!b["instances"].is_array())
-                     throw HttpError{400, "'instances' must be an array"};
-                   static const std::set<std::string> states = {"starting", "loading", "running",
-                                                                "error", "stopped"};
-                   for (const json& i : b["instances"]) {
-                     if (!i.is_object())
-                       throw HttpError{400, "each instance report must be an object"};
-                     only(i, {"id", "state", "reason", "log_tail", "restarts"});
-                     Report r;
-                     r.id = required_string(i, "id");
-                     r.state = required_string(i, "state");
-                     if (!states.count(r.state))
-                       throw HttpError{400, "unknown instance state '" + r.state + "'"};
-                     if (i.contains("reason")) {
-                       if (!i["reason"].is_string())
-                         throw HttpError{400, "'reason' must be a string"};
-                       r.reason = i["reason"].get<std::string>().substr(0, 4096);
-                     }
-                     if (i.contains("log_tail")) {
-                       if (!i["log_tail"].is_string())
-                         throw HttpError{400, "'log_tail' must be a string"};
-                       r.log = i["log_tail"].get<std::string>().substr(0, 65536);
-                     }
-                     if (i.contains("restarts")) r.restarts = integer_in(i, "restarts", 0, 1000000);
-                     reports.push_back(r);
-                   }
-                 }
-                 const bool was_unreachable = w->status == "unreachable";
-                 store_->transaction([&] {
-                   w->last_heartbeat_ms = store::now_ms();
-                   if (was_unreachable) {
-                     w->status = "ready";
-                     store_->event("worker.ready", name, "heartbeats again");
-                   }
-                   store_->put_worker(*w);
-                   for (const Report& r : reports) {
-                     std::optional<store::InstanceRow> i = store_->instance(r.id);
-                     if (!i || i->main_worker != name || i->state == "pending")
-                       continue;  // not (or no longer) its own
-                     if (r.state == "stopped") continue;
-                     const bool changed =
-                         i->state != r.state || (r.state == "error" && i->reason != r.reason);
-                     i->state = r.state;
-                     if (!r.reason.empty() || r.state == "running") i->reason = r.reason;
-                     if (!r.log.empty()) i->log_tail = r.log;
-                     if (r.restarts >= 0) i->restarts = r.restarts;
-                     i->updated_ms = store::now_ms();
-                     store_->put_instance(*i);
-                     if (changed)
-                       store_->event("instance." + r.state, i->id,
-                                     r.reason.empty() ? r.state : r.reason);
-                   }
-                 });
-                 if (was_unreachable) wake_scheduler();
-                 reply(res, {{"assignment_version", store_->assignment_version()}});
-               }));
+  s.Post(
+      R"(/v1/workers/([a-z0-9-]+)/heartbeat)",
+      route("/v1/workers/{name}/heartbeat", true,
+            [this, self_or, reply](const auto& req, auto& res, const Principal& p) {
+              const std::string name = req.matches[1];
+              self_or(p, name);
+              if (p.role == "user")
+                throw HttpError{403, "only the worker itself reports its status"};
+              const json b = parse_body(req);
+              only(b, {"resources", "instances"});
+              std::optional<store::WorkerRow> w = store_->worker(name);
+              if (!w) throw HttpError{404, "no worker named " + name};
+              if (b.contains("resources")) {
+                worker_from_resources(name, w->address, parse_or(w->labels_json, json::object()),
+                                      b["resources"]);
+                w->resources_json = b["resources"].dump();
+              }
+              struct Report {
+                std::string id, state, reason, log;
+                std::int64_t restarts = -1;
+                std::int64_t port = -1;  // the placement it is about (its llama-server port)
+              };
+              std::vector<Report> reports;
+              if (b.contains("instances")) {
+                if (!b["instances"].is_array())
+                  throw HttpError{400, "'instances' must be an array"};
+                static const std::set<std::string> states = {"starting", "loading", "running",
+                                                             "error", "stopped"};
+                for (const json& i : b["instances"]) {
+                  if (!i.is_object())
+                    throw HttpError{400, "each instance report must be an object"};
+                  only(i, {"id", "state", "reason", "log_tail", "restarts", "port"});
+                  Report r;
+                  r.id = required_string(i, "id");
+                  r.state = required_string(i, "state");
+                  if (!states.count(r.state))
+                    throw HttpError{400, "unknown instance state '" + r.state + "'"};
+                  if (i.contains("reason")) {
+                    if (!i["reason"].is_string()) throw HttpError{400, "'reason' must be a string"};
+                    r.reason = i["reason"].get<std::string>().substr(0, 4096);
+                  }
+                  if (i.contains("log_tail")) {
+                    if (!i["log_tail"].is_string())
+                      throw HttpError{400, "'log_tail' must be a string"};
+                    r.log = i["log_tail"].get<std::string>().substr(0, 65536);
+                  }
+                  if (i.contains("port")) r.port = integer_in(i, "port", 0, 65535);
+                  if (i.contains("restarts")) r.restarts = integer_in(i, "restarts", 0, 1000000);
+                  reports.push_back(r);
+                }
+              }
+              const bool was_unreachable = w->status == "unreachable";
+              store_->transaction([&] {
+                w->last_heartbeat_ms = store::now_ms();
+                if (was_unreachable) {
+                  w->status = "ready";
+                  store_->event("worker.ready", name, "heartbeats again");
+                }
+                store_->put_worker(*w);
+                for (const Report& r : reports) {
+                  std::optional<store::InstanceRow> i = store_->instance(r.id);
+                  if (!i || i->main_worker != name || i->state == "pending")
+                    continue;  // not (or no longer) its own
+                  if (r.port >= 0 &&
+                      r.port !=
+                          parse_or(i->assignment_json, json::object()).value("server_port", -1)) {
+                    continue;  // about an earlier placement of this instance
+                  }
+                  if (r.state == "stopped") continue;
+                  const bool changed =
+                      i->state != r.state || (r.state == "error" && i->reason != r.reason);
+                  i->state = r.state;
+                  if (!r.reason.empty() || r.state == "running") i->reason = r.reason;
+                  if (!r.log.empty()) i->log_tail = r.log;
+                  if (r.restarts >= 0) i->restarts = r.restarts;
+                  i->updated_ms = store::now_ms();
+                  store_->put_instance(*i);
+                  if (changed)
+                    store_->event("instance." + r.state, i->id,
+                                  r.reason.empty() ? r.state : r.reason);
+                }
+              });
+              if (was_unreachable) wake_scheduler();
+              reply(res, {{"assignment_version", store_->assignment_version()}});
+            }));
   s.Get(R"(/v1/workers/([a-z0-9-]+)/assignments)",
         route("/v1/workers/{name}/assignments", true,
               [this, self_or, reply](const auto& req, auto& res, const Principal& p) {

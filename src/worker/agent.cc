@@ -84,25 +84,62 @@ std::string Agent::binary(const std::string& name) const {
   return config_.llama_bin_dir.empty() ? name : config_.llama_bin_dir + "/" + name;
 }
 
-json Agent::heartbeat_body() {
-  std::vector<GpuInfo> gpus = declared_;
-  if (!simulated_) gpus = nvml_gpus();
-  json body = {{"resources",
-                resources_json(host_info(), gpus, simulated_, config_.cpu_bandwidth_bytes_per_s)}};
+std::vector<GpuInfo> Agent::gpus(std::string* why) const {
+  if (simulated_) return declared_;
+  const std::vector<GpuInfo> all = nvml_gpus(why);
+  if (config_.gpu_indices.empty()) return all;
+  std::vector<GpuInfo> mine;
+  for (int k : config_.gpu_indices) {
+    if (k >= 0 && static_cast<std::size_t>(k) < all.size())
+      mine.push_back(all[static_cast<std::size_t>(k)]);
+  }
+  return mine;
+}
+
+json Agent::resources(const std::vector<GpuInfo>& list) const {
+  json r = resources_json(host_info(), list, simulated_, config_.cpu_bandwidth_bytes_per_s);
+  if (config_.reserved_vram_bytes > 0 || config_.reserved_ram_bytes > 0) {
+    r["reserved"] = {{"vram", config_.reserved_vram_bytes}, {"ram", config_.reserved_ram_bytes}};
+  }
+  return r;
+}
+
+std::string Agent::physical_devices(const std::string& planned) const {
+  if (config_.gpu_indices.empty() || planned.empty()) return planned;
+  std::string out;
+  for (const std::string& k : split(planned, ',')) {
+    const auto at = static_cast<std::size_t>(std::stoul(k));
+    out += (out.empty() ? "" : ",") +
+           std::to_string(at < config_.gpu_indices.size() ? config_.gpu_indices[at] : -1);
+  }
+  return out;
+}
+
+json Agent::instance_reports() {
   json list = json::array();
-  std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [id, i] : instances_) {
     if (i->role != "main") continue;
-    json r = {{"id", id}, {"state", i->state}, {"restarts", i->restarts}};
+    // The port names the placement: the server ignores reports about an older one.
+    json r = {{"id", id},
+              {"state", i->state},
+              {"restarts", i->restarts},
+              {"port", i->assignment.value("server_port", 0)}};
     if (!i->reason.empty()) r["reason"] = i->reason;
     if (i->state == "error" || i->state == "loading") r["log_tail"] = tail_file(i->log_path, 40);
     list.push_back(r);
   }
-  body["instances"] = list;
+  return list;
+}
+
+json Agent::heartbeat_body() {
+  json body = {{"resources", resources(gpus())}};
+  std::lock_guard<std::mutex> lock(reports_mu_);
+  body["instances"] = reports_;
   return body;
 }
 
 void Agent::reconcile(const json& assignments) {
+  std::vector<std::unique_ptr<Instance>> retired;  // stopped after the lock is released
   std::lock_guard<std::mutex> lock(mu_);
   std::map<std::string, json> wanted;
   for (const json& a : assignments) wanted[a.value("id", "")] = a;
@@ -117,6 +154,7 @@ void Agent::reconcile(const json& assignments) {
     if (w == wanted.end() || placement(w->second) != placement(it->second->assignment)) {
       log(config_.name, "stopping " + it->first +
                             (w == wanted.end() ? " (no longer assigned)" : " (placed anew)"));
+      retired.push_back(std::move(it->second));
       it = instances_.erase(it);
     } else {
       ++it;
@@ -173,6 +211,9 @@ void Agent::reconcile(const json& assignments) {
           }
         }
         inst->server_env["CUDA_VISIBLE_DEVICES"] = "";
+      } else if (inst->server_env.count("CUDA_VISIBLE_DEVICES")) {
+        inst->server_env["CUDA_VISIBLE_DEVICES"] =
+            physical_devices(inst->server_env["CUDA_VISIBLE_DEVICES"]);
       }
     }
     log(config_.name, "assigned " + id + " as " + inst->role +
@@ -196,6 +237,8 @@ void Agent::supervise(Instance& i) {
     std::map<std::string, std::string> env;
     const json env_json = i.rpc_commands[k].value("env", json::object());
     for (const auto& [key, v] : env_json.items()) env[key] = v.get<std::string>();
+    if (env.count("CUDA_VISIBLE_DEVICES"))
+      env["CUDA_VISIBLE_DEVICES"] = physical_devices(env["CUDA_VISIBLE_DEVICES"]);
     if (simulated_) {
       // CPU backend: no CUDA device to select.
       for (std::size_t a = 0; a + 1 < argv.size(); ++a) {
@@ -322,19 +365,34 @@ void Agent::run(const std::atomic<bool>& stop) {
       reconcile(j.value("instances", json::array()));
     }
   });
-  auto next_beat = Clock::now();
+  // Heartbeats from their own thread, so that stopping or checking processes never delays them.
+  std::thread beater([&] {
+    httplib::Client c(config_.server);
+    c.set_connection_timeout(2);
+    c.set_read_timeout(10);
+    c.set_tcp_nodelay(true);
+    while (!stop && !poll_stop) {
+      c.Post(("/v1/workers/" + config_.name + "/heartbeat").c_str(), auth, heartbeat_body().dump(),
+             "application/json");
+      const auto until = Clock::now() + std::chrono::milliseconds(config_.heartbeat_ms);
+      while (!stop && Clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
   while (!stop) {
+    json reports;
     {
       std::lock_guard<std::mutex> lock(mu_);
       for (auto& [id, i] : instances_) supervise(*i);
+      reports = instance_reports();
     }
-    if (Clock::now() >= next_beat) {
-      api.Post(("/v1/workers/" + config_.name + "/heartbeat").c_str(), auth,
-               heartbeat_body().dump(), "application/json");
-      next_beat = Clock::now() + std::chrono::milliseconds(config_.heartbeat_ms);
+    {
+      std::lock_guard<std::mutex> lock(reports_mu_);
+      reports_ = reports;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
   }
+  beater.join();
   poll_stop = true;
   poller.join();
   std::lock_guard<std::mutex> lock(mu_);

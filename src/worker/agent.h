@@ -32,7 +32,10 @@ struct AgentConfig {
   std::string data_dir = "ggfleet-worker";
   int heartbeat_ms = 2000;
   int max_restarts = 5;
-  double cpu_bandwidth_bytes_per_s = 0;  // from `ggfleet probe`, 0 = catalog default
+  double cpu_bandwidth_bytes_per_s = 0;   // from `ggfleet probe`, 0 = catalog default
+  std::vector<int> gpu_indices;           // NVML GPUs this worker manages (empty = all)
+  std::uint64_t reserved_vram_bytes = 0;  // per GPU, kept free for others
+  std::uint64_t reserved_ram_bytes = 0;
 };
 
 class Agent {
@@ -49,7 +52,12 @@ class Agent {
   void reconcile(const nlohmann::json& assignments);
   void supervise(Instance& i);
   nlohmann::json heartbeat_body();
+  nlohmann::json instance_reports();  // REQUIRES: mu_ held
   std::string binary(const std::string& name) const;
+  std::vector<GpuInfo> gpus(std::string* why = nullptr) const;
+  nlohmann::json resources(const std::vector<GpuInfo>& gpus) const;
+  // CUDA_VISIBLE_DEVICES as planned (indices among this worker's GPUs) to physical indices.
+  std::string physical_devices(const std::string& planned) const;
 
   AgentConfig config_;
   bool simulated_ = false;
@@ -57,6 +65,8 @@ class Agent {
   std::string key_;
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<Instance>> instances_;
+  std::mutex reports_mu_;
+  nlohmann::json reports_ = nlohmann::json::array();  // the last states, for heartbeats
 };
 
 }  // namespace ggfleet::worker

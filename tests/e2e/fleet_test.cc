@@ -65,7 +65,7 @@ class Fleet : public ::testing::Test {
     model_ = model::synth("llama3-8b-q4_0", dir_.file("models"), o).front();
   }
   void TearDown() override {
-    for (auto& w : workers_) w->stop(10);
+    for (auto& w : workers_) w->stop(20);
     server_.stop();
   }
   void start_worker(int i) {
@@ -106,6 +106,14 @@ class Fleet : public ::testing::Test {
              e.value("message", "") + "\n";
     }
     out += "listening:\n" + run_command("ss -ltnp | grep -E 'llama|rpc'").output;
+    const json now = instance();
+    if (!now.is_null()) {
+      const json full = api_->get("/v1/instances/" + now["id"].get<std::string>(), kAdmin).body;
+      for (const json& c : full["assignment"].value("commands", json::array()))
+        out += "  command: " + c.value("line", "") + "\n";
+    }
+    out += "processes:\n" +
+           run_command("ps -eo pid,ppid,args | grep -E '[l]lama-server|[g]gml-rpc-server'").output;
     out += "server:\n" + tail_file(dir_.file("server.log"), 20);
     for (int i = 0; i < 3; ++i)
       out += "w" + std::to_string(i) + ":\n" +
@@ -185,7 +193,7 @@ TEST_F(Fleet, DeployServeRecoverReplanDelete) {
 
   // Stop the lending worker: the instance is re-planned on the two others.
   const int lender_index = lender[1] - '0';
-  workers_[static_cast<std::size_t>(lender_index)]->stop(10);
+  workers_[static_cast<std::size_t>(lender_index)]->stop(20);
   ASSERT_TRUE(wait_for(
       [&] {
         const json now = api_->get("/v1/instances/" + id, kAdmin).body;

@@ -1,0 +1,168 @@
+// Streaming through the ggfleet server against llama-server directly, side by side in one run:
+// tokens/s and time to first token for the same requests, alternating between the two paths.
+//
+//   build/release/bench/proxy_bench [--requests 20] [--tokens 64] [--llama DIR]
+//
+// Starts a server and a local worker in this process (SQLite in a temp dir), deploys a small
+// synthetic model on the CPU build, waits until it runs, then measures.
+#include <httplib.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli/worker_cmd.h"
+#include "model/synth.h"
+#include "server/auth.h"
+#include "server/server.h"
+#include "worker/agent.h"
+
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+struct Sample {
+  double ttft_ms = 0;
+  double tokens_per_s = 0;
+};
+
+// One streamed completion; tokens = data chunks after the first.
+Sample stream(const std::string& host, int port, const std::string& key, const std::string& model,
+              int tokens) {
+  httplib::Client c(host, port);
+  c.set_tcp_nodelay(true);
+  c.set_read_timeout(300);
+  httplib::Request r;
+  r.method = "POST";
+  r.path = "/v1/completions";
+  r.body = json{{"model", model},       {"prompt", "The quick brown fox"},
+                {"max_tokens", tokens}, {"stream", true},
+                {"ignore_eos", true},   {"temperature", 0}}
+               .dump();
+  r.set_header("Content-Type", "application/json");
+  if (!key.empty()) r.set_header("Authorization", "Bearer " + key);
+  const auto t0 = Clock::now();
+  Clock::time_point first{}, last{};
+  int chunks = 0;
+  r.content_receiver = [&](const char* data, std::size_t n, std::uint64_t, std::uint64_t) {
+    for (std::size_t k = 0; k + 5 <= n; ++k) {
+      if (std::memcmp(data + k, "data:", 5) == 0) {
+        if (chunks++ == 0) first = Clock::now();
+        last = Clock::now();
+      }
+    }
+    return true;
+  };
+  httplib::Response res;
+  httplib::Error err = httplib::Error::Success;
+  c.send(r, res, err);
+  Sample s;
+  s.ttft_ms = std::chrono::duration<double, std::milli>(first - t0).count();
+  const double gen_s = std::chrono::duration<double>(last - first).count();
+  s.tokens_per_s = chunks > 2 && gen_s > 0 ? (chunks - 2) / gen_s : 0;
+  return s;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int requests = 20, tokens = 64;
+  std::string llama;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--requests")
+      requests = std::atoi(argv[i + 1]);
+    else if (a == "--tokens")
+      tokens = std::atoi(argv[i + 1]);
+    else if (a == "--llama")
+      llama = argv[i + 1];
+  }
+  llama = ggfleet::cli::find_llama_bin(llama);
+  if (llama.empty()) {
+    std::fprintf(stderr, "no llama.cpp (run scripts/llama-cpp)\n");
+    return 1;
+  }
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("ggfleet-proxy-" + std::to_string(getpid()));
+  ggfleet::model::SynthOptions so;
+  so.blocks = 2;
+  so.vocab = 32000;
+  const std::string model =
+      ggfleet::model::synth("llama3-8b-q4_0", (dir / "models").string(), so).front();
+  ggfleet::server::ServerConfig sc;
+  sc.data_dir = (dir / "data").string();
+  sc.port = 0;
+  sc.admin_key = "bench";
+  sc.join_token = "bench-join";
+  ggfleet::server::Server server(sc);
+  const int port = server.start();
+  std::atomic<bool> stop{false};
+  ggfleet::worker::AgentConfig wc;
+  wc.server = "http://127.0.0.1:" + std::to_string(port);
+  wc.join_token = "bench-join";
+  wc.name = "local";
+  wc.llama_bin_dir = llama;
+  wc.data_dir = (dir / "worker").string();
+  std::thread agent([&] {
+    ggfleet::worker::Agent a(wc);
+    a.run(stop);
+  });
+  httplib::Client api("127.0.0.1", port);
+  const httplib::Headers auth = {{"Authorization", "Bearer bench"}};
+  api.Post("/v1/deployments", auth,
+           json{{"name", "m"}, {"model", model}, {"options", {{"context", 1024}}}}.dump(),
+           "application/json");
+  int direct_port = 0;
+  for (int i = 0; i < 600 && direct_port == 0; ++i) {
+    const auto r = api.Get("/v1/instances", auth);
+    const json j = r ? json::parse(r->body) : json::object();
+    if (!j.value("instances", json::array()).empty() && j["instances"][0]["state"] == "running") {
+      const auto d =
+          api.Get(("/v1/instances/" + j["instances"][0]["id"].get<std::string>()).c_str(), auth);
+      direct_port = json::parse(d->body)["assignment"]["server_port"];
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+  if (direct_port == 0) {
+    std::fprintf(stderr, "the instance did not start\n");
+    stop = true;
+    agent.join();
+    return 1;
+  }
+  stream("127.0.0.1", direct_port, "", "m", 8);  // warm up
+  std::vector<double> d_ttft, d_tps, p_ttft, p_tps;
+  for (int i = 0; i < requests; ++i) {
+    const Sample d = stream("127.0.0.1", direct_port, "", "m", tokens);
+    const Sample p = stream("127.0.0.1", port, "bench", "m", tokens);
+    d_ttft.push_back(d.ttft_ms);
+    d_tps.push_back(d.tokens_per_s);
+    p_ttft.push_back(p.ttft_ms);
+    p_tps.push_back(p.tokens_per_s);
+  }
+  std::printf("%d streamed completions of %d tokens each, alternating (median)\n", requests,
+              tokens);
+  std::printf("direct llama-server: TTFT %7.2f ms, %7.2f tokens/s\n", median(d_ttft),
+              median(d_tps));
+  std::printf("through ggfleet:     TTFT %7.2f ms, %7.2f tokens/s\n", median(p_ttft),
+              median(p_tps));
+  std::printf("added TTFT %+.2f ms, throughput %+.2f%%\n", median(p_ttft) - median(d_ttft),
+              100.0 * (median(p_tps) / median(d_tps) - 1.0));
+  stop = true;
+  agent.join();
+  server.stop();
+  std::filesystem::remove_all(dir);
+  return 0;
+}
