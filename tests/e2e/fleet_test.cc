@@ -224,3 +224,26 @@ TEST_F(Fleet, DeployServeRecoverReplanDelete) {
 
 }  // namespace
 }  // namespace ggfleet::test
+
+namespace ggfleet::test {
+namespace {
+
+// The README's main job: `ggfleet start --once` serves a generated model and answers.
+TEST(Start, OnceServesACompletion) {
+  GGFLEET_REQUIRE_PATH(llama_cpp_dir() + "/bin/llama-server");
+  TempDir dir;
+  const int port = 44000 + static_cast<int>(getpid() % 1000);
+  const CommandResult r = run_command(
+      std::string(GGFLEET_BINARY) + " start --once --llama " + llama_cpp_dir() +
+      "/bin --listen 127.0.0.1:" + std::to_string(port) + " --data-dir " + dir.file("data"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("ggfleet is serving local-model at http://127.0.0.1:" +
+                          std::to_string(port) + "/v1"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("completion: {"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"completion_tokens\""), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace ggfleet::test
