@@ -248,3 +248,42 @@ TEST(Api, InstancesOfASilentWorkerAreReplanned) {
 
 }  // namespace
 }  // namespace ggfleet::test
+
+namespace ggfleet::test {
+namespace {
+
+// The client verbs against a real server: deploy, ls, scale, events, rm, with --json and tables.
+TEST(ClientVerbs, DeployListScaleEventsRemove) {
+  ServerFixture f;
+  f.add_worker("w1", resources(1));
+  auto run = [&](const std::string& verb, const std::string& args) {
+    return run_command(std::string(GGFLEET_BINARY) + " " + verb + " --server http://127.0.0.1:" +
+                       std::to_string(f.port()) + " --key " + ServerFixture::kAdmin + " " + args);
+  };
+  CommandResult r = run("deploy", f.model() + " --name chat --replicas 2 --ctx 2048");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("deployment chat created"), std::string::npos) << r.output;
+  ASSERT_TRUE(f.eventually(
+      [&] { return run("ls", "instances").output.find("assigned") != std::string::npos; }));
+  r = run("ls", "deployments");
+  EXPECT_NE(r.output.find("NAME"), std::string::npos);
+  EXPECT_NE(r.output.find("chat"), std::string::npos) << r.output;
+  r = run("ls", "workers --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(r.output)["workers"][0]["name"], "w1");
+  EXPECT_EQ(run("scale", "chat 1").exit_code, 0);
+  EXPECT_EQ(Api(f.port()).get("/v1/deployments/chat", ServerFixture::kAdmin).body["replicas"], 1);
+  r = run("events", "--subject chat");
+  EXPECT_NE(r.output.find("deployment.created"), std::string::npos) << r.output;
+  EXPECT_EQ(run("rm", "chat").exit_code, 0);
+  r = run("rm", "chat");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("404: no deployment named chat"), std::string::npos) << r.output;
+  r = run_command(std::string(GGFLEET_BINARY) + " ls deployments --server http://127.0.0.1:" +
+                  std::to_string(f.port()) + " --key wrong");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("401: invalid API key"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace ggfleet::test
