@@ -363,6 +363,36 @@ void Server::schedule_loop() {
   }
 }
 
+std::unique_ptr<httplib::Client> Server::take_client(const std::string& host, int port) {
+  {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    auto& idle = clients_[host + ":" + std::to_string(port)];
+    if (!idle.empty()) {
+      std::unique_ptr<httplib::Client> c = std::move(idle.back());
+      idle.pop_back();
+      return c;
+    }
+  }
+  auto c = std::make_unique<httplib::Client>(host, port);
+  c->set_tcp_nodelay(true);
+  c->set_keep_alive(true);
+  c->set_connection_timeout(5);
+  c->set_read_timeout(600);
+  return c;
+}
+
+void Server::give_client(const std::string& host, int port, std::unique_ptr<httplib::Client> c) {
+  std::lock_guard<std::mutex> lock(cache_mu_);
+  auto& idle = clients_[host + ":" + std::to_string(port)];
+  if (idle.size() < 16) idle.push_back(std::move(c));
+}
+
+void Server::forget_key(const std::string& id) {
+  store_->delete_key(id);
+  std::lock_guard<std::mutex> lock(cache_mu_);
+  key_cache_.clear();
+}
+
 void Server::routes() {
   httplib::Server& s = *http_;
   // Every response body is JSON; errors are {"error": "..."}.
@@ -384,8 +414,22 @@ void Server::routes() {
     if (header.empty()) throw HttpError{401, "an API key is required (Authorization: Bearer KEY)"};
     if (header.rfind("Bearer ", 0) != 0)
       throw HttpError{401, "the Authorization header must be 'Bearer KEY'"};
-    const std::optional<store::KeyRow> key = store_->key_by_hash(sha256_hex(header.substr(7)));
+    const std::string hash = sha256_hex(header.substr(7));
+    const auto now = std::chrono::steady_clock::now();
+    {
+      // Valid keys are remembered for a few seconds (the proxy's hot path); deleting a key
+      // forgets them all.
+      std::lock_guard<std::mutex> lock(cache_mu_);
+      const auto it = key_cache_.find(hash);
+      if (it != key_cache_.end() && now - it->second.first < std::chrono::seconds(5)) {
+        return {it->second.second.first, it->second.second.second};
+      }
+    }
+    const std::optional<store::KeyRow> key = store_->key_by_hash(hash);
     if (!key) throw HttpError{401, "invalid API key"};
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    if (key_cache_.size() > 10000) key_cache_.clear();
+    key_cache_[hash] = {now, {key->role, key->worker}};
     return {key->role, key->worker};
   };
   auto allow = [](const Principal& p, std::initializer_list<const char*> roles) {
@@ -463,7 +507,7 @@ void Server::routes() {
               const std::string key = new_secret("ggw_");
               store_->transaction([&] {
                 for (const store::KeyRow& k : store_->keys()) {
-                  if (k.role == "worker" && k.worker == name) store_->delete_key(k.id);
+                  if (k.role == "worker" && k.worker == name) forget_key(k.id);
                 }
                 const std::optional<store::WorkerRow> old = store_->worker(name);
                 store_->put_worker({name, address, labels.dump(), "ready", resources.dump(),
@@ -650,7 +694,7 @@ void Server::routes() {
                    store_->transaction([&] {
                      found = store_->remove_worker(name);
                      for (const store::KeyRow& k : store_->keys()) {
-                       if (k.role == "worker" && k.worker == name) store_->delete_key(k.id);
+                       if (k.role == "worker" && k.worker == name) forget_key(k.id);
                      }
                      if (found)
                        store_->event("worker.removed", name,
@@ -899,115 +943,143 @@ void Server::routes() {
     const std::string upstream_path = path;
     s.Post(
         path,
-        route(path, true,
-              [this, allow, upstream_path](const httplib::Request& req, httplib::Response& res,
-                                           const Principal& p) {
-                allow(p, {"admin", "user"});
-                const json b = parse_body(req);
-                if (!b.contains("model") || !b["model"].is_string())
-                  throw HttpError{400, "'model' (a deployment name) is required"};
-                const std::string deployment = b["model"];
-                if (!store_->deployment(deployment))
-                  throw HttpError{404, "no deployment named " + deployment};
-                // The running instance with the fewest requests in flight.
-                std::string host, chosen;
-                int port = 0;
-                {
-                  std::lock_guard<std::mutex> lock(proxy_mu_);
-                  int best = INT32_MAX;
+        route(
+            path, true,
+            [this, allow, upstream_path](const httplib::Request& req, httplib::Response& res,
+                                         const Principal& p) {
+              allow(p, {"admin", "user"});
+              const json b = parse_body(req);
+              if (!b.contains("model") || !b["model"].is_string())
+                throw HttpError{400, "'model' (a deployment name) is required"};
+              const std::string deployment = b["model"];
+              // Where the deployment's running instances listen, from the store at most
+              // every 250 ms (the proxy's hot path must not query it per request).
+              std::vector<Target> targets;
+              {
+                const auto now = std::chrono::steady_clock::now();
+                std::unique_lock<std::mutex> lock(cache_mu_);
+                auto it = route_cache_.find(deployment);
+                if (it == route_cache_.end() ||
+                    now - it->second.first > std::chrono::milliseconds(250)) {
+                  lock.unlock();
+                  if (!store_->deployment(deployment))
+                    throw HttpError{404, "no deployment named " + deployment};
+                  std::vector<Target> fresh;
                   for (const store::InstanceRow& i : store_->instances(deployment)) {
-                    if (i.state != "running") continue;
-                    const std::optional<store::WorkerRow> w = store_->worker(i.main_worker);
-                    if (!w) continue;
-                    const int load = in_flight_[i.id];
-                    if (load < best) {
-                      best = load;
-                      chosen = i.id;
-                      host = w->address;
-                      port = parse_or(i.assignment_json, json::object()).value("server_port", 0);
+                    Target t{i.id, "", 0, i.state, i.reason};
+                    if (i.state == "running") {
+                      if (const std::optional<store::WorkerRow> w = store_->worker(i.main_worker))
+                        t.host = w->address;
+                      t.port = parse_or(i.assignment_json, json::object()).value("server_port", 0);
                     }
+                    fresh.push_back(t);
                   }
-                  if (chosen.empty()) {
-                    std::string why = "no instance of " + deployment + " is ready";
-                    for (const store::InstanceRow& i : store_->instances(deployment)) {
-                      why += "; " + i.id + " is " + i.state +
-                             (i.reason.empty() ? "" : " (" + i.reason + ")");
-                    }
-                    metrics_->proxied(deployment, 503, 0, 0);
-                    throw HttpError{503, why};
-                  }
-                  ++in_flight_[chosen];
+                  lock.lock();
+                  it = route_cache_.insert_or_assign(deployment, std::make_pair(now, fresh)).first;
                 }
-                auto done = [this, chosen] {
-                  std::lock_guard<std::mutex> lock(proxy_mu_);
-                  if (--in_flight_[chosen] <= 0) in_flight_.erase(chosen);
-                };
-                httplib::Headers headers;
-                if (b.value("stream", false)) {
-                  res.set_chunked_content_provider(
-                      "text/event-stream",
-                      [this, host, port, upstream_path, body = req.body, deployment, done](
-                          std::size_t, httplib::DataSink& sink) {
-                        httplib::Client up(host, port);
-                        up.set_tcp_nodelay(true);
-                        up.set_read_timeout(600);
-                        httplib::Request r;
-                        r.method = "POST";
-                        r.path = upstream_path;
-                        r.body = body;
-                        r.set_header("Content-Type", "application/json");
-                        int status = 0;
-                        std::uint64_t chunks = 0;
-                        r.response_handler = [&](const httplib::Response& head) {
-                          status = head.status;
-                          return true;
-                        };
-                        r.content_receiver = [&](const char* data, std::size_t n, std::uint64_t,
-                                                 std::uint64_t) {
-                          for (std::size_t k = 0; k + 5 < n; ++k)
-                            chunks += std::memcmp(data + k, "data:", 5) == 0;
-                          return sink.write(data, n);
-                        };
-                        httplib::Response upstream_res;
-                        httplib::Error err = httplib::Error::Success;
-                        if (!up.send(r, upstream_res, err)) {
-                          const std::string msg =
-                              "data: " + json{{"error", "the instance stopped answering"}}.dump() +
-                              "\n\n";
-                          sink.write(msg.data(), msg.size());
-                          status = 502;
-                        }
-                        metrics_->proxied(deployment, status, 0, chunks);
-                        done();
-                        sink.done();
+                targets = it->second.second;
+              }
+              // The running instance with the fewest requests in flight.
+              std::string host, chosen;
+              int port = 0;
+              {
+                std::lock_guard<std::mutex> lock(proxy_mu_);
+                int best = INT32_MAX;
+                for (const Target& t : targets) {
+                  if (t.state != "running" || t.host.empty()) continue;
+                  const int load = in_flight_[t.id];
+                  if (load < best) {
+                    best = load;
+                    chosen = t.id;
+                    host = t.host;
+                    port = t.port;
+                  }
+                }
+                if (chosen.empty()) {
+                  std::string why = "no instance of " + deployment + " is ready";
+                  for (const Target& t : targets) {
+                    why += "; " + t.id + " is " + t.state +
+                           (t.reason.empty() ? "" : " (" + t.reason + ")");
+                  }
+                  metrics_->proxied(deployment, 503, 0, 0);
+                  throw HttpError{503, why};
+                }
+                ++in_flight_[chosen];
+              }
+              auto done = [this, chosen] {
+                std::lock_guard<std::mutex> lock(proxy_mu_);
+                if (--in_flight_[chosen] <= 0) in_flight_.erase(chosen);
+              };
+              httplib::Headers headers;
+              if (b.value("stream", false)) {
+                res.set_chunked_content_provider(
+                    "text/event-stream", [this, host, port, upstream_path, body = req.body,
+                                          deployment, done](std::size_t, httplib::DataSink& sink) {
+                      std::unique_ptr<httplib::Client> client = take_client(host, port);
+                      httplib::Client& up = *client;
+                      httplib::Request r;
+                      r.method = "POST";
+                      r.path = upstream_path;
+                      r.body = body;
+                      r.set_header("Content-Type", "application/json");
+                      int status = 0;
+                      std::uint64_t chunks = 0;
+                      r.response_handler = [&](const httplib::Response& head) {
+                        status = head.status;
                         return true;
-                      });
-                  return;
-                }
-                httplib::Client up(host, port);
-                up.set_tcp_nodelay(true);
-                up.set_read_timeout(600);
-                const httplib::Result r =
-                    up.Post(upstream_path.c_str(), req.body, "application/json");
-                done();
-                if (!r) {
-                  metrics_->proxied(deployment, 502, 0, 0);
-                  throw HttpError{502, "instance " + chosen +
-                                           " did not answer: " + httplib::to_string(r.error())};
-                }
-                res.status = r->status;
-                res.set_content(r->body, r->get_header_value("Content-Type").empty()
-                                             ? "application/json"
-                                             : r->get_header_value("Content-Type").c_str());
-                const json usage = parse_or(r->body, json::object()).value("usage", json::object());
-                metrics_->proxied(deployment, r->status, usage.value("prompt_tokens", 0u),
-                                  usage.value("completion_tokens", 0u));
-              }));
+                      };
+                      r.content_receiver = [&](const char* data, std::size_t n, std::uint64_t,
+                                               std::uint64_t) {
+                        for (std::size_t k = 0; k + 5 < n; ++k)
+                          chunks += std::memcmp(data + k, "data:", 5) == 0;
+                        return sink.write(data, n);
+                      };
+                      httplib::Response upstream_res;
+                      httplib::Error err = httplib::Error::Success;
+                      if (!up.send(r, upstream_res, err)) {
+                        const std::string msg =
+                            "data: " + json{{"error", "the instance stopped answering"}}.dump() +
+                            "\n\n";
+                        sink.write(msg.data(), msg.size());
+                        status = 502;
+                      } else {
+                        give_client(host, port, std::move(client));
+                      }
+                      metrics_->proxied(deployment, status, 0, chunks);
+                      done();
+                      sink.done();
+                      return true;
+                    });
+                return;
+              }
+              std::unique_ptr<httplib::Client> client = take_client(host, port);
+              httplib::Client& up = *client;
+              const httplib::Result r =
+                  up.Post(upstream_path.c_str(), req.body, "application/json");
+              done();
+              if (!r) {
+                metrics_->proxied(deployment, 502, 0, 0);
+                throw HttpError{502, "instance " + chosen +
+                                         " did not answer: " + httplib::to_string(r.error())};
+              }
+              give_client(host, port, std::move(client));
+              res.status = r->status;
+              res.set_content(r->body, r->get_header_value("Content-Type").empty()
+                                           ? "application/json"
+                                           : r->get_header_value("Content-Type").c_str());
+              const json usage = parse_or(r->body, json::object()).value("usage", json::object());
+              metrics_->proxied(deployment, r->status, usage.value("prompt_tokens", 0u),
+                                usage.value("completion_tokens", 0u));
+            }));
   }
   s.Delete(R"(/v1/keys/([A-Za-z0-9-]+))",
            route("/v1/keys/{id}", true,
                  [this, allow, reply](const auto& req, auto& res, const Principal& p) {
                    allow(p, {"admin"});
+                   {
+                     std::lock_guard<std::mutex> lock(cache_mu_);
+                     key_cache_.clear();
+                   }
                    if (!store_->delete_key(req.matches[1]))
                      throw HttpError{404, "no key " + std::string(req.matches[1])};
                    reply(res, {{"deleted", std::string(req.matches[1])}});

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -19,13 +20,15 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "server/scheduler.h"
 #include "store/store.h"
 
 namespace httplib {
 class Server;
-}
+class Client;
+}  // namespace httplib
 
 namespace ggfleet::server {
 
@@ -69,6 +72,10 @@ class Server {
   void routes();
   void schedule_loop();
   void bootstrap_keys();
+  void forget_key(const std::string& id);  // deletes it and empties the key cache
+  // Keep-alive connections to instances, reused across proxied requests (one user at a time).
+  std::unique_ptr<httplib::Client> take_client(const std::string& host, int port);
+  void give_client(const std::string& host, int port, std::unique_ptr<httplib::Client> c);
 
   ServerConfig config_;
   std::unique_ptr<store::Store> store_;
@@ -81,6 +88,19 @@ class Server {
   bool wake_ = false;
   std::atomic<bool> stopping_{false};
   std::string generated_admin_key_, generated_join_token_;
+  struct Target {  // a proxied instance
+    std::string id, host;
+    int port = 0;
+    std::string state, reason;
+  };
+  std::mutex cache_mu_;
+  std::map<std::string,
+           std::pair<std::chrono::steady_clock::time_point, std::pair<std::string, std::string>>>
+      key_cache_;  // key hash -> (when, (role, worker))
+  std::map<std::string, std::pair<std::chrono::steady_clock::time_point, std::vector<Target>>>
+      route_cache_;
+  std::map<std::string, std::vector<std::unique_ptr<httplib::Client>>>
+      clients_;  // idle, by host:port
   std::mutex proxy_mu_;
   std::map<std::string, int> in_flight_;  // proxied requests per instance
 };

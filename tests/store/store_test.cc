@@ -67,6 +67,9 @@ TEST_P(StoreTest, WorkersDeploymentsInstancesClaims) {
   EXPECT_TRUE(store_->instances().empty());
   EXPECT_TRUE(store_->claims().empty());
   EXPECT_THROW(store_->put_instance(i), StoreError);  // no deployment any more
+  // Claims exist only with their instance: the schema refuses anything else.
+  EXPECT_THROW(store_->set_claims("no-such-instance", {{"no-such-instance", "w1", 0, 1, false}}),
+               StoreError);
 }
 
 TEST_P(StoreTest, TransactionsRollBackWhole) {
