@@ -263,6 +263,10 @@ int main(int argc, char** argv) {
   serverc->add_option("--tls-key", sc.tls_key, "Private key file (PEM) for HTTPS");
   serverc->add_option("--heartbeat-timeout", sc.scheduler.heartbeat_timeout_ms,
                       "Milliseconds without heartbeat before a worker is unreachable");
+  serverc->add_option("--instance-ports", sc.scheduler.instance_port_base,
+                      "First of 1,000 llama-server ports (one per placement)");
+  serverc->add_option("--rpc-ports", sc.scheduler.rpc_port_base,
+                      "First of 16,000 rpc-server ports (16 per placement)");
   serverc->add_option("--replan-grace", sc.scheduler.replan_grace_ms,
                       "Milliseconds more before its instances are re-planned");
 
@@ -345,7 +349,8 @@ int main(int argc, char** argv) {
       ->add_option("--max-restarts", wc.max_restarts,
                    "Give up on a process after this many restarts")
       ->default_val(5);
-  workerc->add_option("--gpus", wc.gpu_indices, "Only these GPUs (NVML indices), e.g. 0,1")->delimiter(',');
+  workerc->add_option("--gpus", wc.gpu_indices, "Only these GPUs (NVML indices), e.g. 0,1")
+      ->delimiter(',');
   workerc->add_option("--reserve-vram", reserve_vram, "VRAM per GPU kept free, e.g. 1GiB");
   workerc->add_option("--reserve-ram", reserve_ram, "RAM kept free, e.g. 2GiB");
 

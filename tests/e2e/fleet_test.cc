@@ -48,7 +48,9 @@ class Fleet : public ::testing::Test {
     port_ = 45000 + static_cast<int>(getpid() % 1000);
     server_.start({GGFLEET_BINARY, "server", "--data-dir", dir_.file("server"), "--listen",
                    "127.0.0.1:" + std::to_string(port_), "--admin-key", kAdmin, "--join-token",
-                   kJoin, "--heartbeat-timeout", "3000", "--replan-grace", "2000"},
+                   kJoin, "--heartbeat-timeout", "3000", "--replan-grace", "2000",
+                   // ports apart from other tests' (ggfleet start uses the defaults)
+                   "--instance-ports", "22000", "--rpc-ports", "48000"},
                   {}, dir_.file("server.log"));
     api_ = std::make_unique<Api>(port_);
     ASSERT_TRUE(wait_for([&] { return api_->get("/healthz", "").status == 200; }, 20))
