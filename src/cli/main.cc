@@ -264,9 +264,9 @@ int main(int argc, char** argv) {
   serverc->add_option("--heartbeat-timeout", sc.scheduler.heartbeat_timeout_ms,
                       "Milliseconds without heartbeat before a worker is unreachable");
   serverc->add_option("--instance-ports", sc.scheduler.instance_port_base,
-                      "First of 1,000 llama-server ports (one per placement)");
+                      "First of 500 llama-server ports (one per placement)");
   serverc->add_option("--rpc-ports", sc.scheduler.rpc_port_base,
-                      "First of 16,000 rpc-server ports (16 per placement)");
+                      "First of 8,000 rpc-server ports (16 per placement)");
   serverc->add_option("--replan-grace", sc.scheduler.replan_grace_ms,
                       "Milliseconds more before its instances are re-planned");
 

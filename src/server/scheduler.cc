@@ -318,10 +318,10 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
     plan::Request one = request;
     one.replicas = 1;
     // Fresh ports for every placement (a re-placed instance must not wait for the old sockets'
-    // TIME_WAIT on a shared host); unique among the last 1,000 placements.
+    // TIME_WAIT on a shared host); unique among the last 500 placements.
     const std::int64_t n = std::stoll(store_.next_id("placements"));
-    one.server_port = static_cast<std::uint16_t>(config_.instance_port_base + n % 1000);
-    one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base + (n % 1000) * 16);
+    one.server_port = static_cast<std::uint16_t>(config_.instance_port_base + n % 500);
+    one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base + (n % 500) * 16);
     const plan::Plan p = plan::make_plan(*m, fleet, one);
     stats.planning_s +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

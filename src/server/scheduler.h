@@ -43,8 +43,9 @@ cluster::Cluster live_cluster(const std::vector<store::WorkerRow>& workers,
 struct SchedulerConfig {
   std::int64_t heartbeat_timeout_ms = 10000;  // no heartbeat for this long: unreachable
   std::int64_t replan_grace_ms = 20000;       // unreachable for this long: instances re-planned
-  int instance_port_base = 20000;  // llama-server ports: base .. base+999, one per placement
-  int rpc_port_base = 30000;       // rpc-server ports: base .. base+15999, 16 per placement
+  // Below Linux's ephemeral range (32768+), so outgoing connections never hold them.
+  int instance_port_base = 20000;  // llama-server ports: base .. base+499, one per placement
+  int rpc_port_base = 21000;       // rpc-server ports: base .. base+7999, 16 per placement
 };
 
 struct ReconcileStats {

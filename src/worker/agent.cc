@@ -194,7 +194,7 @@ void Agent::reconcile(const json& assignments) {
         std::string endpoints;
         for (const json& d : a.value("devices", json::array())) {
           if (d.value("remote", false)) continue;
-          const int port = a.value("rpc_port_base", 30000) + 12 + local++;
+          const int port = a.value("rpc_port_base", 21000) + 12 + local++;
           inst->rpc_commands.push_back(
               {{"argv", {"ggml-rpc-server", "-H", "127.0.0.1", "-p", std::to_string(port)}},
                {"env", json::object()}});

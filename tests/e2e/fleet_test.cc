@@ -39,19 +39,32 @@ bool process_matching(const std::string& pattern) {
   return run_command("pgrep -f -- '" + re + "' >/dev/null").exit_code == 0;
 }
 
+// The port a `ggfleet server --listen HOST:0` chose, read from its log (0 after 20 s without).
+int listening_port(const std::string& log) {
+  const std::string marker = "listening on port ";
+  for (int i = 0; i < 200; ++i) {
+    const std::string text = read_file(log);
+    const auto at = text.find(marker);
+    if (at != std::string::npos) return std::atoi(text.c_str() + at + marker.size());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return 0;
+}
+
 class Fleet : public ::testing::Test {
  protected:
   void SetUp() override {
     llama_ = llama_cpp_dir() + "/bin";
     GGFLEET_REQUIRE_PATH(llama_ + "/llama-server");
     GGFLEET_REQUIRE_PATH(llama_ + "/ggml-rpc-server");
-    port_ = 45000 + static_cast<int>(getpid() % 1000);
     server_.start({GGFLEET_BINARY, "server", "--data-dir", dir_.file("server"), "--listen",
-                   "127.0.0.1:" + std::to_string(port_), "--admin-key", kAdmin, "--join-token",
-                   kJoin, "--heartbeat-timeout", "3000", "--replan-grace", "2000",
+                   "127.0.0.1:0", "--admin-key", kAdmin, "--join-token", kJoin,
+                   "--heartbeat-timeout", "3000", "--replan-grace", "2000",
                    // ports apart from other tests' (ggfleet start uses the defaults)
-                   "--instance-ports", "22000", "--rpc-ports", "48000"},
+                   "--instance-ports", "29200", "--rpc-ports", "29300"},
                   {}, dir_.file("server.log"));
+    port_ = listening_port(dir_.file("server.log"));  // the server picked a free port
+    ASSERT_GT(port_, 0) << tail_file(dir_.file("server.log"));
     api_ = std::make_unique<Api>(port_);
     ASSERT_TRUE(wait_for([&] { return api_->get("/healthz", "").status == 200; }, 20))
         << tail_file(dir_.file("server.log"));
@@ -234,14 +247,12 @@ namespace {
 TEST(Start, OnceServesACompletion) {
   GGFLEET_REQUIRE_PATH(llama_cpp_dir() + "/bin/llama-server");
   TempDir dir;
-  const int port = 44000 + static_cast<int>(getpid() % 1000);
-  const CommandResult r = run_command(
-      std::string(GGFLEET_BINARY) + " start --once --llama " + llama_cpp_dir() +
-      "/bin --listen 127.0.0.1:" + std::to_string(port) + " --data-dir " + dir.file("data"));
+  // Port 0: the server picks a free one and prints the endpoint with it.
+  const CommandResult r =
+      run_command(std::string(GGFLEET_BINARY) + " start --once --llama " + llama_cpp_dir() +
+                  "/bin --listen 127.0.0.1:0 --data-dir " + dir.file("data"));
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("ggfleet is serving local-model at http://127.0.0.1:" +
-                          std::to_string(port) + "/v1"),
-            std::string::npos)
+  EXPECT_NE(r.output.find("ggfleet is serving local-model at http://127.0.0.1:"), std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("completion: {"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"completion_tokens\""), std::string::npos) << r.output;

@@ -158,7 +158,8 @@ bool wait_healthy(int port, double seconds = 20) {
 TEST(Restart, KillMinusNineMidLoadThenRecover) {
   TempDir dir;
   const std::string data = dir.file("data");
-  const int port = 47000 + static_cast<int>(getpid() % 1000);
+  // Below the ephemeral range (32768+) and apart from the instance port ranges.
+  const int port = 31000 + static_cast<int>(getpid() % 700);
   pid_t pid = start_server(data, port);
   ASSERT_TRUE(wait_healthy(port));
   const std::string model = ggfleet::model::synth("llama3-8b-q4_0", dir.file("models"), {}).front();
