@@ -280,7 +280,6 @@ int main(int argc, char** argv) {
   std::string deploy_model, deploy_name;
   std::int64_t deploy_replicas = 1;
   cli::PlanRequest dp;
-  ContextFlags deploy_flags;
   dp.options.gpu_layers = cli::kFitGpuLayers;
   CLI::App* deployc = app.add_subcommand("deploy", "Create a deployment on the server");
   deployc->add_option("model", deploy_model, "GGUF path (as the main worker sees it) or URL")

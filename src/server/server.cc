@@ -157,7 +157,8 @@ json parse_body(const httplib::Request& req) {
 }
 
 void only(const json& j, std::initializer_list<const char*> keys) {
-  for (const auto& [k, v] : j.items()) {
+  for (const auto& item : j.items()) {
+    const std::string& k = item.key();
     if (std::none_of(keys.begin(), keys.end(), [&](const char* known) { return k == known; })) {
       throw HttpError{400, "unknown field '" + k + "'"};
     }
