@@ -77,22 +77,6 @@ struct ProbeOptions {
   std::string buffer = "1GiB";
 };
 
-// The llama.cpp binaries to measure GPUs with: the option, $GGFLEET_LLAMA_DIR, or what
-// scripts/llama-cpp built (CUDA first).
-std::string find_llama_dir(const std::string& given) {
-  if (!given.empty()) return given;
-  if (const char* env = std::getenv("GGFLEET_LLAMA_DIR")) return env;
-  const char* home = std::getenv("HOME");
-  const std::string cache = std::getenv("GGFLEET_CACHE")
-                                ? std::getenv("GGFLEET_CACHE")
-                                : std::string(home ? home : "/root") + "/.cache/ggfleet";
-  for (const char* backend : {"cuda", "cpu"}) {
-    const std::string dir = cache + "/llama.cpp/3.22.1-" + backend + "/bin";
-    if (std::filesystem::exists(dir + "/llama-bench")) return dir;
-  }
-  return "";
-}
-
 int run_probe(const ProbeOptions& o) {
   if (!o.serve.empty()) {
     const auto colon = o.serve.rfind(':');
@@ -110,7 +94,7 @@ int run_probe(const ProbeOptions& o) {
   r.cpu = worker::measure_cpu(cluster::parse_bytes(o.buffer), 0, o.cpu_seconds);
   std::string gpu_note;
   if (!o.no_gpu) {
-    const std::string dir = find_llama_dir(o.llama_dir);
+    const std::string dir = cli::find_llama_bin(o.llama_dir);
     if (dir.empty()) {
       gpu_note =
           "# GPUs not measured: no llama.cpp found (scripts/llama-cpp, --llama DIR or "
