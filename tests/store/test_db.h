@@ -35,9 +35,14 @@ class TestDb {
       }
       return;
     }
+    base_ = url;
+    if (base_.rfind("postgres://", 0) != 0 && base_.rfind("postgresql://", 0) != 0) {
+      ADD_FAILURE() << "GGFLEET_TEST_PG_URL is not a postgres:// URL: '" << base_ << "'";
+      base_.clear();
+      return;
+    }
     std::random_device rd;
     schema_ = "t" + std::to_string(rd()) + std::to_string(rd());
-    base_ = url;
     store::open_db(base_)->exec("CREATE SCHEMA " + schema_);
     target_ = base_ + (base_.find('?') == std::string::npos ? "?" : "&") +
               "options=-csearch_path%3D" + schema_;
