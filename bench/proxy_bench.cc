@@ -4,7 +4,11 @@
 //   build/release/bench/proxy_bench [--requests 20] [--tokens 64] [--llama DIR]
 //
 // Starts a server and a local worker in this process (SQLite in a temp dir), deploys a small
-// synthetic model on the CPU build, waits until it runs, then measures.
+// synthetic model on the CPU build, waits until it runs, then measures. Twice: with llama-server
+// on every core (its CPU threads spin between operations, so the proxy's threads wait for a time
+// slice: the worst case) and with `-t N-1`, one core left to the proxy, as when the model runs on
+// a GPU and llama-server's CPU threads mostly sleep. Added TTFT is the median of the per-pair
+// differences (each proxied request against the direct one just before it).
 #include <httplib.h>
 #include <unistd.h>
 
@@ -75,6 +79,33 @@ double median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
+struct Config {
+  std::string name;
+  json extra_args;
+};
+
+// Deploys `model` as deployment `name`; returns its llama-server's port once running (0: never).
+int deploy(httplib::Client& api, const httplib::Headers& auth, const std::string& name,
+           const std::string& model, const json& extra_args) {
+  api.Post("/v1/deployments", auth,
+           json{{"name", name},
+                {"model", model},
+                {"options", {{"context", 1024}, {"extra_args", extra_args}}}}
+               .dump(),
+           "application/json");
+  for (int i = 0; i < 600; ++i) {
+    const auto r = api.Get(("/v1/instances?deployment=" + name).c_str(), auth);
+    const json j = r ? json::parse(r->body) : json::object();
+    if (!j.value("instances", json::array()).empty() && j["instances"][0]["state"] == "running") {
+      const auto d =
+          api.Get(("/v1/instances/" + j["instances"][0]["id"].get<std::string>()).c_str(), auth);
+      return json::parse(d->body)["assignment"]["server_port"];
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -121,48 +152,52 @@ int main(int argc, char** argv) {
   });
   httplib::Client api("127.0.0.1", port);
   const httplib::Headers auth = {{"Authorization", "Bearer bench"}};
-  api.Post("/v1/deployments", auth,
-           json{{"name", "m"}, {"model", model}, {"options", {{"context", 1024}}}}.dump(),
-           "application/json");
-  int direct_port = 0;
-  for (int i = 0; i < 600 && direct_port == 0; ++i) {
-    const auto r = api.Get("/v1/instances", auth);
-    const json j = r ? json::parse(r->body) : json::object();
-    if (!j.value("instances", json::array()).empty() && j["instances"][0]["state"] == "running") {
-      const auto d =
-          api.Get(("/v1/instances/" + j["instances"][0]["id"].get<std::string>()).c_str(), auth);
-      direct_port = json::parse(d->body)["assignment"]["server_port"];
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const unsigned cores = std::max(2u, std::thread::hardware_concurrency());
+  const std::vector<Config> configs = {
+      {"llama-server on all " + std::to_string(cores) + " cores", json::array()},
+      {"llama-server -t " + std::to_string(cores - 1) + " (one core left)",
+       json::array({"-t", std::to_string(cores - 1)})}};
+  std::printf("%d streamed completions of %d tokens each per path, alternating (medians)\n",
+              requests, tokens);
+  int status = 0;
+  for (const Config& config : configs) {
+    const int direct_port = deploy(api, auth, "m", model, config.extra_args);
+    if (direct_port == 0) {
+      std::fprintf(stderr, "the instance did not start\n");
+      status = 1;
+      break;
+    }
+    stream("127.0.0.1", direct_port, "", "m", 8);  // warm up both paths
+    stream("127.0.0.1", port, "bench", "m", 8);
+    std::vector<double> d_ttft, d_tps, p_ttft, p_tps, added;
+    for (int i = 0; i < requests; ++i) {
+      const Sample d = stream("127.0.0.1", direct_port, "", "m", tokens);
+      const Sample p = stream("127.0.0.1", port, "bench", "m", tokens);
+      d_ttft.push_back(d.ttft_ms);
+      d_tps.push_back(d.tokens_per_s);
+      p_ttft.push_back(p.ttft_ms);
+      p_tps.push_back(p.tokens_per_s);
+      added.push_back(p.ttft_ms - d.ttft_ms);
+    }
+    std::printf("%s\n", config.name.c_str());
+    std::printf("  direct llama-server: TTFT %7.2f ms, %7.2f tokens/s\n", median(d_ttft),
+                median(d_tps));
+    std::printf("  through ggfleet:     TTFT %7.2f ms, %7.2f tokens/s\n", median(p_ttft),
+                median(p_tps));
+    std::printf("  added TTFT %+.2f ms (median of pairs), throughput %+.2f%%\n", median(added),
+                100.0 * (median(p_tps) / median(d_tps) - 1.0));
+    std::fflush(stdout);
+    api.Delete("/v1/deployments/m", auth);
+    // the next deployment reuses the name: wait until this one's instance is gone
+    for (int i = 0; i < 300; ++i) {
+      const auto r = api.Get("/v1/instances?deployment=m", auth);
+      if (r && json::parse(r->body).value("instances", json::array()).empty()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   }
-  if (direct_port == 0) {
-    std::fprintf(stderr, "the instance did not start\n");
-    stop = true;
-    agent.join();
-    return 1;
-  }
-  stream("127.0.0.1", direct_port, "", "m", 8);  // warm up
-  std::vector<double> d_ttft, d_tps, p_ttft, p_tps;
-  for (int i = 0; i < requests; ++i) {
-    const Sample d = stream("127.0.0.1", direct_port, "", "m", tokens);
-    const Sample p = stream("127.0.0.1", port, "bench", "m", tokens);
-    d_ttft.push_back(d.ttft_ms);
-    d_tps.push_back(d.tokens_per_s);
-    p_ttft.push_back(p.ttft_ms);
-    p_tps.push_back(p.tokens_per_s);
-  }
-  std::printf("%d streamed completions of %d tokens each, alternating (median)\n", requests,
-              tokens);
-  std::printf("direct llama-server: TTFT %7.2f ms, %7.2f tokens/s\n", median(d_ttft),
-              median(d_tps));
-  std::printf("through ggfleet:     TTFT %7.2f ms, %7.2f tokens/s\n", median(p_ttft),
-              median(p_tps));
-  std::printf("added TTFT %+.2f ms, throughput %+.2f%%\n", median(p_ttft) - median(d_ttft),
-              100.0 * (median(p_tps) / median(d_tps) - 1.0));
   stop = true;
   agent.join();
   server.stop();
   std::filesystem::remove_all(dir);
-  return 0;
+  return status;
 }

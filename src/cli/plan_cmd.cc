@@ -44,13 +44,9 @@ plan::Request build_request(const PlanRequest& r) {
     q.selector[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
   for (const std::string& g : r.gpus) {
-    const auto colon = g.rfind(':');
-    if (colon == std::string::npos || colon == 0 || colon + 1 == g.size() ||
-        g.find_first_not_of("0123456789", colon + 1) != std::string::npos) {
-      throw plan::PlanError("GPU '" + g + "' is not WORKER:INDEX (e.g. worker1:0)");
-    }
-    q.gpus.push_back(
-        {g.substr(0, colon), static_cast<std::uint32_t>(std::stoul(g.substr(colon + 1)))});
+    const std::optional<cluster::GpuAddress> a = cluster::parse_gpu_address(g);
+    if (!a) throw plan::PlanError("GPU '" + g + "' is not WORKER:INDEX (e.g. worker1:0)");
+    q.gpus.push_back({a->worker, a->gpu});
   }
   q.gpu_layers =
       r.options.gpu_layers == kFitGpuLayers ? plan::kAutoGpuLayers : r.options.gpu_layers;

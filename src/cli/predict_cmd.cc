@@ -59,14 +59,11 @@ PlacedLayout place_devices(const cluster::Cluster& cluster, const std::string& m
   std::set<std::pair<std::string, std::uint32_t>> seen;
   for (std::size_t i = 0; i < devices.size(); ++i) {
     const std::string& d = devices[i];
-    const auto colon = d.rfind(':');
-    if (colon == std::string::npos || colon == 0 || colon + 1 == d.size() ||
-        d.find_first_not_of("0123456789", colon + 1) != std::string::npos) {
-      throw perf::PlacementError("device '" + d + "' is not WORKER:GPU (e.g. worker1:0)");
-    }
+    const std::optional<cluster::GpuAddress> a = cluster::parse_gpu_address(d);
+    if (!a) throw perf::PlacementError("device '" + d + "' is not WORKER:GPU (e.g. worker1:0)");
     Entry en;
-    en.place.worker = d.substr(0, colon);
-    en.place.gpu = static_cast<std::uint32_t>(std::stoul(d.substr(colon + 1)));
+    en.place.worker = a->worker;
+    en.place.gpu = a->gpu;
     const cluster::Worker* w = cluster.find(en.place.worker);
     if (w == nullptr)
       throw perf::PlacementError("device '" + d + "': no worker named " + en.place.worker);

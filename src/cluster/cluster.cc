@@ -263,6 +263,16 @@ std::uint64_t Worker::free_ram_bytes() const {
   return ram_bytes > taken ? ram_bytes - taken : 0;
 }
 
+std::optional<GpuAddress> parse_gpu_address(const std::string& text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size() ||
+      text.size() - colon > 6 ||
+      text.find_first_not_of("0123456789", colon + 1) != std::string::npos)
+    return std::nullopt;
+  return GpuAddress{text.substr(0, colon),
+                    static_cast<std::uint32_t>(std::stoul(text.substr(colon + 1)))};
+}
+
 const Worker* Cluster::find(const std::string& name) const {
   for (const Worker& w : workers) {
     if (w.name == name) return &w;

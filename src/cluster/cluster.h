@@ -89,6 +89,15 @@ struct Cluster {
 Cluster load_cluster(const std::string& path);
 Cluster parse_cluster(const std::string& yaml_text, const std::string& name = "(cluster)");
 
+// One GPU of the fleet as users write it: "WORKER:INDEX" (e.g. worker1:0).
+struct GpuAddress {
+  std::string worker;
+  std::uint32_t gpu = 0;
+};
+// Parses "WORKER:INDEX": a non-empty worker name (it may hold colons itself: the last one
+// separates), then a decimal index below 100000. nullopt for anything else; callers word the error.
+std::optional<GpuAddress> parse_gpu_address(const std::string& text);
+
 // Catalog default for a CPU without numbers: bandwidth per core, a conservative DDR4/DDR5 figure.
 constexpr double kDefaultCpuBandwidthPerCore = 4e9;
 

@@ -130,15 +130,10 @@ plan::Request request_from_options(const json& o, const std::string& model) {
     if (!o["gpus"].is_array())
       throw std::invalid_argument("gpus must be an array of \"worker:index\"");
     for (const json& g : o["gpus"]) {
-      const std::string s = g.is_string() ? g.get<std::string>() : "";
-      const auto colon = s.rfind(':');
-      if (colon == std::string::npos || colon == 0 || colon + 1 == s.size() ||
-          s.find_first_not_of("0123456789", colon + 1) != std::string::npos ||
-          s.size() - colon > 6) {
-        throw std::invalid_argument("gpus: '" + g.dump() + "' is not \"worker:index\"");
-      }
-      r.gpus.push_back(
-          {s.substr(0, colon), static_cast<std::uint32_t>(std::stoul(s.substr(colon + 1)))});
+      const std::optional<cluster::GpuAddress> a =
+          cluster::parse_gpu_address(g.is_string() ? g.get<std::string>() : "");
+      if (!a) throw std::invalid_argument("gpus: '" + g.dump() + "' is not \"worker:index\"");
+      r.gpus.push_back({a->worker, a->gpu});
     }
   }
   if (o.contains("ngl")) {

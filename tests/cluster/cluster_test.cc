@@ -106,3 +106,23 @@ TEST(Cluster, BadInputIsAClearError) {
 
 }  // namespace
 }  // namespace ggfleet::cluster
+
+namespace ggfleet::cluster {
+namespace {
+
+TEST(Cluster, GpuAddresses) {
+  const std::optional<GpuAddress> a = parse_gpu_address("worker1:3");
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->worker, "worker1");
+  EXPECT_EQ(a->gpu, 3u);
+  const std::optional<GpuAddress> v6 = parse_gpu_address("fe80::1:0");  // the last colon splits
+  ASSERT_TRUE(v6);
+  EXPECT_EQ(v6->worker, "fe80::1");
+  EXPECT_EQ(v6->gpu, 0u);
+  for (const char* bad : {"", "worker1", ":0", "worker1:", "worker1:-1", "worker1:1x",
+                          "worker1:100000", "worker1:99999999999999999999"})
+    EXPECT_FALSE(parse_gpu_address(bad)) << bad;
+}
+
+}  // namespace
+}  // namespace ggfleet::cluster

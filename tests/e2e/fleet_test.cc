@@ -1,5 +1,7 @@
 // End to end with real processes: a `ggfleet server` and three `ggfleet worker`s (declared GPUs
-// served by llama.cpp's CPU build), a synthetic model that must be split across two workers.
+// served by llama.cpp's CPU build), a synthetic model that must be split across two workers. Each
+// worker is a machine of its own: a network namespace with its own address where `ip netns` works
+// (root), else a process on 127.0.0.1.
 // Deploy → llama-server on the main worker with --rpc to another worker's rpc-server → chat
 // completions through the server (plain and streamed). Then: kill the rpc-server → the instance
 // reports the error and comes back; stop a worker → the instance is re-planned on the others;
@@ -13,6 +15,7 @@
 
 #include "../server/server_fixture.h"
 #include "model/synth.h"
+#include "test_net.h"
 #include "worker/process.h"
 
 namespace ggfleet::test {
@@ -34,9 +37,11 @@ bool wait_for(const std::function<bool()>& pred, double seconds) {
 
 // A process whose command line matches `pattern`; the first character goes in brackets so that
 // the shell running pgrep (whose command line holds the pattern too) does not match.
+std::string bracketed(const std::string& pattern) {
+  return "[" + pattern.substr(0, 1) + "]" + pattern.substr(1);
+}
 bool process_matching(const std::string& pattern) {
-  const std::string re = "[" + pattern.substr(0, 1) + "]" + pattern.substr(1);
-  return run_command("pgrep -f -- '" + re + "' >/dev/null").exit_code == 0;
+  return run_command("pgrep -f -- '" + bracketed(pattern) + "' >/dev/null").exit_code == 0;
 }
 
 // The port a `ggfleet server --listen HOST:0` chose, read from its log (0 after 20 s without).
@@ -57,15 +62,19 @@ class Fleet : public ::testing::Test {
     llama_ = llama_cpp_dir() + "/bin";
     GGFLEET_REQUIRE_PATH(llama_ + "/llama-server");
     GGFLEET_REQUIRE_PATH(llama_ + "/ggml-rpc-server");
+    std::cout << (net_.available()
+                      ? "[ machines ] one network namespace per worker, "
+                      : "[ machines ] processes on 127.0.0.1 (" + net_.why_not() + "), ")
+              << "server at " << net_.host_address() << "\n";
     server_.start({GGFLEET_BINARY, "server", "--data-dir", dir_.file("server"), "--listen",
-                   "127.0.0.1:0", "--admin-key", kAdmin, "--join-token", kJoin,
+                   net_.host_address() + ":0", "--admin-key", kAdmin, "--join-token", kJoin,
                    "--heartbeat-timeout", "3000", "--replan-grace", "2000",
                    // ports apart from other tests' (ggfleet start uses the defaults)
                    "--instance-ports", "29200", "--rpc-ports", "29300"},
                   {}, dir_.file("server.log"));
     port_ = listening_port(dir_.file("server.log"));  // the server picked a free port
     ASSERT_GT(port_, 0) << tail_file(dir_.file("server.log"));
-    api_ = std::make_unique<Api>(port_);
+    api_ = std::make_unique<Api>(port_, net_.host_address());
     ASSERT_TRUE(wait_for([&] { return api_->get("/healthz", "").status == 200; }, 20))
         << tail_file(dir_.file("server.log"));
     for (int i = 0; i < 3; ++i) start_worker(i);
@@ -86,17 +95,19 @@ class Fleet : public ::testing::Test {
   void start_worker(int i) {
     workers_.push_back(std::make_unique<worker::Process>());
     const std::string name = "w" + std::to_string(i);
-    workers_.back()->start({GGFLEET_BINARY,   "worker",
-                            "--server",       "http://127.0.0.1:" + std::to_string(port_),
-                            "--join-token",   kJoin,
-                            "--name",         name,
-                            "--address",      "127.0.0.1",
-                            "--declare-gpu",  "NVIDIA GeForce RTX 4090:700MiB",
-                            "--llama",        llama_,
-                            "--data-dir",     dir_.file(name),
-                            "--heartbeat-ms", "500",
-                            "--max-restarts", "50"},
-                           {}, dir_.file(name + ".log"));
+    workers_.back()->start(
+        net_.inside(
+            i, {GGFLEET_BINARY,   "worker",
+                "--server",       "http://" + net_.host_address() + ":" + std::to_string(port_),
+                "--join-token",   kJoin,
+                "--name",         name,
+                "--address",      net_.address_of(i),
+                "--declare-gpu",  "NVIDIA GeForce RTX 4090:700MiB",
+                "--llama",        llama_,
+                "--data-dir",     dir_.file(name),
+                "--heartbeat-ms", "500",
+                "--max-restarts", "50"}),
+        {}, dir_.file(name + ".log"));
   }
   json instance() {
     const Reply r = api_->get("/v1/instances?deployment=split", kAdmin);
@@ -136,6 +147,7 @@ class Fleet : public ::testing::Test {
     return out;
   }
 
+  TestNet net_{3};  // first member: torn down last, after every process in it stopped
   TempDir dir_;
   std::string llama_, model_;
   int port_ = 0;
@@ -164,15 +176,17 @@ TEST_F(Fleet, DeployServeRecoverReplanDelete) {
       server_line = c["line"];
     }
   }
-  EXPECT_NE(server_line.find("--rpc 127.0.0.1:"), std::string::npos) << server_line;
   ASSERT_FALSE(lender.empty());
+  const int lender_index = lender[1] - '0';
+  const std::string lender_address = net_.address_of(lender_index);
+  EXPECT_NE(server_line.find("--rpc " + lender_address + ":"), std::string::npos) << server_line;
 
   // Completions through the server, plain and streamed.
   r = chat(false);
   ASSERT_EQ(r.status, 200) << r.body.dump() << logs();
   EXPECT_GT(r.body["usage"]["completion_tokens"].get<int>(), 0);
   EXPECT_TRUE(r.body["choices"][0]["message"].contains("content"));
-  httplib::Client raw("127.0.0.1", port_);
+  httplib::Client raw(net_.host_address(), port_);
   raw.set_bearer_token_auth(kAdmin);
   raw.set_read_timeout(120);
   const auto streamed = raw.Post("/v1/chat/completions",
@@ -189,8 +203,9 @@ TEST_F(Fleet, DeployServeRecoverReplanDelete) {
 
   // Kill the rpc-server: the instance reports the error, then comes back.
   const std::string rpc_port = rpc_line.substr(rpc_line.find(" -p ") + 4, 5);
-  ASSERT_TRUE(process_matching("ggml-rpc-server -H 127.0.0.1 -p " + rpc_port));
-  run_command("pkill -9 -f -- '[g]gml-rpc-server -H 127.0.0.1 -p " + rpc_port + "'");
+  const std::string rpc_pattern = "ggml-rpc-server -H " + lender_address + " -p " + rpc_port;
+  ASSERT_TRUE(process_matching(rpc_pattern));
+  run_command("pkill -9 -f -- '" + bracketed(rpc_pattern) + "'");
   chat(false);  // the main finds out on its next use of the RPC device
   const std::string id = instance()["id"];
   EXPECT_TRUE(wait_for(
@@ -207,7 +222,6 @@ TEST_F(Fleet, DeployServeRecoverReplanDelete) {
       << instance().dump() << logs();
 
   // Stop the lending worker: the instance is re-planned on the two others.
-  const int lender_index = lender[1] - '0';
   workers_[static_cast<std::size_t>(lender_index)]->stop(20);
   ASSERT_TRUE(wait_for(
       [&] {
@@ -229,8 +243,7 @@ TEST_F(Fleet, DeployServeRecoverReplanDelete) {
   ASSERT_EQ(api_->send("DELETE", "/v1/deployments/split", kAdmin).status, 200);
   EXPECT_TRUE(wait_for(
       [&] {
-        return !process_matching("llama-server.*--port " + port) &&
-               !process_matching("ggml-rpc-server -H 127.0.0.1 -p " + rpc_port);
+        return !process_matching("llama-server.*--port " + port) && !process_matching(rpc_pattern);
       },
       30))
       << logs();

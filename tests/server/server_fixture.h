@@ -29,7 +29,7 @@ struct Reply {
 
 class Api {
  public:
-  explicit Api(int port) : client_("127.0.0.1", port) {
+  explicit Api(int port, const std::string& host = "127.0.0.1") : client_(host, port) {
     client_.set_connection_timeout(5);
     client_.set_read_timeout(60);
     client_.set_tcp_nodelay(true);
