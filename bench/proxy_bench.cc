@@ -1,14 +1,18 @@
 // Streaming through the ggfleet server against llama-server directly, side by side in one run:
 // tokens/s and time to first token for the same requests, alternating between the two paths.
 //
-//   build/release/bench/proxy_bench [--requests 20] [--tokens 64] [--llama DIR]
+//   build/release/bench/proxy_bench [--requests 20] [--tokens 64] [--ttft-requests 200]
+//                                   [--llama DIR]
 //
 // Starts a server and a local worker in this process (SQLite in a temp dir), deploys a small
 // synthetic model on the CPU build, waits until it runs, then measures. Twice: with llama-server
 // on every core (its CPU threads spin between operations, so the proxy's threads wait for a time
 // slice: the worst case) and with `-t N-1`, one core left to the proxy, as when the model runs on
-// a GPU and llama-server's CPU threads mostly sleep. Added TTFT is the median of the per-pair
-// differences (each proxied request against the direct one just before it).
+// a GPU and llama-server's CPU threads mostly sleep. Throughput comes from --requests pairs of
+// --tokens tokens; added TTFT from --ttft-requests pairs of one-token completions (TTFT itself
+// varies by a few ms from request to request on a CPU: many pairs are needed to see a fraction
+// of a millisecond), as the median of the per-pair differences (each proxied request against
+// the direct one just before it) with its quartiles.
 #include <httplib.h>
 #include <unistd.h>
 
@@ -74,9 +78,12 @@ Sample stream(const std::string& host, int port, const std::string& key, const s
   return s;
 }
 
-double median(std::vector<double> v) {
+double quantile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
+  return v.empty() ? 0 : v[static_cast<std::size_t>(q * static_cast<double>(v.size() - 1) + 0.5)];
+}
+double median(const std::vector<double>& v) {
+  return quantile(v, 0.5);
 }
 
 struct Config {
@@ -109,7 +116,7 @@ int deploy(httplib::Client& api, const httplib::Headers& auth, const std::string
 }  // namespace
 
 int main(int argc, char** argv) {
-  int requests = 20, tokens = 64;
+  int requests = 20, tokens = 64, ttft_requests = 200;
   std::string llama;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -117,6 +124,8 @@ int main(int argc, char** argv) {
       requests = std::atoi(argv[i + 1]);
     else if (a == "--tokens")
       tokens = std::atoi(argv[i + 1]);
+    else if (a == "--ttft-requests")
+      ttft_requests = std::atoi(argv[i + 1]);
     else if (a == "--llama")
       llama = argv[i + 1];
   }
@@ -157,8 +166,10 @@ int main(int argc, char** argv) {
       {"llama-server on all " + std::to_string(cores) + " cores", json::array()},
       {"llama-server -t " + std::to_string(cores - 1) + " (one core left)",
        json::array({"-t", std::to_string(cores - 1)})}};
-  std::printf("%d streamed completions of %d tokens each per path, alternating (medians)\n",
-              requests, tokens);
+  std::printf(
+      "per path, alternating: %d streamed completions of %d tokens (tokens/s), %d of one token "
+      "(TTFT)\n",
+      requests, tokens, ttft_requests);
   int status = 0;
   for (const Config& config : configs) {
     const int direct_port = deploy(api, auth, "m", model, config.extra_args);
@@ -171,12 +182,14 @@ int main(int argc, char** argv) {
     stream("127.0.0.1", port, "bench", "m", 8);
     std::vector<double> d_ttft, d_tps, p_ttft, p_tps, added;
     for (int i = 0; i < requests; ++i) {
-      const Sample d = stream("127.0.0.1", direct_port, "", "m", tokens);
-      const Sample p = stream("127.0.0.1", port, "bench", "m", tokens);
+      d_tps.push_back(stream("127.0.0.1", direct_port, "", "m", tokens).tokens_per_s);
+      p_tps.push_back(stream("127.0.0.1", port, "bench", "m", tokens).tokens_per_s);
+    }
+    for (int i = 0; i < ttft_requests; ++i) {
+      const Sample d = stream("127.0.0.1", direct_port, "", "m", 1);
+      const Sample p = stream("127.0.0.1", port, "bench", "m", 1);
       d_ttft.push_back(d.ttft_ms);
-      d_tps.push_back(d.tokens_per_s);
       p_ttft.push_back(p.ttft_ms);
-      p_tps.push_back(p.tokens_per_s);
       added.push_back(p.ttft_ms - d.ttft_ms);
     }
     std::printf("%s\n", config.name.c_str());
@@ -184,8 +197,10 @@ int main(int argc, char** argv) {
                 median(d_tps));
     std::printf("  through ggfleet:     TTFT %7.2f ms, %7.2f tokens/s\n", median(p_ttft),
                 median(p_tps));
-    std::printf("  added TTFT %+.2f ms (median of pairs), throughput %+.2f%%\n", median(added),
-                100.0 * (median(p_tps) / median(d_tps) - 1.0));
+    std::printf(
+        "  added TTFT %+.2f ms (median of pairs; quartiles %+.2f, %+.2f), throughput %+.2f%%\n",
+        median(added), quantile(added, 0.25), quantile(added, 0.75),
+        100.0 * (median(p_tps) / median(d_tps) - 1.0));
     std::fflush(stdout);
     api.Delete("/v1/deployments/m", auth);
     // the next deployment reuses the name: wait until this one's instance is gone

@@ -353,6 +353,7 @@ void Server::schedule_loop() {
       const std::int64_t now_version = store_->assignment_version();
       if (now_version != version) {
         version = now_version;
+        ++routes_generation_;
         assign_cv_.notify_all();
       }
     } catch (...) {
@@ -418,11 +419,12 @@ void Server::routes() {
     const std::string hash = sha256_hex(header.substr(7));
     const auto now = std::chrono::steady_clock::now();
     {
-      // Valid keys are remembered for a few seconds (the proxy's hot path); deleting a key
-      // forgets them all.
+      // Valid keys are remembered for a minute (the proxy's hot path must not read the store);
+      // deleting a key through this server forgets them all at once, through another server
+      // sharing the database within the minute.
       std::lock_guard<std::mutex> lock(cache_mu_);
       const auto it = key_cache_.find(hash);
-      if (it != key_cache_.end() && now - it->second.first < std::chrono::seconds(5)) {
+      if (it != key_cache_.end() && now - it->second.first < std::chrono::seconds(60)) {
         return {it->second.second.first, it->second.second.second};
       }
     }
@@ -572,6 +574,7 @@ void Server::routes() {
                 }
               }
               const bool was_unreachable = w->status == "unreachable";
+              bool any_changed = false;
               store_->transaction([&] {
                 w->last_heartbeat_ms = store::now_ms();
                 if (was_unreachable) {
@@ -600,8 +603,10 @@ void Server::routes() {
                   if (changed)
                     store_->event("instance." + r.state, i->id,
                                   r.reason.empty() ? r.state : r.reason);
+                  any_changed = any_changed || changed;
                 }
               });
+              if (any_changed) ++routes_generation_;
               if (was_unreachable) wake_scheduler();
               reply(res, {{"assignment_version", store_->assignment_version()}});
             }));
@@ -798,6 +803,7 @@ void Server::routes() {
                     "deployment.updated", d->name,
                     "replicas " + std::to_string(d->replicas) + (replan ? ", re-planned" : ""));
               });
+              ++routes_generation_;
               wake_scheduler();
               reply(res, deployment_json(*d, store_->instances(d->name)));
             }));
@@ -815,6 +821,7 @@ void Server::routes() {
                      }
                    });
                    if (!found) throw HttpError{404, "no deployment named " + name};
+                   ++routes_generation_;
                    assign_cv_.notify_all();
                    reply(res, {{"deleted", name}});
                  }));
@@ -953,19 +960,21 @@ void Server::routes() {
               if (!b.contains("model") || !b["model"].is_string())
                 throw HttpError{400, "'model' (a deployment name) is required"};
               const std::string deployment = b["model"];
-              // Where the deployment's running instances listen, from the store at most
-              // every 250 ms (the proxy's hot path must not query it per request).
+              // Where the deployment's running instances listen: read from the store when an
+              // instance changed since (or after 30 s, for changes made by another server on
+              // the same database), not per request: the proxy's hot path.
               std::vector<Target> targets;
               {
                 const auto now = std::chrono::steady_clock::now();
+                const std::uint64_t generation = routes_generation_.load();
                 std::unique_lock<std::mutex> lock(cache_mu_);
                 auto it = route_cache_.find(deployment);
-                if (it == route_cache_.end() ||
-                    now - it->second.first > std::chrono::milliseconds(250)) {
+                if (it == route_cache_.end() || it->second.generation != generation ||
+                    now - it->second.when > std::chrono::seconds(30)) {
                   lock.unlock();
                   if (!store_->deployment(deployment))
                     throw HttpError{404, "no deployment named " + deployment};
-                  std::vector<Target> fresh;
+                  Route fresh{now, generation, {}};
                   for (const store::InstanceRow& i : store_->instances(deployment)) {
                     Target t{i.id, "", 0, i.state, i.reason};
                     if (i.state == "running") {
@@ -973,12 +982,12 @@ void Server::routes() {
                         t.host = w->address;
                       t.port = parse_or(i.assignment_json, json::object()).value("server_port", 0);
                     }
-                    fresh.push_back(t);
+                    fresh.targets.push_back(t);
                   }
                   lock.lock();
-                  it = route_cache_.insert_or_assign(deployment, std::make_pair(now, fresh)).first;
+                  it = route_cache_.insert_or_assign(deployment, std::move(fresh)).first;
                 }
-                targets = it->second.second;
+                targets = it->second.targets;
               }
               // The running instance with the fewest requests in flight.
               std::string host, chosen;
@@ -1043,6 +1052,7 @@ void Server::routes() {
                             "\n\n";
                         sink.write(msg.data(), msg.size());
                         status = 502;
+                        ++routes_generation_;  // read where instances are again
                       } else {
                         give_client(host, port, std::move(client));
                       }
@@ -1059,6 +1069,7 @@ void Server::routes() {
                   up.Post(upstream_path.c_str(), req.body, "application/json");
               done();
               if (!r) {
+                ++routes_generation_;  // read where instances are again
                 metrics_->proxied(deployment, 502, 0, 0);
                 throw HttpError{502, "instance " + chosen +
                                          " did not answer: " + httplib::to_string(r.error())};

@@ -97,8 +97,15 @@ class Server {
   std::map<std::string,
            std::pair<std::chrono::steady_clock::time_point, std::pair<std::string, std::string>>>
       key_cache_;  // key hash -> (when, (role, worker))
-  std::map<std::string, std::pair<std::chrono::steady_clock::time_point, std::vector<Target>>>
-      route_cache_;
+  struct Route {   // where a deployment's instances listen, as of `generation`
+    std::chrono::steady_clock::time_point when;
+    std::uint64_t generation = 0;
+    std::vector<Target> targets;
+  };
+  std::map<std::string, Route> route_cache_;
+  // Bumped whenever this server sees an instance change state or placement (heartbeats, the
+  // scheduler, deployment updates): cached routes older than it are read again.
+  std::atomic<std::uint64_t> routes_generation_{0};
   std::map<std::string, std::vector<std::unique_ptr<httplib::Client>>>
       clients_;  // idle, by host:port
   std::mutex proxy_mu_;

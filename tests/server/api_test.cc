@@ -246,6 +246,66 @@ TEST(Api, InstancesOfASilentWorkerAreReplanned) {
   EXPECT_EQ(f.api().get("/v1/workers/" + main, kAdmin).body["status"], "unreachable");
 }
 
+// The proxy reads where instances listen from a cache; a state change reported by a heartbeat
+// reaches it at once (the next request), not after a timeout. The instance's llama-server is
+// stood in for by a small HTTP server on its assigned port (the e2e test runs real ones).
+TEST(Api, ProxyFollowsInstanceStatesAtOnce) {
+  server::SchedulerConfig sched;
+  sched.instance_port_base = 28700;  // apart from the ports other tests use
+  ServerFixture f("sqlite", sched);
+  const std::string key =
+      f.api()
+          .post("/v1/workers/register", ServerFixture::kJoin,
+                {{"name", "w1"}, {"address", "127.0.0.1"}, {"resources", resources(1)}})
+          .body.value("key", "");
+  ASSERT_FALSE(key.empty());
+  ASSERT_EQ(
+      f.api().post("/v1/deployments", kAdmin, {{"name", "chat"}, {"model", f.model()}}).status,
+      201);
+  std::string id;
+  int port = 0;
+  ASSERT_TRUE(f.eventually([&] {
+    const Reply r = f.api().get("/v1/instances", kAdmin);
+    if (r.body["instances"].empty() || r.body["instances"][0]["state"] != "assigned") return false;
+    id = r.body["instances"][0]["id"];
+    port = f.api().get("/v1/instances/" + id, kAdmin).body["assignment"]["server_port"];
+    return true;
+  }));
+  httplib::Server upstream;
+  upstream.Post("/v1/chat/completions", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(R"({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})",
+                    "application/json");
+  });
+  upstream.set_keep_alive_timeout(1);  // the proxy keeps its connection: stop() waits for it
+  ASSERT_TRUE(upstream.bind_to_port("127.0.0.1", port));
+  std::thread serving([&] { upstream.listen_after_bind(); });
+  const json chat = {{"model", "chat"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}};
+  auto report = [&](const std::string& state) {
+    return f.api()
+        .post("/v1/workers/w1/heartbeat", key,
+              {{"instances",
+                json::array({{{"id", id}, {"state", state}, {"reason", state}, {"port", port}}})}})
+        .status;
+  };
+  Reply r = f.api().post("/v1/chat/completions", kAdmin, chat);  // cached: not ready
+  EXPECT_EQ(r.status, 503) << r.body.dump();
+  ASSERT_EQ(report("running"), 200);
+  r = f.api().post("/v1/chat/completions", kAdmin, chat);
+  EXPECT_EQ(r.status, 200) << r.body.dump();
+  EXPECT_EQ(r.body["usage"]["completion_tokens"], 2);
+  ASSERT_EQ(report("error"), 200);
+  r = f.api().post("/v1/chat/completions", kAdmin, chat);
+  EXPECT_EQ(r.status, 503) << r.body.dump();
+  EXPECT_NE(r.body.value("error", "").find("is error"), std::string::npos) << r.body.dump();
+  ASSERT_EQ(report("running"), 200);
+  EXPECT_EQ(f.api().post("/v1/chat/completions", kAdmin, chat).status, 200);
+  // The deployment deleted: gone at once as well.
+  ASSERT_EQ(f.api().send("DELETE", "/v1/deployments/chat", kAdmin).status, 200);
+  EXPECT_EQ(f.api().post("/v1/chat/completions", kAdmin, chat).status, 404);
+  upstream.stop();
+  serving.join();
+}
+
 }  // namespace
 }  // namespace ggfleet::test
 
