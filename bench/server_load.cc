@@ -1,7 +1,10 @@
 // Load on a real `ggfleet server` process: N simulated workers heartbeating every 2 s while
-// clients deploy, scale and list; prints API latency percentiles and the server's CPU use.
+// clients deploy, scale and list; prints API latency percentiles and the server's CPU use. With
+// --long-poll 1 every worker also keeps a long poll for its assignments open, as the real agent
+// does (GET .../assignments?since=V&wait=5, again at once when it returns).
 //
 //   build/release/bench/server_load [--workers 1000] [--seconds 30] [--clients 4] [--db URL]
+//                                   [--long-poll 0|1]
 //
 // The server runs as a child process (SQLite in a temp dir unless --db), so its CPU time is its
 // own (/proc/PID/stat); the load generators run in this process.
@@ -69,7 +72,7 @@ struct Latencies {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int workers = 1000, seconds = 30, clients = 4;
+  int workers = 1000, seconds = 30, clients = 4, long_poll = 0;
   std::string db;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -79,6 +82,8 @@ int main(int argc, char** argv) {
       seconds = std::atoi(argv[i + 1]);
     else if (a == "--clients")
       clients = std::atoi(argv[i + 1]);
+    else if (a == "--long-poll")
+      long_poll = std::atoi(argv[i + 1]);
     else if (a == "--db")
       db = argv[i + 1];
   }
@@ -87,7 +92,7 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(dir);
   const std::string model =
       ggfleet::model::synth("llama3-8b-q4_0", (dir / "models").string(), {}).front();
-  const int port = 46000 + getpid() % 1000;
+  const int port = 30000 + getpid() % 2000;  // below the ephemeral range (32768-)
   const pid_t server = fork();
   if (server == 0) {
     const std::string listen = "127.0.0.1:" + std::to_string(port);
@@ -130,6 +135,36 @@ int main(int argc, char** argv) {
   const auto until = t0 + std::chrono::seconds(seconds);
   Latencies beats, api;
   std::vector<std::thread> threads;
+  std::atomic<long> polls{0}, quick_polls{0};
+  for (std::size_t w = 0; long_poll && w < fleet.size(); ++w) {
+    threads.emplace_back([&, w] {
+      httplib::Client c("127.0.0.1", port);  // no keep-alive, as the agent: one thread per poll
+      c.set_read_timeout(60);
+      const auto& [name, key] = fleet[w];
+      httplib::Headers h{{"Authorization", "Bearer " + key}};
+      long version = 0;
+      while (Clock::now() < until) {
+        const auto s = Clock::now();
+        const auto r = c.Get(
+            ("/v1/workers/" + name + "/assignments?since=" + std::to_string(version) + "&wait=5")
+                .c_str(),
+            h);
+        ++polls;
+        if (!r || r->status != 200) {
+          std::this_thread::sleep_for(std::chrono::seconds(1));
+          continue;
+        }
+        const json j = json::parse(r->body, nullptr, false);
+        const long now = j.value("version", 0L);
+        // Back early without news: the server had no long-poll slot and says when to ask again.
+        if (now == version && Clock::now() - s < std::chrono::seconds(4)) {
+          ++quick_polls;
+          std::this_thread::sleep_for(std::chrono::milliseconds(j.value("retry_after_ms", 1000)));
+        }
+        version = now;
+      }
+    });
+  }
   const int beat_threads = 16;
   for (int t = 0; t < beat_threads; ++t) {
     threads.emplace_back([&, t] {
@@ -185,12 +220,19 @@ int main(int argc, char** argv) {
       }
     });
   }
-  for (std::thread& th : threads) th.join();
+  // The server's CPU over the load window only (long polls still open at its end drain after).
+  std::this_thread::sleep_until(until);
   const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
   const double cpu = cpu_seconds(server) - cpu0;
+  for (std::thread& th : threads) th.join();
+  std::printf("(all load threads ended %.1f s after the window)\n",
+              std::chrono::duration<double>(Clock::now() - until).count());
   std::printf("%d workers heartbeating every 2 s, %d clients, %.0f s, store %s\n", workers, clients,
               wall, db.empty() ? "sqlite" : "postgres");
   beats.print("heartbeat");
+  if (long_poll)
+    std::printf("long polls: %ld answered, %ld of them early without news\n", polls.load(),
+                quick_polls.load());
   api.print("client API");
   std::printf("server CPU: %.1f s in %.1f s = %.0f%% of one core\n", cpu, wall, 100 * cpu / wall);
   kill(server, SIGTERM);

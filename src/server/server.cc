@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <chrono>
@@ -224,6 +225,52 @@ json instance_json(const store::InstanceRow& i, bool with_assignment) {
   return j;
 }
 
+// What each worker runs: per worker, the instances it is main of or lends GPUs to, with the
+// commands it runs for each. One pass over the store's instances and claims.
+std::map<std::string, json> assignments_by_worker(const std::vector<store::InstanceRow>& instances,
+                                                  const std::vector<store::ClaimRow>& claims) {
+  std::map<std::string, std::set<std::string>> lenders;  // instance -> workers lending over RPC
+  for (const store::ClaimRow& c : claims) {
+    if (c.rpc) lenders[c.instance].insert(c.worker);
+  }
+  std::map<std::string, json> out;
+  for (const store::InstanceRow& i : instances) {
+    if (i.state == "pending") continue;
+    std::set<std::string> workers = lenders[i.id];
+    if (!i.main_worker.empty()) workers.insert(i.main_worker);
+    const json assignment = parse_or(i.assignment_json, json::object());
+    for (const std::string& name : workers) {
+      json a = instance_json(i, false);
+      json commands = json::array();
+      for (const json& c : assignment.value("commands", json::array())) {
+        if (c.value("worker", "") == name) commands.push_back(c);
+      }
+      a["role"] = i.main_worker == name ? "main" : "rpc";
+      a["commands"] = commands;
+      a["model"] = assignment.value("model", "");
+      a["server_port"] = assignment.value("server_port", 0);
+      a["rpc_port_base"] = assignment.value("rpc_port_base", 0);
+      a["devices"] =
+          assignment.contains("plan") ? assignment["plan"]["layout"]["devices"] : json::array();
+      auto [it, fresh] = out.try_emplace(name, json::array());
+      it->second.push_back(std::move(a));
+    }
+  }
+  return out;
+}
+
+// The part of a worker's assignments that it acts on (not states or times): what the long
+// poll compares to decide whether that worker has news.
+std::string assignment_digest(const json& list) {
+  std::string out;
+  for (const json& a : list) {
+    for (const char* k : {"id", "role", "model", "server_port", "commands", "devices"})
+      out += a.value(k, json()).dump() + "\x1f";
+    out += "\x1e";
+  }
+  return out;
+}
+
 json event_json(const store::EventRow& e) {
   return {{"id", e.id},
           {"time_ms", e.time_ms},
@@ -295,6 +342,14 @@ int Server::start() {
   http_->set_payload_max_length(config_.max_body_bytes);
   http_->set_keep_alive_max_count(1000);
   http_->set_tcp_nodelay(true);
+  // Debian's httplib is a shared library built to listen with a backlog of 5: a thousand
+  // workers connecting at once would have SYNs dropped and retried after 1, 3, 7, 15, 31 s.
+  // Remember the listening socket and listen again with a real backlog after binding.
+  int listen_fd = -1;
+  http_->set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = static_cast<int>(sock);
+  });
   routes();
   int port = config_.port;
   if (port == 0) {
@@ -305,6 +360,7 @@ int Server::start() {
   if (port <= 0)
     throw std::runtime_error("cannot listen on " + config_.host + ":" +
                              std::to_string(config_.port));
+  if (listen_fd >= 0) ::listen(listen_fd, 4096);  // the kernel caps it at net.core.somaxconn
   http_thread_ = std::thread([this] { http_->listen_after_bind(); });
   schedule_thread_ = std::thread([this] { schedule_loop(); });
   return port;
@@ -354,7 +410,7 @@ void Server::schedule_loop() {
       if (now_version != version) {
         version = now_version;
         ++routes_generation_;
-        assign_cv_.notify_all();
+        publish_assignments();
       }
     } catch (...) {
     }
@@ -363,6 +419,38 @@ void Server::schedule_loop() {
                       [this] { return wake_; });
     wake_ = false;
   }
+}
+
+void Server::publish_assignments() {
+  auto next = std::make_shared<Assignments>();
+  store_->transaction([&] {  // one consistent reading of the version, instances and claims
+    next->version = store_->assignment_version();
+    next->by_worker = assignments_by_worker(store_->instances(), store_->claims());
+  });
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    next->changed_at =
+        assignments_ ? assignments_->changed_at : std::map<std::string, std::int64_t>{};
+    std::set<std::string> names;
+    for (const auto& [name, list] : next->by_worker) names.insert(name);
+    if (assignments_) {
+      for (const auto& [name, list] : assignments_->by_worker) names.insert(name);
+    }
+    static const json kNone = json::array();
+    for (const std::string& name : names) {
+      const auto now = next->by_worker.find(name);
+      const json& after = now == next->by_worker.end() ? kNone : now->second;
+      const json* before = &kNone;
+      if (assignments_) {
+        const auto was = assignments_->by_worker.find(name);
+        if (was != assignments_->by_worker.end()) before = &was->second;
+      }
+      if (!assignments_ || assignment_digest(*before) != assignment_digest(after))
+        next->changed_at[name] = next->version;
+    }
+    assignments_ = std::move(next);
+  }
+  assign_cv_.notify_all();
 }
 
 std::unique_ptr<httplib::Client> Server::take_client(const std::string& host, int port) {
@@ -625,40 +713,50 @@ void Server::routes() {
                 } catch (const std::exception&) {
                   throw HttpError{400, "since and wait must be integers"};
                 }
-                if (wait_s > 0 && store_->assignment_version() <= since) {
+                int retry_after_ms = 0;
+                std::shared_ptr<const Assignments> seen;
+                if (wait_s > 0) {
+                  // A poll waits until this worker's own assignments change, not for every
+                  // change in the fleet, and reads the published snapshot, not the store.
+                  // Waiting holds an HTTP thread: only so many polls wait, the rest come back
+                  // with retry_after_ms.
+                  const int slots =
+                      config_.long_poll_slots >= 0 ? config_.long_poll_slots : config_.threads / 2;
+                  auto news = [&] {
+                    const auto it = assignments_->changed_at.find(name);
+                    return it != assignments_->changed_at.end() && it->second > since;
+                  };
                   std::unique_lock<std::mutex> lock(mu_);
-                  assign_cv_.wait_for(lock, std::chrono::seconds(wait_s), [&] {
-                    return stopping_.load() || store_->assignment_version() > since;
+                  if (assignments_ && !news()) {
+                    if (long_polls_ < slots) {
+                      ++long_polls_;
+                      assign_cv_.wait_for(lock, std::chrono::seconds(wait_s),
+                                          [&] { return stopping_.load() || news(); });
+                      --long_polls_;
+                    } else {
+                      retry_after_ms = config_.long_poll_retry_ms;
+                    }
+                  }
+                  // Not older than what the worker has seen (else read the store below).
+                  if (assignments_ && assignments_->version >= since) seen = assignments_;
+                }
+                std::int64_t version = 0;
+                json list = json::array();
+                if (seen) {
+                  version = seen->version;
+                  const auto it = seen->by_worker.find(name);
+                  if (it != seen->by_worker.end()) list = it->second;
+                } else {
+                  store_->transaction([&] {
+                    version = store_->assignment_version();
+                    std::map<std::string, json> all =
+                        assignments_by_worker(store_->instances(), store_->claims());
+                    if (all.count(name)) list = std::move(all[name]);
                   });
                 }
-                const std::int64_t version = store_->assignment_version();
-                json list = json::array();
-                const std::vector<store::ClaimRow> claims = store_->claims();
-                for (const store::InstanceRow& i : store_->instances()) {
-                  if (i.state == "pending") continue;
-                  const bool main = i.main_worker == name;
-                  const bool lends =
-                      std::any_of(claims.begin(), claims.end(), [&](const store::ClaimRow& c) {
-                        return c.instance == i.id && c.worker == name && c.rpc;
-                      });
-                  if (!main && !lends) continue;
-                  json a = instance_json(i, false);
-                  const json assignment = parse_or(i.assignment_json, json::object());
-                  json commands = json::array();
-                  for (const json& c : assignment.value("commands", json::array())) {
-                    if (c.value("worker", "") == name) commands.push_back(c);
-                  }
-                  a["role"] = main ? "main" : "rpc";
-                  a["commands"] = commands;
-                  a["model"] = assignment.value("model", "");
-                  a["server_port"] = assignment.value("server_port", 0);
-                  a["rpc_port_base"] = assignment.value("rpc_port_base", 0);
-                  a["devices"] = assignment.contains("plan")
-                                     ? assignment["plan"]["layout"]["devices"]
-                                     : json::array();
-                  list.push_back(a);
-                }
-                reply(res, {{"version", version}, {"instances", list}});
+                json out = {{"version", version}, {"instances", list}};
+                if (retry_after_ms > 0) out["retry_after_ms"] = retry_after_ms;
+                reply(res, out);
               }));
   s.Get("/v1/workers", route("/v1/workers", true,
                              [this, allow, reply](const auto&, auto& res, const Principal& p) {
@@ -822,7 +920,7 @@ void Server::routes() {
                    });
                    if (!found) throw HttpError{404, "no deployment named " + name};
                    ++routes_generation_;
-                   assign_cv_.notify_all();
+                   publish_assignments();
                    reply(res, {{"deleted", name}});
                  }));
 

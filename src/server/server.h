@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,9 +43,14 @@ struct ServerConfig {
   std::string tls_cert, tls_key;  // both set: HTTPS
   SchedulerConfig scheduler;
   std::int64_t schedule_interval_ms = 500;
-  int threads = 64;
+  int threads = 128;  // HTTP worker threads (httplib: one per request in progress)
   std::size_t max_body_bytes = 1 << 20;
   int max_wait_s = 30;  // longest long-poll
+  // Long polls that may wait at once (each holds a thread); -1 = half the threads. A poll beyond
+  // them is answered at once with "retry_after_ms", so that heartbeats and API calls always find
+  // a free thread however many workers there are.
+  int long_poll_slots = -1;
+  int long_poll_retry_ms = 2000;
 };
 
 class Metrics;
@@ -71,6 +77,8 @@ class Server {
  private:
   void routes();
   void schedule_loop();
+  // Reads the store's assignment version into assignment_version_ and wakes the long polls.
+  void publish_assignments();
   void bootstrap_keys();
   void forget_key(const std::string& id);  // deletes it and empties the key cache
   // Keep-alive connections to instances, reused across proxied requests (one user at a time).
@@ -85,6 +93,13 @@ class Server {
   std::thread http_thread_, schedule_thread_;
   std::mutex mu_;
   std::condition_variable wake_cv_, assign_cv_;
+  struct Assignments {  // as last published (long polls wait on it, not on the store)
+    std::int64_t version = -1;
+    std::map<std::string, nlohmann::json> by_worker;  // worker -> its assignment list
+    std::map<std::string, std::int64_t> changed_at;   // worker -> version its list last changed
+  };
+  std::shared_ptr<const Assignments> assignments_;  // guarded by mu_
+  int long_polls_ = 0;                              // waiting now; guarded by mu_
   bool wake_ = false;
   std::atomic<bool> stopping_{false};
   std::string generated_admin_key_, generated_join_token_;

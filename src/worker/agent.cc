@@ -363,6 +363,10 @@ void Agent::run(const std::atomic<bool>& stop) {
       if (j.is_discarded()) continue;
       since = j.value("version", since);
       reconcile(j.value("instances", json::array()));
+      // The server had no long-poll slot free: ask again when it says.
+      const auto again = Clock::now() + std::chrono::milliseconds(j.value("retry_after_ms", 0));
+      while (!stop && !poll_stop && Clock::now() < again)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   });
   // Heartbeats from their own thread, so that stopping or checking processes never delays them.

@@ -68,18 +68,44 @@ TEST(Api, EveryRouteWorks) {
                 .status,
             200);
   EXPECT_EQ(api.get("/v1/instances/" + id, user).body["state"], "running");
-  // A long poll returns when assignments change.
+  // A long poll returns when this worker's assignments change, and only then.
   const std::int64_t version =
       api.get("/v1/workers/" + main + "/assignments", main_key).body["version"];
+  const std::string idle = main == "w1" ? "w2" : "w1";
+  const std::string idle_key = main == "w1" ? w2 : w1;
   std::thread scale([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     Api other(f.port());
-    other.send("PATCH", "/v1/deployments/chat", user, R"({"replicas": 1})");
+    other.send("PATCH", "/v1/deployments/chat", user, R"({"replicas": 0})");
   });
+  const auto t0 = std::chrono::steady_clock::now();
   r = api.get("/v1/workers/" + main + "/assignments?since=" + std::to_string(version) + "&wait=20",
               main_key);
   scale.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
   EXPECT_GT(r.body["version"].get<std::int64_t>(), version);
+  EXPECT_TRUE(r.body["instances"].empty()) << r.body.dump();
+  {
+    // Both workers are empty now; a deployment placed on the main changes nothing for the
+    // other one: its poll waits out its time.
+    const std::int64_t now = r.body["version"];
+    Api other(f.port());
+    std::thread noise([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      other.post("/v1/deployments", user,
+                 {{"name", "other"}, {"model", model}, {"options", {{"gpus", {main + ":0"}}}}});
+    });
+    const auto t1 = std::chrono::steady_clock::now();
+    r = api.get("/v1/workers/" + idle + "/assignments?since=" + std::to_string(now) + "&wait=2",
+                idle_key);
+    noise.join();
+    EXPECT_GE(std::chrono::steady_clock::now() - t1, std::chrono::milliseconds(1900));
+    EXPECT_TRUE(r.body["instances"].empty()) << r.body.dump();
+    // ... while the main's did change in that time.
+    EXPECT_EQ(api.get("/v1/workers/" + main + "/assignments", main_key).body["instances"].size(),
+              1u);
+    EXPECT_EQ(api.send("DELETE", "/v1/deployments/other", user).status, 200);
+  }
   // Plan dry run, events, metrics.
   r = api.post("/v1/plan", user, {{"model", model}, {"options", {{"context", 2048}}}});
   ASSERT_EQ(r.status, 200) << r.body.dump();
