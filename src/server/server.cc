@@ -423,7 +423,7 @@ void Server::schedule_loop() {
 
 void Server::publish_assignments() {
   auto next = std::make_shared<Assignments>();
-  store_->transaction([&] {  // one consistent reading of the version, instances and claims
+  store_->snapshot([&] {  // one consistent reading of the version, instances and claims
     next->version = store_->assignment_version();
     next->by_worker = assignments_by_worker(store_->instances(), store_->claims());
   });
@@ -747,7 +747,7 @@ void Server::routes() {
                   const auto it = seen->by_worker.find(name);
                   if (it != seen->by_worker.end()) list = it->second;
                 } else {
-                  store_->transaction([&] {
+                  store_->snapshot([&] {
                     version = store_->assignment_version();
                     std::map<std::string, json> all =
                         assignments_by_worker(store_->instances(), store_->claims());

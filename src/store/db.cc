@@ -81,6 +81,7 @@ class Sqlite final : public Db {
     return out;
   }
   void begin() override { exec("BEGIN IMMEDIATE", {}); }
+  void begin_snapshot() override { exec("BEGIN", {}); }
   void commit() override { exec("COMMIT", {}); }
   void rollback() noexcept override { sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr); }
   std::string backend() const override { return "sqlite"; }
@@ -141,6 +142,7 @@ class Postgres final : public Db {
     return out;
   }
   void begin() override { exec("BEGIN", {}); }
+  void begin_snapshot() override { exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", {}); }
   void commit() override { exec("COMMIT", {}); }
   void rollback() noexcept override {
     PGresult* res = PQexec(conn_, "ROLLBACK");

@@ -35,6 +35,9 @@ class Db {
   // Runs one statement. Throws StoreError with the backend's message.
   virtual Rows exec(const std::string& sql, const std::vector<Param>& params = {}) = 0;
   virtual void begin() = 0;  // a write transaction (SQLite: BEGIN IMMEDIATE)
+  // A read-only transaction whose reads all see one committed state, without holding off
+  // writers (SQLite in WAL mode: BEGIN; PostgreSQL: REPEATABLE READ, READ ONLY).
+  virtual void begin_snapshot() = 0;
   virtual void commit() = 0;
   virtual void rollback() noexcept = 0;
   virtual std::string backend() const = 0;  // "sqlite" or "postgres"

@@ -129,12 +129,23 @@ int Store::schema_version() {
 }
 
 void Store::transaction(const std::function<void()>& fn) {
+  run_in_transaction(false, fn);
+}
+
+void Store::snapshot(const std::function<void()>& fn) {
+  run_in_transaction(true, fn);
+}
+
+void Store::run_in_transaction(bool read_only, const std::function<void()>& fn) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   if (depth_ > 0) {
     fn();
     return;
   }
-  db_->begin();
+  if (read_only)
+    db_->begin_snapshot();
+  else
+    db_->begin();
   ++depth_;
   try {
     fn();

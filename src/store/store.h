@@ -88,6 +88,9 @@ class Store {
 
   // Runs `fn` in one transaction on this store (nested calls join the outer one).
   void transaction(const std::function<void()>& fn);
+  // Runs `fn`, which only reads, against one consistent committed state (several reads that
+  // agree with each other) without blocking writers. Nested in a transaction: joins it.
+  void snapshot(const std::function<void()>& fn);
 
   // Workers.
   void put_worker(const WorkerRow& w);  // insert or replace
@@ -128,6 +131,7 @@ class Store {
   void bump_assignment_version();
 
  private:
+  void run_in_transaction(bool read_only, const std::function<void()>& fn);
   template <typename F>
   auto locked(F&& f);
   void migrate();

@@ -17,9 +17,16 @@ namespace ggfleet::test {
 
 inline std::vector<std::string> consistency_problems(store::Store& s, bool settled) {
   std::vector<std::string> problems;
-  const std::vector<store::WorkerRow> workers = s.workers();
-  const std::vector<store::ClaimRow> claims = s.claims();
-  const std::vector<store::InstanceRow> instances = s.instances();
+  std::vector<store::WorkerRow> workers;
+  std::vector<store::ClaimRow> claims;
+  std::vector<store::InstanceRow> instances;
+  std::vector<store::DeploymentRow> deployments;
+  s.snapshot([&] {  // one committed state, as a reader in the middle of the load sees it
+    workers = s.workers();
+    claims = s.claims();
+    instances = s.instances();
+    deployments = s.deployments();
+  });
   std::map<std::string, cluster::Worker> fleet;
   for (const store::WorkerRow& w : workers) {
     fleet[w.name] =
@@ -69,7 +76,7 @@ inline std::vector<std::string> consistency_problems(store::Store& s, bool settl
       if (i.state != "pending" && !has_claims) problems.push_back(i.id + " placed without claims");
       if (i.state == "pending" && has_claims) problems.push_back(i.id + " pending with claims");
     }
-    for (const store::DeploymentRow& d : s.deployments()) {
+    for (const store::DeploymentRow& d : deployments) {
       if (count[d.name] != d.replicas) {
         problems.push_back(d.name + " has " + std::to_string(count[d.name]) + " instances for " +
                            std::to_string(d.replicas) + " replicas");

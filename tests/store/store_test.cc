@@ -85,6 +85,20 @@ TEST_P(StoreTest, TransactionsRollBackWhole) {
   EXPECT_TRUE(store_->deployment("a").has_value());
 }
 
+TEST_P(StoreTest, SnapshotsSeeOneStateWhileOthersWrite) {
+  store_->put_worker({"w1", "a1", "{}", "ready", "{}", 1, 1});
+  Store writer(db_->target());
+  std::size_t before = 0, after = 0;
+  store_->snapshot([&] {
+    before = store_->workers().size();
+    writer.put_worker({"w2", "a2", "{}", "ready", "{}", 1, 1});  // not blocked by the reader
+    after = store_->workers().size();
+  });
+  EXPECT_EQ(before, 1u);
+  EXPECT_EQ(after, 1u);                     // the same state all through the snapshot
+  EXPECT_EQ(store_->workers().size(), 2u);  // and the write is there afterwards
+}
+
 TEST_P(StoreTest, KeysEventsAndVersions) {
   store_->put_key({"k1", "admin", "abc", "admin", "", 1});
   ASSERT_TRUE(store_->key_by_hash("abc").has_value());
