@@ -272,6 +272,22 @@ TEST(Api, InstancesOfASilentWorkerAreReplanned) {
   EXPECT_EQ(f.api().get("/v1/workers/" + main, kAdmin).body["status"], "unreachable");
 }
 
+// With no long-poll slot free a poll is answered at once and told when to ask again, so waiting
+// polls can never take every HTTP thread.
+TEST(Api, LongPollsBeyondTheSlotsAreToldToRetry) {
+  ServerFixture f("sqlite", {}, [](server::ServerConfig& c) { c.long_poll_slots = 0; });
+  const std::string key = f.add_worker("w1", resources(1));
+  const std::int64_t version =
+      f.api().get("/v1/workers/w1/assignments", key).body.value("version", std::int64_t{-1});
+  ASSERT_TRUE(f.eventually([&] {  // the first snapshot is published
+    const auto t0 = std::chrono::steady_clock::now();
+    const Reply r =
+        f.api().get("/v1/workers/w1/assignments?since=" + std::to_string(version) + "&wait=5", key);
+    return r.status == 200 && r.body.value("retry_after_ms", 0) == 2000 &&
+           std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2);
+  }));
+}
+
 // The proxy reads where instances listen from a cache; a state change reported by a heartbeat
 // reaches it at once (the next request), not after a timeout. The instance's llama-server is
 // stood in for by a small HTTP server on its assigned port (the e2e test runs real ones).

@@ -80,7 +80,9 @@ class ServerFixture {
   static constexpr const char* kAdmin = "admin-key-for-tests";
   static constexpr const char* kJoin = "join-token-for-tests";
 
-  explicit ServerFixture(const std::string& backend = "sqlite", server::SchedulerConfig sched = {})
+  // `tweak` may change the server's configuration before it starts.
+  explicit ServerFixture(const std::string& backend = "sqlite", server::SchedulerConfig sched = {},
+                         const std::function<void(server::ServerConfig&)>& tweak = {})
       : db_(backend) {
     server::ServerConfig c;
     c.data_dir = dir_.file("data");
@@ -90,6 +92,7 @@ class ServerFixture {
     c.join_token = kJoin;
     c.scheduler = sched;
     c.schedule_interval_ms = 100;
+    if (tweak) tweak(c);
     db_target_ = backend == "sqlite" ? c.data_dir + "/ggfleet.db" : db_.target();
     server_ = std::make_unique<server::Server>(c);
     port_ = server_->start();
