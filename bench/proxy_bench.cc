@@ -14,7 +14,9 @@
 // of a millisecond), as the median of the per-pair differences (each proxied request against
 // the direct one just before it) with its quartiles.
 #include <httplib.h>
+
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -118,17 +120,12 @@ int deploy(httplib::Client& api, const httplib::Headers& auth, const std::string
 int main(int argc, char** argv) {
   int requests = 20, tokens = 64, ttft_requests = 200;
   std::string llama;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string a = argv[i];
-    if (a == "--requests")
-      requests = std::atoi(argv[i + 1]);
-    else if (a == "--tokens")
-      tokens = std::atoi(argv[i + 1]);
-    else if (a == "--ttft-requests")
-      ttft_requests = std::atoi(argv[i + 1]);
-    else if (a == "--llama")
-      llama = argv[i + 1];
-  }
+  CLI::App app{"streaming through the ggfleet server vs llama-server directly"};
+  app.add_option("--requests", requests, "pairs of --tokens completions (tokens/s)");
+  app.add_option("--tokens", tokens, "tokens per completion for tokens/s");
+  app.add_option("--ttft-requests", ttft_requests, "pairs of one-token completions (TTFT)");
+  app.add_option("--llama", llama, "llama.cpp bin directory");
+  CLI11_PARSE(app, argc, argv);
   llama = ggfleet::cli::find_llama_bin(llama);
   if (llama.empty()) {
     std::fprintf(stderr, "no llama.cpp (run scripts/llama-cpp)\n");

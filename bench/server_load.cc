@@ -9,9 +9,11 @@
 // The server runs as a child process (SQLite in a temp dir unless --db), so its CPU time is its
 // own (/proc/PID/stat); the load generators run in this process.
 #include <httplib.h>
+
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -74,19 +76,13 @@ struct Latencies {
 int main(int argc, char** argv) {
   int workers = 1000, seconds = 30, clients = 4, long_poll = 0;
   std::string db;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string a = argv[i];
-    if (a == "--workers")
-      workers = std::atoi(argv[i + 1]);
-    else if (a == "--seconds")
-      seconds = std::atoi(argv[i + 1]);
-    else if (a == "--clients")
-      clients = std::atoi(argv[i + 1]);
-    else if (a == "--long-poll")
-      long_poll = std::atoi(argv[i + 1]);
-    else if (a == "--db")
-      db = argv[i + 1];
-  }
+  CLI::App app{"API latency and server CPU under heartbeating (and long-polling) workers"};
+  app.add_option("--workers", workers, "simulated workers, each heartbeating every 2 s");
+  app.add_option("--seconds", seconds, "length of the load");
+  app.add_option("--clients", clients, "API clients deploying, scaling and listing");
+  app.add_option("--long-poll", long_poll, "1: every worker also long-polls its assignments");
+  app.add_option("--db", db, "postgres:// URL (default: SQLite in a temp dir)");
+  CLI11_PARSE(app, argc, argv);
   const std::filesystem::path dir =
       std::filesystem::temp_directory_path() / ("ggfleet-load-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);

@@ -226,9 +226,11 @@ json instance_json(const store::InstanceRow& i, bool with_assignment) {
 }
 
 // What each worker runs: per worker, the instances it is main of or lends GPUs to, with the
-// commands it runs for each. One pass over the store's instances and claims.
+// commands it runs for each. One pass over the store's instances and claims; `only` (if not
+// empty) limits it to that worker.
 std::map<std::string, json> assignments_by_worker(const std::vector<store::InstanceRow>& instances,
-                                                  const std::vector<store::ClaimRow>& claims) {
+                                                  const std::vector<store::ClaimRow>& claims,
+                                                  const std::string& only = "") {
   std::map<std::string, std::set<std::string>> lenders;  // instance -> workers lending over RPC
   for (const store::ClaimRow& c : claims) {
     if (c.rpc) lenders[c.instance].insert(c.worker);
@@ -240,6 +242,7 @@ std::map<std::string, json> assignments_by_worker(const std::vector<store::Insta
     if (!i.main_worker.empty()) workers.insert(i.main_worker);
     const json assignment = parse_or(i.assignment_json, json::object());
     for (const std::string& name : workers) {
+      if (!only.empty() && name != only) continue;
       json a = instance_json(i, false);
       json commands = json::array();
       for (const json& c : assignment.value("commands", json::array())) {
@@ -409,7 +412,6 @@ void Server::schedule_loop() {
       const std::int64_t now_version = store_->assignment_version();
       if (now_version != version) {
         version = now_version;
-        ++routes_generation_;
         publish_assignments();
       }
     } catch (...) {
@@ -450,6 +452,7 @@ void Server::publish_assignments() {
     }
     assignments_ = std::move(next);
   }
+  ++routes_generation_;  // instances moved: the proxy reads where they listen again
   assign_cv_.notify_all();
 }
 
@@ -749,9 +752,9 @@ void Server::routes() {
                 } else {
                   store_->snapshot([&] {
                     version = store_->assignment_version();
-                    std::map<std::string, json> all =
-                        assignments_by_worker(store_->instances(), store_->claims());
-                    if (all.count(name)) list = std::move(all[name]);
+                    std::map<std::string, json> mine =
+                        assignments_by_worker(store_->instances(), store_->claims(), name);
+                    if (mine.count(name)) list = std::move(mine[name]);
                   });
                 }
                 json out = {{"version", version}, {"instances", list}};
@@ -901,8 +904,8 @@ void Server::routes() {
                     "deployment.updated", d->name,
                     "replicas " + std::to_string(d->replicas) + (replan ? ", re-planned" : ""));
               });
-              ++routes_generation_;
-              wake_scheduler();
+              ++routes_generation_;  // instances may be gone: the proxy must see it now
+              wake_scheduler();      // it publishes the new assignments
               reply(res, deployment_json(*d, store_->instances(d->name)));
             }));
   s.Delete(R"(/v1/deployments/([a-z0-9-]+))",
@@ -919,8 +922,8 @@ void Server::routes() {
                      }
                    });
                    if (!found) throw HttpError{404, "no deployment named " + name};
-                   ++routes_generation_;
-                   publish_assignments();
+                   ++routes_generation_;  // the proxy must answer 404 from now on
+                   wake_scheduler();      // it publishes the new assignments
                    reply(res, {{"deleted", name}});
                  }));
 

@@ -77,7 +77,8 @@ class Server {
  private:
   void routes();
   void schedule_loop();
-  // Reads the store's assignment version into assignment_version_ and wakes the long polls.
+  // Reads every worker's assignments from the store into assignments_, marks the workers whose
+  // own list changed, wakes the long polls and makes the proxy read its routes again.
   void publish_assignments();
   void bootstrap_keys();
   void forget_key(const std::string& id);  // deletes it and empties the key cache
