@@ -253,6 +253,14 @@ int main(int argc, char** argv) {
                       "First of 8,000 rpc-server ports (16 per placement)");
   serverc->add_option("--replan-grace", sc.scheduler.replan_grace_ms,
                       "Milliseconds more before its instances are re-planned");
+  serverc->add_option("--slots-multiple", sc.front.slots_multiple,
+                      "Requests forwarded at once per instance slot (llama-server --parallel)");
+  serverc->add_option("--queue-timeout", sc.front.queue_timeout_s,
+                      "Seconds a request waits for a slot before 429");
+  serverc->add_option("--queue-max", sc.front.queue_per_deployment,
+                      "Requests that may wait per deployment; more are answered 429");
+  serverc->add_option("--api-concurrency", sc.front.api_concurrency,
+                      "Control API calls relayed at once (worker traffic is never queued)");
 
   cli::ClientOptions co;
   auto client_flags = [&](CLI::App* c) {
@@ -330,8 +338,13 @@ int main(int argc, char** argv) {
   workerc->add_option("--heartbeat-ms", wc.heartbeat_ms, "Heartbeat period")->default_val(2000);
   workerc
       ->add_option("--max-restarts", wc.max_restarts,
-                   "Give up on a process after this many restarts")
+                   "Crashes of llama-server before the instance is given up and re-planned "
+                   "elsewhere")
       ->default_val(5);
+  workerc
+      ->add_option("--healthy-reset", wc.healthy_reset_s,
+                   "Seconds of running without a crash that reset the restart count")
+      ->default_val(60);
   workerc->add_option("--gpus", wc.gpu_indices, "Only these GPUs (NVML indices), e.g. 0,1")
       ->delimiter(',');
   workerc->add_option("--reserve-vram", reserve_vram, "VRAM per GPU kept free, e.g. 1GiB");

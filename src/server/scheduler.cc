@@ -267,7 +267,28 @@ cluster::Cluster live_cluster(const std::vector<store::WorkerRow>& workers,
 }
 
 Scheduler::Scheduler(store::Store& store, SchedulerConfig config)
-    : store_(store), config_(config) {}
+    : store_(store), config_(config), started_ms_(store::now_ms()) {}
+
+void replan(store::Store& store, const store::InstanceRow& instance, const std::string& reason,
+            const std::string& avoid_worker) {
+  json avoid = json::parse(instance.assignment_json, nullptr, false);
+  avoid = avoid.is_object() ? avoid.value("avoid", json::array()) : json::array();
+  if (!avoid.is_array()) avoid = json::array();
+  if (!avoid_worker.empty() && std::find(avoid.begin(), avoid.end(), avoid_worker) == avoid.end())
+    avoid.push_back(avoid_worker);
+  store.transaction([&] {
+    store::InstanceRow p = instance;
+    p.state = "pending";
+    p.main_worker.clear();
+    p.assignment_json = avoid.empty() ? "{}" : json{{"avoid", avoid}}.dump();
+    p.reason = reason;
+    p.updated_ms = store::now_ms();
+    store.put_instance(p);
+    store.set_claims(instance.id, {});
+    store.bump_assignment_version();
+    store.event("instance.replanned", instance.id, reason);
+  });
+}
 
 std::shared_ptr<const estimate::ModelMemory> Scheduler::model(const std::string& path) {
   {
@@ -309,15 +330,33 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
     const plan::Request request = request_from_options(json::parse(d.options_json), d.model);
     const std::shared_ptr<const estimate::ModelMemory> m = model(d.model);
     const auto t0 = std::chrono::steady_clock::now();
-    const cluster::Cluster fleet = live_cluster(store_.workers(), store_.claims(), instance.id);
+    cluster::Cluster fleet = live_cluster(store_.workers(), store_.claims(), instance.id);
     plan::Request one = request;
     one.replicas = 1;
-    // Fresh ports for every placement (a re-placed instance must not wait for the old sockets'
-    // TIME_WAIT on a shared host); unique among the last 500 placements.
-    const std::int64_t n = std::stoll(store_.next_id("placements"));
-    one.server_port = static_cast<std::uint16_t>(config_.instance_port_base + n % 500);
-    one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base + (n % 500) * 16);
-    const plan::Plan p = plan::make_plan(*m, fleet, one);
+    one.server_port = static_cast<std::uint16_t>(config_.instance_port_base);
+    one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base);
+    // Workers where this instance kept crashing are avoided while anything else fits.
+    json avoid = json::parse(instance.assignment_json, nullptr, false);
+    avoid = avoid.is_object() ? avoid.value("avoid", json::array()) : json::array();
+    plan::Plan p;
+    if (avoid.is_array() && !avoid.empty()) {
+      cluster::Cluster others = fleet;
+      std::erase_if(others.workers, [&](const cluster::Worker& w) {
+        return std::find(avoid.begin(), avoid.end(), w.name) != avoid.end();
+      });
+      p = plan::make_plan(*m, others, one);
+      if (p.feasible) fleet = std::move(others);
+    }
+    if (!p.feasible) p = plan::make_plan(*m, fleet, one);
+    if (p.feasible) {
+      // Fresh ports for every placement (a re-placed instance must not wait for the old sockets'
+      // TIME_WAIT on a shared host); unique among the last 500 placements. The counter moves only
+      // for placements that are made.
+      const std::int64_t n = std::stoll(store_.next_id("placements"));
+      one.server_port = static_cast<std::uint16_t>(config_.instance_port_base + n % 500);
+      one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base + (n % 500) * 16);
+      p.replicas.front().commands = plan::commands_for(p.replicas.front().chosen, fleet, one);
+    }
     stats.planning_s +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (p.feasible) {
@@ -334,6 +373,8 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
       assignment["model"] = d.model;
       assignment["server_port"] = one.server_port;
       assignment["rpc_port_base"] = one.rpc_port_base;
+      assignment["slots"] = one.context.parallel;  // the proxy forwards this many at once
+      if (avoid.is_array() && !avoid.empty()) assignment["avoid"] = avoid;
       placed.assignment_json = assignment.dump();
       std::vector<store::ClaimRow> claims;
       for (std::size_t k = 0; k < rep.chosen.places.size(); ++k) {
@@ -387,7 +428,9 @@ ReconcileStats Scheduler::reconcile() {
   std::vector<store::WorkerRow> workers = store_.workers();
   std::set<std::string> gone;
   for (store::WorkerRow& w : workers) {
-    const std::int64_t silent = now - w.last_heartbeat_ms;
+    // Silence counts from this scheduler's start at the earliest: while the server was down, no
+    // worker could heartbeat.
+    const std::int64_t silent = now - std::max(w.last_heartbeat_ms, started_ms_);
     if (w.status == "ready" && silent > config_.heartbeat_timeout_ms) {
       store_.transaction([&] {
         store_.set_worker_status(w.name, "unreachable");
@@ -414,18 +457,7 @@ ReconcileStats Scheduler::reconcile() {
       if (lost.empty() && c.instance == i.id && !known.count(c.worker)) lost = c.worker;
     }
     if (lost.empty()) continue;
-    store_.transaction([&] {
-      store::InstanceRow p = i;
-      p.state = "pending";
-      p.main_worker.clear();
-      p.assignment_json = "{}";
-      p.reason = "worker " + lost + " is gone; re-planning";
-      p.updated_ms = now;
-      store_.put_instance(p);
-      store_.set_claims(i.id, {});
-      store_.bump_assignment_version();
-      store_.event("instance.replanned", i.id, p.reason);
-    });
+    replan(store_, i, "worker " + lost + " is gone; re-planning");
     ++stats.replanned;
   }
   // 2. Replica counts.

@@ -40,9 +40,19 @@ cluster::Cluster live_cluster(const std::vector<store::WorkerRow>& workers,
                               const std::vector<store::ClaimRow>& claims,
                               const std::string& except_instance = "");
 
+// Returns `instance` to pending for the scheduler to place again: its claims are released, the
+// assignment version bumped and an "instance.replanned" event with `reason` written, in one
+// transaction (joins the caller's). `avoid_worker` (if not empty) is added to the workers its next
+// placement avoids when any other placement fits (kept in the pending instance's assignment as
+// {"avoid": [...]}).
+void replan(store::Store& store, const store::InstanceRow& instance, const std::string& reason,
+            const std::string& avoid_worker = "");
+
 struct SchedulerConfig {
   std::int64_t heartbeat_timeout_ms = 10000;  // no heartbeat for this long: unreachable
   std::int64_t replan_grace_ms = 20000;       // unreachable for this long: instances re-planned
+  // After the scheduler starts, no worker is judged unreachable until a full heartbeat timeout
+  // has passed since the start (a server that was down saw no heartbeats, it did not miss them).
   // Below Linux's ephemeral range (32768+), so outgoing connections never hold them.
   int instance_port_base = 20000;  // llama-server ports: base .. base+499, one per placement
   int rpc_port_base = 21000;       // rpc-server ports: base .. base+7999, 16 per placement
@@ -71,6 +81,7 @@ class Scheduler {
 
   store::Store& store_;
   SchedulerConfig config_;
+  std::int64_t started_ms_;  // when this scheduler was made
   std::mutex models_mu_;
   std::map<std::string, std::shared_ptr<const estimate::ModelMemory>> models_;
 };

@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <httplib.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <iostream>
 #include <map>
 #include <regex>
 #include <set>
@@ -135,6 +137,16 @@ class Metrics {
 };
 
 namespace {
+
+// Thousands of client streams, each with an upstream socket, need more than the usual 1,024
+// descriptors: take the hard limit.
+void raise_open_files_limit() {
+  rlimit r{};
+  if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+    r.rlim_cur = r.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &r);
+  }
+}
 
 // A failed request: the status and the message for {"error": ...}.
 struct HttpError {
@@ -331,13 +343,12 @@ int Server::start() {
                                                              : config_.db);
   scheduler_ = std::make_unique<Scheduler>(*store_, config_.scheduler);
   bootstrap_keys();
-  if (!config_.tls_cert.empty() && !config_.tls_key.empty()) {
-    http_ = std::make_unique<httplib::SSLServer>(config_.tls_cert.c_str(), config_.tls_key.c_str());
-    if (!http_->is_valid())
-      throw std::runtime_error("cannot use TLS certificate " + config_.tls_cert);
-  } else {
-    http_ = std::make_unique<httplib::Server>();
+  if (!config_.tls_cert.empty() || !config_.tls_key.empty()) {
+    throw std::runtime_error(
+        "--tls-cert/--tls-key: the public listener (an asynchronous gateway) does not terminate "
+        "TLS yet; put a TLS proxy in front of ggfleet server");
   }
+  http_ = std::make_unique<httplib::Server>();
   const int threads = config_.threads;
   http_->new_task_queue = [threads] {
     return new httplib::ThreadPool(static_cast<std::size_t>(threads));
@@ -354,16 +365,27 @@ int Server::start() {
     listen_fd = static_cast<int>(sock);
   });
   routes();
-  int port = config_.port;
-  if (port == 0) {
-    port = http_->bind_to_any_port(config_.host.c_str());
-  } else if (!http_->bind_to_port(config_.host.c_str(), port)) {
-    port = -1;
-  }
-  if (port <= 0)
-    throw std::runtime_error("cannot listen on " + config_.host + ":" +
-                             std::to_string(config_.port));
+  // The control plane listens on loopback only: the gateway relays to it.
+  const int control_port = http_->bind_to_any_port(config_.front.control_host.c_str());
+  if (control_port <= 0)
+    throw std::runtime_error("cannot listen on " + config_.front.control_host +
+                             " for the control plane");
   if (listen_fd >= 0) ::listen(listen_fd, 4096);  // the kernel caps it at net.core.somaxconn
+  GatewayConfig front = config_.front;
+  front.host = config_.host;
+  front.port = config_.port;
+  front.control_port = control_port;
+  front.max_body_bytes = config_.max_body_bytes;
+  front.control_timeout_s = std::max(front.control_timeout_s, config_.max_wait_s + 30);
+  raise_open_files_limit();
+  gateway_ = std::make_unique<Gateway>(front, hooks_);
+  int port = -1;
+  try {
+    port = gateway_->start();
+  } catch (const std::exception&) {
+    http_->stop();
+    throw;
+  }
   http_thread_ = std::thread([this] { http_->listen_after_bind(); });
   schedule_thread_ = std::thread([this] { schedule_loop(); });
   return port;
@@ -377,6 +399,7 @@ void Server::stop() {
   }
   wake_cv_.notify_all();
   assign_cv_.notify_all();
+  if (gateway_) gateway_->stop();
   if (http_) http_->stop();
   if (http_thread_.joinable()) http_thread_.join();
   if (schedule_thread_.joinable()) schedule_thread_.join();
@@ -401,6 +424,7 @@ void Server::schedule_loop() {
     try {
       scheduler_->reconcile();
     } catch (const std::exception& e) {
+      std::cerr << "ggfleet server: scheduling pass failed: " << e.what() << std::endl;
       try {
         store_->event("scheduler.error", "scheduler", e.what());
       } catch (...) {
@@ -411,10 +435,12 @@ void Server::schedule_loop() {
     try {
       const std::int64_t now_version = store_->assignment_version();
       if (now_version != version) {
-        version = now_version;
         publish_assignments();
+        version = now_version;  // only once published: a failure is retried next pass
       }
-    } catch (...) {
+    } catch (const std::exception& e) {
+      std::cerr << "ggfleet server: publishing assignments failed (retried next pass): " << e.what()
+                << std::endl;
     }
     std::unique_lock<std::mutex> lock(mu_);
     wake_cv_.wait_for(lock, std::chrono::milliseconds(config_.schedule_interval_ms),
@@ -456,28 +482,37 @@ void Server::publish_assignments() {
   assign_cv_.notify_all();
 }
 
-std::unique_ptr<httplib::Client> Server::take_client(const std::string& host, int port) {
+ProxyRoute Server::route_of(const std::string& deployment) {
+  // Read from the store when an instance changed since (or after 30 s, for changes made by
+  // another server on the same database), not per request: the proxy's hot path.
+  const auto now = std::chrono::steady_clock::now();
+  const std::uint64_t generation = routes_generation_.load();
   {
     std::lock_guard<std::mutex> lock(cache_mu_);
-    auto& idle = clients_[host + ":" + std::to_string(port)];
-    if (!idle.empty()) {
-      std::unique_ptr<httplib::Client> c = std::move(idle.back());
-      idle.pop_back();
-      return c;
+    const auto it = route_cache_.find(deployment);
+    if (it != route_cache_.end() && it->second.generation == generation &&
+        now - it->second.when < std::chrono::seconds(30))
+      return it->second.route;
+  }
+  Route fresh{now, generation, {}};
+  fresh.route.exists = store_->deployment(deployment).has_value();
+  if (fresh.route.exists) {
+    for (const store::InstanceRow& i : store_->instances(deployment)) {
+      ProxyTarget t{i.id, "", 0, i.state, i.reason, 1};
+      if (i.state == "running") {
+        if (const std::optional<store::WorkerRow> w = store_->worker(i.main_worker))
+          t.host = w->address;
+        const json a = parse_or(i.assignment_json, json::object());
+        t.port = a.value("listen_port", a.value("server_port", 0));
+        t.slots = std::max(1, a.value("slots", 1));
+      }
+      fresh.route.targets.push_back(t);
     }
   }
-  auto c = std::make_unique<httplib::Client>(host, port);
-  c->set_tcp_nodelay(true);
-  c->set_keep_alive(true);
-  c->set_connection_timeout(5);
-  c->set_read_timeout(600);
-  return c;
-}
-
-void Server::give_client(const std::string& host, int port, std::unique_ptr<httplib::Client> c) {
   std::lock_guard<std::mutex> lock(cache_mu_);
-  auto& idle = clients_[host + ":" + std::to_string(port)];
-  if (idle.size() < 16) idle.push_back(std::move(c));
+  if (route_cache_.size() > 10000) route_cache_.clear();
+  route_cache_[deployment] = fresh;
+  return fresh.route;
 }
 
 void Server::forget_key(const std::string& id) {
@@ -587,7 +622,7 @@ void Server::routes() {
             [this, allow, reply](const auto& req, auto& res, const Principal& p) {
               allow(p, {"join", "admin"});
               const json b = parse_body(req);
-              only(b, {"name", "address", "labels", "resources"});
+              only(b, {"name", "address", "labels", "resources", "worker_key", "stale_processes"});
               const std::string name = required_string(b, "name");
               if (!std::regex_match(name, kName))
                 throw HttpError{400, "'name' must match [a-z0-9][a-z0-9-]{0,62}"};
@@ -598,17 +633,55 @@ void Server::routes() {
               if (!labels.is_object())
                 throw HttpError{400, "'labels' must be an object of strings"};
               worker_from_resources(name, address, labels, resources);  // validates
+              const std::string presented =
+                  b.contains("worker_key") ? required_string(b, "worker_key") : "";
+              std::vector<std::string> stale;
+              if (b.contains("stale_processes")) {
+                if (!b["stale_processes"].is_array())
+                  throw HttpError{400, "'stale_processes' must be an array of strings"};
+                for (const json& v : b["stale_processes"]) {
+                  if (!v.is_string())
+                    throw HttpError{400, "'stale_processes' must be an array of strings"};
+                  stale.push_back(v.get<std::string>().substr(0, 200));
+                }
+              }
               const std::string key = new_secret("ggw_");
               store_->transaction([&] {
+                const std::optional<store::WorkerRow> old = store_->worker(name);
+                // A live worker keeps its name: only one that holds its credentials (the same
+                // worker restarted) may register under it again. An unreachable one may be
+                // replaced.
+                if (old && old->status != "unreachable") {
+                  const std::optional<store::KeyRow> k =
+                      presented.empty() ? std::nullopt : store_->key_by_hash(sha256_hex(presented));
+                  if (!k || k->role != "worker" || k->worker != name) {
+                    throw HttpError{409,
+                                    "a worker named " + name + " is registered (" + old->address +
+                                        ", status " + old->status +
+                                        ") and this one does not hold its credentials: give this "
+                                        "worker another --name, or remove the other first (DELETE "
+                                        "/v1/workers/" +
+                                        name + ")"};
+                  }
+                }
                 for (const store::KeyRow& k : store_->keys()) {
                   if (k.role == "worker" && k.worker == name) forget_key(k.id);
                 }
-                const std::optional<store::WorkerRow> old = store_->worker(name);
                 store_->put_worker({name, address, labels.dump(), "ready", resources.dump(),
                                     store::now_ms(), old ? old->registered_ms : store::now_ms()});
                 store_->put_key(
                     {"worker-" + name, name, sha256_hex(key), "worker", name, store::now_ms()});
-                store_->event("worker.registered", name, "registered from " + address);
+                store_->event("worker.registered", name,
+                              "registered from " + address +
+                                  (old && old->status == "unreachable"
+                                       ? " (replacing an unreachable worker of that name)"
+                                       : ""));
+                if (!stale.empty()) {
+                  std::string list;
+                  for (const std::string& entry : stale) list += (list.empty() ? "" : ", ") + entry;
+                  store_->event("worker.stale_processes", name,
+                                "stopped processes an earlier run left behind: " + list);
+                }
               });
               wake_scheduler();
               reply(res, {{"name", name}, {"key", key}}, 201);
@@ -633,7 +706,9 @@ void Server::routes() {
               struct Report {
                 std::string id, state, reason, log;
                 std::int64_t restarts = -1;
-                std::int64_t port = -1;  // the placement it is about (its llama-server port)
+                std::int64_t port = -1;         // the placement it is about (its llama-server port)
+                std::int64_t listen_port = -1;  // where llama-server really listens
+                bool gave_up = false;           // restarts exhausted on this worker
               };
               std::vector<Report> reports;
               if (b.contains("instances")) {
@@ -644,7 +719,8 @@ void Server::routes() {
                 for (const json& i : b["instances"]) {
                   if (!i.is_object())
                     throw HttpError{400, "each instance report must be an object"};
-                  only(i, {"id", "state", "reason", "log_tail", "restarts", "port"});
+                  only(i, {"id", "state", "reason", "log_tail", "restarts", "port", "listen_port",
+                           "gave_up"});
                   Report r;
                   r.id = required_string(i, "id");
                   r.state = required_string(i, "state");
@@ -660,12 +736,19 @@ void Server::routes() {
                     r.log = i["log_tail"].get<std::string>().substr(0, 65536);
                   }
                   if (i.contains("port")) r.port = integer_in(i, "port", 0, 65535);
+                  if (i.contains("listen_port"))
+                    r.listen_port = integer_in(i, "listen_port", 1, 65535);
+                  if (i.contains("gave_up")) {
+                    if (!i["gave_up"].is_boolean())
+                      throw HttpError{400, "'gave_up' must be true or false"};
+                    r.gave_up = i["gave_up"].get<bool>();
+                  }
                   if (i.contains("restarts")) r.restarts = integer_in(i, "restarts", 0, 1000000);
                   reports.push_back(r);
                 }
               }
               const bool was_unreachable = w->status == "unreachable";
-              bool any_changed = false;
+              bool any_changed = false, replanned = false;
               store_->transaction([&] {
                 w->last_heartbeat_ms = store::now_ms();
                 if (was_unreachable) {
@@ -683,6 +766,22 @@ void Server::routes() {
                     continue;  // about an earlier placement of this instance
                   }
                   if (r.state == "stopped") continue;
+                  if (r.gave_up) {
+                    // Crashed too often here: plan it again, away from this worker.
+                    replan(*store_, *i,
+                           "llama-server failed " + std::to_string(r.restarts) + " times on " +
+                               name + " (" + r.reason + "); re-planning elsewhere",
+                           name);
+                    any_changed = true;
+                    replanned = true;
+                    continue;
+                  }
+                  json assignment = parse_or(i->assignment_json, json::object());
+                  if (r.listen_port > 0 && assignment.value("listen_port", -1) != r.listen_port) {
+                    assignment["listen_port"] = r.listen_port;  // the proxy connects there
+                    i->assignment_json = assignment.dump();
+                    any_changed = true;
+                  }
                   const bool changed =
                       i->state != r.state || (r.state == "error" && i->reason != r.reason);
                   i->state = r.state;
@@ -698,7 +797,7 @@ void Server::routes() {
                 }
               });
               if (any_changed) ++routes_generation_;
-              if (was_unreachable) wake_scheduler();
+              if (was_unreachable || replanned) wake_scheduler();
               reply(res, {{"assignment_version", store_->assignment_version()}});
             }));
   s.Get(R"(/v1/workers/([a-z0-9-]+)/assignments)",
@@ -879,15 +978,23 @@ void Server::routes() {
               only(b, {"replicas", "options", "model"});
               std::optional<store::DeploymentRow> d = store_->deployment(req.matches[1]);
               if (!d) throw HttpError{404, "no deployment named " + std::string(req.matches[1])};
+              const std::int64_t replicas_before = d->replicas;
               if (b.contains("replicas")) d->replicas = integer_in(b, "replicas", 0, 1000);
+              // Only a real change of model or options re-plans; the same values change nothing.
               bool replan = false;
               if (b.contains("model")) {
-                d->model = required_string(b, "model");
-                replan = true;
+                const std::string model = required_string(b, "model");
+                replan = replan || model != d->model;
+                d->model = model;
               }
               if (b.contains("options")) {
+                if (!b["options"].is_object()) throw HttpError{400, "'options' must be an object"};
+                replan = replan || b["options"] != parse_or(d->options_json, json::object());
                 d->options_json = b["options"].dump();
-                replan = true;
+              }
+              if (!replan && d->replicas == replicas_before) {
+                reply(res, deployment_json(*d, store_->instances(d->name)));  // nothing to do
+                return;
               }
               if (replan) check_deployment(d->model, parse_or(d->options_json, json::object()));
               d->updated_ms = store::now_ms();
@@ -1048,143 +1155,24 @@ void Server::routes() {
           }
           reply(res, {{"object", "list"}, {"data", data}});
         }));
-  for (const char* path : {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}) {
-    const std::string upstream_path = path;
-    s.Post(
-        path,
-        route(
-            path, true,
-            [this, allow, upstream_path](const httplib::Request& req, httplib::Response& res,
-                                         const Principal& p) {
-              allow(p, {"admin", "user"});
-              const json b = parse_body(req);
-              if (!b.contains("model") || !b["model"].is_string())
-                throw HttpError{400, "'model' (a deployment name) is required"};
-              const std::string deployment = b["model"];
-              // Where the deployment's running instances listen: read from the store when an
-              // instance changed since (or after 30 s, for changes made by another server on
-              // the same database), not per request: the proxy's hot path.
-              std::vector<Target> targets;
-              {
-                const auto now = std::chrono::steady_clock::now();
-                const std::uint64_t generation = routes_generation_.load();
-                std::unique_lock<std::mutex> lock(cache_mu_);
-                auto it = route_cache_.find(deployment);
-                if (it == route_cache_.end() || it->second.generation != generation ||
-                    now - it->second.when > std::chrono::seconds(30)) {
-                  lock.unlock();
-                  if (!store_->deployment(deployment))
-                    throw HttpError{404, "no deployment named " + deployment};
-                  Route fresh{now, generation, {}};
-                  for (const store::InstanceRow& i : store_->instances(deployment)) {
-                    Target t{i.id, "", 0, i.state, i.reason};
-                    if (i.state == "running") {
-                      if (const std::optional<store::WorkerRow> w = store_->worker(i.main_worker))
-                        t.host = w->address;
-                      t.port = parse_or(i.assignment_json, json::object()).value("server_port", 0);
-                    }
-                    fresh.targets.push_back(t);
-                  }
-                  lock.lock();
-                  it = route_cache_.insert_or_assign(deployment, std::move(fresh)).first;
-                }
-                targets = it->second.targets;
-              }
-              // The running instance with the fewest requests in flight.
-              std::string host, chosen;
-              int port = 0;
-              {
-                std::lock_guard<std::mutex> lock(proxy_mu_);
-                int best = INT32_MAX;
-                for (const Target& t : targets) {
-                  if (t.state != "running" || t.host.empty()) continue;
-                  const int load = in_flight_[t.id];
-                  if (load < best) {
-                    best = load;
-                    chosen = t.id;
-                    host = t.host;
-                    port = t.port;
-                  }
-                }
-                if (chosen.empty()) {
-                  std::string why = "no instance of " + deployment + " is ready";
-                  for (const Target& t : targets) {
-                    why += "; " + t.id + " is " + t.state +
-                           (t.reason.empty() ? "" : " (" + t.reason + ")");
-                  }
-                  metrics_->proxied(deployment, 503, 0, 0);
-                  throw HttpError{503, why};
-                }
-                ++in_flight_[chosen];
-              }
-              auto done = [this, chosen] {
-                std::lock_guard<std::mutex> lock(proxy_mu_);
-                if (--in_flight_[chosen] <= 0) in_flight_.erase(chosen);
-              };
-              httplib::Headers headers;
-              if (b.value("stream", false)) {
-                res.set_chunked_content_provider(
-                    "text/event-stream", [this, host, port, upstream_path, body = req.body,
-                                          deployment, done](std::size_t, httplib::DataSink& sink) {
-                      std::unique_ptr<httplib::Client> client = take_client(host, port);
-                      httplib::Client& up = *client;
-                      httplib::Request r;
-                      r.method = "POST";
-                      r.path = upstream_path;
-                      r.body = body;
-                      r.set_header("Content-Type", "application/json");
-                      int status = 0;
-                      std::uint64_t chunks = 0;
-                      r.response_handler = [&](const httplib::Response& head) {
-                        status = head.status;
-                        return true;
-                      };
-                      r.content_receiver = [&](const char* data, std::size_t n, std::uint64_t,
-                                               std::uint64_t) {
-                        for (std::size_t k = 0; k + 5 < n; ++k)
-                          chunks += std::memcmp(data + k, "data:", 5) == 0;
-                        return sink.write(data, n);
-                      };
-                      httplib::Response upstream_res;
-                      httplib::Error err = httplib::Error::Success;
-                      if (!up.send(r, upstream_res, err)) {
-                        const std::string msg =
-                            "data: " + json{{"error", "the instance stopped answering"}}.dump() +
-                            "\n\n";
-                        sink.write(msg.data(), msg.size());
-                        status = 502;
-                        ++routes_generation_;  // read where instances are again
-                      } else {
-                        give_client(host, port, std::move(client));
-                      }
-                      metrics_->proxied(deployment, status, 0, chunks);
-                      done();
-                      sink.done();
-                      return true;
-                    });
-                return;
-              }
-              std::unique_ptr<httplib::Client> client = take_client(host, port);
-              httplib::Client& up = *client;
-              const httplib::Result r =
-                  up.Post(upstream_path.c_str(), req.body, "application/json");
-              done();
-              if (!r) {
-                ++routes_generation_;  // read where instances are again
-                metrics_->proxied(deployment, 502, 0, 0);
-                throw HttpError{502, "instance " + chosen +
-                                         " did not answer: " + httplib::to_string(r.error())};
-              }
-              give_client(host, port, std::move(client));
-              res.status = r->status;
-              res.set_content(r->body, r->get_header_value("Content-Type").empty()
-                                           ? "application/json"
-                                           : r->get_header_value("Content-Type").c_str());
-              const json usage = parse_or(r->body, json::object()).value("usage", json::object());
-              metrics_->proxied(deployment, r->status, usage.value("prompt_tokens", 0u),
-                                usage.value("completion_tokens", 0u));
-            }));
-  }
+  // The OpenAI endpoints are served by the gateway (gateway.h); it asks here who may use them
+  // and where a deployment's instances listen.
+  hooks_.authorize = [authenticate, allow](const std::string& header) -> ProxyError {
+    try {
+      httplib::Request fake;
+      fake.set_header("Authorization", header);
+      allow(authenticate(fake), {"admin", "user"});
+      return {};
+    } catch (const HttpError& e) {
+      return {e.status, e.message};
+    }
+  };
+  hooks_.route = [this](const std::string& deployment) { return route_of(deployment); };
+  hooks_.proxied = [this](const std::string& deployment, int status, std::uint64_t prompt,
+                          std::uint64_t completion) {
+    metrics_->proxied(deployment, status, prompt, completion);
+  };
+  hooks_.upstream_failed = [this] { ++routes_generation_; };
   s.Delete(R"(/v1/keys/([A-Za-z0-9-]+))",
            route("/v1/keys/{id}", true,
                  [this, allow, reply](const auto& req, auto& res, const Principal& p) {

@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "server/gateway.h"
 #include "server/scheduler.h"
 #include "store/store.h"
 
@@ -37,13 +38,18 @@ struct ServerConfig {
   std::string data_dir = "ggfleet-data";  // holds ggfleet.db unless db is given
   std::string db;                         // "" = <data_dir>/ggfleet.db; or postgres://...
   std::string host = "127.0.0.1";
-  int port = 8080;                // 0 = any free port
+  int port = 8080;                // 0 = any free port (the public listener: the gateway)
   std::string admin_key;          // "" = from GGFLEET_ADMIN_KEY or generated on first start
   std::string join_token;         // "" = from GGFLEET_JOIN_TOKEN or generated on first start
   std::string tls_cert, tls_key;  // both set: HTTPS
   SchedulerConfig scheduler;
   std::int64_t schedule_interval_ms = 500;
-  int threads = 128;  // HTTP worker threads (httplib: one per request in progress)
+  // The public front (gateway.h): its host and port are the two above; timeouts, admission.
+  GatewayConfig front;
+  // Control-plane threads (httplib, behind the gateway on a loopback port): one per request in
+  // progress. The gateway relays at most front.api_concurrency user API calls at once and long
+  // polls take at most long_poll_slots, so heartbeats always find a thread.
+  int threads = 128;
   std::size_t max_body_bytes = 1 << 20;
   int max_wait_s = 30;  // longest long-poll
   // Long polls that may wait at once (each holds a thread); -1 = half the threads. A poll beyond
@@ -82,14 +88,15 @@ class Server {
   void publish_assignments();
   void bootstrap_keys();
   void forget_key(const std::string& id);  // deletes it and empties the key cache
-  // Keep-alive connections to instances, reused across proxied requests (one user at a time).
-  std::unique_ptr<httplib::Client> take_client(const std::string& host, int port);
-  void give_client(const std::string& host, int port, std::unique_ptr<httplib::Client> c);
+  // Where a deployment's instances listen (cached until an instance changes; thread-safe).
+  ProxyRoute route_of(const std::string& deployment);
 
   ServerConfig config_;
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<Scheduler> scheduler_;
-  std::unique_ptr<httplib::Server> http_;
+  std::unique_ptr<httplib::Server> http_;  // the control plane
+  GatewayHooks hooks_;                     // set by routes()
+  std::unique_ptr<Gateway> gateway_;       // the public front and the data plane
   std::unique_ptr<Metrics> metrics_;
   std::thread http_thread_, schedule_thread_;
   std::mutex mu_;
@@ -104,11 +111,6 @@ class Server {
   bool wake_ = false;
   std::atomic<bool> stopping_{false};
   std::string generated_admin_key_, generated_join_token_;
-  struct Target {  // a proxied instance
-    std::string id, host;
-    int port = 0;
-    std::string state, reason;
-  };
   std::mutex cache_mu_;
   std::map<std::string,
            std::pair<std::chrono::steady_clock::time_point, std::pair<std::string, std::string>>>
@@ -116,16 +118,12 @@ class Server {
   struct Route {   // where a deployment's instances listen, as of `generation`
     std::chrono::steady_clock::time_point when;
     std::uint64_t generation = 0;
-    std::vector<Target> targets;
+    ProxyRoute route;
   };
   std::map<std::string, Route> route_cache_;
   // Bumped whenever this server sees an instance change state or placement (heartbeats, the
   // scheduler, deployment updates): cached routes older than it are read again.
   std::atomic<std::uint64_t> routes_generation_{0};
-  std::map<std::string, std::vector<std::unique_ptr<httplib::Client>>>
-      clients_;  // idle, by host:port
-  std::mutex proxy_mu_;
-  std::map<std::string, int> in_flight_;  // proxied requests per instance
 };
 
 }  // namespace ggfleet::server

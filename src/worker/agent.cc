@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <thread>
 
@@ -26,6 +27,23 @@ bool port_open(const std::string& host, int port) {
   const bool ok =
       inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host.c_str(), &addr.sin_addr) == 1 &&
       ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
+
+// Whether nothing listens on `host:port` now: a bind with SO_REUSEADDR (as llama-server's own)
+// succeeds. Another program's socket, or an orphan of ours, makes it fail.
+bool port_free(const std::string& host, int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  const int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  const bool ok =
+      inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host.c_str(), &addr.sin_addr) == 1 &&
+      ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
   ::close(fd);
   return ok;
 }
@@ -64,15 +82,27 @@ struct Agent::Instance {
   std::string state = "starting";
   std::string reason;
   int restarts = 0;
+  bool gave_up = false;           // restarts exhausted: reported so that the server re-plans it
+  bool ever_ready = false;        // since the last start: /health answered 200 once
+  Clock::time_point ready_since;  // running without a crash since then (restarts reset)
+  int listen_port = 0;            // where llama-server really listens (the planned port if free)
   Clock::time_point next_start = Clock::now();
   bool exit_noticed = false;
   std::string log_path;
+  std::string pid_prefix;  // pid files: <prefix>-server.pid, <prefix>-rpcN.pid
 };
 
 Agent::Agent(AgentConfig config) : config_(std::move(config)) {
   for (const std::string& g : config_.declared_gpus) declared_.push_back(parse_declared_gpu(g));
   simulated_ = !declared_.empty();
   std::filesystem::create_directories(config_.data_dir + "/logs");
+  std::filesystem::create_directories(config_.data_dir + "/pids");
+  // Processes an earlier agent of this data directory left running (it was killed before its
+  // children could notice): they hold ports and serve without us; stop them before anything else.
+  for (const std::string& p : stop_stale(config_.data_dir + "/pids")) {
+    stale_.push_back(p);
+    log(config_.name, "stopped " + p + " left running by an earlier agent of this data directory");
+  }
 }
 
 Agent::~Agent() {
@@ -124,6 +154,8 @@ json Agent::instance_reports() {
               {"state", i->state},
               {"restarts", i->restarts},
               {"port", i->assignment.value("server_port", 0)}};
+    if (i->listen_port > 0) r["listen_port"] = i->listen_port;
+    if (i->gave_up) r["gave_up"] = true;
     if (!i->reason.empty()) r["reason"] = i->reason;
     if (i->state == "error" || i->state == "loading") r["log_tail"] = tail_file(i->log_path, 40);
     list.push_back(r);
@@ -167,6 +199,7 @@ void Agent::reconcile(const json& assignments) {
     inst->role = a.value("role", "");
     inst->assignment = a;
     inst->log_path = config_.data_dir + "/logs/" + id + ".log";
+    inst->pid_prefix = config_.data_dir + "/pids/" + id;
     for (const json& c : a.value("commands", json::array())) {
       const std::vector<std::string> argv = c.value("argv", std::vector<std::string>{});
       if (argv.empty()) continue;
@@ -249,7 +282,7 @@ void Agent::supervise(Instance& i) {
       env.clear();
     }
     if (!p) p = std::make_unique<Process>();
-    p->start(argv, env, i.log_path);
+    p->start(argv, env, i.log_path, 10u << 20, i.pid_prefix + "-rpc" + std::to_string(k) + ".pid");
   }
   if (i.role != "main") {
     i.state = "running";
@@ -259,6 +292,7 @@ void Agent::supervise(Instance& i) {
   if (i.server && !i.server->running() && !i.exit_noticed) {
     i.exit_noticed = true;
     i.state = "error";
+    i.ever_ready = false;
     i.reason = "llama-server exited with code " + std::to_string(i.server->exit_code());
     ++i.restarts;
     i.next_start = now + std::chrono::seconds(std::min(30, 1 << std::min(i.restarts - 1, 5)));
@@ -267,9 +301,12 @@ void Agent::supervise(Instance& i) {
   }
   if (!i.server || !i.server->running()) {
     if (i.restarts > config_.max_restarts) {
-      if (i.reason.rfind("gave up", 0) != 0)
+      if (!i.gave_up) {
+        i.gave_up = true;
         i.reason =
             "gave up after " + std::to_string(config_.max_restarts) + " restarts: " + i.reason;
+        log(config_.name, i.id + ": " + i.reason);
+      }
       return;
     }
     if (now < i.next_start) return;
@@ -289,85 +326,154 @@ void Agent::supervise(Instance& i) {
         return;
       }
     }
+    // The planned port may be held by another program: skip to the next free one and say so.
+    const int planned = i.assignment.value("server_port", 0);
+    int port = planned;
+    while (port > 0 && port < planned + 200 && port < 65536 && !port_free(config_.address, port))
+      ++port;
+    if (port >= planned + 200 || port >= 65536) {
+      i.state = "error";
+      i.reason = "ports " + std::to_string(planned) + " to " + std::to_string(planned + 199) +
+                 " are all taken on " + config_.address;
+      i.next_start = now + std::chrono::seconds(5);
+      return;
+    }
+    std::vector<std::string> argv = i.server_argv;
+    for (std::size_t k = 0; k + 1 < argv.size(); ++k) {
+      if (argv[k] == "--port") argv[k + 1] = std::to_string(port);
+    }
+    if (port != planned)
+      log(config_.name,
+          i.id + ": port " + std::to_string(planned) + " is taken; using " + std::to_string(port));
+    i.listen_port = port;
     if (!i.server) i.server = std::make_unique<Process>();
-    i.server->start(i.server_argv, i.server_env, i.log_path);
+    i.server->start(argv, i.server_env, i.log_path, 10u << 20, i.pid_prefix + "-server.pid");
     i.exit_noticed = false;
+    i.ever_ready = false;
     i.state = "loading";
-    log(config_.name,
-        i.id + ": started llama-server (" + std::to_string(i.needs.size()) + " RPC device(s))");
+    log(config_.name, i.id + ": started llama-server on port " + std::to_string(port) + " (" +
+                          std::to_string(i.needs.size()) + " RPC device(s))");
     return;
   }
-  // Running: ready once /health says so.
-  httplib::Client c(config_.address, i.assignment.value("server_port", 0));
+  // The process runs. Before it was first ready, /health decides loading -> running. After that,
+  // a slow or refused probe means busy, not broken: liveness is the process itself (its exit is
+  // caught above), so a loaded instance is never reported "loading" and refused by the proxy.
+  if (i.ever_ready) {
+    if (i.restarts > 0 && now - i.ready_since > std::chrono::seconds(config_.healthy_reset_s)) {
+      log(config_.name, i.id + ": healthy for " + std::to_string(config_.healthy_reset_s) +
+                            " s; restart count reset");
+      i.restarts = 0;
+    }
+    return;
+  }
+  httplib::Client c(config_.address, i.listen_port);
   c.set_connection_timeout(1);
   c.set_read_timeout(2);
   const httplib::Result r = c.Get("/health");
   if (r && r->status == 200) {
-    if (i.state != "running") log(config_.name, i.id + ": ready");
+    log(config_.name, i.id + ": ready");
     i.state = "running";
     i.reason.clear();
+    i.ever_ready = true;
+    i.ready_since = now;
   } else if (i.state != "error") {
     i.state = "loading";
   }
 }
 
-void Agent::run(const std::atomic<bool>& stop) {
+void Agent::register_self(const std::atomic<bool>& stop, const std::vector<GpuInfo>& gpus) {
   httplib::Client api(config_.server);
   api.set_connection_timeout(5);
   api.set_read_timeout(60);
   api.set_tcp_nodelay(true);
-  std::vector<GpuInfo> gpus = declared_;
-  std::string why;
-  if (!simulated_) gpus = nvml_gpus(&why);
-  const json registration = {{"name", config_.name},
-                             {"address", config_.address},
-                             {"labels", {{"simulated", simulated_ ? "true" : "false"}}},
-                             {"resources", resources_json(host_info(), gpus, simulated_,
-                                                          config_.cpu_bandwidth_bytes_per_s)}};
-  auto attempt_registration = [&] {
+  const std::string credentials = config_.data_dir + "/credentials";
+  std::string saved;
+  {
+    std::ifstream in(credentials);
+    std::getline(in, saved);
+  }
+  json registration = {{"name", config_.name},
+                       {"address", config_.address},
+                       {"labels", {{"simulated", simulated_ ? "true" : "false"}}},
+                       {"resources", resources_json(host_info(), gpus, simulated_,
+                                                    config_.cpu_bandwidth_bytes_per_s)}};
+  if (!saved.empty()) registration["worker_key"] = saved;
+  if (!stale_.empty()) registration["stale_processes"] = stale_;
+  auto attempt = [&] {
     return api.Post("/v1/workers/register", {{"Authorization", "Bearer " + config_.join_token}},
                     registration.dump(), "application/json");
   };
-  httplib::Result r = attempt_registration();
-  for (int attempt = 0; attempt < 50 && !stop && !r; ++attempt) {
+  httplib::Result r = attempt();
+  for (int k = 0; k < 50 && !stop && (!r || r->status >= 500); ++k) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    r = attempt_registration();
+    r = attempt();
   }
   if (!r || r->status != 201) {
-    throw std::runtime_error(
-        "cannot register with " + config_.server + ": " +
-        (r ? std::to_string(r->status) + " " + r->body : httplib::to_string(r.error())));
+    std::string why = r ? std::to_string(r->status) + " " : httplib::to_string(r.error());
+    if (r) {
+      const json body = json::parse(r->body, nullptr, false);
+      why += body.is_object() && body.contains("error") ? body["error"].dump() : r->body;
+    }
+    throw std::runtime_error("cannot register with " + config_.server + ": " + why);
   }
-  key_ = json::parse(r->body)["key"].get<std::string>();
+  const std::string key = json::parse(r->body)["key"].get<std::string>();
+  {
+    std::lock_guard<std::mutex> lock(key_mu_);
+    key_ = key;
+  }
+  stale_.clear();
+  std::error_code ec;
+  std::filesystem::remove(credentials + ".tmp", ec);
+  {
+    std::ofstream out(credentials + ".tmp", std::ios::trunc);
+    out << key << "\n";
+  }
+  std::filesystem::permissions(
+      credentials + ".tmp",
+      std::filesystem::perms::owner_read | std::filesystem::perms::owner_write, ec);
+  std::filesystem::rename(credentials + ".tmp", credentials, ec);
+}
+
+void Agent::run(const std::atomic<bool>& stop) {
+  std::vector<GpuInfo> gpus = declared_;
+  std::string why;
+  if (!simulated_) gpus = nvml_gpus(&why);
+  register_self(stop, gpus);
   log(config_.name,
       "joined " + config_.server + " with " + std::to_string(gpus.size()) + " GPU(s)" +
           (simulated_    ? " (SIMULATED: declared GPUs served by llama.cpp's CPU backend)"
            : why.empty() ? ""
                          : " (" + why + ")"));
-  const httplib::Headers auth = {{"Authorization", "Bearer " + key_}};
+  auto auth = [this] {  // key_ changes when the agent registers again
+    std::lock_guard<std::mutex> lock(key_mu_);
+    return httplib::Headers{{"Authorization", "Bearer " + key_}};
+  };
   std::atomic<bool> poll_stop{false};
   std::thread poller([&] {
     httplib::Client c(config_.server);
     c.set_read_timeout(60);
     c.set_tcp_nodelay(true);
     std::int64_t since = -1;
-    while (!stop && !poll_stop) {
-      const std::string path =
-          "/v1/workers/" + config_.name + "/assignments?since=" + std::to_string(since) + "&wait=5";
-      const httplib::Result a = c.Get(path.c_str(), auth);
-      if (!a || a->status != 200) {
+    while (!stop && !poll_stop) try {
+        const std::string path = "/v1/workers/" + config_.name +
+                                 "/assignments?since=" + std::to_string(since) + "&wait=5";
+        const httplib::Result a = c.Get(path.c_str(), auth());
+        if (!a || a->status != 200) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(500));
+          continue;
+        }
+        const json j = json::parse(a->body, nullptr, false);
+        if (j.is_discarded()) continue;
+        since = j.value("version", since);
+        reconcile(j.value("instances", json::array()));
+        // The server had no long-poll slot free: ask again when it says.
+        const auto again = Clock::now() + std::chrono::milliseconds(j.value("retry_after_ms", 0));
+        while (!stop && !poll_stop && Clock::now() < again)
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      } catch (const std::exception& e) {
+        log(config_.name, std::string("assignment poll failed: ") + e.what());
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
-        continue;
       }
-      const json j = json::parse(a->body, nullptr, false);
-      if (j.is_discarded()) continue;
-      since = j.value("version", since);
-      reconcile(j.value("instances", json::array()));
-      // The server had no long-poll slot free: ask again when it says.
-      const auto again = Clock::now() + std::chrono::milliseconds(j.value("retry_after_ms", 0));
-      while (!stop && !poll_stop && Clock::now() < again)
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
   });
   // Heartbeats from their own thread, so that stopping or checking processes never delays them.
   std::thread beater([&] {
@@ -376,8 +482,20 @@ void Agent::run(const std::atomic<bool>& stop) {
     c.set_read_timeout(10);
     c.set_tcp_nodelay(true);
     while (!stop && !poll_stop) {
-      c.Post(("/v1/workers/" + config_.name + "/heartbeat").c_str(), auth, heartbeat_body().dump(),
-             "application/json");
+      try {
+        const httplib::Result h = c.Post(("/v1/workers/" + config_.name + "/heartbeat").c_str(),
+                                         auth(), heartbeat_body().dump(), "application/json");
+        if (h && h->status == 401) {
+          log(config_.name, "the server refuses this worker's credentials (" + h->body +
+                                "): it was removed or its database replaced; registering again");
+          std::vector<GpuInfo> now_gpus = declared_;
+          if (!simulated_) now_gpus = nvml_gpus();
+          register_self(stop, now_gpus);
+          log(config_.name, "registered again");
+        }
+      } catch (const std::exception& e) {
+        log(config_.name, std::string("heartbeat failed: ") + e.what());
+      }
       const auto until = Clock::now() + std::chrono::milliseconds(config_.heartbeat_ms);
       while (!stop && Clock::now() < until)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));

@@ -31,7 +31,8 @@ struct AgentConfig {
   std::string llama_bin_dir;  // llama-server and ggml-rpc-server
   std::string data_dir = "ggfleet-worker";
   int heartbeat_ms = 2000;
-  int max_restarts = 5;
+  int max_restarts = 5;      // llama-server crashes before the instance is given up (re-planned)
+  int healthy_reset_s = 60;  // running this long without a crash resets the restart count
   double cpu_bandwidth_bytes_per_s = 0;   // from `ggfleet probe`, 0 = catalog default
   std::vector<int> gpu_indices;           // NVML GPUs this worker manages (empty = all)
   std::uint64_t reserved_vram_bytes = 0;  // per GPU, kept free for others
@@ -43,6 +44,10 @@ class Agent {
   explicit Agent(AgentConfig config);
   ~Agent();
   // Registers and serves until `stop` becomes true; then stops every process it started.
+  // Registration presents the credentials saved by an earlier run of this data directory, so a
+  // restarted worker keeps its name; a name held by another live worker is refused (409). When
+  // the server stops accepting its credentials (401: removed, or its database replaced), it says
+  // so in its log and registers again with the join token.
   // Throws std::runtime_error if it cannot register.
   void run(const std::atomic<bool>& stop);
   bool simulated() const { return simulated_; }
@@ -50,6 +55,9 @@ class Agent {
  private:
   struct Instance;
   void reconcile(const nlohmann::json& assignments);
+  // Registers (retrying while the server is unreachable) and sets key_. Throws
+  // std::runtime_error when refused.
+  void register_self(const std::atomic<bool>& stop, const std::vector<GpuInfo>& gpus);
   void supervise(Instance& i);
   nlohmann::json heartbeat_body();
   nlohmann::json instance_reports();  // REQUIRES: mu_ held
@@ -62,7 +70,9 @@ class Agent {
   AgentConfig config_;
   bool simulated_ = false;
   std::vector<GpuInfo> declared_;
-  std::string key_;
+  std::mutex key_mu_;
+  std::string key_;  // guarded by key_mu_; this worker's credentials (<data_dir>/credentials)
+  std::vector<std::string> stale_;  // processes of an earlier agent stopped at start
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<Instance>> instances_;
   std::mutex reports_mu_;

@@ -1,0 +1,681 @@
+#include "server/gateway.h"
+
+// Boost.Asio's awaitable.hpp uses std::exchange without including <utility> (Boost 1.74).
+#include <utility>
+//
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <limits>
+#include <list>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <thread>
+
+namespace ggfleet::server {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using asio::awaitable;
+using asio::use_awaitable;
+using nlohmann::json;
+using Request = http::request<http::string_body>;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr const char* kProxyPaths[] = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"};
+
+// Headers that describe one hop, never forwarded.
+bool hop_by_hop(http::field f) {
+  switch (f) {
+    case http::field::connection:
+    case http::field::keep_alive:
+    case http::field::transfer_encoding:
+    case http::field::te:
+    case http::field::trailer:
+    case http::field::upgrade:
+    case http::field::proxy_authorization:
+    case http::field::proxy_authenticate:
+    case http::field::content_length:
+    case http::field::host:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool worker_path(const std::string& path) {
+  if (path == "/v1/workers/register") return true;
+  if (path.rfind("/v1/workers/", 0) != 0) return false;
+  return path.ends_with("/heartbeat") || path.ends_with("/assignments");
+}
+
+// A request waiting for capacity: woken (timer cancelled) with `granted` set, or by its deadline.
+struct Waiter {
+  explicit Waiter(asio::any_io_executor ex) : timer(std::move(ex)) {}
+  asio::steady_timer timer;
+  bool granted = false;
+  ProxyTarget target;  // for proxy waiters: the instance granted
+};
+
+}  // namespace
+
+struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
+  Impl(GatewayConfig c, GatewayHooks h)
+      : config(std::move(c)),
+        hooks(std::move(h)),
+        helpers(static_cast<std::size_t>(std::max(1, config.helper_threads))),
+        acceptor(io) {}
+
+  // One client connection.
+  struct Conn {
+    explicit Conn(tcp::socket s) : stream(std::move(s)) {}
+    beast::tcp_stream stream;
+    std::string address;
+    bool pending = false;  // waiting for a request header (counted for the address cap)
+    std::list<Conn*>::iterator pending_at;
+  };
+
+  struct Deployment {
+    std::vector<ProxyTarget> targets;  // as of the last request's lookup
+    std::deque<std::shared_ptr<Waiter>> queue;
+  };
+
+  GatewayConfig config;
+  GatewayHooks hooks;
+  asio::io_context io{1};
+  asio::thread_pool helpers;
+  tcp::acceptor acceptor;
+  std::thread thread;
+  std::atomic<bool> stopped{false};
+
+  // Only touched on the event-loop thread.
+  std::map<std::string, Deployment> deployments;
+  std::map<std::string, int> in_flight;  // instance -> requests forwarded now
+  std::map<std::string, std::vector<std::unique_ptr<beast::tcp_stream>>> idle_upstreams;
+  std::map<std::string, std::list<Conn*>> pending_by_address;
+  int api_active = 0;
+  std::deque<std::shared_ptr<Waiter>> api_queue;
+
+  // Read from any thread.
+  std::atomic<std::uint64_t> connections{0}, proxied_in_flight{0}, queued{0}, rejected_busy{0},
+      evicted_pending{0}, timed_out{0};
+
+  // Runs `f` (which may block) on the helper pool; resumes on the event loop with its result.
+  // (A coroutine's parameters live in its frame; a lambda's captures would not.)
+  template <class F>
+  static awaitable<std::invoke_result_t<F>> call(F f) {
+    co_return f();
+  }
+  template <class F>
+  awaitable<std::invoke_result_t<F>> blocking(F f) {
+    co_return co_await asio::co_spawn(helpers, call(std::move(f)), use_awaitable);
+  }
+
+  // --- connections waiting for a header, per address ---
+  void mark_pending(Conn& c) {
+    std::list<Conn*>& list = pending_by_address[c.address];
+    c.pending_at = list.insert(list.end(), &c);
+    c.pending = true;
+    while (list.size() > static_cast<std::size_t>(std::max(1, config.max_pending_per_address))) {
+      Conn* oldest = list.front();
+      list.pop_front();
+      oldest->pending = false;
+      beast::error_code ignored;
+      oldest->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+      oldest->stream.socket().close(ignored);
+      ++evicted_pending;
+    }
+  }
+  void unmark_pending(Conn& c) {
+    if (!c.pending) return;
+    c.pending = false;
+    auto it = pending_by_address.find(c.address);
+    if (it == pending_by_address.end()) return;
+    it->second.erase(c.pending_at);
+    if (it->second.empty()) pending_by_address.erase(it);
+  }
+
+  // --- answers of our own ---
+  static http::response<http::string_body> json_response(int status, const json& body,
+                                                         bool keep_alive, int retry_after_s = 0) {
+    http::response<http::string_body> res{static_cast<http::status>(status), 11};
+    res.set(http::field::content_type, "application/json");
+    if (retry_after_s > 0) res.set(http::field::retry_after, std::to_string(retry_after_s));
+    res.keep_alive(keep_alive);
+    res.body() = body.dump(-1, ' ', false, json::error_handler_t::replace);
+    res.prepare_payload();
+    return res;
+  }
+  awaitable<bool> reply(Conn& c, http::response<http::string_body> res) {
+    c.stream.expires_after(std::chrono::seconds(config.client_write_timeout_s));
+    beast::error_code ec;
+    co_await http::async_write(c.stream, res, asio::redirect_error(use_awaitable, ec));
+    co_return !ec && res.keep_alive();
+  }
+  awaitable<bool> reply_error(Conn& c, int status, const std::string& message, bool keep_alive,
+                              int retry_after_s = 0) {
+    // (Built outside the co_await: GCC 12 miscompiles braced JSON temporaries in coroutines.)
+    json body = json::object();
+    body["error"] = message;
+    http::response<http::string_body> res = json_response(status, body, keep_alive, retry_after_s);
+    co_return co_await reply(c, std::move(res));
+  }
+
+  // --- upstream connections, kept alive per endpoint ---
+  static std::string endpoint_key(const std::string& host, int port) {
+    return host + ":" + std::to_string(port);
+  }
+  awaitable<std::unique_ptr<beast::tcp_stream>> connect(const std::string& host, int port) {
+    auto s = std::make_unique<beast::tcp_stream>(io);
+    tcp::resolver resolver(io);
+    const auto results = co_await resolver.async_resolve(host, std::to_string(port), use_awaitable);
+    s->expires_after(std::chrono::seconds(config.upstream_connect_timeout_s));
+    co_await s->async_connect(results, use_awaitable);
+    s->socket().set_option(tcp::no_delay(true));
+    co_return s;
+  }
+  void give_back(const std::string& key, std::unique_ptr<beast::tcp_stream> s) {
+    auto& idle = idle_upstreams[key];
+    if (idle.size() < 64 && !stopped) idle.push_back(std::move(s));
+  }
+
+  // What a relay learned, for metrics.
+  struct Relayed {
+    bool upstream_answered = false;  // a response header came back
+    bool client_ok = true;           // the client took it all (and may send more)
+    int status = 0;
+    std::uint64_t chunks = 0;  // "data:" events in a stream
+    std::string captured;      // the body of a JSON answer (first 1 MiB)
+  };
+
+  // Sends `req` to host:port and streams the answer to the client as it arrives. Nothing is
+  // written to the client if the upstream fails before its header (the caller answers then).
+  awaitable<Relayed> relay(Conn& c, Request req, const std::string& host, int port,
+                           bool client_keep_alive, int read_timeout_s) {
+    Relayed out;
+    const std::string key = endpoint_key(host, port);
+    req.keep_alive(true);
+    req.set(http::field::host, key);
+    req.prepare_payload();
+    std::optional<http::response_parser<http::buffer_body>> fresh;
+    beast::flat_buffer ubuf;
+    std::unique_ptr<beast::tcp_stream> up;
+    // A reused keep-alive connection may have been closed by the instance: one fresh retry.
+    for (int attempt = 0; attempt < 2 && !out.upstream_answered; ++attempt) {
+      bool reused = false;
+      beast::error_code ec;
+      auto& idle = idle_upstreams[key];
+      if (attempt == 0 && !idle.empty()) {
+        up = std::move(idle.back());
+        idle.pop_back();
+        reused = true;
+      } else {
+        try {
+          up = co_await connect(host, port);
+        } catch (const std::exception&) {
+          co_return out;
+        }
+      }
+      fresh.emplace();
+      fresh->body_limit(std::numeric_limits<std::uint64_t>::max());
+      ubuf.clear();
+      up->expires_after(std::chrono::seconds(30));
+      co_await http::async_write(*up, req, asio::redirect_error(use_awaitable, ec));
+      if (!ec) {
+        up->expires_after(std::chrono::seconds(read_timeout_s));
+        co_await http::async_read_header(*up, ubuf, *fresh,
+                                         asio::redirect_error(use_awaitable, ec));
+      }
+      if (!ec) {
+        out.upstream_answered = true;
+      } else if (!reused) {
+        co_return out;
+      }
+    }
+    if (!out.upstream_answered) co_return out;
+    http::response_parser<http::buffer_body>& parser = *fresh;
+    const auto& head = parser.get();
+    out.status = static_cast<int>(head.result_int());
+    http::response<http::buffer_body> res{head.result(), 11};
+    for (const auto& f : head) {
+      if (!hop_by_hop(f.name())) res.set(f.name_string(), f.value());
+    }
+    res.keep_alive(client_keep_alive);
+    const bool event_stream =
+        head[http::field::content_type].to_string().find("event-stream") != std::string::npos;
+    if (head.has_content_length() && !head.chunked()) {
+      res.content_length(parser.content_length());
+    } else {
+      res.chunked(true);
+    }
+    http::response_serializer<http::buffer_body> sr{res};
+    beast::error_code ec;
+    c.stream.expires_after(std::chrono::seconds(config.client_write_timeout_s));
+    co_await http::async_write_header(c.stream, sr, asio::redirect_error(use_awaitable, ec));
+    bool upstream_clean = !ec;
+    if (ec) out.client_ok = false;
+    char buf[16384];
+    while (out.client_ok && !parser.is_done()) {
+      parser.get().body().data = buf;
+      parser.get().body().size = sizeof buf;
+      up->expires_after(std::chrono::seconds(read_timeout_s));
+      co_await http::async_read(*up, ubuf, parser, asio::redirect_error(use_awaitable, ec));
+      if (ec == http::error::need_buffer) ec = {};
+      if (ec) {
+        upstream_clean = false;
+        break;
+      }
+      const std::size_t n = sizeof buf - parser.get().body().size;
+      if (event_stream) {
+        for (std::size_t k = 0; k + 5 <= n; ++k)
+          out.chunks += std::memcmp(buf + k, "data:", 5) == 0;
+      } else if (out.captured.size() < (1u << 20)) {
+        out.captured.append(buf, std::min(n, (1u << 20) - out.captured.size()));
+      }
+      res.body().data = buf;
+      res.body().size = n;
+      res.body().more = !parser.is_done();
+      c.stream.expires_after(std::chrono::seconds(config.client_write_timeout_s));
+      co_await http::async_write(c.stream, sr, asio::redirect_error(use_awaitable, ec));
+      if (ec == http::error::need_buffer) ec = {};
+      if (ec) {
+        out.client_ok = false;  // the client left: drop the upstream so the instance stops
+        upstream_clean = false;
+      }
+    }
+    if (!upstream_clean && out.client_ok) {
+      // The instance stopped mid-answer: end the chunked body so the client sees the end, and
+      // close (it cannot tell a cut stream from a complete one on a kept-alive connection).
+      if (event_stream && res.chunked()) {
+        static const std::string msg = "data: {\"error\": \"the instance stopped answering\"}\n\n";
+        res.body().data = const_cast<char*>(msg.data());
+        res.body().size = msg.size();
+        res.body().more = true;
+        co_await http::async_write(c.stream, sr, asio::redirect_error(use_awaitable, ec));
+        res.body().data = nullptr;
+        res.body().size = 0;
+        res.body().more = false;
+        co_await http::async_write(c.stream, sr, asio::redirect_error(use_awaitable, ec));
+      }
+      out.client_ok = false;
+      out.status = 502;
+    }
+    if (upstream_clean && parser.is_done() && parser.get().keep_alive()) {
+      give_back(key, std::move(up));
+    } else if (up) {
+      beast::error_code ignored;
+      up->socket().shutdown(tcp::socket::shutdown_both, ignored);
+      up->socket().close(ignored);
+    }
+    out.client_ok = out.client_ok && client_keep_alive;
+    co_return out;
+  }
+
+  // --- admission: a free slot on an instance of the deployment, or a place in its queue ---
+  const ProxyTarget* pick(const Deployment& d) {
+    const ProxyTarget* best = nullptr;
+    int best_load = 0;
+    for (const ProxyTarget& t : d.targets) {
+      if (t.state != "running" || t.host.empty() || t.port <= 0) continue;
+      const int cap = std::max(1, static_cast<int>(t.slots * config.slots_multiple + 0.5));
+      const int load = in_flight[t.id];
+      if (load >= cap) continue;
+      if (!best || load < best_load) {
+        best = &t;
+        best_load = load;
+      }
+    }
+    return best;
+  }
+  void take(const ProxyTarget& t) {
+    ++in_flight[t.id];
+    ++proxied_in_flight;
+  }
+  void release(const std::string& deployment, const std::string& instance) {
+    if (--in_flight[instance] <= 0) in_flight.erase(instance);
+    --proxied_in_flight;
+    grant_waiting(deployment);
+  }
+  void grant_waiting(const std::string& deployment) {
+    auto it = deployments.find(deployment);
+    if (it == deployments.end()) return;
+    Deployment& d = it->second;
+    while (!d.queue.empty()) {
+      const ProxyTarget* t = pick(d);
+      if (!t) break;
+      std::shared_ptr<Waiter> w = d.queue.front();
+      d.queue.pop_front();
+      w->granted = true;
+      w->target = *t;
+      take(*t);
+      w->timer.cancel();
+    }
+  }
+  // Waits in `queue` until granted or the deadline. Returns the waiter (granted or not).
+  awaitable<std::shared_ptr<Waiter>> wait_in(std::deque<std::shared_ptr<Waiter>>& queue) {
+    auto w = std::make_shared<Waiter>(io.get_executor());
+    w->timer.expires_after(std::chrono::seconds(config.queue_timeout_s));
+    queue.push_back(w);
+    ++queued;
+    beast::error_code ec;
+    co_await w->timer.async_wait(asio::redirect_error(use_awaitable, ec));
+    --queued;
+    if (!w->granted) {
+      const auto at = std::find(queue.begin(), queue.end(), w);
+      if (at != queue.end()) queue.erase(at);
+    }
+    co_return w;
+  }
+
+  awaitable<bool> proxy(Conn& c, Request req) {
+    const bool keep = req.keep_alive();
+    const json body = json::parse(req.body(), nullptr, false);
+    if (body.is_discarded() || !body.is_object())
+      co_return co_await reply_error(c, 400, "the body must be a JSON object", keep);
+    if (!body.contains("model") || !body["model"].is_string())
+      co_return co_await reply_error(c, 400, "'model' (a deployment name) is required", keep);
+    const std::string deployment = body["model"].get<std::string>();
+    const std::string authorization = req[http::field::authorization].to_string();
+    ProxyError denied;
+    ProxyRoute route;
+    std::string failure;
+    try {
+      // (Named: GCC 12 destroys a lambda temporary in a co_await expression twice.)
+      auto authorize = [this, authorization] { return hooks.authorize(authorization); };
+      auto lookup = [this, deployment] { return hooks.route(deployment); };
+      denied = co_await blocking(std::move(authorize));
+      if (denied.status == 0) route = co_await blocking(std::move(lookup));
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    if (!failure.empty())
+      co_return co_await reply_error(c, 503, "store unavailable: " + failure, keep,
+                                     config.retry_after_s);
+    if (denied.status != 0) co_return co_await reply_error(c, denied.status, denied.message, keep);
+    if (!route.exists)
+      co_return co_await reply_error(c, 404, "no deployment named " + deployment, keep);
+    Deployment& d = deployments[deployment];
+    d.targets = route.targets;
+    grant_waiting(deployment);  // slots may have been added
+    std::optional<ProxyTarget> chosen;
+    if (d.queue.empty()) {
+      if (const ProxyTarget* t = pick(d)) {
+        chosen = *t;
+        take(*t);
+      }
+    }
+    if (!chosen) {
+      const bool any_running = std::any_of(d.targets.begin(), d.targets.end(), [](const auto& t) {
+        return t.state == "running" && !t.host.empty();
+      });
+      if (!any_running) {
+        std::string why = "no instance of " + deployment + " is ready";
+        for (const ProxyTarget& t : d.targets)
+          why += "; " + t.id + " is " + t.state + (t.reason.empty() ? "" : " (" + t.reason + ")");
+        if (hooks.proxied) hooks.proxied(deployment, 503, 0, 0);
+        co_return co_await reply_error(c, 503, why, keep, config.retry_after_s);
+      }
+      if (d.queue.size() >= config.queue_per_deployment) {
+        ++rejected_busy;
+        if (hooks.proxied) hooks.proxied(deployment, 429, 0, 0);
+        co_return co_await reply_error(
+            c, 429, "every slot of " + deployment + " is busy and its queue is full; retry later",
+            keep, config.retry_after_s);
+      }
+      const std::shared_ptr<Waiter> w = co_await wait_in(deployments[deployment].queue);
+      if (!w->granted) {
+        ++rejected_busy;
+        if (hooks.proxied) hooks.proxied(deployment, 429, 0, 0);
+        co_return co_await reply_error(c, 429,
+                                       "every slot of " + deployment + " stayed busy for " +
+                                           std::to_string(config.queue_timeout_s) +
+                                           " s; retry later",
+                                       keep, config.retry_after_s);
+      }
+      chosen = w->target;
+    }
+    // The instance needs no user key; it is not passed on.
+    req.erase(http::field::authorization);
+    // The slot is given back however the relay ends.
+    struct Slot {
+      Impl& g;
+      std::string deployment, instance;
+      ~Slot() {
+        if (!g.stopped) g.release(deployment, instance);  // (at stop the loop is gone)
+      }
+    };
+    Relayed r;
+    {
+      Slot slot{*this, deployment, chosen->id};
+      r = co_await relay(c, std::move(req), chosen->host, chosen->port, keep,
+                         config.upstream_timeout_s);
+    }
+    if (!r.upstream_answered) {
+      if (hooks.upstream_failed) hooks.upstream_failed();
+      if (hooks.proxied) hooks.proxied(deployment, 502, 0, 0);
+      co_return co_await reply_error(c, 502, "instance " + chosen->id + " did not answer", keep);
+    }
+    if (r.status == 502 && hooks.upstream_failed) hooks.upstream_failed();
+    std::uint64_t prompt = 0, completion = r.chunks;
+    if (!r.captured.empty()) {
+      const json j = json::parse(r.captured, nullptr, false);
+      if (j.is_object() && j.contains("usage") && j["usage"].is_object()) {
+        prompt = j["usage"].value("prompt_tokens", 0u);
+        completion = j["usage"].value("completion_tokens", 0u);
+      }
+    }
+    if (hooks.proxied) hooks.proxied(deployment, r.status, prompt, completion);
+    co_return r.client_ok;
+  }
+
+  awaitable<bool> control(Conn& c, Request req, bool worker) {
+    const bool keep = req.keep_alive();
+    bool counted = false;
+    if (!worker) {
+      if (api_active >= config.api_concurrency) {
+        const std::shared_ptr<Waiter> w = co_await wait_in(api_queue);
+        if (!w->granted) {
+          ++rejected_busy;
+          co_return co_await reply_error(c, 429, "the API is busy; retry later", keep,
+                                         config.retry_after_s);
+        }
+      } else {
+        ++api_active;
+      }
+      counted = true;
+    }
+    struct ApiSlot {  // given back however the relay ends; passes to the next in line
+      Impl& g;
+      bool counted;
+      ~ApiSlot() {
+        if (!counted || g.stopped) return;
+        if (!g.api_queue.empty()) {
+          std::shared_ptr<Waiter> w = g.api_queue.front();
+          g.api_queue.pop_front();
+          w->granted = true;
+          w->timer.cancel();
+        } else {
+          --g.api_active;
+        }
+      }
+    };
+    req.set("X-Forwarded-For", c.address);
+    Relayed r;
+    {
+      ApiSlot slot{*this, counted};
+      r = co_await relay(c, std::move(req), config.control_host, config.control_port, keep,
+                         config.control_timeout_s);
+    }
+    if (!r.upstream_answered)
+      co_return co_await reply_error(c, 503, "the control plane did not answer", keep,
+                                     config.retry_after_s);
+    co_return r.client_ok;
+  }
+
+  // Reads and drops `bytes` of a request body (what `buf` holds counts), within the body timeout
+  // and at most 64 MiB.
+  awaitable<void> discard(Conn& c, beast::flat_buffer& buf, std::uint64_t bytes) {
+    bytes = std::min<std::uint64_t>(bytes, 64u << 20);
+    const std::size_t have = std::min<std::size_t>(buf.size(), bytes);
+    buf.consume(have);
+    bytes -= have;
+    char scratch[16384];
+    beast::error_code ec;
+    while (bytes > 0) {
+      const std::size_t n = co_await c.stream.async_read_some(
+          asio::buffer(scratch, std::min<std::uint64_t>(bytes, sizeof scratch)),
+          asio::redirect_error(use_awaitable, ec));
+      if (ec) co_return;
+      bytes -= n;
+    }
+  }
+
+  awaitable<void> session(tcp::socket socket) {
+    Conn c(std::move(socket));
+    beast::error_code ec;
+    c.address = c.stream.socket().remote_endpoint(ec).address().to_string();
+    c.stream.socket().set_option(tcp::no_delay(true), ec);
+    ++connections;
+    beast::flat_buffer buf;
+    bool first = true;
+    try {
+      for (;;) {
+        http::request_parser<http::string_body> parser;
+        // The size cap is checked after the header (a declared length) and while reading the
+        // body (chunked); Beast would otherwise fail the header read with no way to answer.
+        parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+        parser.header_limit(64 * 1024);
+        mark_pending(c);
+        c.stream.expires_after(
+            std::chrono::seconds(first ? config.header_timeout_s : config.idle_timeout_s));
+        co_await http::async_read_header(c.stream, buf, parser,
+                                         asio::redirect_error(use_awaitable, ec));
+        unmark_pending(c);
+        first = false;
+        if (ec == beast::error::timeout) ++timed_out;
+        if (ec) break;
+        if (parser.get()[http::field::expect] == "100-continue") {
+          http::response<http::empty_body> cont{http::status::continue_, 11};
+          co_await http::async_write(c.stream, cont, asio::redirect_error(use_awaitable, ec));
+          if (ec) break;
+        }
+        c.stream.expires_after(std::chrono::seconds(config.body_timeout_s));
+        const boost::optional<std::uint64_t> declared = parser.content_length();
+        if (declared && *declared > config.max_body_bytes) {
+          // Read what the client sends anyway (it will not read an answer before it is done),
+          // then answer and close.
+          co_await discard(c, buf, *declared);
+          co_await reply_error(c, 413, "the body is too large", false);
+          break;
+        }
+        parser.body_limit(config.max_body_bytes);
+        co_await http::async_read(c.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
+        if (ec == http::error::body_limit) {
+          co_await reply_error(c, 413, "the body is too large", false);
+          break;
+        }
+        if (ec == beast::error::timeout) ++timed_out;
+        if (ec) break;
+        c.stream.expires_never();
+        Request req = parser.release();
+        const std::string target = req.target().to_string();
+        const std::string path = target.substr(0, target.find('?'));
+        bool again = false;
+        const bool proxied = req.method() == http::verb::post &&
+                             std::any_of(std::begin(kProxyPaths), std::end(kProxyPaths),
+                                         [&](const char* p) { return path == p; });
+        if (proxied) {
+          again = co_await proxy(c, std::move(req));
+        } else {
+          again = co_await control(c, std::move(req), worker_path(path) || path == "/healthz");
+        }
+        if (!again) break;
+      }
+    } catch (const std::exception&) {
+      // A failure of this connection only (resolver, socket): it is closed below.
+    }
+    unmark_pending(c);
+    c.stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+    c.stream.socket().close(ec);
+    --connections;
+  }
+
+  awaitable<void> accept_loop() {
+    for (;;) {
+      beast::error_code ec;
+      tcp::socket s = co_await acceptor.async_accept(asio::redirect_error(use_awaitable, ec));
+      if (stopped) co_return;
+      if (ec) {
+        if (ec == asio::error::operation_aborted) co_return;
+        // Out of descriptors or a connection reset before accept: wait a moment, go on.
+        asio::steady_timer pause(io, std::chrono::milliseconds(50));
+        co_await pause.async_wait(asio::redirect_error(use_awaitable, ec));
+        continue;
+      }
+      asio::co_spawn(io, session(std::move(s)), asio::detached);
+    }
+  }
+};
+
+Gateway::Gateway(GatewayConfig config, GatewayHooks hooks)
+    : impl_(std::make_shared<Impl>(std::move(config), std::move(hooks))) {}
+
+Gateway::~Gateway() {
+  stop();
+}
+
+int Gateway::start() {
+  Impl& g = *impl_;
+  beast::error_code ec;
+  const tcp::endpoint at(asio::ip::make_address(g.config.host, ec),
+                         static_cast<std::uint16_t>(g.config.port));
+  if (ec) throw std::runtime_error("cannot listen on " + g.config.host + ": not an address");
+  g.acceptor.open(at.protocol(), ec);
+  if (!ec) g.acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) g.acceptor.bind(at, ec);
+  if (!ec) g.acceptor.listen(4096, ec);
+  if (ec)
+    throw std::runtime_error("cannot listen on " + g.config.host + ":" +
+                             std::to_string(g.config.port) + ": " + ec.message());
+  const int port = g.acceptor.local_endpoint().port();
+  asio::co_spawn(g.io, g.accept_loop(), asio::detached);
+  g.thread = std::thread([&g] {
+    for (;;) {
+      try {
+        g.io.run();
+        return;
+      } catch (const std::exception&) {
+        // A handler threw outside a session: keep serving the others.
+      }
+    }
+  });
+  return port;
+}
+
+void Gateway::stop() {
+  Impl& g = *impl_;
+  if (g.stopped.exchange(true)) return;
+  asio::post(g.io, [&g] {
+    beast::error_code ec;
+    g.acceptor.close(ec);
+    g.io.stop();
+  });
+  if (g.thread.joinable()) g.thread.join();
+  g.helpers.join();
+}
+
+GatewayStats Gateway::stats() const {
+  const Impl& g = *impl_;
+  return {g.connections.load(),   g.proxied_in_flight.load(), g.queued.load(),
+          g.rejected_busy.load(), g.evicted_pending.load(),   g.timed_out.load()};
+}
+
+}  // namespace ggfleet::server

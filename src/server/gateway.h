@@ -1,0 +1,114 @@
+// The server's public front: one listener on an asynchronous I/O engine (Boost.Asio/Beast, one
+// event-loop thread) that owns every client connection.
+//
+// Data plane: POST /v1/chat/completions, /v1/completions and /v1/embeddings are proxied here to
+// the deployment's instances, streamed through as they arrive. Each instance takes at most
+// `slots * slots_multiple` requests at once (its llama-server --parallel); the rest wait in a
+// FIFO per deployment until a slot frees or `queue_timeout_s` passes, and a full queue or a
+// deadline is answered 429 with Retry-After. A thousand open streams cost sockets, not threads.
+//
+// Control plane: every other request is read whole here (header and body timeouts, a size cap)
+// and only then relayed to the control server (httplib, on a loopback port), so slow or idle
+// clients never hold a control thread. Worker traffic (register, heartbeat, assignments) is
+// never queued; other API calls share `api_concurrency` relays, so client load cannot take the
+// threads heartbeats need. Connections still waiting for a request header are capped per client
+// address (the oldest is closed beyond `max_pending_per_address`).
+//
+// Thread safety: start() once, stop() from any thread (idempotent), stats() from any thread. The
+// hooks are called from a small helper pool (never from the event loop) and may block.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ggfleet::server {
+
+struct GatewayConfig {
+  std::string host = "127.0.0.1";
+  int port = 8080;  // 0 = any free port
+  std::string control_host = "127.0.0.1";
+  int control_port = 0;  // where the control server listens (set by the server)
+  std::size_t max_body_bytes = 1 << 20;
+  int header_timeout_s = 10;  // a new connection must send its request header within this
+  int body_timeout_s = 30;
+  int idle_timeout_s = 60;  // keep-alive connections with no request
+  int max_pending_per_address = 256;
+  double slots_multiple = 1.0;              // requests forwarded per instance slot
+  std::size_t queue_per_deployment = 4096;  // waiting requests beyond the slots
+  int queue_timeout_s = 120;                // longest wait for a slot
+  int retry_after_s = 2;                    // Retry-After on 429
+  int api_concurrency = 32;                 // control API calls relayed at once (not workers')
+  int control_timeout_s = 120;              // longest control answer (long polls wait 30 s)
+  int upstream_connect_timeout_s = 5;
+  int upstream_timeout_s = 600;  // longest silence from an instance (time to first token)
+  int client_write_timeout_s = 60;
+  int helper_threads = 4;
+};
+
+// A running instance the proxy may use.
+struct ProxyTarget {
+  std::string id;
+  std::string host;
+  int port = 0;
+  std::string state;   // only "running" ones are used
+  std::string reason;  // shown when none is running
+  int slots = 1;       // llama-server --parallel
+};
+
+struct ProxyRoute {
+  bool exists = false;  // the deployment exists
+  std::vector<ProxyTarget> targets;
+};
+
+struct ProxyError {
+  int status = 0;  // 0 = allowed
+  std::string message;
+};
+
+struct GatewayHooks {
+  // The Authorization header of an OpenAI request: status 0 if it may use the proxy.
+  std::function<ProxyError(const std::string& authorization)> authorize;
+  // Where a deployment's instances listen now.
+  std::function<ProxyRoute(const std::string& deployment)> route;
+  // After each proxied request (status sent, tokens counted); also for 429 and 503 answers.
+  std::function<void(const std::string& deployment, int status, std::uint64_t prompt_tokens,
+                     std::uint64_t completion_tokens)>
+      proxied;
+  // An instance did not answer: routes should be read again.
+  std::function<void()> upstream_failed;
+};
+
+struct GatewayStats {
+  std::uint64_t connections = 0;        // client connections open now
+  std::uint64_t proxied_in_flight = 0;  // forwarded to instances now
+  std::uint64_t queued = 0;             // waiting for a slot now
+  std::uint64_t rejected_busy = 0;      // 429 answers so far
+  std::uint64_t evicted_pending = 0;    // idle or slow connections closed for the per-address cap
+  std::uint64_t timed_out = 0;          // connections closed for a header/body/write timeout
+};
+
+class Gateway {
+ public:
+  Gateway(GatewayConfig config, GatewayHooks hooks);
+  ~Gateway();
+  Gateway(const Gateway&) = delete;
+  Gateway& operator=(const Gateway&) = delete;
+
+  // Binds and starts the event loop. Returns the port. Throws std::runtime_error if it cannot
+  // bind.
+  int start();
+  void stop();
+  GatewayStats stats() const;
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace ggfleet::server

@@ -1,0 +1,355 @@
+// Faults of the serving path with real processes (LevelDB's recovery_test is the model): a
+// `ggfleet server` and `ggfleet worker`s on 127.0.0.1 running llama.cpp's CPU build, a 2-block
+// synthetic model. Each test injects one fault by name:
+//   SigtermStopsChildrenWithACleanMask    children start unblocked and stop on SIGTERM in 2 s
+//   WorkerKilledThenRestarted             kill -9 of the worker: no orphan, the instance is back
+//   TakenPortIsSkipped                    another program holds the planned llama-server port
+//   CrashLoopIsReplannedElsewhere         restarts reset when healthy; exhausted → other worker
+//   OverloadIsQueuedNeverDown             200 concurrent streams on a one-slot CPU instance
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "../server/server_fixture.h"
+#include "model/synth.h"
+#include "worker/process.h"
+
+namespace ggfleet::test {
+namespace {
+
+using nlohmann::json;
+using worker::tail_file;
+constexpr const char* kAdmin = "recovery-admin";
+constexpr const char* kJoin = "recovery-join";
+
+bool wait_for(const std::function<bool()>& pred, double seconds) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < until) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return pred();
+}
+
+// Pids of processes whose command line matches `pattern` (pgrep -f).
+std::vector<pid_t> pids_matching(const std::string& pattern) {
+  const std::string bracketed = "[" + pattern.substr(0, 1) + "]" + pattern.substr(1);
+  std::vector<pid_t> out;
+  std::istringstream in(run_command("pgrep -f -- '" + bracketed + "'").output);
+  for (long pid = 0; in >> pid;) out.push_back(static_cast<pid_t>(pid));
+  return out;
+}
+
+// A /proc/PID/status field as a number in hex (SigBlk, SigIgn).
+std::uint64_t status_mask(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(field + ":", 0) == 0)
+      return std::stoull(line.substr(field.size() + 1), nullptr, 16);
+  }
+  return ~0ull;
+}
+
+int listening_port(const std::string& log) {
+  const std::string marker = "listening on port ";
+  for (int i = 0; i < 200; ++i) {
+    const std::string text = read_file(log);
+    const auto at = text.find(marker);
+    if (at != std::string::npos) return std::atoi(text.c_str() + at + marker.size());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return 0;
+}
+
+class Recovery : public ::testing::Test {
+ protected:
+  // Ports apart from every other test's: each test of this file takes its own block.
+  void start(int port_block, int workers, const std::vector<std::string>& worker_flags = {}) {
+    llama_ = llama_cpp_dir() + "/bin";
+    GGFLEET_REQUIRE_PATH(llama_ + "/llama-server");
+    ports_ = port_block;
+    server_.start({GGFLEET_BINARY, "server", "--data-dir", dir_.file("server"), "--listen",
+                   "127.0.0.1:0", "--admin-key", kAdmin, "--join-token", kJoin,
+                   "--heartbeat-timeout", "3000", "--replan-grace", "2000", "--instance-ports",
+                   std::to_string(port_block), "--rpc-ports", std::to_string(port_block + 500)},
+                  {}, dir_.file("server.log"));
+    port_ = listening_port(dir_.file("server.log"));
+    ASSERT_GT(port_, 0) << tail_file(dir_.file("server.log"));
+    api_ = std::make_unique<Api>(port_);
+    worker_flags_ = worker_flags;
+    for (int i = 0; i < workers; ++i) {
+      workers_.push_back(std::make_unique<worker::Process>());
+      start_worker(i);
+    }
+    ASSERT_TRUE(wait_for(
+        [&] {
+          return api_->get("/v1/workers", kAdmin).body.value("workers", json::array()).size() ==
+                 static_cast<std::size_t>(workers);
+        },
+        30))
+        << logs();
+    model::SynthOptions o;
+    o.blocks = 2;
+    o.vocab = 32000;
+    model_ = model::synth("llama3-8b-q4_0", dir_.file("models"), o).front();
+  }
+  void start_worker(int i) {
+    const std::string name = "w" + std::to_string(i);
+    std::vector<std::string> argv = {
+        GGFLEET_BINARY,   "worker",    "--server",      "http://127.0.0.1:" + std::to_string(port_),
+        "--join-token",   kJoin,       "--name",        name,
+        "--address",      "127.0.0.1", "--declare-gpu", "NVIDIA GeForce RTX 4090:2GiB",
+        "--llama",        llama_,      "--data-dir",    dir_.file(name),
+        "--heartbeat-ms", "500"};
+    argv.insert(argv.end(), worker_flags_.begin(), worker_flags_.end());
+    workers_[static_cast<std::size_t>(i)]->start(argv, {}, dir_.file(name + ".log"));
+  }
+  void TearDown() override {
+    for (auto& w : workers_) w->stop(20);
+    server_.stop();
+  }
+  void deploy(const json& options = {{"context", 1024}}) {
+    const Reply r = api_->post("/v1/deployments", kAdmin,
+                               {{"name", "chat"}, {"model", model_}, {"options", options}});
+    ASSERT_EQ(r.status, 201) << r.body.dump();
+    ASSERT_TRUE(wait_for([&] { return instance().value("state", "") == "running"; }, 180))
+        << logs();
+  }
+  json instance() {
+    const Reply r = api_->get("/v1/instances?deployment=chat", kAdmin);
+    if (r.body.value("instances", json::array()).empty()) return json::object();
+    return api_->get("/v1/instances/" + r.body["instances"][0]["id"].get<std::string>(), kAdmin)
+        .body;
+  }
+  int listen_port() {
+    const json a = instance()["assignment"];
+    return a.value("listen_port", a.value("server_port", 0));
+  }
+  Reply chat() {
+    return api_->post("/v1/chat/completions", kAdmin,
+                      {{"model", "chat"},
+                       {"messages", {{{"role", "user"}, {"content", "Hello"}}}},
+                       {"max_tokens", 4}});
+  }
+  std::vector<std::string> event_kinds(const std::string& subject = "") {
+    std::vector<std::string> out;
+    for (const json& e :
+         api_->get("/v1/events?limit=1000" + (subject.empty() ? "" : "&subject=" + subject), kAdmin)
+             .body.value("events", json::array()))
+      out.push_back(e.value("kind", "") + ": " + e.value("message", ""));
+    return out;
+  }
+  bool has_event(const std::string& prefix, const std::string& subject = "") {
+    for (const std::string& e : event_kinds(subject)) {
+      if (e.rfind(prefix, 0) == 0) return true;
+    }
+    return false;
+  }
+  std::string logs() {
+    std::string out = "events:\n";
+    for (const std::string& e : event_kinds()) out += "  " + e + "\n";
+    out += "instance: " + instance().dump() + "\n";
+    out += "processes:\n" +
+           run_command("ps -eo pid,ppid,args | grep -E '[l]lama-server|[g]gml-rpc-server'").output;
+    out += "server:\n" + tail_file(dir_.file("server.log"), 20);
+    for (std::size_t i = 0; i < workers_.size(); ++i)
+      out += "w" + std::to_string(i) + ":\n" +
+             tail_file(dir_.file("w" + std::to_string(i) + ".log"), 30);
+    return out;
+  }
+
+  TempDir dir_;
+  std::string llama_, model_;
+  int port_ = 0, ports_ = 0;
+  worker::Process server_;
+  std::vector<std::unique_ptr<worker::Process>> workers_;
+  std::vector<std::string> worker_flags_;
+  std::unique_ptr<Api> api_;
+};
+
+TEST_F(Recovery, SigtermStopsChildrenWithACleanMask) {
+  start(23000, 1);
+  deploy();
+  const std::vector<pid_t> servers =
+      pids_matching("llama-server.*--port " + std::to_string(listen_port()));
+  ASSERT_EQ(servers.size(), 1u) << logs();
+  const std::vector<pid_t> rpcs = pids_matching("ggml-rpc-server -H 127.0.0.1 -p 23");
+  ASSERT_FALSE(rpcs.empty()) << logs();
+  for (pid_t pid : {servers[0], rpcs[0]}) {
+    EXPECT_EQ(status_mask(pid, "SigBlk"), 0u) << "pid " << pid << " starts with signals blocked";
+    EXPECT_EQ(status_mask(pid, "SigIgn") & (1u << (SIGTERM - 1)), 0u);
+  }
+  // SIGTERM to the worker: it stops its children (SIGTERM, SIGKILL after 2 s) and exits.
+  const auto t0 = std::chrono::steady_clock::now();
+  kill(workers_[0]->pid(), SIGTERM);
+  EXPECT_TRUE(wait_for([&] { return !workers_[0]->running(); }, 10)) << logs();
+  EXPECT_TRUE(wait_for([&] { return kill(servers[0], 0) != 0 && kill(rpcs[0], 0) != 0; }, 1));
+  const double stop_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // llama-server and rpc-server honour SIGTERM: no 2 s SIGKILL wait per process.
+  EXPECT_LT(stop_s, 4.0) << logs();
+  EXPECT_EQ(workers_[0]->exit_code(), 0) << logs();
+}
+
+TEST_F(Recovery, WorkerKilledThenRestartedLeavesNoOrphan) {
+  start(23100, 1);
+  deploy();
+  const int port = listen_port();
+  const std::vector<pid_t> before = pids_matching("llama-server.*--port " + std::to_string(port));
+  ASSERT_EQ(before.size(), 1u) << logs();
+  kill(workers_[0]->pid(), SIGKILL);
+  workers_[0]->running();
+  // Its children die with it (PR_SET_PDEATHSIG): nothing serves the port without ggfleet.
+  EXPECT_TRUE(wait_for([&] { return kill(before[0], 0) != 0; }, 5)) << logs();
+  EXPECT_TRUE(
+      wait_for([&] { return pids_matching("ggml-rpc-server -H 127.0.0.1 -p 236").empty(); }, 5))
+      << logs();
+  // Restarted with its data directory: same name accepted (its saved credentials), instance back.
+  start_worker(0);
+  EXPECT_TRUE(wait_for(
+      [&] {
+        return instance().value("state", "") == "running" &&
+               pids_matching("llama-server.*--port " + std::to_string(listen_port())).size() == 1;
+      },
+      120))
+      << logs();
+  EXPECT_TRUE(wait_for([&] { return chat().status == 200; }, 30)) << logs();
+  EXPECT_FALSE(has_event("worker.registered: registered from 127.0.0.1 (replacing")) << logs();
+}
+
+// Holds a TCP port: another program listening where ggfleet planned llama-server.
+struct Squatter {
+  explicit Squatter(int port) {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::listen(fd, 8) == 0;
+  }
+  ~Squatter() { ::close(fd); }
+  int fd = -1;
+  bool ok = false;
+};
+
+TEST_F(Recovery, TakenPortIsSkipped) {
+  // The first placement gets base + 1 (the counter starts at 1).
+  Squatter squatter(23201);
+  ASSERT_TRUE(squatter.ok);
+  start(23200, 1);
+  deploy();
+  const json i = instance();
+  EXPECT_EQ(i["assignment"]["server_port"], 23201);
+  EXPECT_EQ(i["assignment"]["listen_port"], 23202) << logs();
+  EXPECT_EQ(i["restarts"], 0) << logs();
+  EXPECT_EQ(chat().status, 200) << logs();
+}
+
+TEST_F(Recovery, CrashLoopIsReplannedElsewhere) {
+  start(23300, 2, {"--max-restarts", "2", "--healthy-reset", "3"});
+  deploy();
+  const std::string first = instance()["main_worker"];
+  auto crash = [&] {
+    const std::vector<pid_t> p =
+        pids_matching("llama-server.*--port " + std::to_string(listen_port()));
+    for (pid_t pid : p) kill(pid, SIGKILL);
+    return !p.empty();
+  };
+  // One crash, then healthy for longer than --healthy-reset: the count goes back to 0.
+  ASSERT_TRUE(crash()) << logs();
+  ASSERT_TRUE(wait_for([&] { return instance().value("restarts", 0) == 1; }, 30)) << logs();
+  EXPECT_TRUE(wait_for(
+      [&] { return instance().value("state", "") == "running" && instance()["restarts"] == 0; },
+      60))
+      << logs();
+  // Three crashes in a row (more than --max-restarts 2): given up there, placed on the other.
+  for (int k = 0; k < 3; ++k) {
+    ASSERT_TRUE(wait_for([&] { return instance().value("state", "") == "running"; }, 60)) << logs();
+    ASSERT_TRUE(crash()) << logs();
+    ASSERT_TRUE(wait_for([&] { return instance().value("state", "") != "running"; }, 30)) << logs();
+  }
+  EXPECT_TRUE(wait_for(
+      [&] {
+        const json i = instance();
+        return i.value("state", "") == "running" && i.value("main_worker", "") != first;
+      },
+      120))
+      << logs();
+  EXPECT_TRUE(has_event("instance.replanned: llama-server failed")) << logs();
+  EXPECT_EQ(chat().status, 200) << logs();
+}
+
+TEST_F(Recovery, OverloadIsQueuedNeverDown) {
+  start(23400, 1);
+  deploy();
+  const std::vector<pid_t> before =
+      pids_matching("llama-server.*--port " + std::to_string(listen_port()));
+  ASSERT_EQ(before.size(), 1u);
+  std::atomic<bool> done{false};
+  std::atomic<int> loading_seen{0};
+  std::thread watch([&] {  // the instance must never look "loading" while it is busy
+    Api api(port_);
+    while (!done) {
+      const json list = api.get("/v1/instances", kAdmin).body.value("instances", json::array());
+      if (!list.empty() && list[0].value("state", "") != "running") ++loading_seen;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
+  constexpr int kClients = 200;
+  std::vector<int> status(kClients, 0);
+  std::vector<bool> has_retry_after(kClients, false), has_done(kClients, false);
+  std::vector<std::thread> clients;
+  for (int k = 0; k < kClients; ++k) {
+    clients.emplace_back([&, k] {
+      httplib::Client c("127.0.0.1", port_);
+      c.set_read_timeout(300);
+      c.set_bearer_token_auth(kAdmin);
+      const auto r = c.Post("/v1/chat/completions",
+                            json{{"model", "chat"},
+                                 {"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                                 {"max_tokens", 8},
+                                 {"stream", true}}
+                                .dump(),
+                            "application/json");
+      status[static_cast<std::size_t>(k)] = r ? r->status : -1;
+      if (r) {
+        has_retry_after[static_cast<std::size_t>(k)] = r->has_header("Retry-After");
+        has_done[static_cast<std::size_t>(k)] = r->body.find("[DONE]") != std::string::npos;
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  done = true;
+  watch.join();
+  int served = 0, busy = 0;
+  for (std::size_t k = 0; k < status.size(); ++k) {
+    EXPECT_TRUE(status[k] == 200 || status[k] == 429) << "request " << k << ": " << status[k];
+    if (status[k] == 200) {
+      ++served;
+      EXPECT_TRUE(has_done[k]) << "stream " << k << " cut short";
+    }
+    if (status[k] == 429) {
+      ++busy;
+      EXPECT_TRUE(has_retry_after[k]);
+    }
+  }
+  std::cout << "[ overload ] " << served << " served, " << busy << " answered 429\n";
+  EXPECT_GT(served, 0);
+  EXPECT_EQ(loading_seen.load(), 0) << logs();
+  EXPECT_FALSE(has_event("worker.unreachable")) << logs();
+  EXPECT_FALSE(has_event("instance.replanned")) << logs();
+  EXPECT_EQ(pids_matching("llama-server.*--port " + std::to_string(listen_port())), before)
+      << "llama-server was restarted";
+}
+
+}  // namespace
+}  // namespace ggfleet::test
