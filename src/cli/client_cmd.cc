@@ -73,7 +73,7 @@ int run_server(server::ServerConfig config) {
     std::cout << "join token for workers (shown once): " << s.generated_join_token() << std::endl;
   }
   std::cout << "ggfleet server listening on port " << port << " (store: " << s.store().backend()
-            << ")" << std::endl;
+            << "); workers' heartbeats on port " << s.worker_port() << std::endl;
   int received = 0;
   sigwait(&signals, &received);
   std::cout << "stopping (signal " << received << ")" << std::endl;

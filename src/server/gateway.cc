@@ -72,7 +72,8 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
       : config(std::move(c)),
         hooks(std::move(h)),
         helpers(static_cast<std::size_t>(std::max(1, config.helper_threads))),
-        acceptor(io) {}
+        acceptor(front.io),
+        worker_acceptor(workers.io) {}
 
   // One client connection.
   struct Conn {
@@ -80,6 +81,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     beast::tcp_stream stream;
     std::string address;
     bool pending = false;  // waiting for a request header (counted for the address cap)
+    Clock::time_point pending_since;
     std::list<Conn*>::iterator pending_at;
   };
 
@@ -90,17 +92,28 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
 
   GatewayConfig config;
   GatewayHooks hooks;
-  asio::io_context io{1};
+  // Two event loops. The front accepts, reads requests and relays the control plane; the data
+  // loop runs the proxied streams. A burst of client streams saturating the data loop does not
+  // delay a heartbeat, which is read and relayed by the front. A connection moves between the
+  // loops (its descriptor re-registered) when its request belongs to the other.
+  struct Loop {
+    asio::io_context io{1};
+    std::thread thread;
+    // Kept-alive upstream connections, per "host:port" (control server, instances).
+    std::map<std::string, std::vector<std::unique_ptr<beast::tcp_stream>>> idle_upstreams;
+    // Connections waiting for a request header, per client address.
+    std::map<std::string, std::list<Conn*>> pending_by_address;
+  };
+  Loop front, data, workers;  // workers: the worker-only listener's loop
   asio::thread_pool helpers;
-  tcp::acceptor acceptor;
-  std::thread thread;
+  tcp::acceptor acceptor, worker_acceptor;
+  int bound_worker_port = -1;
   std::atomic<bool> stopped{false};
 
-  // Only touched on the event-loop thread.
+  // Only touched on the data loop.
   std::map<std::string, Deployment> deployments;
   std::map<std::string, int> in_flight;  // instance -> requests forwarded now
-  std::map<std::string, std::vector<std::unique_ptr<beast::tcp_stream>>> idle_upstreams;
-  std::map<std::string, std::list<Conn*>> pending_by_address;
+  // Only touched on the front loop.
   int api_active = 0;
   std::deque<std::shared_ptr<Waiter>> api_queue;
 
@@ -120,11 +133,15 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
   }
 
   // --- connections waiting for a header, per address ---
-  void mark_pending(Conn& c) {
-    std::list<Conn*>& list = pending_by_address[c.address];
+  void mark_pending(Loop& loop, Conn& c) {
+    std::list<Conn*>& list = loop.pending_by_address[c.address];
     c.pending_at = list.insert(list.end(), &c);
     c.pending = true;
-    while (list.size() > static_cast<std::size_t>(std::max(1, config.max_pending_per_address))) {
+    c.pending_since = Clock::now();
+    // Beyond the cap, the oldest goes — once it had a second to send its header, so that a burst
+    // of honest clients from one address (a NAT, a load test) is not cut while connecting.
+    while (list.size() > static_cast<std::size_t>(std::max(1, config.max_pending_per_address)) &&
+           Clock::now() - list.front()->pending_since > std::chrono::seconds(1)) {
       Conn* oldest = list.front();
       list.pop_front();
       oldest->pending = false;
@@ -134,13 +151,13 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
       ++evicted_pending;
     }
   }
-  void unmark_pending(Conn& c) {
+  void unmark_pending(Loop& loop, Conn& c) {
     if (!c.pending) return;
     c.pending = false;
-    auto it = pending_by_address.find(c.address);
-    if (it == pending_by_address.end()) return;
+    auto it = loop.pending_by_address.find(c.address);
+    if (it == loop.pending_by_address.end()) return;
     it->second.erase(c.pending_at);
-    if (it->second.empty()) pending_by_address.erase(it);
+    if (it->second.empty()) loop.pending_by_address.erase(it);
   }
 
   // --- answers of our own ---
@@ -173,17 +190,18 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
   static std::string endpoint_key(const std::string& host, int port) {
     return host + ":" + std::to_string(port);
   }
-  awaitable<std::unique_ptr<beast::tcp_stream>> connect(const std::string& host, int port) {
-    auto s = std::make_unique<beast::tcp_stream>(io);
-    tcp::resolver resolver(io);
+  awaitable<std::unique_ptr<beast::tcp_stream>> connect(Loop& loop, const std::string& host,
+                                                        int port) {
+    auto s = std::make_unique<beast::tcp_stream>(loop.io);
+    tcp::resolver resolver(loop.io);
     const auto results = co_await resolver.async_resolve(host, std::to_string(port), use_awaitable);
     s->expires_after(std::chrono::seconds(config.upstream_connect_timeout_s));
     co_await s->async_connect(results, use_awaitable);
     s->socket().set_option(tcp::no_delay(true));
     co_return s;
   }
-  void give_back(const std::string& key, std::unique_ptr<beast::tcp_stream> s) {
-    auto& idle = idle_upstreams[key];
+  void give_back(Loop& loop, const std::string& key, std::unique_ptr<beast::tcp_stream> s) {
+    auto& idle = loop.idle_upstreams[key];
     if (idle.size() < 64 && !stopped) idle.push_back(std::move(s));
   }
 
@@ -198,7 +216,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
 
   // Sends `req` to host:port and streams the answer to the client as it arrives. Nothing is
   // written to the client if the upstream fails before its header (the caller answers then).
-  awaitable<Relayed> relay(Conn& c, Request req, const std::string& host, int port,
+  awaitable<Relayed> relay(Loop& loop, Conn& c, Request req, const std::string& host, int port,
                            bool client_keep_alive, int read_timeout_s) {
     Relayed out;
     const std::string key = endpoint_key(host, port);
@@ -212,14 +230,14 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     for (int attempt = 0; attempt < 2 && !out.upstream_answered; ++attempt) {
       bool reused = false;
       beast::error_code ec;
-      auto& idle = idle_upstreams[key];
+      auto& idle = loop.idle_upstreams[key];
       if (attempt == 0 && !idle.empty()) {
         up = std::move(idle.back());
         idle.pop_back();
         reused = true;
       } else {
         try {
-          up = co_await connect(host, port);
+          up = co_await connect(loop, host, port);
         } catch (const std::exception&) {
           co_return out;
         }
@@ -267,13 +285,15 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
       parser.get().body().data = buf;
       parser.get().body().size = sizeof buf;
       up->expires_after(std::chrono::seconds(read_timeout_s));
-      co_await http::async_read(*up, ubuf, parser, asio::redirect_error(use_awaitable, ec));
+      // read_some: hand on whatever arrived (a token), not a full buffer.
+      co_await http::async_read_some(*up, ubuf, parser, asio::redirect_error(use_awaitable, ec));
       if (ec == http::error::need_buffer) ec = {};
       if (ec) {
         upstream_clean = false;
         break;
       }
       const std::size_t n = sizeof buf - parser.get().body().size;
+      if (n == 0 && !parser.is_done()) continue;  // (an empty chunk would end the body)
       if (event_stream) {
         for (std::size_t k = 0; k + 5 <= n; ++k)
           out.chunks += std::memcmp(buf + k, "data:", 5) == 0;
@@ -309,7 +329,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
       out.status = 502;
     }
     if (upstream_clean && parser.is_done() && parser.get().keep_alive()) {
-      give_back(key, std::move(up));
+      give_back(loop, key, std::move(up));
     } else if (up) {
       beast::error_code ignored;
       up->socket().shutdown(tcp::socket::shutdown_both, ignored);
@@ -360,8 +380,9 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     }
   }
   // Waits in `queue` until granted or the deadline. Returns the waiter (granted or not).
-  awaitable<std::shared_ptr<Waiter>> wait_in(std::deque<std::shared_ptr<Waiter>>& queue) {
-    auto w = std::make_shared<Waiter>(io.get_executor());
+  awaitable<std::shared_ptr<Waiter>> wait_in(Loop& loop,
+                                             std::deque<std::shared_ptr<Waiter>>& queue) {
+    auto w = std::make_shared<Waiter>(loop.io.get_executor());
     w->timer.expires_after(std::chrono::seconds(config.queue_timeout_s));
     queue.push_back(w);
     ++queued;
@@ -387,15 +408,28 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     ProxyError denied;
     ProxyRoute route;
     std::string failure;
-    try {
-      // (Named: GCC 12 destroys a lambda temporary in a co_await expression twice.)
-      auto authorize = [this, authorization] { return hooks.authorize(authorization); };
-      auto lookup = [this, deployment] { return hooks.route(deployment); };
-      denied = co_await blocking(std::move(authorize));
-      if (denied.status == 0) route = co_await blocking(std::move(lookup));
-    } catch (const std::exception& e) {
-      failure = e.what();
+    bool have_auth = false, have_route = false;
+    if (hooks.authorize_cached) {
+      if (std::optional<ProxyError> quick = hooks.authorize_cached(authorization)) {
+        denied = *quick;
+        have_auth = true;
+      }
     }
+    if (have_auth && denied.status == 0 && hooks.route_cached) {
+      if (std::optional<ProxyRoute> quick = hooks.route_cached(deployment)) {
+        route = std::move(*quick);
+        have_route = true;
+      }
+    }
+    if (!have_auth || (denied.status == 0 && !have_route)) try {
+        // (Named: GCC 12 destroys a lambda temporary in a co_await expression twice.)
+        auto authorize = [this, authorization] { return hooks.authorize(authorization); };
+        auto lookup = [this, deployment] { return hooks.route(deployment); };
+        if (!have_auth) denied = co_await blocking(std::move(authorize));
+        if (denied.status == 0 && !have_route) route = co_await blocking(std::move(lookup));
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
     if (!failure.empty())
       co_return co_await reply_error(c, 503, "store unavailable: " + failure, keep,
                                      config.retry_after_s);
@@ -430,7 +464,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
             c, 429, "every slot of " + deployment + " is busy and its queue is full; retry later",
             keep, config.retry_after_s);
       }
-      const std::shared_ptr<Waiter> w = co_await wait_in(deployments[deployment].queue);
+      const std::shared_ptr<Waiter> w = co_await wait_in(data, deployments[deployment].queue);
       if (!w->granted) {
         ++rejected_busy;
         if (hooks.proxied) hooks.proxied(deployment, 429, 0, 0);
@@ -455,7 +489,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     Relayed r;
     {
       Slot slot{*this, deployment, chosen->id};
-      r = co_await relay(c, std::move(req), chosen->host, chosen->port, keep,
+      r = co_await relay(data, c, std::move(req), chosen->host, chosen->port, keep,
                          config.upstream_timeout_s);
     }
     if (!r.upstream_answered) {
@@ -476,12 +510,13 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     co_return r.client_ok;
   }
 
-  awaitable<bool> control(Conn& c, Request req, bool worker) {
+  // REQUIRES: on `loop` (the front, or the workers' loop for worker traffic).
+  awaitable<bool> control(Loop& loop, Conn& c, Request req, bool worker) {
     const bool keep = req.keep_alive();
     bool counted = false;
     if (!worker) {
       if (api_active >= config.api_concurrency) {
-        const std::shared_ptr<Waiter> w = co_await wait_in(api_queue);
+        const std::shared_ptr<Waiter> w = co_await wait_in(front, api_queue);
         if (!w->granted) {
           ++rejected_busy;
           co_return co_await reply_error(c, 429, "the API is busy; retry later", keep,
@@ -511,7 +546,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     Relayed r;
     {
       ApiSlot slot{*this, counted};
-      r = co_await relay(c, std::move(req), config.control_host, config.control_port, keep,
+      r = co_await relay(loop, c, std::move(req), config.control_host, config.control_port, keep,
                          config.control_timeout_s);
     }
     if (!r.upstream_answered)
@@ -538,89 +573,138 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     }
   }
 
-  awaitable<void> session(tcp::socket socket) {
+  static bool proxied_request(const Request& req, const std::string& path) {
+    return req.method() == http::verb::post &&
+           std::any_of(std::begin(kProxyPaths), std::end(kProxyPaths),
+                       [&](const char* p) { return path == p; });
+  }
+
+  // One client connection on `loop`, starting with `first` when the other loop read it.
+  // Proxied requests are served on the data loop, everything else on the front; a request for
+  // the other loop moves the connection there.
+  awaitable<void> session(Loop& loop, tcp::socket socket, std::optional<Request> first,
+                          beast::flat_buffer buf, std::string address) {
     Conn c(std::move(socket));
     beast::error_code ec;
-    c.address = c.stream.socket().remote_endpoint(ec).address().to_string();
-    c.stream.socket().set_option(tcp::no_delay(true), ec);
-    ++connections;
-    beast::flat_buffer buf;
-    bool first = true;
+    c.address = address;
+    const bool on_front = &loop == &front;
+    const bool on_workers = &loop == &workers;
+    bool fresh = !first.has_value() && !(&loop == &data);
+    bool moved = false;
     try {
       for (;;) {
-        http::request_parser<http::string_body> parser;
-        // The size cap is checked after the header (a declared length) and while reading the
-        // body (chunked); Beast would otherwise fail the header read with no way to answer.
-        parser.body_limit(std::numeric_limits<std::uint64_t>::max());
-        parser.header_limit(64 * 1024);
-        mark_pending(c);
-        c.stream.expires_after(
-            std::chrono::seconds(first ? config.header_timeout_s : config.idle_timeout_s));
-        co_await http::async_read_header(c.stream, buf, parser,
-                                         asio::redirect_error(use_awaitable, ec));
-        unmark_pending(c);
-        first = false;
-        if (ec == beast::error::timeout) ++timed_out;
-        if (ec) break;
-        if (parser.get()[http::field::expect] == "100-continue") {
-          http::response<http::empty_body> cont{http::status::continue_, 11};
-          co_await http::async_write(c.stream, cont, asio::redirect_error(use_awaitable, ec));
+        std::optional<Request> next = std::move(first);
+        first.reset();
+        if (!next) {
+          http::request_parser<http::string_body> parser;
+          // The size cap is checked after the header (a declared length) and while reading
+          // the body (chunked); Beast would otherwise fail the header read with no answer.
+          parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+          parser.header_limit(64 * 1024);
+          if (&loop != &data) mark_pending(loop, c);
+          c.stream.expires_after(
+              std::chrono::seconds(fresh ? config.header_timeout_s : config.idle_timeout_s));
+          co_await http::async_read_header(c.stream, buf, parser,
+                                           asio::redirect_error(use_awaitable, ec));
+          if (&loop != &data) unmark_pending(loop, c);
+          fresh = false;
+          if (ec == beast::error::timeout) ++timed_out;
           if (ec) break;
+          if (parser.get()[http::field::expect] == "100-continue") {
+            http::response<http::empty_body> cont{http::status::continue_, 11};
+            co_await http::async_write(c.stream, cont, asio::redirect_error(use_awaitable, ec));
+            if (ec) break;
+          }
+          c.stream.expires_after(std::chrono::seconds(config.body_timeout_s));
+          const boost::optional<std::uint64_t> declared = parser.content_length();
+          if (declared && *declared > config.max_body_bytes) {
+            // Read what the client sends anyway (it will not read an answer before it is
+            // done), then answer and close.
+            co_await discard(c, buf, *declared);
+            co_await reply_error(c, 413, "the body is too large", false);
+            break;
+          }
+          parser.body_limit(config.max_body_bytes);
+          co_await http::async_read(c.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
+          if (ec == http::error::body_limit) {
+            co_await reply_error(c, 413, "the body is too large", false);
+            break;
+          }
+          if (ec == beast::error::timeout) ++timed_out;
+          if (ec) break;
+          c.stream.expires_never();
+          next = parser.release();
         }
-        c.stream.expires_after(std::chrono::seconds(config.body_timeout_s));
-        const boost::optional<std::uint64_t> declared = parser.content_length();
-        if (declared && *declared > config.max_body_bytes) {
-          // Read what the client sends anyway (it will not read an answer before it is done),
-          // then answer and close.
-          co_await discard(c, buf, *declared);
-          co_await reply_error(c, 413, "the body is too large", false);
-          break;
-        }
-        parser.body_limit(config.max_body_bytes);
-        co_await http::async_read(c.stream, buf, parser, asio::redirect_error(use_awaitable, ec));
-        if (ec == http::error::body_limit) {
-          co_await reply_error(c, 413, "the body is too large", false);
-          break;
-        }
-        if (ec == beast::error::timeout) ++timed_out;
-        if (ec) break;
-        c.stream.expires_never();
-        Request req = parser.release();
-        const std::string target = req.target().to_string();
+        const std::string target = next->target().to_string();
         const std::string path = target.substr(0, target.find('?'));
+        const bool proxied = proxied_request(*next, path);
+        if (on_workers) {
+          // Worker traffic only: relayed with no budget, never behind client load.
+          bool again = false;
+          if (worker_path(path) || path == "/healthz") {
+            again = co_await control(loop, c, std::move(*next), true);
+          } else {
+            again =
+                co_await reply_error(c, 404, "this port serves workers only", next->keep_alive());
+          }
+          if (!again) break;
+          continue;
+        }
+        if (proxied == on_front) {
+          // The other loop's work: hand it the descriptor, the request and what was read.
+          Loop& other = on_front ? data : front;
+          beast::error_code moved_ec;
+          const auto fd = c.stream.socket().release(moved_ec);
+          if (moved_ec) break;
+          tcp::socket there(other.io);
+          there.assign(tcp::v4(), fd, moved_ec);
+          if (moved_ec) break;
+          asio::co_spawn(
+              other.io,
+              session(other, std::move(there), std::move(next), std::move(buf), c.address),
+              asio::detached);
+          moved = true;
+          break;
+        }
         bool again = false;
-        const bool proxied = req.method() == http::verb::post &&
-                             std::any_of(std::begin(kProxyPaths), std::end(kProxyPaths),
-                                         [&](const char* p) { return path == p; });
         if (proxied) {
-          again = co_await proxy(c, std::move(req));
+          again = co_await proxy(c, std::move(*next));
         } else {
-          again = co_await control(c, std::move(req), worker_path(path) || path == "/healthz");
+          again =
+              co_await control(front, c, std::move(*next), worker_path(path) || path == "/healthz");
         }
         if (!again) break;
       }
     } catch (const std::exception&) {
       // A failure of this connection only (resolver, socket): it is closed below.
     }
-    unmark_pending(c);
-    c.stream.socket().shutdown(tcp::socket::shutdown_both, ec);
-    c.stream.socket().close(ec);
-    --connections;
+    if (&loop != &data) unmark_pending(loop, c);
+    if (!moved) {
+      c.stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+      c.stream.socket().close(ec);
+      --connections;
+    }
   }
 
-  awaitable<void> accept_loop() {
+  awaitable<void> accept_loop(Loop& loop, tcp::acceptor& from) {
     for (;;) {
       beast::error_code ec;
-      tcp::socket s = co_await acceptor.async_accept(asio::redirect_error(use_awaitable, ec));
+      tcp::socket s = co_await from.async_accept(asio::redirect_error(use_awaitable, ec));
       if (stopped) co_return;
       if (ec) {
         if (ec == asio::error::operation_aborted) co_return;
         // Out of descriptors or a connection reset before accept: wait a moment, go on.
-        asio::steady_timer pause(io, std::chrono::milliseconds(50));
+        asio::steady_timer pause(loop.io, std::chrono::milliseconds(50));
         co_await pause.async_wait(asio::redirect_error(use_awaitable, ec));
         continue;
       }
-      asio::co_spawn(io, session(std::move(s)), asio::detached);
+      s.set_option(tcp::no_delay(true), ec);
+      std::string address = s.remote_endpoint(ec).address().to_string();
+      ++connections;
+      asio::co_spawn(
+          loop.io,
+          session(loop, std::move(s), std::nullopt, beast::flat_buffer(), std::move(address)),
+          asio::detached);
     }
   }
 };
@@ -646,30 +730,54 @@ int Gateway::start() {
     throw std::runtime_error("cannot listen on " + g.config.host + ":" +
                              std::to_string(g.config.port) + ": " + ec.message());
   const int port = g.acceptor.local_endpoint().port();
-  asio::co_spawn(g.io, g.accept_loop(), asio::detached);
-  g.thread = std::thread([&g] {
-    for (;;) {
-      try {
-        g.io.run();
-        return;
-      } catch (const std::exception&) {
-        // A handler threw outside a session: keep serving the others.
+  asio::co_spawn(g.front.io, g.accept_loop(g.front, g.acceptor), asio::detached);
+  if (g.config.worker_port >= 0) {
+    const tcp::endpoint wat(at.address(), static_cast<std::uint16_t>(g.config.worker_port));
+    g.worker_acceptor.open(wat.protocol(), ec);
+    if (!ec) g.worker_acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) g.worker_acceptor.bind(wat, ec);
+    if (!ec) g.worker_acceptor.listen(4096, ec);
+    if (ec)
+      throw std::runtime_error("cannot listen for workers on " + g.config.host + ":" +
+                               std::to_string(g.config.worker_port) + ": " + ec.message());
+    g.bound_worker_port = g.worker_acceptor.local_endpoint().port();
+    asio::co_spawn(g.workers.io, g.accept_loop(g.workers, g.worker_acceptor), asio::detached);
+  }
+  for (Impl::Loop* loop : {&g.front, &g.data, &g.workers}) {
+    // Keeps running with nothing to do until stop().
+    auto guard = std::make_shared<asio::executor_work_guard<asio::io_context::executor_type>>(
+        loop->io.get_executor());
+    loop->thread = std::thread([loop, guard] {
+      for (;;) {
+        try {
+          loop->io.run();
+          return;
+        } catch (const std::exception&) {
+          // A handler threw outside a session: keep serving the others.
+        }
       }
-    }
-  });
+    });
+  }
   return port;
 }
 
 void Gateway::stop() {
   Impl& g = *impl_;
   if (g.stopped.exchange(true)) return;
-  asio::post(g.io, [&g] {
-    beast::error_code ec;
-    g.acceptor.close(ec);
-    g.io.stop();
-  });
-  if (g.thread.joinable()) g.thread.join();
+  for (Impl::Loop* loop : {&g.front, &g.data, &g.workers}) {
+    loop->io.stop();
+    if (loop->thread.joinable()) loop->thread.join();
+  }
+  beast::error_code ec;
+  g.acceptor.close(ec);  // (their loops have stopped: no other thread uses them)
+  g.worker_acceptor.close(ec);
   g.helpers.join();
+  // Close the kept-alive upstream connections now (the control server waits for them to end).
+  for (Impl::Loop* loop : {&g.front, &g.data, &g.workers}) loop->idle_upstreams.clear();
+}
+
+int Gateway::worker_port() const {
+  return impl_->bound_worker_port;
 }
 
 GatewayStats Gateway::stats() const {

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +32,10 @@ namespace ggfleet::server {
 struct GatewayConfig {
   std::string host = "127.0.0.1";
   int port = 8080;  // 0 = any free port
+  // A listener for workers only (register, heartbeat, assignments), on an event loop of its own
+  // so that no client burst on the public port delays a heartbeat. -1: none; 0: any free port.
+  // Workers learn it when they register and fall back to the public port if it is unreachable.
+  int worker_port = 0;
   std::string control_host = "127.0.0.1";
   int control_port = 0;  // where the control server listens (set by the server)
   std::size_t max_body_bytes = 1 << 20;
@@ -79,6 +84,10 @@ struct GatewayHooks {
   std::function<void(const std::string& deployment, int status, std::uint64_t prompt_tokens,
                      std::uint64_t completion_tokens)>
       proxied;
+  // The same two answers when they are at hand without blocking (caches), else nullopt: the
+  // proxy's hot path then skips the helper threads.
+  std::function<std::optional<ProxyError>(const std::string& authorization)> authorize_cached;
+  std::function<std::optional<ProxyRoute>(const std::string& deployment)> route_cached;
   // An instance did not answer: routes should be read again.
   std::function<void()> upstream_failed;
 };
@@ -99,9 +108,10 @@ class Gateway {
   Gateway(const Gateway&) = delete;
   Gateway& operator=(const Gateway&) = delete;
 
-  // Binds and starts the event loop. Returns the port. Throws std::runtime_error if it cannot
-  // bind.
+  // Binds and starts the event loops. Returns the public port. Throws std::runtime_error if it
+  // cannot bind.
   int start();
+  int worker_port() const;  // after start(); -1 if none
   void stop();
   GatewayStats stats() const;
 

@@ -482,19 +482,35 @@ void Server::publish_assignments() {
   assign_cv_.notify_all();
 }
 
-ProxyRoute Server::route_of(const std::string& deployment) {
+std::optional<std::pair<std::string, std::string>> Server::cached_principal(
+    const std::string& hash) {
+  // Valid keys are remembered for a minute (the proxy's hot path must not read the store);
+  // deleting a key through this server forgets them all at once, through another server sharing
+  // the database within the minute.
+  std::lock_guard<std::mutex> lock(cache_mu_);
+  const auto it = key_cache_.find(hash);
+  if (it != key_cache_.end() &&
+      std::chrono::steady_clock::now() - it->second.first < std::chrono::seconds(60)) {
+    return it->second.second;
+  }
+  return std::nullopt;
+}
+
+std::optional<ProxyRoute> Server::cached_route(const std::string& deployment) {
   // Read from the store when an instance changed since (or after 30 s, for changes made by
   // another server on the same database), not per request: the proxy's hot path.
+  std::lock_guard<std::mutex> lock(cache_mu_);
+  const auto it = route_cache_.find(deployment);
+  if (it != route_cache_.end() && it->second.generation == routes_generation_.load() &&
+      std::chrono::steady_clock::now() - it->second.when < std::chrono::seconds(30))
+    return it->second.route;
+  return std::nullopt;
+}
+
+ProxyRoute Server::route_of(const std::string& deployment) {
+  if (std::optional<ProxyRoute> cached = cached_route(deployment)) return *cached;
   const auto now = std::chrono::steady_clock::now();
-  const std::uint64_t generation = routes_generation_.load();
-  {
-    std::lock_guard<std::mutex> lock(cache_mu_);
-    const auto it = route_cache_.find(deployment);
-    if (it != route_cache_.end() && it->second.generation == generation &&
-        now - it->second.when < std::chrono::seconds(30))
-      return it->second.route;
-  }
-  Route fresh{now, generation, {}};
+  Route fresh{now, routes_generation_.load(), {}};
   fresh.route.exists = store_->deployment(deployment).has_value();
   if (fresh.route.exists) {
     for (const store::InstanceRow& i : store_->instances(deployment)) {
@@ -544,16 +560,7 @@ void Server::routes() {
       throw HttpError{401, "the Authorization header must be 'Bearer KEY'"};
     const std::string hash = sha256_hex(header.substr(7));
     const auto now = std::chrono::steady_clock::now();
-    {
-      // Valid keys are remembered for a minute (the proxy's hot path must not read the store);
-      // deleting a key through this server forgets them all at once, through another server
-      // sharing the database within the minute.
-      std::lock_guard<std::mutex> lock(cache_mu_);
-      const auto it = key_cache_.find(hash);
-      if (it != key_cache_.end() && now - it->second.first < std::chrono::seconds(60)) {
-        return {it->second.second.first, it->second.second.second};
-      }
-    }
+    if (const auto cached = cached_principal(hash)) return {cached->first, cached->second};
     const std::optional<store::KeyRow> key = store_->key_by_hash(hash);
     if (!key) throw HttpError{401, "invalid API key"};
     std::lock_guard<std::mutex> lock(cache_mu_);
@@ -684,7 +691,9 @@ void Server::routes() {
                 }
               });
               wake_scheduler();
-              reply(res, {{"name", name}, {"key", key}}, 201);
+              // Heartbeats and polls have a listener of their own (gateway.h).
+              reply(res, {{"name", name}, {"key", key}, {"worker_port", gateway_->worker_port()}},
+                    201);
             }));
   s.Post(
       R"(/v1/workers/([a-z0-9-]+)/heartbeat)",
@@ -1168,6 +1177,15 @@ void Server::routes() {
     }
   };
   hooks_.route = [this](const std::string& deployment) { return route_of(deployment); };
+  hooks_.authorize_cached = [this](const std::string& header) -> std::optional<ProxyError> {
+    if (header.rfind("Bearer ", 0) != 0) return std::nullopt;
+    const auto cached = cached_principal(sha256_hex(header.substr(7)));
+    if (!cached) return std::nullopt;
+    if (cached->first != "admin" && cached->first != "user")
+      return ProxyError{403, "a " + cached->first + " key may not do this"};
+    return ProxyError{};
+  };
+  hooks_.route_cached = [this](const std::string& deployment) { return cached_route(deployment); };
   hooks_.proxied = [this](const std::string& deployment, int status, std::uint64_t prompt,
                           std::uint64_t completion) {
     metrics_->proxied(deployment, status, prompt, completion);

@@ -78,6 +78,8 @@ class Server {
   const std::string& generated_admin_key() const { return generated_admin_key_; }
   const std::string& generated_join_token() const { return generated_join_token_; }
   store::Store& store() { return *store_; }
+  // The workers' own listener (register, heartbeats, polls); -1 if none. After start().
+  int worker_port() const { return gateway_ ? gateway_->worker_port() : -1; }
   void wake_scheduler();
 
  private:
@@ -90,6 +92,9 @@ class Server {
   void forget_key(const std::string& id);  // deletes it and empties the key cache
   // Where a deployment's instances listen (cached until an instance changes; thread-safe).
   ProxyRoute route_of(const std::string& deployment);
+  std::optional<ProxyRoute> cached_route(const std::string& deployment);  // never blocks
+  // (role, worker) of a key hash seen in the last minute; never blocks.
+  std::optional<std::pair<std::string, std::string>> cached_principal(const std::string& hash);
 
   ServerConfig config_;
   std::unique_ptr<store::Store> store_;

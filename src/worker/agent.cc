@@ -416,7 +416,30 @@ void Agent::register_self(const std::atomic<bool>& stop, const std::vector<GpuIn
     }
     throw std::runtime_error("cannot register with " + config_.server + ": " + why);
   }
-  const std::string key = json::parse(r->body)["key"].get<std::string>();
+  const json reply = json::parse(r->body);
+  const std::string key = reply["key"].get<std::string>();
+  // Heartbeats and polls go to the server's worker-only listener (no client load there), when
+  // this worker can reach it; else to the public address it registered on.
+  std::string endpoint = config_.server;
+  const int worker_port = reply.value("worker_port", -1);
+  const auto scheme = config_.server.find("://");
+  const auto host_start = scheme == std::string::npos ? 0 : scheme + 3;
+  const auto host_end = config_.server.find('/', host_start);
+  const std::string authority = config_.server.substr(host_start, host_end - host_start);
+  const auto colon = authority.rfind(':');
+  if (worker_port > 0 && authority.find(']') == std::string::npos) {
+    const std::string candidate = config_.server.substr(0, host_start) +
+                                  authority.substr(0, colon) + ":" + std::to_string(worker_port);
+    httplib::Client probe(candidate);
+    probe.set_connection_timeout(2);
+    probe.set_read_timeout(5);
+    const httplib::Result ok = probe.Get("/healthz");
+    if (ok && ok->status == 200) endpoint = candidate;
+  }
+  {
+    std::lock_guard<std::mutex> lock(key_mu_);
+    worker_server_ = endpoint;
+  }
   {
     std::lock_guard<std::mutex> lock(key_mu_);
     key_ = key;
@@ -440,7 +463,8 @@ void Agent::run(const std::atomic<bool>& stop) {
   if (!simulated_) gpus = nvml_gpus(&why);
   register_self(stop, gpus);
   log(config_.name,
-      "joined " + config_.server + " with " + std::to_string(gpus.size()) + " GPU(s)" +
+      "joined " + config_.server + " (heartbeats to " + worker_endpoint() + ") with " +
+          std::to_string(gpus.size()) + " GPU(s)" +
           (simulated_    ? " (SIMULATED: declared GPUs served by llama.cpp's CPU backend)"
            : why.empty() ? ""
                          : " (" + why + ")"));
@@ -449,15 +473,25 @@ void Agent::run(const std::atomic<bool>& stop) {
     return httplib::Headers{{"Authorization", "Bearer " + key_}};
   };
   std::atomic<bool> poll_stop{false};
+  // A client for the worker endpoint, made again when registration changes it.
+  auto client_for = [this](std::unique_ptr<httplib::Client>& c, std::string& at, int read_s) {
+    const std::string now = worker_endpoint();
+    if (c && at == now) return;
+    at = now;
+    c = std::make_unique<httplib::Client>(at);
+    c->set_connection_timeout(2);
+    c->set_read_timeout(read_s);
+    c->set_tcp_nodelay(true);
+  };
   std::thread poller([&] {
-    httplib::Client c(config_.server);
-    c.set_read_timeout(60);
-    c.set_tcp_nodelay(true);
+    std::unique_ptr<httplib::Client> c;
+    std::string at;
     std::int64_t since = -1;
     while (!stop && !poll_stop) try {
+        client_for(c, at, 60);
         const std::string path = "/v1/workers/" + config_.name +
                                  "/assignments?since=" + std::to_string(since) + "&wait=5";
-        const httplib::Result a = c.Get(path.c_str(), auth());
+        const httplib::Result a = c->Get(path.c_str(), auth());
         if (!a || a->status != 200) {
           std::this_thread::sleep_for(std::chrono::milliseconds(500));
           continue;
@@ -477,14 +511,24 @@ void Agent::run(const std::atomic<bool>& stop) {
   });
   // Heartbeats from their own thread, so that stopping or checking processes never delays them.
   std::thread beater([&] {
-    httplib::Client c(config_.server);
-    c.set_connection_timeout(2);
-    c.set_read_timeout(10);
-    c.set_tcp_nodelay(true);
+    std::unique_ptr<httplib::Client> c;
+    std::string at;
+    int unanswered = 0;
     while (!stop && !poll_stop) {
       try {
-        const httplib::Result h = c.Post(("/v1/workers/" + config_.name + "/heartbeat").c_str(),
-                                         auth(), heartbeat_body().dump(), "application/json");
+        client_for(c, at, 10);
+        const httplib::Result h = c->Post(("/v1/workers/" + config_.name + "/heartbeat").c_str(),
+                                          auth(), heartbeat_body().dump(), "application/json");
+        unanswered = h ? 0 : unanswered + 1;
+        if (unanswered >= 3 && at != config_.server) {
+          // The worker listener went away (a restarted server listens elsewhere): register
+          // again through the public address, which says where it is now.
+          log(config_.name, "no answer from " + at + "; registering again with " + config_.server);
+          std::vector<GpuInfo> now_gpus = declared_;
+          if (!simulated_) now_gpus = nvml_gpus();
+          register_self(stop, now_gpus);
+          unanswered = 0;
+        }
         if (h && h->status == 401) {
           log(config_.name, "the server refuses this worker's credentials (" + h->body +
                                 "): it was removed or its database replaced; registering again");

@@ -70,7 +70,13 @@ class Agent {
   AgentConfig config_;
   bool simulated_ = false;
   std::vector<GpuInfo> declared_;
+  std::string worker_endpoint() {
+    std::lock_guard<std::mutex> lock(key_mu_);
+    return worker_server_;
+  }
   std::mutex key_mu_;
+  // Guarded by key_mu_: the server's worker-only listener when it answers, else config_.server.
+  std::string worker_server_;
   std::string key_;  // guarded by key_mu_; this worker's credentials (<data_dir>/credentials)
   std::vector<std::string> stale_;  // processes of an earlier agent stopped at start
   std::mutex mu_;

@@ -85,7 +85,11 @@ TEST(FaultInjection, OverloadIsQueuedThenAnswered429WithRetryAfter) {
     c.front.queue_per_deployment = 8;
     c.front.queue_timeout_s = 3;
   });
-  const std::string key = f.add_worker("w1", resources(1));
+  const std::string key =
+      f.api()
+          .post("/v1/workers/register", ServerFixture::kJoin,
+                {{"name", "w1"}, {"address", "127.0.0.1"}, {"resources", resources(1)}})
+          .body.value("key", "");
   const auto [id, port] = deploy_and_place(f, "chat");
   ASSERT_GT(port, 0);
   SlowInstance instance(port, std::chrono::milliseconds(150));
