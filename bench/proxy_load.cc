@@ -145,12 +145,14 @@ struct Run {
   double seconds = 0;
 };
 
-Run run_clients(const std::string& host, int port, int clients, bool with_key) {
+Run run_clients(const std::string& host, int port, int clients, bool with_key,
+                const std::string& model = "stub", int max_tokens = 8) {
   asio::io_context io(1);
   std::vector<Outcome> outs(static_cast<std::size_t>(clients));
   const std::string body = json{
-      {"model", "stub"},
+      {"model", model},
       {"messages", {{{"role", "user"}, {"content", "hi"}}}},
+      {"max_tokens", max_tokens},
       {"stream", true}}.dump();
   for (int k = 0; k < clients; ++k)
     asio::co_spawn(io, client(host, port, body, with_key, outs[static_cast<std::size_t>(k)]),
@@ -184,6 +186,156 @@ std::pair<long, long> rss_and_threads(pid_t pid) {
   return {rss, threads};
 }
 
+// Starts `ggfleet server` with `extra` flags; returns its port (0 if it did not start).
+int start_server(ggfleet::worker::Process& server, const std::filesystem::path& dir,
+                 const std::vector<std::string>& extra) {
+  std::vector<std::string> argv = {
+      GGFLEET_BINARY, "server",      "--data-dir", (dir / "data").string(), "--listen",
+      "127.0.0.1:0",  "--admin-key", kAdmin,       "--join-token",          kJoin};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  server.start(argv, {}, (dir / "server.log").string());
+  for (int k = 0; k < 200; ++k) {
+    std::ifstream in(dir / "server.log");
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    const auto at = text.find("listening on port ");
+    if (at != std::string::npos) return std::atoi(text.c_str() + at + 18);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return 0;
+}
+
+// Heartbeats of a registered worker every 100 ms, timed while `measuring`.
+struct Beats {
+  std::atomic<bool> stop{false}, measuring{false};
+  std::mutex mu;
+  std::vector<double> ms;
+  int errors = 0;
+  std::thread thread;
+  void start(int port, const std::string& worker, const std::string& key, const json& body) {
+    thread = std::thread([this, port, worker, key, body] {
+      httplib::Client c("127.0.0.1", port);
+      c.set_read_timeout(30);
+      while (!stop) {
+        const auto t0 = Clock::now();
+        auto r = c.Post(("/v1/workers/" + worker + "/heartbeat").c_str(),
+                        {{"Authorization", "Bearer " + key}}, body.dump(), "application/json");
+        const double took = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+        if (measuring) {
+          std::lock_guard<std::mutex> lock(mu);
+          ms.push_back(took);
+          errors += !r || r->status != 200;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+  }
+  void reset() {
+    std::lock_guard<std::mutex> lock(mu);
+    ms.clear();
+    errors = 0;
+  }
+  ~Beats() {
+    stop = true;
+    if (thread.joinable()) thread.join();
+  }
+};
+
+// 200 (--real-clients) streams against a real llama-server (CPU build, one slot) through a
+// server and a `ggfleet worker` process, beside a probe worker whose heartbeats are timed.
+int real_run(const std::string& llama, int clients) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("proxy_load-real-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  ggfleet::worker::Process server, worker;
+  const int port = start_server(server, dir, {"--instance-ports", "24100", "--rpc-ports", "24700"});
+  if (port == 0) return 1;
+  worker.start({GGFLEET_BINARY, "worker", "--server", "http://127.0.0.1:" + std::to_string(port),
+                "--join-token", kJoin, "--name", "real", "--address", "127.0.0.1", "--declare-gpu",
+                "NVIDIA GeForce RTX 4090:2GiB", "--llama", llama, "--data-dir",
+                (dir / "worker").string(), "--heartbeat-ms", "500"},
+               {}, (dir / "worker.log").string());
+  httplib::Client api("127.0.0.1", port);
+  api.set_read_timeout(60);
+  const httplib::Headers admin = {{"Authorization", std::string("Bearer ") + kAdmin}};
+  // The probe: a worker with no GPU and too little RAM to be chosen; its heartbeats are timed.
+  const json probe_resources = {{"cpu", {{"cores", 1}}},
+                                {"ram", {{"total", 1ull << 20}, {"used", 0}}},
+                                {"gpus", json::array()},
+                                {"simulated", true}};
+  auto reg = api.Post(
+      "/v1/workers/register", {{"Authorization", std::string("Bearer ") + kJoin}},
+      json{{"name", "probe"}, {"address", "127.0.0.1"}, {"resources", probe_resources}}.dump(),
+      "application/json");
+  if (!reg || reg->status != 201) return 1;
+  Beats beats;
+  beats.start(json::parse(reg->body).value("worker_port", port), "probe",
+              json::parse(reg->body)["key"], json::object());
+  ggfleet::model::SynthOptions so;
+  so.blocks = 2;
+  so.vocab = 32000;
+  const std::string model =
+      ggfleet::model::synth("llama3-8b-q4_0", (dir / "models").string(), so).front();
+  api.Post("/v1/deployments", admin,
+           json{{"name", "real"}, {"model", model}, {"options", {{"context", 2048}}}}.dump(),
+           "application/json");
+  bool running = false;
+  int listen_port = 0;
+  for (int k = 0; k < 1800 && !running; ++k) {
+    auto r = api.Get("/v1/instances", admin);
+    const json list = r ? json::parse(r->body)["instances"] : json::array();
+    if (!list.empty() && list[0]["state"] == "running") {
+      running = true;
+      const json a =
+          json::parse(api.Get(("/v1/instances/" + list[0]["id"].get<std::string>()).c_str(), admin)
+                          ->body)["assignment"];
+      listen_port = a.value("listen_port", a.value("server_port", 0));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (!running) {
+    std::fprintf(stderr, "proxy_load: the real instance did not start (see %s)\n", dir.c_str());
+    return 1;
+  }
+  const Run direct = run_clients("127.0.0.1", listen_port, clients, false, "real", 8);
+  beats.reset();
+  beats.measuring = true;
+  const Run proxied = run_clients("127.0.0.1", port, clients, true, "real", 8);
+  beats.measuring = false;
+  int unreachable = 0, replanned = 0;
+  if (auto ev = api.Get("/v1/events?limit=1000", admin)) {
+    for (const json& e : json::parse(ev->body)["events"]) {
+      unreachable += e["kind"] == "worker.unreachable";
+      replanned += e["kind"] == "instance.replanned";
+    }
+  }
+  std::vector<double> ms;
+  int beat_errors = 0;
+  {
+    std::lock_guard<std::mutex> lock(beats.mu);
+    ms = beats.ms;
+    beat_errors = beats.errors;
+  }
+  std::printf("real llama-server (CPU, 1 slot, 2-block model, 8 tokens), %d streams at once:\n",
+              clients);
+  std::printf("  direct:  %d served, %d errors, ttft p50 %.0f ms p99 %.0f ms, %.1f s\n",
+              direct.served, direct.errors, percentile(direct.ttft, 0.5),
+              percentile(direct.ttft, 0.99), direct.seconds);
+  std::printf(
+      "  proxied: %d served, %d answered 429, %d errors, %d cut; ttft p50 %.0f ms "
+      "p99 %.0f ms, %.1f s\n",
+      proxied.served, proxied.busy, proxied.errors, proxied.incomplete,
+      percentile(proxied.ttft, 0.5), percentile(proxied.ttft, 0.99), proxied.seconds);
+  std::printf(
+      "  heartbeats during the load: %zu, %d failed, p50 %.1f ms, p99 %.1f ms; "
+      "unreachable verdicts %d, re-plans %d\n",
+      ms.size(), beat_errors, percentile(ms, 0.5), percentile(ms, 0.99), unreachable, replanned);
+  beats.stop = true;
+  worker.stop(20);
+  server.stop();
+  std::filesystem::remove_all(dir);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -193,6 +345,10 @@ int main(int argc, char** argv) {
   app.add_option("--clients", counts, "Client counts, one run each")->delimiter(',');
   app.add_option("--tokens", tokens, "Tokens per stream");
   app.add_option("--interval-ms", interval_ms, "Milliseconds between tokens");
+  std::string llama;
+  int real_clients = 200;
+  app.add_option("--llama", llama, "llama.cpp bin directory: also run against a real llama-server");
+  app.add_option("--real-clients", real_clients, "Streams at once against the real llama-server");
   CLI11_PARSE(app, argc, argv);
 
   rlimit lim{};
@@ -204,18 +360,9 @@ int main(int argc, char** argv) {
       std::filesystem::temp_directory_path() / ("proxy_load-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   ggfleet::worker::Process server;
-  server.start({GGFLEET_BINARY, "server", "--data-dir", (dir / "data").string(), "--listen",
-                "127.0.0.1:0", "--admin-key", kAdmin, "--join-token", kJoin, "--slots-multiple",
-                "10000", "--instance-ports", "24000", "--rpc-ports", "24600"},
-               {}, (dir / "server.log").string());
-  int port = 0;
-  for (int k = 0; k < 200 && port == 0; ++k) {
-    std::ifstream in(dir / "server.log");
-    const std::string text((std::istreambuf_iterator<char>(in)), {});
-    const auto at = text.find("listening on port ");
-    if (at != std::string::npos) port = std::atoi(text.c_str() + at + 18);
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  const int port = start_server(
+      server, dir,
+      {"--slots-multiple", "10000", "--instance-ports", "24000", "--rpc-ports", "24600"});
   if (port == 0) {
     std::fprintf(stderr, "proxy_load: the server did not start (see %s)\n",
                  (dir / "server.log").c_str());
@@ -277,28 +424,10 @@ int main(int argc, char** argv) {
   std::thread stub_thread([&] { stub_io.run(); });
 
   // The worker's heartbeats, timed.
-  std::atomic<bool> stop{false}, measuring{false};
-  std::mutex beats_mu;
-  std::vector<double> beats_ms;
-  int beat_errors = 0;
-  std::thread beater([&] {
-    httplib::Client c("127.0.0.1", worker_port > 0 ? worker_port : port);
-    c.set_read_timeout(30);
-    const json body = {
-        {"instances", json::array({{{"id", id}, {"state", "running"}, {"port", upstream_port}}})}};
-    while (!stop) {
-      const auto t0 = Clock::now();
-      auto r = c.Post("/v1/workers/bench/heartbeat", {{"Authorization", "Bearer " + worker_key}},
-                      body.dump(), "application/json");
-      const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-      if (measuring) {
-        std::lock_guard<std::mutex> lock(beats_mu);
-        beats_ms.push_back(ms);
-        beat_errors += !r || r->status != 200;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  });
+  Beats beats;
+  beats.start(
+      worker_port > 0 ? worker_port : port, "bench", worker_key,
+      {{"instances", json::array({{{"id", id}, {"state", "running"}, {"port", upstream_port}}})}});
   std::this_thread::sleep_for(std::chrono::seconds(1));  // the instance is reported running
 
   std::printf("proxy_load: %d tokens per stream, %d ms apart; server pid %d\n", tokens, interval_ms,
@@ -313,12 +442,8 @@ int main(int argc, char** argv) {
                 direct.served, direct.busy, direct.errors, direct.incomplete,
                 percentile(direct.ttft, 0.5), percentile(direct.ttft, 0.99), direct.seconds, "-",
                 "-", "-", "-");
-    {
-      std::lock_guard<std::mutex> lock(beats_mu);
-      beats_ms.clear();
-      beat_errors = 0;
-    }
-    measuring = true;
+    beats.reset();
+    beats.measuring = true;
     std::atomic<bool> sampling{true};
     long peak_rss = 0, peak_threads = 0;
     std::thread sampler([&] {
@@ -332,35 +457,36 @@ int main(int argc, char** argv) {
     const Run proxied = run_clients("127.0.0.1", port, n, true);
     sampling = false;
     sampler.join();
-    measuring = false;
-    std::vector<double> beats;
+    beats.measuring = false;
+    std::vector<double> beat_ms;
     int beat_failures = 0;
     {
-      std::lock_guard<std::mutex> lock(beats_mu);
-      beats = beats_ms;
-      beat_failures = beat_errors;
+      std::lock_guard<std::mutex> lock(beats.mu);
+      beat_ms = beats.ms;
+      beat_failures = beats.errors;
     }
     std::printf("%7d %-7s %7d %5d %6d %8d %8.1f %8.1f %9.1f %8.1f %8ld %8.1f %8.1f\n", n, "proxied",
                 proxied.served, proxied.busy, proxied.errors, proxied.incomplete,
                 percentile(proxied.ttft, 0.5), percentile(proxied.ttft, 0.99), proxied.seconds,
-                static_cast<double>(peak_rss) / 1024.0, peak_threads, percentile(beats, 0.99),
-                beats.empty() ? 0.0 : *std::max_element(beats.begin(), beats.end()));
+                static_cast<double>(peak_rss) / 1024.0, peak_threads, percentile(beat_ms, 0.99),
+                beat_ms.empty() ? 0.0 : *std::max_element(beat_ms.begin(), beat_ms.end()));
     std::printf(
         "%7s added ttft p50 %+.1f ms, p99 %+.1f ms; %zu heartbeats (%d failed), p50 %.1f ms\n", "",
         percentile(proxied.ttft, 0.5) - percentile(direct.ttft, 0.5),
-        percentile(proxied.ttft, 0.99) - percentile(direct.ttft, 0.99), beats.size(), beat_failures,
-        percentile(beats, 0.5));
+        percentile(proxied.ttft, 0.99) - percentile(direct.ttft, 0.99), beat_ms.size(),
+        beat_failures, percentile(beat_ms, 0.5));
     std::fflush(stdout);
     if (proxied.errors > 0 || proxied.incomplete > 0 || beat_failures > 0 ||
-        percentile(beats, 0.99) >= 50)
+        percentile(beat_ms, 0.99) >= 50)
       ++failed_goal;
   }
-  stop = true;
-  beater.join();
+  beats.stop = true;
+  if (beats.thread.joinable()) beats.thread.join();
   stub_io.stop();
   stub_thread.join();
   server.stop();
   std::filesystem::remove_all(dir);
   std::printf("goal (0 errors, heartbeat p99 < 50 ms): %s\n", failed_goal ? "NOT MET" : "met");
+  if (!llama.empty()) return real_run(llama, real_clients);
   return 0;
 }

@@ -460,39 +460,60 @@ ReconcileStats Scheduler::reconcile() {
     replan(store_, i, "worker " + lost + " is gone; re-planning");
     ++stats.replanned;
   }
-  // 2. Replica counts.
+  // 2. Replica counts, per generation: the current one gets `replicas` instances; older ones
+  // (a PATCH changed model or options) are removed as current ones run — all at once when the
+  // current ones run, one per pass when a current one does not fit while old ones hold memory.
   for (const store::DeploymentRow& d : store_.deployments()) {
-    std::vector<store::InstanceRow> mine = store_.instances(d.name);
-    for (auto have = static_cast<std::int64_t>(mine.size()); have < d.replicas; ++have) {
+    std::vector<store::InstanceRow> current, old;
+    for (const store::InstanceRow& i : store_.instances(d.name))
+      (i.generation == d.generation ? current : old).push_back(i);
+    for (auto have = static_cast<std::int64_t>(current.size()); have < d.replicas; ++have) {
       store::InstanceRow i;
       i.id = d.name + "-" + store_.next_id("instances");
       i.deployment = d.name;
+      i.generation = d.generation;
       i.created_ms = i.updated_ms = now;
       i.reason = "waiting for the scheduler";
       store_.transaction([&] {
         if (!store_.deployment(d.name)) return;
         store_.put_instance(i);
-        store_.event("instance.created", i.id, "replica of " + d.name);
+        store_.event("instance.created", i.id,
+                     "replica of " + d.name +
+                         (old.empty() ? "" : " (generation " + std::to_string(d.generation) + ")"));
       });
       ++stats.created;
     }
-    if (static_cast<std::int64_t>(mine.size()) > d.replicas) {
-      std::sort(mine.begin(), mine.end(),
+    auto remove = [&](std::vector<store::InstanceRow>& list, std::size_t keep,
+                      const std::string& why) {
+      if (list.size() <= keep) return;
+      std::sort(list.begin(), list.end(),
                 [](const store::InstanceRow& a, const store::InstanceRow& b) {
                   if (keep_rank(a) != keep_rank(b)) return keep_rank(a) < keep_rank(b);
                   if (a.predicted_tokens_per_s != b.predicted_tokens_per_s)
                     return a.predicted_tokens_per_s < b.predicted_tokens_per_s;
                   return a.created_ms > b.created_ms;
                 });
-      for (std::size_t k = 0; k < mine.size() - static_cast<std::size_t>(d.replicas); ++k) {
+      for (std::size_t k = 0; k < list.size() - keep; ++k) {
         store_.transaction([&] {
-          store_.delete_instance(mine[k].id);
+          store_.delete_instance(list[k].id);
           store_.bump_assignment_version();
-          store_.event("instance.removed", mine[k].id,
-                       "scaled down " + d.name + " to " + std::to_string(d.replicas));
+          store_.event("instance.removed", list[k].id, why);
         });
         ++stats.removed;
       }
+    };
+    remove(current, static_cast<std::size_t>(std::max<std::int64_t>(d.replicas, 0)),
+           "scaled down " + d.name + " to " + std::to_string(d.replicas));
+    if (!old.empty()) {
+      std::int64_t running = 0;
+      bool blocked = false;  // a current instance that does not fit while old ones hold memory
+      for (const store::InstanceRow& i : current) {
+        running += i.state == "running";
+        blocked = blocked || (i.state == "pending" && i.reason.rfind("does not fit", 0) == 0);
+      }
+      std::size_t keep = static_cast<std::size_t>(std::max<std::int64_t>(0, d.replicas - running));
+      if (blocked) keep = std::min(keep, old.size() - 1);
+      remove(old, keep, "replaced by generation " + std::to_string(d.generation) + " of " + d.name);
     }
   }
   // 3. Place pending instances, oldest first.

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -30,6 +31,8 @@
 namespace httplib {
 class Server;
 class Client;
+struct Request;
+struct Response;
 }  // namespace httplib
 
 namespace ggfleet::server {
@@ -60,6 +63,7 @@ struct ServerConfig {
 };
 
 class Metrics;
+struct Principal;
 
 class Server {
  public:
@@ -83,7 +87,22 @@ class Server {
   void wake_scheduler();
 
  private:
+  // The control plane's routes: routes() sets up errors, health and metrics and calls one
+  // function per resource (routes_<resource>.cc).
   void routes();
+  void worker_routes();
+  void deployment_routes();
+  void instance_routes();
+  void key_routes();
+  using Handler =
+      std::function<void(const httplib::Request&, httplib::Response&, const Principal&)>;
+  // Wraps a handler: authentication (when `auth`), JSON errors, metrics under `name`.
+  std::function<void(const httplib::Request&, httplib::Response&)> handle(const std::string& name,
+                                                                          bool auth, Handler h);
+  // The caller of an Authorization header; throws HttpError 401 (cached a minute when valid).
+  Principal authenticate(const std::string& header);
+  // 400 unless the options make a planner request and the model file can be read.
+  void check_deployment(const std::string& model, const nlohmann::json& options);
   void schedule_loop();
   // Reads every worker's assignments from the store into assignments_, marks the workers whose
   // own list changed, wakes the long polls and makes the proxy read its routes again.

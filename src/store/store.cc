@@ -29,6 +29,10 @@ const std::vector<std::string> kMigrations = {
        CREATE TABLE events (id BIGINT PRIMARY KEY, time_ms BIGINT NOT NULL, kind TEXT NOT NULL,
          subject TEXT NOT NULL, message TEXT NOT NULL);
        CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL))",
+    // 2: generations: a deployment's model and options are generation N; each instance is
+    // planned for one, so a change rolls (new instances first, old ones after).
+    R"(ALTER TABLE deployments ADD COLUMN generation BIGINT NOT NULL DEFAULT 1;
+       ALTER TABLE instances ADD COLUMN generation BIGINT NOT NULL DEFAULT 1)",
 };
 
 // Splits a migration into statements (libpq and sqlite3_prepare take one at a time).
@@ -53,10 +57,11 @@ constexpr const char* kWorkerCols =
     "name, address, labels, status, resources, last_heartbeat_ms, registered_ms";
 
 DeploymentRow deployment_from(const Rows& r, std::size_t i) {
-  return {r.text(i, 0),    r.text(i, 1),    r.text(i, 2),
-          r.integer(i, 3), r.integer(i, 4), r.integer(i, 5)};
+  return {r.text(i, 0),    r.text(i, 1),    r.text(i, 2),   r.integer(i, 3),
+          r.integer(i, 4), r.integer(i, 5), r.integer(i, 6)};
 }
-constexpr const char* kDeploymentCols = "name, model, options, replicas, created_ms, updated_ms";
+constexpr const char* kDeploymentCols =
+    "name, model, options, replicas, created_ms, updated_ms, generation";
 
 InstanceRow instance_from(const Rows& r, std::size_t i) {
   InstanceRow x;
@@ -71,11 +76,12 @@ InstanceRow instance_from(const Rows& r, std::size_t i) {
   x.predicted_tokens_per_s = std::strtod(r.text(i, 8).c_str(), nullptr);
   x.created_ms = r.integer(i, 9);
   x.updated_ms = r.integer(i, 10);
+  x.generation = r.integer(i, 11);
   return x;
 }
 constexpr const char* kInstanceCols =
     "id, deployment, state, main_worker, assignment, reason, log_tail, restarts, predicted_tps, "
-    "created_ms, updated_ms";
+    "created_ms, updated_ms, generation";
 
 KeyRow key_from(const Rows& r, std::size_t i) {
   return {r.text(i, 0), r.text(i, 1), r.text(i, 2), r.text(i, 3), r.text(i, 4), r.integer(i, 5)};
@@ -201,9 +207,10 @@ bool Store::create_deployment(const DeploymentRow& d) {
   bool created = false;
   transaction([&] {
     if (!db_->exec("SELECT 1 FROM deployments WHERE name = $1", {d.name}).rows.empty()) return;
-    db_->exec(std::string("INSERT INTO deployments (") + kDeploymentCols +
-                  ") VALUES ($1, $2, $3, $4, $5, $6)",
-              {d.name, d.model, d.options_json, d.replicas, d.created_ms, d.updated_ms});
+    db_->exec(
+        std::string("INSERT INTO deployments (") + kDeploymentCols +
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        {d.name, d.model, d.options_json, d.replicas, d.created_ms, d.updated_ms, d.generation});
     created = true;
   });
   return created;
@@ -231,9 +238,9 @@ std::vector<DeploymentRow> Store::deployments() {
 bool Store::update_deployment(const DeploymentRow& d) {
   return locked([&](Db& db) {
     return db.exec(
-                 "UPDATE deployments SET model = $2, options = $3, replicas = $4, updated_ms = $5 "
-                 "WHERE name = $1",
-                 {d.name, d.model, d.options_json, d.replicas, d.updated_ms})
+                 "UPDATE deployments SET model = $2, options = $3, replicas = $4, updated_ms = $5, "
+                 "generation = $6 WHERE name = $1",
+                 {d.name, d.model, d.options_json, d.replicas, d.updated_ms, d.generation})
                .affected > 0;
   });
 }
@@ -257,14 +264,15 @@ void Store::put_instance(const InstanceRow& x) {
     // An upsert: replacing the row would cascade to its claims.
     db_->exec(
         std::string("INSERT INTO instances (") + kInstanceCols +
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO UPDATE "
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO "
+            "UPDATE "
             "SET "
             "state = excluded.state, main_worker = excluded.main_worker, assignment = "
             "excluded.assignment, "
             "reason = excluded.reason, log_tail = excluded.log_tail, restarts = excluded.restarts, "
             "predicted_tps = excluded.predicted_tps, updated_ms = excluded.updated_ms",
         {x.id, x.deployment, x.state, x.main_worker, x.assignment_json, x.reason, x.log_tail,
-         x.restarts, std::string(tps), x.created_ms, x.updated_ms});
+         x.restarts, std::string(tps), x.created_ms, x.updated_ms, x.generation});
   });
 }
 

@@ -38,6 +38,7 @@ struct DeploymentRow {
   std::int64_t replicas = 1;
   std::int64_t created_ms = 0;
   std::int64_t updated_ms = 0;
+  std::int64_t generation = 1;  // bumped when model or options change (instances roll)
 };
 
 struct ClaimRow {
@@ -60,6 +61,7 @@ struct InstanceRow {
   double predicted_tokens_per_s = 0;
   std::int64_t created_ms = 0;
   std::int64_t updated_ms = 0;
+  std::int64_t generation = 1;  // the deployment generation it was made for
 };
 
 struct KeyRow {

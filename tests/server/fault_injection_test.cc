@@ -207,26 +207,42 @@ TEST(FaultInjection, DuplicateWorkerNameIsRefusedUnlessItHoldsTheCredentials) {
   EXPECT_EQ(f.api().post("/v1/workers/w1/heartbeat", key, json::object()).status, 401);
 }
 
-TEST(FaultInjection, PatchWithoutChangeKeepsEveryInstance) {
+TEST(FaultInjection, PatchWithoutChangeKeepsEveryInstanceAndAChangeRolls) {
   server::SchedulerConfig sched;
   sched.instance_port_base = 28900;
   ServerFixture f("sqlite", sched);
-  f.add_worker("w1", resources(1));
+  const std::string key = f.add_worker("w1", resources(1));
   const json options = {{"context", 2048}};
   const auto [id, port] = deploy_and_place(f, "chat", options);
+  ASSERT_EQ(report(f.api(), "w1", key, id, port, "running").status, 200);
   const std::string before = f.api().get("/v1/instances/" + id, kAdmin).body.dump();
   Reply r = f.api().send("PATCH", "/v1/deployments/chat", kAdmin,
                          json{{"options", options}, {"replicas", 1}}.dump());
   EXPECT_EQ(r.status, 200) << r.body.dump();
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // a few scheduling passes
   EXPECT_EQ(f.api().get("/v1/instances/" + id, kAdmin).body.dump(), before);
-  // A real change re-plans.
+  // A real change rolls: the new instance is placed while the old one keeps serving...
   r = f.api().send("PATCH", "/v1/deployments/chat", kAdmin,
                    json{{"options", {{"context", 4096}}}}.dump());
   EXPECT_EQ(r.status, 200) << r.body.dump();
+  std::string fresh;
+  int fresh_port = 0;
+  ASSERT_TRUE(f.eventually([&] {
+    const Reply list = f.api().get("/v1/instances?deployment=chat", kAdmin);
+    for (const json& i : list.body["instances"]) {
+      if (i["id"] != id && i["state"] == "assigned") fresh = i["id"];
+    }
+    return !fresh.empty();
+  })) << f.api().get("/v1/instances", kAdmin).body.dump()
+      << f.api().get("/v1/events", kAdmin).body.dump();
+  fresh_port = f.api().get("/v1/instances/" + fresh, kAdmin).body["assignment"]["server_port"];
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(f.api().get("/v1/instances/" + id, kAdmin).body["state"], "running");
+  // ... and goes once the new one runs.
+  ASSERT_EQ(report(f.api(), "w1", key, fresh, fresh_port, "running").status, 200);
   EXPECT_TRUE(f.eventually([&] {
     const json list = f.api().get("/v1/instances?deployment=chat", kAdmin).body["instances"];
-    return list.size() == 1 && list[0]["id"] != id;
+    return list.size() == 1 && list[0]["id"] == fresh;
   }));
 }
 
@@ -278,8 +294,8 @@ TEST(FaultInjection, ServerDownLongerThanTheTimeoutTouchesNoHealthyInstance) {
   const json i = api.get("/v1/instances/" + id, kAdmin).body;
   EXPECT_EQ(i["state"], "running") << i.dump();
   EXPECT_EQ(i["main_worker"], "w1");
-  for (const json& e :
-       api.get("/v1/events?after=" + std::to_string(last_event), kAdmin).body["events"]) {
+  const Reply events = api.get("/v1/events?after=" + std::to_string(last_event), kAdmin);
+  for (const json& e : events.body["events"]) {
     EXPECT_NE(e["kind"], "worker.unreachable") << e.dump();
     EXPECT_NE(e["kind"], "instance.replanned") << e.dump();
   }

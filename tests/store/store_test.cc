@@ -25,11 +25,11 @@ class StoreTest : public ::testing::TestWithParam<std::string> {
 
 TEST_P(StoreTest, MigratesOnceAndReopens) {
   EXPECT_EQ(store_->backend(), GetParam());
-  EXPECT_EQ(store_->schema_version(), 1);
+  EXPECT_EQ(store_->schema_version(), 2);
   store_->put_worker({"w1", "10.0.0.1", "{}", "ready", "{}", 5, 1});
   store_.reset();
   Store again(db_->target());  // the same data, no second migration
-  EXPECT_EQ(again.schema_version(), 1);
+  EXPECT_EQ(again.schema_version(), 2);
   ASSERT_TRUE(again.worker("w1").has_value());
   EXPECT_EQ(again.worker("w1")->address, "10.0.0.1");
 }
@@ -46,14 +46,18 @@ TEST_P(StoreTest, WorkersDeploymentsInstancesClaims) {
   EXPECT_TRUE(store_->create_deployment({"chat", "/m.gguf", "{}", 2, 1, 1}));
   EXPECT_FALSE(store_->create_deployment({"chat", "/other.gguf", "{}", 1, 1, 1}));
   DeploymentRow d = *store_->deployment("chat");
+  EXPECT_EQ(d.generation, 1);
   d.replicas = 3;
+  d.generation = 2;
   EXPECT_TRUE(store_->update_deployment(d));
   EXPECT_EQ(store_->deployment("chat")->replicas, 3);
+  EXPECT_EQ(store_->deployment("chat")->generation, 2);
 
   InstanceRow i;
   i.id = "chat-" + store_->next_id("instances");
   i.deployment = "chat";
   i.predicted_tokens_per_s = 12.5;
+  i.generation = 2;
   store_->put_instance(i);
   store_->set_claims(i.id, {{i.id, "w1", 0, 1000, false}, {i.id, "w1", -1, 500, false}});
   i.state = "running";
@@ -61,6 +65,7 @@ TEST_P(StoreTest, WorkersDeploymentsInstancesClaims) {
   EXPECT_EQ(store_->claims().size(), 2u);
   EXPECT_EQ(store_->instance(i.id)->state, "running");
   EXPECT_DOUBLE_EQ(store_->instance(i.id)->predicted_tokens_per_s, 12.5);
+  EXPECT_EQ(store_->instance(i.id)->generation, 2);
   EXPECT_NE(store_->next_id("instances"), store_->next_id("instances"));
 
   EXPECT_TRUE(store_->delete_deployment("chat"));  // instances and claims go with it

@@ -1,0 +1,56 @@
+// What every route of the control plane shares: its errors, who is calling, JSON bodies read
+// strictly (unknown fields and wrong types are 400s) and the JSON shapes of the store's rows.
+// Internal to src/server/.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <string>
+
+#include "store/store.h"
+
+namespace httplib {
+struct Request;
+struct Response;
+}  // namespace httplib
+
+namespace ggfleet::server {
+
+// A failed request: the status and the message for {"error": ...}.
+struct HttpError {
+  int status;
+  std::string message;
+};
+
+// Who sent a request (from its API key).
+struct Principal {
+  std::string role;  // admin | user | worker | join | none (unauthenticated routes)
+  std::string worker;
+};
+
+extern const std::regex kName;  // names of workers and deployments
+
+// The body as a JSON object; 400 if it is empty, not JSON or not an object.
+nlohmann::json parse_body(const httplib::Request& req);
+// 400 for a field of `j` not in `keys`.
+void only(const nlohmann::json& j, std::initializer_list<const char*> keys);
+std::string required_string(const nlohmann::json& j, const char* key);  // 400 if missing/empty
+std::int64_t integer_in(const nlohmann::json& j, const char* key, std::int64_t lo,
+                        std::int64_t hi);  // 400 outside [lo, hi]
+nlohmann::json parse_or(const std::string& text, nlohmann::json fallback);
+
+nlohmann::json worker_json(const store::WorkerRow& w);
+nlohmann::json deployment_json(const store::DeploymentRow& d,
+                               const std::vector<store::InstanceRow>& instances);
+nlohmann::json instance_json(const store::InstanceRow& i, bool with_assignment);
+nlohmann::json event_json(const store::EventRow& e);
+
+// 403 unless `p` has one of `roles`.
+void allow(const Principal& p, std::initializer_list<const char*> roles);
+// 403 unless `p` is an admin or user, or the worker `worker` itself.
+void self_or(const Principal& p, const std::string& worker);
+void reply(httplib::Response& res, const nlohmann::json& j, int status = 200);
+
+}  // namespace ggfleet::server

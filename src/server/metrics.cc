@@ -1,0 +1,66 @@
+#include "server/metrics.h"
+
+#include "server/scheduler.h"
+
+namespace ggfleet::server {
+
+std::string Metrics::render(store::Store& s) {
+  std::ostringstream o;
+  std::map<std::string, int> workers_by_state;
+  std::size_t gpus = 0;
+  double free_vram = 0;
+  const std::vector<store::ClaimRow> claims = s.claims();
+  const cluster::Cluster live = live_cluster(s.workers(), claims);
+  for (const store::WorkerRow& w : s.workers()) ++workers_by_state[w.status];
+  for (const cluster::Worker& w : live.workers) {
+    gpus += w.gpus.size();
+    for (std::size_t g = 0; g < w.gpus.size(); ++g)
+      free_vram += static_cast<double>(w.free_vram_bytes(g));
+  }
+  std::map<std::string, int> instances_by_state;
+  for (const store::InstanceRow& i : s.instances()) ++instances_by_state[i.state];
+  o << "# HELP ggfleet_workers Workers by state.\n# TYPE ggfleet_workers gauge\n";
+  for (const char* st : {"ready", "unreachable", "draining"}) {
+    o << "ggfleet_workers{state=\"" << st << "\"} " << workers_by_state[st] << "\n";
+  }
+  o << "# HELP ggfleet_gpus GPUs of ready workers.\n# TYPE ggfleet_gpus gauge\nggfleet_gpus "
+    << gpus << "\n";
+  o << "# HELP ggfleet_gpu_free_bytes Free VRAM on ready workers after reservations and claims.\n"
+       "# TYPE ggfleet_gpu_free_bytes gauge\nggfleet_gpu_free_bytes "
+    << static_cast<std::uint64_t>(free_vram) << "\n";
+  o << "# HELP ggfleet_instances Instances by state.\n# TYPE ggfleet_instances gauge\n";
+  for (const char* st : {"pending", "assigned", "starting", "loading", "running", "error"}) {
+    o << "ggfleet_instances{state=\"" << st << "\"} " << instances_by_state[st] << "\n";
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  o << "# HELP ggfleet_scheduling_duration_seconds Time of one scheduling pass.\n"
+       "# TYPE ggfleet_scheduling_duration_seconds histogram\n";
+  render_histogram(o, "ggfleet_scheduling_duration_seconds", "", scheduling_);
+  o << "# HELP ggfleet_api_requests_total API requests.\n# TYPE ggfleet_api_requests_total "
+       "counter\n";
+  for (const auto& [key, n] : requests_) {
+    o << "ggfleet_api_requests_total{route=\"" << std::get<0>(key) << "\",method=\""
+      << std::get<1>(key) << "\",code=\"" << std::get<2>(key) << "\"} " << n << "\n";
+  }
+  o << "# HELP ggfleet_inference_requests_total Requests proxied to instances.\n"
+       "# TYPE ggfleet_inference_requests_total counter\n";
+  for (const auto& [key, n] : proxy_requests_) {
+    o << "ggfleet_inference_requests_total{deployment=\"" << key.first << "\",code=\"" << key.second
+      << "\"} " << n << "\n";
+  }
+  o << "# HELP ggfleet_inference_tokens_total Tokens through the proxy (streamed: one per "
+       "chunk).\n"
+       "# TYPE ggfleet_inference_tokens_total counter\n";
+  for (const auto& [key, n] : proxy_tokens_) {
+    o << "ggfleet_inference_tokens_total{deployment=\"" << key.first << "\",kind=\"" << key.second
+      << "\"} " << n << "\n";
+  }
+  o << "# HELP ggfleet_api_request_duration_seconds API latency.\n"
+       "# TYPE ggfleet_api_request_duration_seconds histogram\n";
+  for (const auto& [route, h] : latency_) {
+    render_histogram(o, "ggfleet_api_request_duration_seconds", "route=\"" + route + "\"", h);
+  }
+  return o.str();
+}
+
+}  // namespace ggfleet::server

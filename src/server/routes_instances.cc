@@ -1,0 +1,89 @@
+// Routes of /v1/instances (list, get, logs), POST /v1/plan (the planner on the live fleet) and
+// /v1/events.
+#include <httplib.h>
+
+#include <regex>
+#include <set>
+
+#include "plan/report.h"
+#include "server/api_util.h"
+#include "server/server.h"
+
+namespace ggfleet::server {
+
+using nlohmann::json;
+
+void Server::instance_routes() {
+  httplib::Server& s = *http_;
+  // Instances.
+  s.Get("/v1/instances",
+        handle("/v1/instances", true, [this](const auto& req, auto& res, const Principal& p) {
+          allow(p, {"admin", "user"});
+          json list = json::array();
+          for (const store::InstanceRow& i : store_->instances(req.get_param_value("deployment"))) {
+            list.push_back(instance_json(i, false));
+          }
+          reply(res, {{"instances", list}});
+        }));
+  s.Get(R"(/v1/instances/([a-z0-9-]+))",
+        handle("/v1/instances/{id}", true, [this](const auto& req, auto& res, const Principal& p) {
+          allow(p, {"admin", "user"});
+          const std::optional<store::InstanceRow> i = store_->instance(req.matches[1]);
+          if (!i) throw HttpError{404, "no instance " + std::string(req.matches[1])};
+          reply(res, instance_json(*i, true));
+        }));
+  s.Get(R"(/v1/instances/([a-z0-9-]+)/logs)",
+        handle("/v1/instances/{id}/logs", true,
+               [this](const auto& req, auto& res, const Principal& p) {
+                 allow(p, {"admin", "user"});
+                 const std::optional<store::InstanceRow> i = store_->instance(req.matches[1]);
+                 if (!i) throw HttpError{404, "no instance " + std::string(req.matches[1])};
+                 reply(res, {{"id", i->id}, {"log", i->log_tail}});
+               }));
+
+  // A dry run of the planner on the live fleet.
+  s.Post("/v1/plan",
+         handle("/v1/plan", true, [this](const auto& req, auto& res, const Principal& p) {
+           allow(p, {"admin", "user"});
+           const json b = parse_body(req);
+           only(b, {"model", "options", "replicas"});
+           const std::string model = required_string(b, "model");
+           plan::Request r = request_from_options(b.value("options", json::object()), model);
+           if (b.contains("replicas"))
+             r.replicas = static_cast<std::uint32_t>(integer_in(b, "replicas", 1, 1000));
+           std::shared_ptr<const estimate::ModelMemory> m;
+           try {
+             m = scheduler_->model(model);
+           } catch (const std::exception& e) {
+             throw HttpError{400, std::string("cannot read the model: ") + e.what()};
+           }
+           const cluster::Cluster fleet = live_cluster(store_->workers(), store_->claims());
+           try {
+             reply(res, plan::plan_json(plan::make_plan(*m, fleet, r), fleet));
+           } catch (const plan::PlanError& e) {
+             throw HttpError{400, e.what()};
+           }
+         }));
+
+  s.Get("/v1/events",
+        handle("/v1/events", true, [this](const auto& req, auto& res, const Principal& p) {
+          allow(p, {"admin", "user"});
+          std::int64_t after = 0;
+          std::size_t limit = 200;
+          try {
+            if (req.has_param("after")) after = std::stoll(req.get_param_value("after"));
+            if (req.has_param("limit"))
+              limit = static_cast<std::size_t>(
+                  std::clamp(std::stoi(req.get_param_value("limit")), 1, 1000));
+          } catch (const std::exception&) {
+            throw HttpError{400, "after and limit must be integers"};
+          }
+          json list = json::array();
+          for (const store::EventRow& e :
+               store_->events(after, limit, req.get_param_value("subject")))
+            list.push_back(event_json(e));
+          reply(res, {{"events", list}});
+        }));
+}
+
+}  // namespace ggfleet::server

@@ -1,0 +1,310 @@
+// Routes of /v1/workers: registration, heartbeats, assignments (long polls), list, drain, remove.
+#include <httplib.h>
+
+#include <regex>
+#include <set>
+
+#include "server/api_util.h"
+#include "server/assignments.h"
+#include "server/auth.h"
+#include "server/server.h"
+
+namespace ggfleet::server {
+
+using nlohmann::json;
+
+void Server::worker_routes() {
+  httplib::Server& s = *http_;
+  // Workers.
+  s.Post(
+      "/v1/workers/register",
+      handle("/v1/workers/register", true, [this](const auto& req, auto& res, const Principal& p) {
+        allow(p, {"join", "admin"});
+        const json b = parse_body(req);
+        only(b, {"name", "address", "labels", "resources", "worker_key", "stale_processes"});
+        const std::string name = required_string(b, "name");
+        if (!std::regex_match(name, kName))
+          throw HttpError{400, "'name' must match [a-z0-9][a-z0-9-]{0,62}"};
+        const std::string address = b.contains("address") ? required_string(b, "address") : name;
+        const json labels = b.value("labels", json::object());
+        const json resources = b.value("resources", json::object());
+        if (!labels.is_object()) throw HttpError{400, "'labels' must be an object of strings"};
+        worker_from_resources(name, address, labels, resources);  // validates
+        const std::string presented =
+            b.contains("worker_key") ? required_string(b, "worker_key") : "";
+        std::vector<std::string> stale;
+        if (b.contains("stale_processes")) {
+          if (!b["stale_processes"].is_array())
+            throw HttpError{400, "'stale_processes' must be an array of strings"};
+          for (const json& v : b["stale_processes"]) {
+            if (!v.is_string())
+              throw HttpError{400, "'stale_processes' must be an array of strings"};
+            stale.push_back(v.get<std::string>().substr(0, 200));
+          }
+        }
+        const std::string key = new_secret("ggw_");
+        store_->transaction([&] {
+          const std::optional<store::WorkerRow> old = store_->worker(name);
+          // A live worker keeps its name: only one that holds its credentials (the same
+          // worker restarted) may register under it again. An unreachable one may be
+          // replaced.
+          if (old && old->status != "unreachable") {
+            const std::optional<store::KeyRow> k =
+                presented.empty() ? std::nullopt : store_->key_by_hash(sha256_hex(presented));
+            if (!k || k->role != "worker" || k->worker != name) {
+              throw HttpError{409, "a worker named " + name + " is registered (" + old->address +
+                                       ", status " + old->status +
+                                       ") and this one does not hold its credentials: give this "
+                                       "worker another --name, or remove the other first (DELETE "
+                                       "/v1/workers/" +
+                                       name + ")"};
+            }
+          }
+          for (const store::KeyRow& k : store_->keys()) {
+            if (k.role == "worker" && k.worker == name) forget_key(k.id);
+          }
+          store_->put_worker({name, address, labels.dump(), "ready", resources.dump(),
+                              store::now_ms(), old ? old->registered_ms : store::now_ms()});
+          store_->put_key(
+              {"worker-" + name, name, sha256_hex(key), "worker", name, store::now_ms()});
+          store_->event("worker.registered", name,
+                        "registered from " + address +
+                            (old && old->status == "unreachable"
+                                 ? " (replacing an unreachable worker of that name)"
+                                 : ""));
+          if (!stale.empty()) {
+            std::string list;
+            for (const std::string& entry : stale) list += (list.empty() ? "" : ", ") + entry;
+            store_->event("worker.stale_processes", name,
+                          "stopped processes an earlier run left behind: " + list);
+          }
+        });
+        wake_scheduler();
+        // Heartbeats and polls have a listener of their own (gateway.h).
+        reply(res, {{"name", name}, {"key", key}, {"worker_port", gateway_->worker_port()}}, 201);
+      }));
+  s.Post(
+      R"(/v1/workers/([a-z0-9-]+)/heartbeat)",
+      handle("/v1/workers/{name}/heartbeat", true,
+             [this](const auto& req, auto& res, const Principal& p) {
+               const std::string name = req.matches[1];
+               self_or(p, name);
+               if (p.role == "user")
+                 throw HttpError{403, "only the worker itself reports its status"};
+               const json b = parse_body(req);
+               only(b, {"resources", "instances"});
+               std::optional<store::WorkerRow> w = store_->worker(name);
+               if (!w) throw HttpError{404, "no worker named " + name};
+               if (b.contains("resources")) {
+                 worker_from_resources(name, w->address, parse_or(w->labels_json, json::object()),
+                                       b["resources"]);
+                 w->resources_json = b["resources"].dump();
+               }
+               struct Report {
+                 std::string id, state, reason, log;
+                 std::int64_t restarts = -1;
+                 std::int64_t port = -1;  // the placement it is about (its llama-server port)
+                 std::int64_t listen_port = -1;  // where llama-server really listens
+                 bool gave_up = false;           // restarts exhausted on this worker
+               };
+               std::vector<Report> reports;
+               if (b.contains("instances")) {
+                 if (!b["instances"].is_array())
+                   throw HttpError{400, "'instances' must be an array"};
+                 static const std::set<std::string> states = {"starting", "loading", "running",
+                                                              "error", "stopped"};
+                 for (const json& i : b["instances"]) {
+                   if (!i.is_object())
+                     throw HttpError{400, "each instance report must be an object"};
+                   only(i, {"id", "state", "reason", "log_tail", "restarts", "port", "listen_port",
+                            "gave_up"});
+                   Report r;
+                   r.id = required_string(i, "id");
+                   r.state = required_string(i, "state");
+                   if (!states.count(r.state))
+                     throw HttpError{400, "unknown instance state '" + r.state + "'"};
+                   if (i.contains("reason")) {
+                     if (!i["reason"].is_string())
+                       throw HttpError{400, "'reason' must be a string"};
+                     r.reason = i["reason"].get<std::string>().substr(0, 4096);
+                   }
+                   if (i.contains("log_tail")) {
+                     if (!i["log_tail"].is_string())
+                       throw HttpError{400, "'log_tail' must be a string"};
+                     r.log = i["log_tail"].get<std::string>().substr(0, 65536);
+                   }
+                   if (i.contains("port")) r.port = integer_in(i, "port", 0, 65535);
+                   if (i.contains("listen_port"))
+                     r.listen_port = integer_in(i, "listen_port", 1, 65535);
+                   if (i.contains("gave_up")) {
+                     if (!i["gave_up"].is_boolean())
+                       throw HttpError{400, "'gave_up' must be true or false"};
+                     r.gave_up = i["gave_up"].get<bool>();
+                   }
+                   if (i.contains("restarts")) r.restarts = integer_in(i, "restarts", 0, 1000000);
+                   reports.push_back(r);
+                 }
+               }
+               const bool was_unreachable = w->status == "unreachable";
+               bool any_changed = false, replanned = false;
+               store_->transaction([&] {
+                 w->last_heartbeat_ms = store::now_ms();
+                 if (was_unreachable) {
+                   w->status = "ready";
+                   store_->event("worker.ready", name, "heartbeats again");
+                 }
+                 store_->put_worker(*w);
+                 for (const Report& r : reports) {
+                   std::optional<store::InstanceRow> i = store_->instance(r.id);
+                   if (!i || i->main_worker != name || i->state == "pending")
+                     continue;  // not (or no longer) its own
+                   if (r.port >= 0 &&
+                       r.port !=
+                           parse_or(i->assignment_json, json::object()).value("server_port", -1)) {
+                     continue;  // about an earlier placement of this instance
+                   }
+                   if (r.state == "stopped") continue;
+                   if (r.gave_up) {
+                     // Crashed too often here: plan it again, away from this worker.
+                     replan(*store_, *i,
+                            "llama-server failed " + std::to_string(r.restarts) + " times on " +
+                                name + " (" + r.reason + "); re-planning elsewhere",
+                            name);
+                     any_changed = true;
+                     replanned = true;
+                     continue;
+                   }
+                   json assignment = parse_or(i->assignment_json, json::object());
+                   if (r.listen_port > 0 && assignment.value("listen_port", -1) != r.listen_port) {
+                     assignment["listen_port"] = r.listen_port;  // the proxy connects there
+                     i->assignment_json = assignment.dump();
+                     any_changed = true;
+                   }
+                   const bool changed =
+                       i->state != r.state || (r.state == "error" && i->reason != r.reason);
+                   i->state = r.state;
+                   if (!r.reason.empty() || r.state == "running") i->reason = r.reason;
+                   if (!r.log.empty()) i->log_tail = r.log;
+                   if (r.restarts >= 0) i->restarts = r.restarts;
+                   i->updated_ms = store::now_ms();
+                   store_->put_instance(*i);
+                   if (changed)
+                     store_->event("instance." + r.state, i->id,
+                                   r.reason.empty() ? r.state : r.reason);
+                   any_changed = any_changed || changed;
+                 }
+               });
+               if (any_changed) ++routes_generation_;
+               if (was_unreachable || replanned) wake_scheduler();
+               reply(res, {{"assignment_version", store_->assignment_version()}});
+             }));
+  s.Get(R"(/v1/workers/([a-z0-9-]+)/assignments)",
+        handle("/v1/workers/{name}/assignments", true,
+               [this](const auto& req, auto& res, const Principal& p) {
+                 const std::string name = req.matches[1];
+                 self_or(p, name);
+                 std::int64_t since = -1;
+                 int wait_s = 0;
+                 try {
+                   if (req.has_param("since")) since = std::stoll(req.get_param_value("since"));
+                   if (req.has_param("wait"))
+                     wait_s =
+                         std::clamp(std::stoi(req.get_param_value("wait")), 0, config_.max_wait_s);
+                 } catch (const std::exception&) {
+                   throw HttpError{400, "since and wait must be integers"};
+                 }
+                 int retry_after_ms = 0;
+                 std::shared_ptr<const Assignments> seen;
+                 if (wait_s > 0) {
+                   // A poll waits until this worker's own assignments change, not for every
+                   // change in the fleet, and reads the published snapshot, not the store.
+                   // Waiting holds an HTTP thread: only so many polls wait, the rest come back
+                   // with retry_after_ms.
+                   const int slots =
+                       config_.long_poll_slots >= 0 ? config_.long_poll_slots : config_.threads / 2;
+                   auto news = [&] {
+                     const auto it = assignments_->changed_at.find(name);
+                     return it != assignments_->changed_at.end() && it->second > since;
+                   };
+                   std::unique_lock<std::mutex> lock(mu_);
+                   if (assignments_ && !news()) {
+                     if (long_polls_ < slots) {
+                       ++long_polls_;
+                       assign_cv_.wait_for(lock, std::chrono::seconds(wait_s),
+                                           [&] { return stopping_.load() || news(); });
+                       --long_polls_;
+                     } else {
+                       retry_after_ms = config_.long_poll_retry_ms;
+                     }
+                   }
+                   // Not older than what the worker has seen (else read the store below).
+                   if (assignments_ && assignments_->version >= since) seen = assignments_;
+                 }
+                 std::int64_t version = 0;
+                 json list = json::array();
+                 if (seen) {
+                   version = seen->version;
+                   const auto it = seen->by_worker.find(name);
+                   if (it != seen->by_worker.end()) list = it->second;
+                 } else {
+                   store_->snapshot([&] {
+                     version = store_->assignment_version();
+                     std::map<std::string, json> mine =
+                         assignments_by_worker(store_->instances(), store_->claims(), name);
+                     if (mine.count(name)) list = std::move(mine[name]);
+                   });
+                 }
+                 json out = {{"version", version}, {"instances", list}};
+                 if (retry_after_ms > 0) out["retry_after_ms"] = retry_after_ms;
+                 reply(res, out);
+               }));
+  s.Get("/v1/workers",
+        handle("/v1/workers", true, [this](const auto&, auto& res, const Principal& p) {
+          allow(p, {"admin", "user"});
+          json list = json::array();
+          for (const store::WorkerRow& w : store_->workers()) list.push_back(worker_json(w));
+          reply(res, {{"workers", list}});
+        }));
+  s.Get(R"(/v1/workers/([a-z0-9-]+))",
+        handle("/v1/workers/{name}", true, [this](const auto& req, auto& res, const Principal& p) {
+          const std::string name = req.matches[1];
+          self_or(p, name);
+          const std::optional<store::WorkerRow> w = store_->worker(name);
+          if (!w) throw HttpError{404, "no worker named " + name};
+          reply(res, worker_json(*w));
+        }));
+  s.Post(R"(/v1/workers/([a-z0-9-]+)/drain)",
+         handle("/v1/workers/{name}/drain", true,
+                [this](const auto& req, auto& res, const Principal& p) {
+                  allow(p, {"admin", "user"});
+                  const std::string name = req.matches[1];
+                  bool found = false;
+                  store_->transaction([&] {
+                    found = store_->set_worker_status(name, "draining");
+                    if (found)
+                      store_->event("worker.draining", name,
+                                    "no new instances will be placed here");
+                  });
+                  if (!found) throw HttpError{404, "no worker named " + name};
+                  reply(res, {{"name", name}, {"status", "draining"}});
+                }));
+  s.Delete(
+      R"(/v1/workers/([a-z0-9-]+))",
+      handle("/v1/workers/{name}", true, [this](const auto& req, auto& res, const Principal& p) {
+        allow(p, {"admin"});
+        const std::string name = req.matches[1];
+        bool found = false;
+        store_->transaction([&] {
+          found = store_->remove_worker(name);
+          for (const store::KeyRow& k : store_->keys()) {
+            if (k.role == "worker" && k.worker == name) forget_key(k.id);
+          }
+          if (found) store_->event("worker.removed", name, "removed; its instances are re-planned");
+        });
+        if (!found) throw HttpError{404, "no worker named " + name};
+        wake_scheduler();
+        reply(res, {{"removed", name}});
+      }));
+}
+
+}  // namespace ggfleet::server
