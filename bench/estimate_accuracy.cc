@@ -44,7 +44,7 @@ std::string fmt(double v) {
 int main(int argc, char** argv) {
   bool quick = false, check = false, cuda = false;
   std::uint32_t max_devices = 3;
-  int port_base = 53090;  // the CI test uses 52090
+  int port_base = 53090;  // the CI test uses 30090
   std::string only;       // run only cases whose id contains this
   std::string from_logs, commands_dir;
   std::string llama_bin = std::string(std::getenv("HOME") ? std::getenv("HOME") : "/root") +

@@ -4,6 +4,7 @@
 #include <utility>
 //
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast.hpp>
 #include <chrono>
 #include <cstring>
@@ -105,9 +106,14 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     std::map<std::string, std::list<Conn*>> pending_by_address;
   };
   Loop front, data, workers;  // workers: the worker-only listener's loop
+  Loop tls;                   // TLS handshakes and encryption, when configured
   asio::thread_pool helpers;
   tcp::acceptor acceptor, worker_acceptor;
   int bound_worker_port = -1;
+  // With TLS: the public and worker acceptors above listen on loopback (plaintext) and these two
+  // take the public connections.
+  std::optional<asio::ssl::context> ssl;
+  std::optional<tcp::acceptor> tls_public, tls_workers;
   std::atomic<bool> stopped{false};
 
   // Only touched on the data loop.
@@ -686,6 +692,62 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     }
   }
 
+  // Copies bytes from `from` to `to` until either side ends; then closes both.
+  template <class From, class To>
+  static awaitable<void> pipe(std::shared_ptr<From> from, std::shared_ptr<To> to,
+                              std::shared_ptr<tcp::socket> plain,
+                              std::shared_ptr<asio::ssl::stream<tcp::socket>> secure) {
+    char buf[16384];
+    beast::error_code ec;
+    for (;;) {
+      const std::size_t n = co_await from->async_read_some(asio::buffer(buf),
+                                                           asio::redirect_error(use_awaitable, ec));
+      if (ec) break;
+      co_await asio::async_write(*to, asio::buffer(buf, n),
+                                 asio::redirect_error(use_awaitable, ec));
+      if (ec) break;
+    }
+    plain->shutdown(tcp::socket::shutdown_both, ec);
+    plain->close(ec);
+    secure->lowest_layer().shutdown(tcp::socket::shutdown_both, ec);
+    secure->lowest_layer().close(ec);
+  }
+
+  // One TLS connection: handshake (within the header timeout), then its bytes both ways between
+  // it and a plaintext connection to `inner`.
+  awaitable<void> tls_session(tcp::socket s, tcp::endpoint inner) {
+    auto secure = std::make_shared<asio::ssl::stream<tcp::socket>>(std::move(s), *ssl);
+    auto plain = std::make_shared<tcp::socket>(tls.io);
+    asio::steady_timer deadline(tls.io, std::chrono::seconds(config.header_timeout_s));
+    deadline.async_wait([secure](const beast::error_code& e) {
+      if (!e) {
+        beast::error_code ignored;
+        secure->lowest_layer().close(ignored);
+      }
+    });
+    beast::error_code ec;
+    co_await secure->async_handshake(asio::ssl::stream_base::server,
+                                     asio::redirect_error(use_awaitable, ec));
+    deadline.cancel();
+    if (ec) co_return;
+    co_await plain->async_connect(inner, asio::redirect_error(use_awaitable, ec));
+    if (ec) co_return;
+    plain->set_option(tcp::no_delay(true), ec);
+    secure->lowest_layer().set_option(tcp::no_delay(true), ec);
+    asio::co_spawn(tls.io, pipe(secure, plain, plain, secure), asio::detached);
+    co_await pipe(plain, secure, plain, secure);
+  }
+
+  awaitable<void> tls_accept_loop(tcp::acceptor& from, tcp::endpoint inner) {
+    for (;;) {
+      beast::error_code ec;
+      tcp::socket s = co_await from.async_accept(asio::redirect_error(use_awaitable, ec));
+      if (stopped || ec == asio::error::operation_aborted) co_return;
+      if (ec) continue;
+      asio::co_spawn(tls.io, tls_session(std::move(s), inner), asio::detached);
+    }
+  }
+
   awaitable<void> accept_loop(Loop& loop, tcp::acceptor& from) {
     for (;;) {
       beast::error_code ec;
@@ -716,34 +778,69 @@ Gateway::~Gateway() {
   stop();
 }
 
+namespace {
+
+// Opens, binds and listens; throws std::runtime_error naming what could not be bound.
+void listen_on(tcp::acceptor& a, const tcp::endpoint& at, const std::string& what) {
+  beast::error_code ec;
+  a.open(at.protocol(), ec);
+  if (!ec) a.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) a.bind(at, ec);
+  if (!ec) a.listen(4096, ec);
+  if (ec)
+    throw std::runtime_error("cannot listen " + what + " on " + at.address().to_string() + ":" +
+                             std::to_string(at.port()) + ": " + ec.message());
+}
+
+}  // namespace
+
 int Gateway::start() {
   Impl& g = *impl_;
   beast::error_code ec;
-  const tcp::endpoint at(asio::ip::make_address(g.config.host, ec),
-                         static_cast<std::uint16_t>(g.config.port));
+  const asio::ip::address host = asio::ip::make_address(g.config.host, ec);
   if (ec) throw std::runtime_error("cannot listen on " + g.config.host + ": not an address");
-  g.acceptor.open(at.protocol(), ec);
-  if (!ec) g.acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) g.acceptor.bind(at, ec);
-  if (!ec) g.acceptor.listen(4096, ec);
-  if (ec)
-    throw std::runtime_error("cannot listen on " + g.config.host + ":" +
-                             std::to_string(g.config.port) + ": " + ec.message());
-  const int port = g.acceptor.local_endpoint().port();
+  const bool with_tls = !g.config.tls_cert.empty() || !g.config.tls_key.empty();
+  const asio::ip::address loopback = asio::ip::make_address("127.0.0.1");
+  int port = 0;
+  if (with_tls) {
+    g.ssl.emplace(asio::ssl::context::tls_server);
+    g.ssl->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                       asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                       asio::ssl::context::no_tlsv1_1);
+    g.ssl->use_certificate_chain_file(g.config.tls_cert, ec);
+    if (!ec) g.ssl->use_private_key_file(g.config.tls_key, asio::ssl::context::pem, ec);
+    if (ec)
+      throw std::runtime_error("cannot use TLS certificate " + g.config.tls_cert + " and key " +
+                               g.config.tls_key + ": " + ec.message());
+    g.tls_public.emplace(g.tls.io);
+    listen_on(*g.tls_public, tcp::endpoint(host, static_cast<std::uint16_t>(g.config.port)),
+              "(TLS)");
+    port = g.tls_public->local_endpoint().port();
+    listen_on(g.acceptor, tcp::endpoint(loopback, 0), "(behind TLS)");
+    asio::co_spawn(g.tls.io, g.tls_accept_loop(*g.tls_public, g.acceptor.local_endpoint()),
+                   asio::detached);
+  } else {
+    listen_on(g.acceptor, tcp::endpoint(host, static_cast<std::uint16_t>(g.config.port)), "");
+    port = g.acceptor.local_endpoint().port();
+  }
   asio::co_spawn(g.front.io, g.accept_loop(g.front, g.acceptor), asio::detached);
   if (g.config.worker_port >= 0) {
-    const tcp::endpoint wat(at.address(), static_cast<std::uint16_t>(g.config.worker_port));
-    g.worker_acceptor.open(wat.protocol(), ec);
-    if (!ec) g.worker_acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-    if (!ec) g.worker_acceptor.bind(wat, ec);
-    if (!ec) g.worker_acceptor.listen(4096, ec);
-    if (ec)
-      throw std::runtime_error("cannot listen for workers on " + g.config.host + ":" +
-                               std::to_string(g.config.worker_port) + ": " + ec.message());
-    g.bound_worker_port = g.worker_acceptor.local_endpoint().port();
+    const tcp::endpoint wat(host, static_cast<std::uint16_t>(g.config.worker_port));
+    if (with_tls) {
+      g.tls_workers.emplace(g.tls.io);
+      listen_on(*g.tls_workers, wat, "for workers (TLS)");
+      g.bound_worker_port = g.tls_workers->local_endpoint().port();
+      listen_on(g.worker_acceptor, tcp::endpoint(loopback, 0), "for workers (behind TLS)");
+      asio::co_spawn(g.tls.io,
+                     g.tls_accept_loop(*g.tls_workers, g.worker_acceptor.local_endpoint()),
+                     asio::detached);
+    } else {
+      listen_on(g.worker_acceptor, wat, "for workers");
+      g.bound_worker_port = g.worker_acceptor.local_endpoint().port();
+    }
     asio::co_spawn(g.workers.io, g.accept_loop(g.workers, g.worker_acceptor), asio::detached);
   }
-  for (Impl::Loop* loop : {&g.front, &g.data, &g.workers}) {
+  for (Impl::Loop* loop : {&g.front, &g.data, &g.workers, &g.tls}) {
     // Keeps running with nothing to do until stop().
     auto guard = std::make_shared<asio::executor_work_guard<asio::io_context::executor_type>>(
         loop->io.get_executor());
@@ -764,16 +861,18 @@ int Gateway::start() {
 void Gateway::stop() {
   Impl& g = *impl_;
   if (g.stopped.exchange(true)) return;
-  for (Impl::Loop* loop : {&g.front, &g.data, &g.workers}) {
+  for (Impl::Loop* loop : {&g.front, &g.data, &g.workers, &g.tls}) {
     loop->io.stop();
     if (loop->thread.joinable()) loop->thread.join();
   }
   beast::error_code ec;
   g.acceptor.close(ec);  // (their loops have stopped: no other thread uses them)
   g.worker_acceptor.close(ec);
+  if (g.tls_public) g.tls_public->close(ec);
+  if (g.tls_workers) g.tls_workers->close(ec);
   g.helpers.join();
   // Close the kept-alive upstream connections now (the control server waits for them to end).
-  for (Impl::Loop* loop : {&g.front, &g.data, &g.workers}) loop->idle_upstreams.clear();
+  for (Impl::Loop* loop : {&g.front, &g.data, &g.workers, &g.tls}) loop->idle_upstreams.clear();
 }
 
 int Gateway::worker_port() const {

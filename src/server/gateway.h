@@ -14,6 +14,9 @@
 // threads heartbeats need. Connections still waiting for a request header are capped per client
 // address (the oldest is closed beyond `max_pending_per_address`).
 //
+// TLS: with a certificate, each TLS connection is decrypted on a loop of its own and its bytes
+// relayed to the front on a loopback listener (so the front sees those clients as 127.0.0.1).
+//
 // Thread safety: start() once, stop() from any thread (idempotent), stats() from any thread. The
 // hooks are called from a small helper pool (never from the event loop) and may block.
 #pragma once
@@ -53,6 +56,9 @@ struct GatewayConfig {
   int upstream_timeout_s = 600;  // longest silence from an instance (time to first token)
   int client_write_timeout_s = 60;
   int helper_threads = 4;
+  // Both set: the public and worker ports speak TLS (terminated on a loop of its own and relayed
+  // to the plaintext front on loopback).
+  std::string tls_cert, tls_key;
 };
 
 // A running instance the proxy may use.

@@ -87,11 +87,8 @@ int Server::start() {
                                                              : config_.db);
   scheduler_ = std::make_unique<Scheduler>(*store_, config_.scheduler);
   bootstrap_keys();
-  if (!config_.tls_cert.empty() || !config_.tls_key.empty()) {
-    throw std::runtime_error(
-        "--tls-cert/--tls-key: the public listener (an asynchronous gateway) does not terminate "
-        "TLS yet; put a TLS proxy in front of ggfleet server");
-  }
+  if (config_.tls_cert.empty() != config_.tls_key.empty())
+    throw std::runtime_error("TLS needs both --tls-cert and --tls-key");
   http_ = std::make_unique<httplib::Server>();
   const int threads = config_.threads;
   http_->new_task_queue = [threads] {
@@ -119,6 +116,8 @@ int Server::start() {
   front.host = config_.host;
   front.port = config_.port;
   front.control_port = control_port;
+  front.tls_cert = config_.tls_cert;
+  front.tls_key = config_.tls_key;
   front.max_body_bytes = config_.max_body_bytes;
   front.control_timeout_s = std::max(front.control_timeout_s, config_.max_wait_s + 30);
   raise_open_files_limit();

@@ -304,3 +304,51 @@ TEST(FaultInjection, ServerDownLongerThanTheTimeoutTouchesNoHealthyInstance) {
 
 }  // namespace
 }  // namespace ggfleet::test
+
+namespace ggfleet::test {
+namespace {
+
+// --tls-cert/--tls-key: the public port and the workers' port speak TLS; the rest is as without.
+TEST(Tls, PublicAndWorkerPortsSpeakTls) {
+  TempDir dir;
+  const CommandResult made =
+      run_command("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -keyout " +
+                  dir.file("key.pem") + " -out " + dir.file("cert.pem") + " 2>&1");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  ServerFixture f("sqlite", {}, [&](server::ServerConfig& c) {
+    c.tls_cert = dir.file("cert.pem");
+    c.tls_key = dir.file("key.pem");
+  });
+  httplib::SSLClient tls("127.0.0.1", f.port());
+  tls.enable_server_certificate_verification(false);
+  tls.set_read_timeout(10);
+  auto r = tls.Get("/healthz");
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 200);
+  r = tls.Post("/v1/workers/register",
+               {{"Authorization", std::string("Bearer ") + ServerFixture::kJoin}},
+               json{{"name", "w1"}, {"resources", resources(1)}}.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 201) << r->body;
+  const json reg = json::parse(r->body);
+  httplib::SSLClient workers("127.0.0.1", reg["worker_port"].get<int>());
+  workers.enable_server_certificate_verification(false);
+  r = workers.Post("/v1/workers/w1/heartbeat",
+                   {{"Authorization", "Bearer " + reg["key"].get<std::string>()}}, "{}",
+                   "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  // The data plane behind TLS: a JSON answer from the proxy itself.
+  r = tls.Post("/v1/chat/completions", {{"Authorization", std::string("Bearer ") + kAdmin}},
+               R"({"model": "nothing", "messages": []})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 404) << r->body;
+  // Plaintext on the TLS port is not served.
+  httplib::Client plain("127.0.0.1", f.port());
+  plain.set_read_timeout(5);
+  const auto p = plain.Get("/healthz");
+  EXPECT_TRUE(!p || p->status != 200);
+}
+
+}  // namespace
+}  // namespace ggfleet::test
