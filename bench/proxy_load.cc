@@ -204,6 +204,18 @@ int start_server(ggfleet::worker::Process& server, const std::filesystem::path& 
   return 0;
 }
 
+// Deploys `name`: a synthetic 2-block Llama-3-8B shape, context 2048.
+void deploy_small(httplib::Client& api, const std::filesystem::path& dir, const std::string& name) {
+  ggfleet::model::SynthOptions so;
+  so.blocks = 2;
+  so.vocab = 32000;
+  const std::string model =
+      ggfleet::model::synth("llama3-8b-q4_0", (dir / "models").string(), so).front();
+  api.Post("/v1/deployments", {{"Authorization", std::string("Bearer ") + kAdmin}},
+           json{{"name", name}, {"model", model}, {"options", {{"context", 2048}}}}.dump(),
+           "application/json");
+}
+
 // Heartbeats of a registered worker every 100 ms, timed while `measuring`.
 struct Beats {
   std::atomic<bool> stop{false}, measuring{false};
@@ -270,14 +282,7 @@ int real_run(const std::string& llama, int clients) {
   Beats beats;
   beats.start(json::parse(reg->body).value("worker_port", port), "probe",
               json::parse(reg->body)["key"], json::object());
-  ggfleet::model::SynthOptions so;
-  so.blocks = 2;
-  so.vocab = 32000;
-  const std::string model =
-      ggfleet::model::synth("llama3-8b-q4_0", (dir / "models").string(), so).front();
-  api.Post("/v1/deployments", admin,
-           json{{"name", "real"}, {"model", model}, {"options", {{"context", 2048}}}}.dump(),
-           "application/json");
+  deploy_small(api, dir, "real");
   bool running = false;
   int listen_port = 0;
   for (int k = 0; k < 1800 && !running; ++k) {
@@ -386,14 +391,7 @@ int main(int argc, char** argv) {
   // Heartbeats go where a real worker sends them: the worker-only listener.
   const int worker_port = json::parse(reg->body).value("worker_port", port);
   const httplib::Headers admin = {{"Authorization", std::string("Bearer ") + kAdmin}};
-  ggfleet::model::SynthOptions so;
-  so.blocks = 2;
-  so.vocab = 32000;
-  const std::string model =
-      ggfleet::model::synth("llama3-8b-q4_0", (dir / "models").string(), so).front();
-  api.Post("/v1/deployments", admin,
-           json{{"name", "stub"}, {"model", model}, {"options", {{"context", 2048}}}}.dump(),
-           "application/json");
+  deploy_small(api, dir, "stub");
   std::string id;
   int upstream_port = 0;
   for (int k = 0; k < 200 && id.empty(); ++k) {

@@ -75,9 +75,9 @@ int run_worker(worker::AgentConfig config) {
   return code;
 }
 
-int run_start(const StartOptions& o) {
-  std::atomic<bool> stop{false};
-  std::thread watcher = signal_watcher(stop);
+// `ggfleet start` itself; run_start wraps it so that any failure (a busy port, a store that
+// cannot be opened) ends with a message and the signal watcher released, never std::terminate.
+int serve_start(const StartOptions& o, std::atomic<bool>& stop) {
   std::string llama = find_llama_bin(o.llama_dir);
   if (llama.empty()) {
     // Build it from the pinned source, as scripts/llama-cpp does (from a checkout of ggfleet).
@@ -91,7 +91,6 @@ int run_start(const StartOptions& o) {
     }
   }
   if (llama.empty()) {
-    release_watcher(watcher);
     throw std::runtime_error("no llama.cpp found: run scripts/llama-cpp, or give --llama DIR");
   }
   std::filesystem::create_directories(o.data_dir);
@@ -194,6 +193,18 @@ int run_start(const StartOptions& o) {
   }
   agent_thread.join();
   srv.stop();
+  return code;
+}
+
+int run_start(const StartOptions& o) {
+  std::atomic<bool> stop{false};
+  std::thread watcher = signal_watcher(stop);
+  int code = 1;
+  try {
+    code = serve_start(o, stop);
+  } catch (const std::exception& e) {
+    std::cerr << "ggfleet: " << e.what() << "\n";
+  }
   release_watcher(watcher);
   return code;
 }

@@ -18,7 +18,10 @@ namespace {
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-bool port_open(const std::string& host, int port) {
+// A TCP socket and `host:port` as IPv4; `then` (connect or bind) decides. False if the address
+// is not IPv4 or `then` fails.
+template <typename Then>
+bool with_socket(const std::string& host, int port, Then then) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return false;
   sockaddr_in addr{};
@@ -26,26 +29,25 @@ bool port_open(const std::string& host, int port) {
   addr.sin_port = htons(static_cast<std::uint16_t>(port));
   const bool ok =
       inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host.c_str(), &addr.sin_addr) == 1 &&
-      ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+      then(fd, reinterpret_cast<sockaddr*>(&addr), static_cast<socklen_t>(sizeof addr));
   ::close(fd);
   return ok;
+}
+
+// Whether something accepts connections on `host:port`.
+bool port_open(const std::string& host, int port) {
+  return with_socket(
+      host, port, [](int fd, const sockaddr* a, socklen_t n) { return ::connect(fd, a, n) == 0; });
 }
 
 // Whether nothing listens on `host:port` now: a bind with SO_REUSEADDR (as llama-server's own)
 // succeeds. Another program's socket, or an orphan of ours, makes it fail.
 bool port_free(const std::string& host, int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return false;
-  const int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  const bool ok =
-      inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host.c_str(), &addr.sin_addr) == 1 &&
-      ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  ::close(fd);
-  return ok;
+  return with_socket(host, port, [](int fd, const sockaddr* a, socklen_t n) {
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    return ::bind(fd, a, n) == 0;
+  });
 }
 
 std::vector<std::string> split(const std::string& s, char sep) {

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "../server/server_fixture.h"
+#include "e2e_util.h"
 #include "model/synth.h"
 #include "test_net.h"
 #include "worker/process.h"
@@ -25,36 +26,6 @@ using nlohmann::json;
 using worker::tail_file;
 constexpr const char* kAdmin = "e2e-admin";
 constexpr const char* kJoin = "e2e-join";
-
-bool wait_for(const std::function<bool()>& pred, double seconds) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (std::chrono::steady_clock::now() < until) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  return pred();
-}
-
-// A process whose command line matches `pattern`; the first character goes in brackets so that
-// the shell running pgrep (whose command line holds the pattern too) does not match.
-std::string bracketed(const std::string& pattern) {
-  return "[" + pattern.substr(0, 1) + "]" + pattern.substr(1);
-}
-bool process_matching(const std::string& pattern) {
-  return run_command("pgrep -f -- '" + bracketed(pattern) + "' >/dev/null").exit_code == 0;
-}
-
-// The port a `ggfleet server --listen HOST:0` chose, read from its log (0 after 20 s without).
-int listening_port(const std::string& log) {
-  const std::string marker = "listening on port ";
-  for (int i = 0; i < 200; ++i) {
-    const std::string text = read_file(log);
-    const auto at = text.find(marker);
-    if (at != std::string::npos) return std::atoi(text.c_str() + at + marker.size());
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return 0;
-}
 
 class Fleet : public ::testing::Test {
  protected:

@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "../server/server_fixture.h"
+#include "e2e_util.h"
 #include "model/synth.h"
 #include "worker/process.h"
 
@@ -31,25 +32,7 @@ using worker::tail_file;
 constexpr const char* kAdmin = "recovery-admin";
 constexpr const char* kJoin = "recovery-join";
 
-bool wait_for(const std::function<bool()>& pred, double seconds) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (std::chrono::steady_clock::now() < until) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return pred();
-}
-
-// Pids of processes whose command line matches `pattern` (pgrep -f).
-std::vector<pid_t> pids_matching(const std::string& pattern) {
-  const std::string bracketed = "[" + pattern.substr(0, 1) + "]" + pattern.substr(1);
-  std::vector<pid_t> out;
-  std::istringstream in(run_command("pgrep -f -- '" + bracketed + "'").output);
-  for (long pid = 0; in >> pid;) out.push_back(static_cast<pid_t>(pid));
-  return out;
-}
-
-// A /proc/PID/status field as a number in hex (SigBlk, SigIgn).
+// A /proc/PID/status field that is a hex mask (SigBlk, SigIgn); all ones if unreadable.
 std::uint64_t status_mask(pid_t pid, const std::string& field) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   for (std::string line; std::getline(in, line);) {
@@ -57,17 +40,6 @@ std::uint64_t status_mask(pid_t pid, const std::string& field) {
       return std::stoull(line.substr(field.size() + 1), nullptr, 16);
   }
   return ~0ull;
-}
-
-int listening_port(const std::string& log) {
-  const std::string marker = "listening on port ";
-  for (int i = 0; i < 200; ++i) {
-    const std::string text = read_file(log);
-    const auto at = text.find(marker);
-    if (at != std::string::npos) return std::atoi(text.c_str() + at + marker.size());
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return 0;
 }
 
 class Recovery : public ::testing::Test {
@@ -179,12 +151,10 @@ class Recovery : public ::testing::Test {
 TEST_F(Recovery, SigtermStopsChildrenWithACleanMask) {
   start(23000, 1);
   deploy();
-  const std::vector<pid_t> servers =
-      pids_matching("llama-server.*--port " + std::to_string(listen_port()));
-  ASSERT_EQ(servers.size(), 1u) << logs();
-  const std::vector<pid_t> rpcs = pids_matching("ggml-rpc-server -H 127.0.0.1 -p 23");
-  ASSERT_FALSE(rpcs.empty()) << logs();
-  for (pid_t pid : {servers[0], rpcs[0]}) {
+  // The worker's children: its llama-server and the rpc-server of its (simulated) GPU.
+  const std::vector<pid_t> children = children_of(workers_[0]->pid());
+  ASSERT_EQ(children.size(), 2u) << logs();
+  for (pid_t pid : children) {
     EXPECT_EQ(status_mask(pid, "SigBlk"), 0u) << "pid " << pid << " starts with signals blocked";
     EXPECT_EQ(status_mask(pid, "SigIgn") & (1u << (SIGTERM - 1)), 0u);
   }
@@ -192,7 +162,7 @@ TEST_F(Recovery, SigtermStopsChildrenWithACleanMask) {
   const auto t0 = std::chrono::steady_clock::now();
   kill(workers_[0]->pid(), SIGTERM);
   EXPECT_TRUE(wait_for([&] { return !workers_[0]->running(); }, 10)) << logs();
-  EXPECT_TRUE(wait_for([&] { return kill(servers[0], 0) != 0 && kill(rpcs[0], 0) != 0; }, 1));
+  EXPECT_TRUE(wait_for([&] { return !alive(children[0]) && !alive(children[1]); }, 1));
   const double stop_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // llama-server and rpc-server honour SIGTERM: no 2 s SIGKILL wait per process.
@@ -203,16 +173,12 @@ TEST_F(Recovery, SigtermStopsChildrenWithACleanMask) {
 TEST_F(Recovery, WorkerKilledThenRestartedLeavesNoOrphan) {
   start(23100, 1);
   deploy();
-  const int port = listen_port();
-  const std::vector<pid_t> before = pids_matching("llama-server.*--port " + std::to_string(port));
-  ASSERT_EQ(before.size(), 1u) << logs();
+  const std::vector<pid_t> children = children_of(workers_[0]->pid());
+  ASSERT_EQ(children.size(), 2u) << logs();  // llama-server and its rpc-server
   kill(workers_[0]->pid(), SIGKILL);
   workers_[0]->running();
   // Its children die with it (PR_SET_PDEATHSIG): nothing serves the port without ggfleet.
-  EXPECT_TRUE(wait_for([&] { return kill(before[0], 0) != 0; }, 5)) << logs();
-  EXPECT_TRUE(
-      wait_for([&] { return pids_matching("ggml-rpc-server -H 127.0.0.1 -p 236").empty(); }, 5))
-      << logs();
+  EXPECT_TRUE(wait_for([&] { return !alive(children[0]) && !alive(children[1]); }, 5)) << logs();
   // Restarted with its data directory: same name accepted (its saved credentials), instance back.
   start_worker(0);
   EXPECT_TRUE(wait_for(
