@@ -352,7 +352,8 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     for (const ProxyTarget& t : d.targets) {
       if (t.state != "running" || t.host.empty() || t.port <= 0) continue;
       const int cap = std::max(1, static_cast<int>(t.slots * config.slots_multiple + 0.5));
-      const int load = in_flight[t.id];
+      const auto at = in_flight.find(t.id);  // (no entry for an idle instance)
+      const int load = at == in_flight.end() ? 0 : at->second;
       if (load >= cap) continue;
       if (!best || load < best_load) {
         best = &t;

@@ -63,4 +63,22 @@ std::string Metrics::render(store::Store& s) {
   return o.str();
 }
 
+std::string render_gateway(const GatewayStats& g) {
+  std::ostringstream o;
+  auto one = [&o](const char* name, const char* type, const char* help, std::uint64_t value) {
+    o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n"
+      << name << " " << value << "\n";
+  };
+  one("ggfleet_gateway_connections", "gauge", "Client connections open now.", g.connections);
+  one("ggfleet_proxy_in_flight", "gauge", "Requests forwarded to instances now.",
+      g.proxied_in_flight);
+  one("ggfleet_proxy_queued", "gauge", "Requests waiting for a slot now.", g.queued);
+  one("ggfleet_busy_rejections_total", "counter", "Requests answered 429.", g.rejected_busy);
+  one("ggfleet_idle_connections_closed_total", "counter",
+      "Connections closed for the per-address cap.", g.evicted_pending);
+  one("ggfleet_connection_timeouts_total", "counter",
+      "Connections closed for a header, body or write timeout.", g.timed_out);
+  return o.str();
+}
+
 }  // namespace ggfleet::server

@@ -12,6 +12,7 @@
 #include <string>
 #include <tuple>
 
+#include "server/gateway.h"
 #include "store/store.h"
 
 namespace ggfleet::server {
@@ -70,5 +71,9 @@ class Metrics {
   std::map<std::pair<std::string, int>, std::uint64_t> proxy_requests_;
   std::map<std::pair<std::string, std::string>, std::uint64_t> proxy_tokens_;
 };
+
+// The gateway's gauges and counters (connections, in flight, queued, 429s, evictions,
+// timeouts) in Prometheus text.
+std::string render_gateway(const GatewayStats& g);
 
 }  // namespace ggfleet::server

@@ -352,30 +352,7 @@ void Server::routes() {
   s.Get("/metrics", handle("/metrics", true, [this](const auto&, auto& res, const Principal& p) {
           allow(p, {"admin", "user"});
           std::string text = metrics_->render(*store_);
-          if (gateway_) {
-            const GatewayStats g = gateway_->stats();
-            text +=
-                "# HELP ggfleet_gateway_connections Client connections open now.\n"
-                "# TYPE ggfleet_gateway_connections gauge\nggfleet_gateway_connections " +
-                std::to_string(g.connections) +
-                "\n# HELP ggfleet_proxy_in_flight Requests forwarded to instances now.\n"
-                "# TYPE ggfleet_proxy_in_flight gauge\nggfleet_proxy_in_flight " +
-                std::to_string(g.proxied_in_flight) +
-                "\n# HELP ggfleet_proxy_queued Requests waiting for a slot now.\n"
-                "# TYPE ggfleet_proxy_queued gauge\nggfleet_proxy_queued " +
-                std::to_string(g.queued) +
-                "\n# HELP ggfleet_busy_rejections_total Requests answered 429.\n"
-                "# TYPE ggfleet_busy_rejections_total counter\nggfleet_busy_rejections_total " +
-                std::to_string(g.rejected_busy) +
-                "\n# HELP ggfleet_idle_connections_closed_total Connections closed for the "
-                "per-address cap.\n# TYPE ggfleet_idle_connections_closed_total counter\n"
-                "ggfleet_idle_connections_closed_total " +
-                std::to_string(g.evicted_pending) +
-                "\n# HELP ggfleet_connection_timeouts_total Connections closed for a "
-                "header, body or write timeout.\n# TYPE ggfleet_connection_timeouts_total "
-                "counter\nggfleet_connection_timeouts_total " +
-                std::to_string(g.timed_out) + "\n";
-          }
+          if (gateway_) text += render_gateway(gateway_->stats());
           res.set_content(text, "text/plain; version=0.0.4");
         }));
   worker_routes();

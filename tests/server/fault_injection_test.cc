@@ -136,6 +136,14 @@ TEST(FaultInjection, OverloadIsQueuedThenAnswered429WithRetryAfter) {
   EXPECT_GE(served, 9);  // the slot plus the whole queue
   EXPECT_GT(busy, 0);
   EXPECT_EQ(instance.most.load(), 1) << "the instance has one slot";
+  httplib::Client scrape("127.0.0.1", f.port());
+  scrape.set_bearer_token_auth(kAdmin);
+  const auto metrics = scrape.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("ggfleet_busy_rejections_total " + std::to_string(busy) + "\n"),
+            std::string::npos)
+      << metrics->body;
+  EXPECT_NE(metrics->body.find("ggfleet_proxy_in_flight 0\n"), std::string::npos);
   EXPECT_EQ(heartbeats_failed.load(), 0) << "of " << heartbeats.load();
   EXPECT_EQ(f.api().get("/v1/workers/w1", kAdmin).body["status"], "ready");
   EXPECT_EQ(f.api().get("/v1/instances/" + id, kAdmin).body["state"], "running");
