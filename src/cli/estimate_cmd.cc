@@ -32,15 +32,16 @@ estimate::Layout build_layout(const EstimateRequest& r) {
   const estimate::Backend backend =
       r.backend == "cuda" ? estimate::Backend::kCuda : estimate::Backend::kCpu;
   std::uint32_t i = 0;
-  for (const std::string& g : r.rpc_gpus) {
-    layout.devices.push_back({"RPC" + std::to_string(i++), backend, true, cluster::parse_bytes(g)});
-  }
-  i = 0;
   for (const std::string& g : r.gpus) {
     layout.devices.push_back(
         {(backend == estimate::Backend::kCuda ? "CUDA" : "GPU") + std::to_string(i++), backend,
          false, cluster::parse_bytes(g)});
   }
+  i = 0;
+  for (const std::string& g : r.rpc_gpus)
+    layout.devices.push_back({"RPC" + std::to_string(i++), backend, true, cluster::parse_bytes(g)});
+  estimate::to_llama_order(layout.devices.begin(), layout.devices.end(),
+                           [](const estimate::Device& d) { return d.remote; });
   layout.tensor_split = r.tensor_split;
   layout.gpu_layers = r.gpu_layers;
   layout.context = r.context;

@@ -42,7 +42,8 @@ struct ContextFlags {
   bool no_kv_offload = false;
   bool no_mmap = false;
 };
-void add_context_options(CLI::App* cmd, cli::EstimateRequest& er, ContextFlags& flags) {
+void add_context_options(CLI::App* cmd, cli::EstimateRequest& er, ContextFlags& flags,
+                         bool json_flag = true) {
   cmd->add_option("--ctx,-c", er.context.context_tokens, "Context size (0 = the model's)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--parallel", er.context.parallel, "Parallel sequences")
@@ -59,7 +60,7 @@ void add_context_options(CLI::App* cmd, cli::EstimateRequest& er, ContextFlags& 
   cmd->add_flag("--swa-full", er.context.swa_full, "Full-size cache for sliding-window layers");
   cmd->add_flag("--no-mmap", flags.no_mmap,
                 "Copy weights into host buffers instead of mapping the file");
-  cmd->add_flag("--json", er.json, "Print JSON");
+  if (json_flag) cmd->add_flag("--json", er.json, "Print JSON");
 }
 void apply(const ContextFlags& flags, cli::EstimateRequest& er) {
   er.context.kv_offload = !flags.no_kv_offload;
@@ -278,11 +279,8 @@ int main(int argc, char** argv) {
       ->required();
   deployc->add_option("--name", deploy_name, "Deployment name (default: from the file name)");
   deployc->add_option("--replicas", deploy_replicas, "Instances");
-  deployc->add_option("--ctx,-c", dp.options.context.context_tokens, "Context size");
-  deployc->add_option("--parallel", dp.options.context.parallel, "Parallel sequences");
-  deployc->add_option("--cache-type-k", dp.options.cache_type_k, "K cache type");
-  deployc->add_option("--cache-type-v", dp.options.cache_type_v, "V cache type");
-  deployc->add_option("--flash-attn", dp.options.flash_attn, "on | off | auto");
+  ContextFlags deploy_flags;
+  add_context_options(deployc, dp.options, deploy_flags, false);
   deployc->add_option("--policy", dp.policy, "spread | binpack");
   deployc->add_flag("--no-distributed", dp.no_distributed, "Only GPUs of the main worker");
   deployc->add_flag("--no-cpu-offload", dp.no_cpu_offload, "Every layer on a GPU");
@@ -295,6 +293,8 @@ int main(int argc, char** argv) {
                    "Weights per GPU, in the order of --gpus")
       ->delimiter(',');
   deployc->add_option("--extra-arg", dp.extra_args, "Argument passed to llama-server (repeatable)");
+  deployc->add_option("--threads", dp.threads,
+                      "llama.cpp threads on the main (default: its cores)");
   client_flags(deployc);
   std::string ls_what;
   CLI::App* lsc = app.add_subcommand("ls", "List workers, deployments or instances");
@@ -424,26 +424,8 @@ int main(int argc, char** argv) {
       return cli::run_server(sc);
     }
     if (deployc->parsed()) {
-      nlohmann::json o = nlohmann::json::object();
-      if (dp.options.context.context_tokens != 4096)
-        o["context"] = dp.options.context.context_tokens;
-      if (dp.options.context.parallel != 1) o["parallel"] = dp.options.context.parallel;
-      if (dp.options.cache_type_k != "f16") o["cache_type_k"] = dp.options.cache_type_k;
-      if (dp.options.cache_type_v != "f16") o["cache_type_v"] = dp.options.cache_type_v;
-      if (dp.options.flash_attn != "auto") o["flash_attn"] = dp.options.flash_attn;
-      if (dp.policy != "spread") o["policy"] = dp.policy;
-      if (dp.no_distributed) o["allow_distributed"] = false;
-      if (dp.no_cpu_offload) o["allow_cpu_offload"] = false;
-      if (dp.max_rpc_servers != 16) o["max_rpc_servers"] = dp.max_rpc_servers;
-      for (const std::string& kv : dp.selector) {
-        const auto eq = kv.find('=');
-        if (eq == std::string::npos) throw std::invalid_argument("--selector wants KEY=VALUE");
-        o["selector"][kv.substr(0, eq)] = kv.substr(eq + 1);
-      }
-      if (!dp.gpus.empty()) o["gpus"] = dp.gpus;
-      if (dp.options.gpu_layers != cli::kFitGpuLayers) o["ngl"] = dp.options.gpu_layers;
-      if (!dp.options.tensor_split.empty()) o["tensor_split"] = dp.options.tensor_split;
-      if (!dp.extra_args.empty()) o["extra_args"] = dp.extra_args;
+      apply(deploy_flags, dp.options);
+      const nlohmann::json o = cli::options_json(dp);
       std::string name = deploy_name;
       if (name.empty()) {
         name = std::filesystem::path(deploy_model).stem().string();

@@ -8,6 +8,7 @@
 #include "cli/predict_cmd.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
+#include "plan/options.h"
 #include "plan/report.h"
 
 namespace ggfleet::cli {
@@ -21,40 +22,44 @@ std::string fixed(double v, int digits) {
 
 }  // namespace
 
-plan::Request build_request(const PlanRequest& r) {
-  plan::Request q;
-  EstimateRequest opts = r.options;
-  opts.gpus.clear();
-  opts.rpc_gpus.clear();
-  opts.tensor_split.clear();
-  q.context = build_layout(opts).context;
-  q.model_path = r.options.model;
-  q.replicas = r.replicas;
-  if (r.policy != "spread" && r.policy != "binpack") {
-    throw plan::PlanError("--policy must be spread or binpack, not '" + r.policy + "'");
-  }
-  q.policy = r.policy == "spread" ? plan::Policy::kSpread : plan::Policy::kBinpack;
-  q.allow_distributed = !r.no_distributed;
-  q.allow_cpu_offload = !r.no_cpu_offload;
-  q.max_rpc_servers = r.max_rpc_servers;
+nlohmann::json options_json(const PlanRequest& r) {
+  const estimate::ContextOptions defaults;
+  const estimate::ContextOptions& c = r.options.context;
+  nlohmann::json o = nlohmann::json::object();
+  if (c.context_tokens != defaults.context_tokens) o["context"] = c.context_tokens;
+  if (c.parallel != defaults.parallel) o["parallel"] = c.parallel;
+  if (c.batch_tokens != defaults.batch_tokens) o["batch_size"] = c.batch_tokens;
+  if (c.ubatch_tokens != defaults.ubatch_tokens) o["ubatch_size"] = c.ubatch_tokens;
+  if (c.kv_unified) o["kv_unified"] = true;
+  if (c.swa_full) o["swa_full"] = true;
+  if (!c.kv_offload) o["kv_offload"] = false;
+  if (!c.mmap) o["mmap"] = false;
+  if (r.options.cache_type_k != "f16") o["cache_type_k"] = r.options.cache_type_k;
+  if (r.options.cache_type_v != "f16") o["cache_type_v"] = r.options.cache_type_v;
+  if (r.options.flash_attn != "auto") o["flash_attn"] = r.options.flash_attn;
+  if (r.policy != "spread") o["policy"] = r.policy;
+  if (r.no_distributed) o["allow_distributed"] = false;
+  if (r.no_cpu_offload) o["allow_cpu_offload"] = false;
+  if (r.max_rpc_servers != 16) o["max_rpc_servers"] = r.max_rpc_servers;
   for (const std::string& kv : r.selector) {
     const auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0)
       throw plan::PlanError("--selector wants KEY=VALUE, not '" + kv + "'");
-    q.selector[kv.substr(0, eq)] = kv.substr(eq + 1);
+    o["selector"][kv.substr(0, eq)] = kv.substr(eq + 1);
   }
-  for (const std::string& g : r.gpus) {
-    const std::optional<cluster::GpuAddress> a = cluster::parse_gpu_address(g);
-    if (!a) throw plan::PlanError("GPU '" + g + "' is not WORKER:INDEX (e.g. worker1:0)");
-    q.gpus.push_back({a->worker, a->gpu});
-  }
-  q.gpu_layers =
-      r.options.gpu_layers == kFitGpuLayers ? plan::kAutoGpuLayers : r.options.gpu_layers;
-  q.tensor_split = r.options.tensor_split;
-  q.extra_args = r.extra_args;
-  q.threads = r.threads;
+  if (!r.gpus.empty()) o["gpus"] = r.gpus;
+  if (r.options.gpu_layers != kFitGpuLayers) o["ngl"] = r.options.gpu_layers;
+  if (!r.options.tensor_split.empty()) o["tensor_split"] = r.options.tensor_split;
+  if (!r.extra_args.empty()) o["extra_args"] = r.extra_args;
+  if (r.threads > 0) o["threads"] = r.threads;
+  if (r.tie_tolerance != 0.02) o["tie_tolerance"] = r.tie_tolerance;
+  return o;
+}
+
+plan::Request build_request(const PlanRequest& r) {
+  plan::Request q = plan::request_from_options(options_json(r), r.options.model);
+  q.replicas = r.replicas;
   q.prompt_tokens = r.prompt_tokens;
-  q.tie_tolerance = r.tie_tolerance;
   return q;
 }
 

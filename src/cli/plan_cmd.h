@@ -26,7 +26,12 @@ struct PlanRequest {
   double tie_tolerance = 0.02;
 };
 
-// The planner's request from the command line. Throws plan::PlanError / estimate::LayoutError.
+// The deployment options (plan/options.h) the flags ask for, only those that differ from the
+// defaults: what `ggfleet deploy` sends and `ggfleet plan` plans. Throws plan::PlanError.
+nlohmann::json options_json(const PlanRequest& r);
+
+// The planner's request from the command line: plan::request_from_options(options_json(r)) with
+// the replicas and prompt length. Throws std::invalid_argument (plan::PlanError among them).
 plan::Request build_request(const PlanRequest& r);
 
 std::string plan_text(const plan::Plan& p, const cluster::Cluster& cluster,

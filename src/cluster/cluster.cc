@@ -3,7 +3,10 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -15,7 +18,10 @@ namespace {
 
 class Parser {
  public:
-  explicit Parser(std::string file) : file_(std::move(file)) {}
+  // `plain_numbers`: a bare number is in base units (bytes, bytes/s, seconds, operations/s), as
+  // in the JSON a worker reports; in a cluster file those need their unit.
+  explicit Parser(std::string file, bool plain_numbers = false)
+      : file_(std::move(file)), plain_numbers_(plain_numbers) {}
 
   [[noreturn]] void fail(const YAML::Node& at, const std::string& what) const {
     const YAML::Mark m = at.Mark();
@@ -51,7 +57,20 @@ class Parser {
       fail(n, what + ": " + e.what());
     }
   }
+  // A bare number, when plain_numbers_ allows one (nullopt otherwise).
+  std::optional<double> plain(const YAML::Node& n, const std::string& what) const {
+    if (!plain_numbers_) return std::nullopt;
+    const std::string t = text(n, what);
+    if (t.empty() || t.find_first_not_of("0123456789.eE+") != std::string::npos)
+      return std::nullopt;
+    try {
+      return std::stod(t);
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+  }
   double bandwidth(const YAML::Node& n, const std::string& what) const {
+    if (const auto v = plain(n, what)) return *v;
     try {
       return parse_bandwidth(text(n, what));
     } catch (const UnitError& e) {
@@ -59,6 +78,7 @@ class Parser {
     }
   }
   double duration(const YAML::Node& n, const std::string& what) const {
+    if (const auto v = plain(n, what)) return *v;
     try {
       return parse_duration(text(n, what));
     } catch (const UnitError& e) {
@@ -119,8 +139,7 @@ class Parser {
     return g;
   }
 
-  Worker worker(const YAML::Node& n, std::size_t index) const {
-    const std::string where = "workers[" + std::to_string(index) + "]";
+  Worker worker(const YAML::Node& n, const std::string& where) const {
     only_keys(n, {"name", "cpu", "ram", "reserved", "labels", "gpus", "address"}, where);
     Worker w;
     if (!n["name"]) fail(n, where + " needs a name");
@@ -211,7 +230,7 @@ class Parser {
       fail(root, "'workers' must be a non-empty list");
     std::set<std::string> names;
     for (std::size_t i = 0; i < workers.size(); ++i) {
-      Worker w = worker(workers[i], i);
+      Worker w = worker(workers[i], "workers[" + std::to_string(i) + "]");
       if (!names.insert(w.name).second) fail(workers[i], "worker '" + w.name + "' is listed twice");
       c.workers.push_back(std::move(w));
     }
@@ -248,9 +267,54 @@ class Parser {
 
  private:
   std::string file_;
+  bool plain_numbers_ = false;
 };
 
+// JSON as a YAML node, for the one parser: numbers become their decimal text.
+YAML::Node to_yaml(const nlohmann::json& j) {
+  if (j.is_object()) {
+    YAML::Node n(YAML::NodeType::Map);
+    for (const auto& [k, v] : j.items()) n[k] = to_yaml(v);
+    return n;
+  }
+  if (j.is_array()) {
+    YAML::Node n(YAML::NodeType::Sequence);
+    for (const nlohmann::json& v : j) n.push_back(to_yaml(v));
+    return n;
+  }
+  if (j.is_string()) return YAML::Node(j.get<std::string>());
+  if (j.is_number_unsigned()) return YAML::Node(std::to_string(j.get<std::uint64_t>()));
+  if (j.is_number_integer()) return YAML::Node(std::to_string(j.get<std::int64_t>()));
+  if (j.is_number_float()) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.17g", j.get<double>());
+    return YAML::Node(std::string(buf));
+  }
+  if (j.is_boolean()) return YAML::Node(j.get<bool>() ? "true" : "false");
+  return YAML::Node(YAML::NodeType::Null);
+}
+
 }  // namespace
+
+Worker worker_from_json(const std::string& name, const std::string& address,
+                        const nlohmann::json& labels, const nlohmann::json& resources) {
+  if (!resources.is_object())
+    throw ClusterError("worker " + name + ": resources must be an object");
+  nlohmann::json w = resources;
+  w.erase("simulated");  // how the agent found its GPUs; nothing the planner uses
+  // A GPU's used memory as measured may pass the catalog's total by a little: clamp.
+  if (w.contains("gpus") && w["gpus"].is_array()) {
+    for (nlohmann::json& g : w["gpus"]) {
+      if (g.is_object() && g.contains("used") && g.contains("vram") && g["used"].is_number() &&
+          g["vram"].is_number() && g["used"].get<double>() > g["vram"].get<double>())
+        g["used"] = g["vram"];
+    }
+  }
+  w["name"] = name;
+  if (!address.empty()) w["address"] = address;
+  if (labels.is_object() && !labels.empty()) w["labels"] = labels;
+  return Parser("worker " + name, true).worker(to_yaml(w), "resources");
+}
 
 std::uint64_t Worker::free_vram_bytes(std::size_t gpu) const {
   const Gpu& g = gpus.at(gpu);

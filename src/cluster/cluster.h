@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -88,6 +89,14 @@ struct Cluster {
 // in the catalog nor given its numbers, links naming unknown workers.
 Cluster load_cluster(const std::string& path);
 Cluster parse_cluster(const std::string& yaml_text, const std::string& name = "(cluster)");
+
+// A live worker as the agent reports it (JSON: cpu.{cores, memory_bandwidth}, ram.{total, used},
+// reserved.{ram, vram}, gpus[].{name, vram, used, memory_bandwidth, fp16, int8}, simulated), read
+// by the same rules as a worker of a cluster file: bare numbers are bytes, bytes/s and
+// operations/s; units ("48GiB") are accepted too. Throws ClusterError ("worker NAME: ...") on
+// anything a cluster file would refuse.
+Worker worker_from_json(const std::string& name, const std::string& address,
+                        const nlohmann::json& labels, const nlohmann::json& resources);
 
 // One GPU of the fleet as users write it: "WORKER:INDEX" (e.g. worker1:0).
 struct GpuAddress {

@@ -2,6 +2,7 @@
 // the context options that size the KV cache and compute buffers. Plain data.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -37,6 +38,14 @@ struct ContextOptions {
   bool mmap = true;         // false = --load-mode none (weights copied into host buffers)
   bool cpu_repack = false;  // true when llama.cpp repacks CPU weights (CPU-only builds, AVX2)
 };
+
+// llama.cpp's device order, known here only: every RPC device first, in the order of --rpc, then
+// the local GPUs in their CUDA order. Reorders [first, last) stably by `is_remote` and returns
+// where the local devices begin.
+template <class It, class IsRemote>
+It to_llama_order(It first, It last, IsRemote is_remote) {
+  return std::stable_partition(first, last, is_remote);
+}
 
 struct Layout {
   std::vector<Device> devices;       // llama.cpp's order: RPC devices first, then local GPUs

@@ -131,13 +131,11 @@ class Search {
   // main's own; `last` (if set) is moved to the end of its group.
   std::vector<std::size_t> ordered(const cluster::Worker& main, std::vector<std::size_t> set,
                                    std::optional<std::size_t> last = std::nullopt) const {
-    std::stable_partition(set.begin(), set.end(), [&](std::size_t d) { return remote(d, main); });
+    const auto locals = estimate::to_llama_order(set.begin(), set.end(),
+                                                 [&](std::size_t d) { return remote(d, main); });
     if (last) {
       const auto it = std::find(set.begin(), set.end(), *last);
-      const bool last_remote = remote(*last, main);
-      auto group_end = last_remote ? std::find_if(set.begin(), set.end(),
-                                                  [&](std::size_t d) { return !remote(d, main); })
-                                   : set.end();
+      const auto group_end = remote(*last, main) ? locals : set.end();
       std::rotate(it, it + 1, group_end);
     }
     return set;
@@ -817,82 +815,49 @@ OneReplica plan_one(const estimate::ModelMemory& m, const cluster::Cluster& cl, 
 
 }  // namespace
 
-std::string Command::line() const {
-  std::string out;
-  for (const auto& [k, v] : env) out += k + "=" + v + " ";
-  for (std::size_t i = 0; i < argv.size(); ++i) {
-    const std::string& a = argv[i];
-    const bool plain =
-        !a.empty() && a.find_first_of(" \t\"'$\\`|&;<>(){}*?!#~") == std::string::npos;
-    out += (i ? " " : "") + (plain ? a : "'" + a + "'");
-  }
-  return out;
-}
-
-std::vector<Command> commands_for(const Candidate& c, const cluster::Cluster& cl,
-                                  const Request& r) {
-  std::vector<Command> out;
+Launch launch_for(const Candidate& c, const cluster::Cluster& cl, const Request& r) {
+  Launch out;
+  ServerLaunch& s = out.server;
   std::map<std::string, std::uint16_t> next_port;
-  std::vector<std::string> rpc_endpoints, local_gpus;
   for (std::size_t i = 0; i < c.layout.devices.size(); ++i) {
     const perf::DevicePlace& p = c.places[i];
     if (!c.layout.devices[i].remote) {
-      local_gpus.push_back(std::to_string(p.gpu));
+      s.gpus.push_back(p.gpu);
       continue;
     }
     const cluster::Worker& w = *cl.find(p.worker);
     auto [it, inserted] = next_port.try_emplace(p.worker, r.rpc_port_base);
-    const std::uint16_t port = it->second++;
-    Command cmd;
-    cmd.worker = p.worker;
-    cmd.role = "rpc-server";
-    cmd.env["CUDA_VISIBLE_DEVICES"] = std::to_string(p.gpu);
-    cmd.argv = {"ggml-rpc-server",    "-H", w.address, "-p",
-                std::to_string(port), "-d", "CUDA0",   "-c"};
-    out.push_back(cmd);
-    rpc_endpoints.push_back(w.address + ":" + std::to_string(port));
+    RpcServerLaunch rpc;
+    rpc.worker = p.worker;
+    rpc.host = w.address;
+    rpc.port = it->second++;
+    rpc.gpu = p.gpu;
+    s.rpc.push_back({rpc.host, rpc.port});
+    out.rpc_servers.push_back(std::move(rpc));
   }
-  Command main;
-  main.worker = c.main_worker;
-  main.role = "llama-server";
-  std::string visible;
-  for (const std::string& g : local_gpus) visible += (visible.empty() ? "" : ",") + g;
-  main.env["CUDA_VISIBLE_DEVICES"] = visible;
-  main.argv = {"llama-server", "-m", r.model_path};
-  if (!rpc_endpoints.empty()) {
-    std::string joined;
-    for (const std::string& e : rpc_endpoints) joined += (joined.empty() ? "" : ",") + e;
-    main.argv.insert(main.argv.end(), {"--rpc", joined});
-  }
-  main.argv.insert(main.argv.end(), {"-ngl", std::to_string(c.estimate.offloaded_layers)});
+  s.worker = c.main_worker;
+  s.model = r.model_path;
+  s.host = cl.find(c.main_worker)->address;
+  s.port = r.server_port;
+  s.gpu_layers = static_cast<std::int32_t>(c.estimate.offloaded_layers);
   if (c.layout.devices.size() > 1) {
-    std::string ts;
     for (const estimate::DeviceUsage& d : c.estimate.devices)
-      ts += (ts.empty() ? "" : ",") + std::to_string(d.layers);
-    main.argv.insert(main.argv.end(), {"-ts", ts});
+      s.layers_per_device.push_back(d.layers);
   }
   const estimate::ContextOptions& o = r.context;
-  main.argv.insert(main.argv.end(),
-                   {"-c", std::to_string(c.estimate.context_tokens), "--parallel",
-                    std::to_string(o.parallel), "-fa", c.estimate.flash_attention ? "on" : "off"});
-  if (o.cache_type_k != gguf::GgmlType::F16) {
-    main.argv.insert(main.argv.end(), {"-ctk", std::string(gguf::traits(o.cache_type_k).name)});
-  }
-  if (o.cache_type_v != gguf::GgmlType::F16) {
-    main.argv.insert(main.argv.end(), {"-ctv", std::string(gguf::traits(o.cache_type_v).name)});
-  }
-  if (o.batch_tokens != 2048)
-    main.argv.insert(main.argv.end(), {"-b", std::to_string(o.batch_tokens)});
-  if (o.ubatch_tokens != 512)
-    main.argv.insert(main.argv.end(), {"-ub", std::to_string(o.ubatch_tokens)});
-  if (!o.kv_offload) main.argv.push_back("--no-kv-offload");
-  if (o.swa_full) main.argv.push_back("--swa-full");
-  if (!o.mmap) main.argv.push_back("--no-mmap");
-  if (r.threads > 0) main.argv.insert(main.argv.end(), {"-t", std::to_string(r.threads)});
-  main.argv.insert(main.argv.end(), {"--host", cl.find(c.main_worker)->address, "--port",
-                                     std::to_string(r.server_port), "--metrics"});
-  main.argv.insert(main.argv.end(), r.extra_args.begin(), r.extra_args.end());
-  out.push_back(main);
+  s.context_tokens = c.estimate.context_tokens;
+  s.parallel = o.parallel;
+  s.flash_attention = c.estimate.flash_attention;
+  s.cache_type_k = std::string(gguf::traits(o.cache_type_k).name);
+  s.cache_type_v = std::string(gguf::traits(o.cache_type_v).name);
+  s.batch_tokens = o.batch_tokens;
+  s.ubatch_tokens = o.ubatch_tokens;
+  s.kv_unified = o.kv_unified;
+  s.kv_offload = o.kv_offload;
+  s.swa_full = o.swa_full;
+  s.mmap = o.mmap;
+  s.threads = r.threads;
+  s.extra_args = r.extra_args;
   return out;
 }
 
@@ -930,7 +895,8 @@ Plan make_plan(const estimate::ModelMemory& m, const cluster::Cluster& cl, const
     }
     Replica rep;
     rep.chosen = detail(*one.chosen, "plan", state, m, r, c);
-    rep.commands = commands_for(rep.chosen, state, r);
+    rep.launch = launch_for(rep.chosen, state, r);
+    rep.commands = commands(rep.launch);
     if (i == 0) {
       const Eval& best = *one.chosen;
       // Alternatives: the same GPUs with another main, the best of each other main, the best on

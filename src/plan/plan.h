@@ -34,6 +34,7 @@
 #include "estimate/estimate.h"
 #include "estimate/model_memory.h"
 #include "perf/perf.h"
+#include "plan/launch.h"
 
 namespace ggfleet::plan {
 
@@ -90,17 +91,10 @@ struct Rejection {
   std::string reason;
 };
 
-struct Command {
-  std::string worker;
-  std::string role;  // "rpc-server" or "llama-server"
-  std::map<std::string, std::string> env;
-  std::vector<std::string> argv;
-  std::string line() const;  // shell form: VAR=value prog args...
-};
-
 struct Replica {
   Candidate chosen;
-  std::vector<Command> commands;
+  Launch launch;                  // what the workers run, typed
+  std::vector<Command> commands;  // the same as command lines (commands(launch))
 };
 
 struct Plan {
@@ -132,8 +126,9 @@ std::optional<Candidate> brute_force(
 cluster::Cluster with_claims(const cluster::Cluster& cluster, const Candidate& c,
                              const std::string& instance);
 
-// The processes that run a candidate: one rpc-server per remote GPU, then llama-server.
-std::vector<Command> commands_for(const Candidate& c, const cluster::Cluster& cluster,
-                                  const Request& request);
+// What runs a candidate: one rpc-server per remote GPU (ports from request.rpc_port_base, per
+// worker), then llama-server on the main (request.server_port) with the candidate's devices in
+// llama.cpp's order and the request's context options.
+Launch launch_for(const Candidate& c, const cluster::Cluster& cluster, const Request& request);
 
 }  // namespace ggfleet::plan

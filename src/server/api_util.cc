@@ -53,7 +53,7 @@ json worker_json(const store::WorkerRow& w) {
   return {{"name", w.name},
           {"address", w.address},
           {"labels", parse_or(w.labels_json, json::object())},
-          {"status", w.status},
+          {"status", text(w.status)},
           {"resources", parse_or(w.resources_json, json::object())},
           {"last_heartbeat_ms", w.last_heartbeat_ms},
           {"registered_ms", w.registered_ms}};
@@ -62,7 +62,8 @@ json worker_json(const store::WorkerRow& w) {
 json deployment_json(const store::DeploymentRow& d,
                      const std::vector<store::InstanceRow>& instances) {
   json states = json::object();
-  for (const store::InstanceRow& i : instances) states[i.state] = states.value(i.state, 0) + 1;
+  for (const store::InstanceRow& i : instances)
+    states[text(i.state)] = states.value(text(i.state), 0) + 1;
   return {{"name", d.name},
           {"model", d.model},
           {"replicas", d.replicas},
@@ -75,7 +76,7 @@ json deployment_json(const store::DeploymentRow& d,
 json instance_json(const store::InstanceRow& i, bool with_assignment) {
   json j = {{"id", i.id},
             {"deployment", i.deployment},
-            {"state", i.state},
+            {"state", text(i.state)},
             {"main_worker", i.main_worker},
             {"reason", i.reason},
             {"restarts", i.restarts},
@@ -94,17 +95,18 @@ json event_json(const store::EventRow& e) {
           {"message", e.message}};
 }
 
-void allow(const Principal& p, std::initializer_list<const char*> roles) {
-  if (std::none_of(roles.begin(), roles.end(), [&](const char* r) { return p.role == r; })) {
-    throw HttpError{403, "a " + p.role + " key may not do this"};
+void allow(const Principal& p, std::initializer_list<KeyRole> roles) {
+  if (!p.role || std::find(roles.begin(), roles.end(), *p.role) == roles.end()) {
+    throw HttpError{403, p.role ? "a " + std::string(name(*p.role)) + " key may not do this"
+                                : std::string("a key is needed for this")};
   }
 }
 
 void self_or(const Principal& p, const std::string& worker) {
-  if (p.role == "admin" || p.role == "user") return;
-  if (p.role == "worker" && p.worker == worker) return;
-  throw HttpError{
-      403, p.role == "worker" ? "a worker key may only speak for its own worker" : "not allowed"};
+  if (p.role == KeyRole::kAdmin || p.role == KeyRole::kUser) return;
+  if (p.role == KeyRole::kWorker && p.worker == worker) return;
+  throw HttpError{403, p.role == KeyRole::kWorker ? "a worker key may only speak for its own worker"
+                                                  : "not allowed"};
 }
 
 void reply(httplib::Response& res, const json& j, int status) {

@@ -6,8 +6,11 @@
 #include <cstdint>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <regex>
 #include <string>
+
+#include "cluster/states.h"
 
 #include "store/store.h"
 
@@ -26,7 +29,7 @@ struct HttpError {
 
 // Who sent a request (from its API key).
 struct Principal {
-  std::string role;  // admin | user | worker | join | none (unauthenticated routes)
+  std::optional<KeyRole> role;  // nullopt: an unauthenticated route
   std::string worker;
 };
 
@@ -48,7 +51,7 @@ nlohmann::json instance_json(const store::InstanceRow& i, bool with_assignment);
 nlohmann::json event_json(const store::EventRow& e);
 
 // 403 unless `p` has one of `roles`.
-void allow(const Principal& p, std::initializer_list<const char*> roles);
+void allow(const Principal& p, std::initializer_list<KeyRole> roles);
 // 403 unless `p` is an admin or user, or the worker `worker` itself.
 void self_or(const Principal& p, const std::string& worker);
 void reply(httplib::Response& res, const nlohmann::json& j, int status = 200);

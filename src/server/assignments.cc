@@ -17,19 +17,24 @@ std::map<std::string, json> assignments_by_worker(const std::vector<store::Insta
   }
   std::map<std::string, json> out;
   for (const store::InstanceRow& i : instances) {
-    if (i.state == "pending") continue;
+    if (i.state == InstanceState::kPending) continue;
     std::set<std::string> workers = lenders[i.id];
     if (!i.main_worker.empty()) workers.insert(i.main_worker);
     const json assignment = parse_or(i.assignment_json, json::object());
+    if (!assignment.contains("launch")) continue;
+    const json launch = assignment["launch"];
     for (const std::string& name : workers) {
       if (!only.empty() && name != only) continue;
       json a = instance_json(i, false);
-      json commands = json::array();
-      for (const json& c : assignment.value("commands", json::array())) {
-        if (c.value("worker", "") == name) commands.push_back(c);
+      const bool main = i.main_worker == name;
+      a["role"] = text(main ? Role::kMain : Role::kRpc);
+      // Only the parts this worker runs: its rpc-servers, and llama-server on the main.
+      json rpc = json::array();
+      for (const json& r : launch.value("rpc_servers", json::array())) {
+        if (r.value("worker", "") == name) rpc.push_back(r);
       }
-      a["role"] = i.main_worker == name ? "main" : "rpc";
-      a["commands"] = commands;
+      a["rpc_servers"] = rpc;
+      if (main && launch.contains("server")) a["server"] = launch["server"];
       a["model"] = assignment.value("model", "");
       a["server_port"] = assignment.value("server_port", 0);
       a["rpc_port_base"] = assignment.value("rpc_port_base", 0);
@@ -45,7 +50,7 @@ std::map<std::string, json> assignments_by_worker(const std::vector<store::Insta
 std::string assignment_digest(const json& list) {
   std::string out;
   for (const json& a : list) {
-    for (const char* k : {"id", "role", "model", "server_port", "commands", "devices"})
+    for (const char* k : {"id", "role", "model", "server_port", "rpc_servers", "server", "devices"})
       out += a.value(k, json()).dump() + "\x1f";
     out += "\x1e";
   }

@@ -350,7 +350,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     const ProxyTarget* best = nullptr;
     int best_load = 0;
     for (const ProxyTarget& t : d.targets) {
-      if (t.state != "running" || t.host.empty() || t.port <= 0) continue;
+      if (t.state != InstanceState::kRunning || t.host.empty() || t.port <= 0) continue;
       const int cap = std::max(1, static_cast<int>(t.slots * config.slots_multiple + 0.5));
       const auto at = in_flight.find(t.id);  // (no entry for an idle instance)
       const int load = at == in_flight.end() ? 0 : at->second;
@@ -455,12 +455,13 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     }
     if (!chosen) {
       const bool any_running = std::any_of(d.targets.begin(), d.targets.end(), [](const auto& t) {
-        return t.state == "running" && !t.host.empty();
+        return t.state == InstanceState::kRunning && !t.host.empty();
       });
       if (!any_running) {
         std::string why = "no instance of " + deployment + " is ready";
         for (const ProxyTarget& t : d.targets)
-          why += "; " + t.id + " is " + t.state + (t.reason.empty() ? "" : " (" + t.reason + ")");
+          why += "; " + t.id + " is " + text(t.state) +
+                 (t.reason.empty() ? "" : " (" + t.reason + ")");
         if (hooks.proxied) hooks.proxied(deployment, 503, 0, 0);
         co_return co_await reply_error(c, 503, why, keep, config.retry_after_s);
       }

@@ -27,8 +27,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+
 #include <utility>
 #include <vector>
+#include "cluster/states.h"
 
 namespace ggfleet::server {
 
@@ -66,9 +68,9 @@ struct ProxyTarget {
   std::string id;
   std::string host;
   int port = 0;
-  std::string state;   // only "running" ones are used
-  std::string reason;  // shown when none is running
-  int slots = 1;       // llama-server --parallel
+  InstanceState state = InstanceState::kPending;  // only running ones are used
+  std::string reason;                             // shown when none is running
+  int slots = 1;                                  // llama-server --parallel
 };
 
 struct ProxyRoute {

@@ -6,7 +6,7 @@ namespace ggfleet::server {
 
 std::string Metrics::render(store::Store& s) {
   std::ostringstream o;
-  std::map<std::string, int> workers_by_state;
+  std::map<WorkerStatus, int> workers_by_state;
   std::size_t gpus = 0;
   double free_vram = 0;
   const std::vector<store::ClaimRow> claims = s.claims();
@@ -17,11 +17,11 @@ std::string Metrics::render(store::Store& s) {
     for (std::size_t g = 0; g < w.gpus.size(); ++g)
       free_vram += static_cast<double>(w.free_vram_bytes(g));
   }
-  std::map<std::string, int> instances_by_state;
+  std::map<InstanceState, int> instances_by_state;
   for (const store::InstanceRow& i : s.instances()) ++instances_by_state[i.state];
   o << "# HELP ggfleet_workers Workers by state.\n# TYPE ggfleet_workers gauge\n";
-  for (const char* st : {"ready", "unreachable", "draining"}) {
-    o << "ggfleet_workers{state=\"" << st << "\"} " << workers_by_state[st] << "\n";
+  for (const WorkerStatus st : kWorkerStatuses) {
+    o << "ggfleet_workers{state=\"" << name(st) << "\"} " << workers_by_state[st] << "\n";
   }
   o << "# HELP ggfleet_gpus GPUs of ready workers.\n# TYPE ggfleet_gpus gauge\nggfleet_gpus "
     << gpus << "\n";
@@ -29,8 +29,8 @@ std::string Metrics::render(store::Store& s) {
        "# TYPE ggfleet_gpu_free_bytes gauge\nggfleet_gpu_free_bytes "
     << static_cast<std::uint64_t>(free_vram) << "\n";
   o << "# HELP ggfleet_instances Instances by state.\n# TYPE ggfleet_instances gauge\n";
-  for (const char* st : {"pending", "assigned", "starting", "loading", "running", "error"}) {
-    o << "ggfleet_instances{state=\"" << st << "\"} " << instances_by_state[st] << "\n";
+  for (const InstanceState st : kStoredInstanceStates) {
+    o << "ggfleet_instances{state=\"" << name(st) << "\"} " << instances_by_state[st] << "\n";
   }
   std::lock_guard<std::mutex> lock(mu_);
   o << "# HELP ggfleet_scheduling_duration_seconds Time of one scheduling pass.\n"

@@ -16,7 +16,7 @@ void Server::deployment_routes() {
   // Deployments.
   s.Post("/v1/deployments",
          handle("/v1/deployments", true, [this](const auto& req, auto& res, const Principal& p) {
-           allow(p, {"admin", "user"});
+           allow(p, {KeyRole::kAdmin, KeyRole::kUser});
            const json b = parse_body(req);
            only(b, {"name", "model", "replicas", "options"});
            const std::string name = required_string(b, "name");
@@ -42,7 +42,7 @@ void Server::deployment_routes() {
          }));
   s.Get("/v1/deployments",
         handle("/v1/deployments", true, [this](const auto&, auto& res, const Principal& p) {
-          allow(p, {"admin", "user"});
+          allow(p, {KeyRole::kAdmin, KeyRole::kUser});
           json list = json::array();
           for (const store::DeploymentRow& d : store_->deployments())
             list.push_back(deployment_json(d, store_->instances(d.name)));
@@ -51,7 +51,7 @@ void Server::deployment_routes() {
   s.Get(R"(/v1/deployments/([a-z0-9-]+))",
         handle("/v1/deployments/{name}", true,
                [this](const auto& req, auto& res, const Principal& p) {
-                 allow(p, {"admin", "user"});
+                 allow(p, {KeyRole::kAdmin, KeyRole::kUser});
                  const std::optional<store::DeploymentRow> d = store_->deployment(req.matches[1]);
                  if (!d) throw HttpError{404, "no deployment named " + std::string(req.matches[1])};
                  json j = deployment_json(*d, store_->instances(d->name));
@@ -64,7 +64,7 @@ void Server::deployment_routes() {
   s.Patch(R"(/v1/deployments/([a-z0-9-]+))",
           handle("/v1/deployments/{name}", true,
                  [this](const auto& req, auto& res, const Principal& p) {
-                   allow(p, {"admin", "user"});
+                   allow(p, {KeyRole::kAdmin, KeyRole::kUser});
                    const json b = parse_body(req);
                    only(b, {"replicas", "options", "model"});
                    std::optional<store::DeploymentRow> d = store_->deployment(req.matches[1]);
@@ -112,7 +112,7 @@ void Server::deployment_routes() {
   s.Delete(R"(/v1/deployments/([a-z0-9-]+))",
            handle("/v1/deployments/{name}", true,
                   [this](const auto& req, auto& res, const Principal& p) {
-                    allow(p, {"admin", "user"});
+                    allow(p, {KeyRole::kAdmin, KeyRole::kUser});
                     const std::string name = req.matches[1];
                     bool found = false;
                     store_->transaction([&] {

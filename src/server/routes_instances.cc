@@ -18,7 +18,7 @@ void Server::instance_routes() {
   // Instances.
   s.Get("/v1/instances",
         handle("/v1/instances", true, [this](const auto& req, auto& res, const Principal& p) {
-          allow(p, {"admin", "user"});
+          allow(p, {KeyRole::kAdmin, KeyRole::kUser});
           json list = json::array();
           for (const store::InstanceRow& i : store_->instances(req.get_param_value("deployment"))) {
             list.push_back(instance_json(i, false));
@@ -27,7 +27,7 @@ void Server::instance_routes() {
         }));
   s.Get(R"(/v1/instances/([a-z0-9-]+))",
         handle("/v1/instances/{id}", true, [this](const auto& req, auto& res, const Principal& p) {
-          allow(p, {"admin", "user"});
+          allow(p, {KeyRole::kAdmin, KeyRole::kUser});
           const std::optional<store::InstanceRow> i = store_->instance(req.matches[1]);
           if (!i) throw HttpError{404, "no instance " + std::string(req.matches[1])};
           reply(res, instance_json(*i, true));
@@ -35,7 +35,7 @@ void Server::instance_routes() {
   s.Get(R"(/v1/instances/([a-z0-9-]+)/logs)",
         handle("/v1/instances/{id}/logs", true,
                [this](const auto& req, auto& res, const Principal& p) {
-                 allow(p, {"admin", "user"});
+                 allow(p, {KeyRole::kAdmin, KeyRole::kUser});
                  const std::optional<store::InstanceRow> i = store_->instance(req.matches[1]);
                  if (!i) throw HttpError{404, "no instance " + std::string(req.matches[1])};
                  reply(res, {{"id", i->id}, {"log", i->log_tail}});
@@ -44,11 +44,11 @@ void Server::instance_routes() {
   // A dry run of the planner on the live fleet.
   s.Post("/v1/plan",
          handle("/v1/plan", true, [this](const auto& req, auto& res, const Principal& p) {
-           allow(p, {"admin", "user"});
+           allow(p, {KeyRole::kAdmin, KeyRole::kUser});
            const json b = parse_body(req);
            only(b, {"model", "options", "replicas"});
            const std::string model = required_string(b, "model");
-           plan::Request r = request_from_options(b.value("options", json::object()), model);
+           plan::Request r = plan::request_from_options(b.value("options", json::object()), model);
            if (b.contains("replicas"))
              r.replicas = static_cast<std::uint32_t>(integer_in(b, "replicas", 1, 1000));
            std::shared_ptr<const estimate::ModelMemory> m;
@@ -67,7 +67,7 @@ void Server::instance_routes() {
 
   s.Get("/v1/events",
         handle("/v1/events", true, [this](const auto& req, auto& res, const Principal& p) {
-          allow(p, {"admin", "user"});
+          allow(p, {KeyRole::kAdmin, KeyRole::kUser});
           std::int64_t after = 0;
           std::size_t limit = 200;
           try {

@@ -17,20 +17,21 @@ void Server::key_routes() {
   // API keys.
   s.Post("/v1/keys",
          handle("/v1/keys", true, [this](const auto& req, auto& res, const Principal& p) {
-           allow(p, {"admin"});
+           allow(p, {KeyRole::kAdmin});
            const json b = parse_body(req);
            only(b, {"name", "role"});
            const std::string name = required_string(b, "name");
            const std::string role = b.contains("role") ? required_string(b, "role") : "user";
-           if (role != "user" && role != "admin" && role != "join")
+           const std::optional<KeyRole> r = key_role(role);
+           if (!r || *r == KeyRole::kWorker)  // worker keys are made at registration only
              throw HttpError{400, "role must be user, admin or join"};
-           const std::string secret = new_secret(role == "join" ? "ggj_" : "ggf_");
+           const std::string secret = new_secret(*r == KeyRole::kJoin ? "ggj_" : "ggf_");
            const std::string id = "key-" + store_->next_id("keys");
            store_->put_key({id, name, sha256_hex(secret), role, "", store::now_ms()});
            reply(res, {{"id", id}, {"name", name}, {"role", role}, {"key", secret}}, 201);
          }));
   s.Get("/v1/keys", handle("/v1/keys", true, [this](const auto&, auto& res, const Principal& p) {
-          allow(p, {"admin"});
+          allow(p, {KeyRole::kAdmin});
           json list = json::array();
           for (const store::KeyRow& k : store_->keys()) {
             list.push_back({{"id", k.id},
@@ -43,7 +44,7 @@ void Server::key_routes() {
         }));
   s.Delete(R"(/v1/keys/([A-Za-z0-9-]+))",
            handle("/v1/keys/{id}", true, [this](const auto& req, auto& res, const Principal& p) {
-             allow(p, {"admin"});
+             allow(p, {KeyRole::kAdmin});
              {
                std::lock_guard<std::mutex> lock(cache_mu_);
                key_cache_.clear();

@@ -13,13 +13,27 @@ namespace ggfleet::server {
 
 using nlohmann::json;
 
+namespace {
+
+// A worker's reported resources, checked as the planner will read them: 400 with the reason.
+void checked_resources(const std::string& name, const std::string& address, const json& labels,
+                       const json& resources) {
+  try {
+    cluster::worker_from_json(name, address, labels, resources);
+  } catch (const cluster::ClusterError& e) {
+    throw HttpError{400, e.what()};
+  }
+}
+
+}  // namespace
+
 void Server::worker_routes() {
   httplib::Server& s = *http_;
   // Workers.
   s.Post(
       "/v1/workers/register",
       handle("/v1/workers/register", true, [this](const auto& req, auto& res, const Principal& p) {
-        allow(p, {"join", "admin"});
+        allow(p, {KeyRole::kJoin, KeyRole::kAdmin});
         const json b = parse_body(req);
         only(b, {"name", "address", "labels", "resources", "worker_key", "stale_processes"});
         const std::string name = required_string(b, "name");
@@ -29,7 +43,7 @@ void Server::worker_routes() {
         const json labels = b.value("labels", json::object());
         const json resources = b.value("resources", json::object());
         if (!labels.is_object()) throw HttpError{400, "'labels' must be an object of strings"};
-        worker_from_resources(name, address, labels, resources);  // validates
+        checked_resources(name, address, labels, resources);
         const std::string presented =
             b.contains("worker_key") ? required_string(b, "worker_key") : "";
         std::vector<std::string> stale;
@@ -48,12 +62,12 @@ void Server::worker_routes() {
           // A live worker keeps its name: only one that holds its credentials (the same
           // worker restarted) may register under it again. An unreachable one may be
           // replaced.
-          if (old && old->status != "unreachable") {
+          if (old && old->status != WorkerStatus::kUnreachable) {
             const std::optional<store::KeyRow> k =
                 presented.empty() ? std::nullopt : store_->key_by_hash(sha256_hex(presented));
-            if (!k || k->role != "worker" || k->worker != name) {
+            if (!k || key_role(k->role) != KeyRole::kWorker || k->worker != name) {
               throw HttpError{409, "a worker named " + name + " is registered (" + old->address +
-                                       ", status " + old->status +
+                                       ", status " + text(old->status) +
                                        ") and this one does not hold its credentials: give this "
                                        "worker another --name, or remove the other first (DELETE "
                                        "/v1/workers/" +
@@ -61,15 +75,15 @@ void Server::worker_routes() {
             }
           }
           for (const store::KeyRow& k : store_->keys()) {
-            if (k.role == "worker" && k.worker == name) forget_key(k.id);
+            if (key_role(k.role) == KeyRole::kWorker && k.worker == name) forget_key(k.id);
           }
-          store_->put_worker({name, address, labels.dump(), "ready", resources.dump(),
+          store_->put_worker({name, address, labels.dump(), WorkerStatus::kReady, resources.dump(),
                               store::now_ms(), old ? old->registered_ms : store::now_ms()});
           store_->put_key(
               {"worker-" + name, name, sha256_hex(key), "worker", name, store::now_ms()});
           store_->event("worker.registered", name,
                         "registered from " + address +
-                            (old && old->status == "unreachable"
+                            (old && old->status == WorkerStatus::kUnreachable
                                  ? " (replacing an unreachable worker of that name)"
                                  : ""));
           if (!stale.empty()) {
@@ -89,19 +103,20 @@ void Server::worker_routes() {
              [this](const auto& req, auto& res, const Principal& p) {
                const std::string name = req.matches[1];
                self_or(p, name);
-               if (p.role == "user")
+               if (p.role == KeyRole::kUser)
                  throw HttpError{403, "only the worker itself reports its status"};
                const json b = parse_body(req);
                only(b, {"resources", "instances"});
                std::optional<store::WorkerRow> w = store_->worker(name);
                if (!w) throw HttpError{404, "no worker named " + name};
                if (b.contains("resources")) {
-                 worker_from_resources(name, w->address, parse_or(w->labels_json, json::object()),
-                                       b["resources"]);
+                 checked_resources(name, w->address, parse_or(w->labels_json, json::object()),
+                                   b["resources"]);
                  w->resources_json = b["resources"].dump();
                }
                struct Report {
-                 std::string id, state, reason, log;
+                 std::string id, reason, log;
+                 InstanceState state = InstanceState::kStarting;
                  std::int64_t restarts = -1;
                  std::int64_t port = -1;  // the placement it is about (its llama-server port)
                  std::int64_t listen_port = -1;  // where llama-server really listens
@@ -111,8 +126,6 @@ void Server::worker_routes() {
                if (b.contains("instances")) {
                  if (!b["instances"].is_array())
                    throw HttpError{400, "'instances' must be an array"};
-                 static const std::set<std::string> states = {"starting", "loading", "running",
-                                                              "error", "stopped"};
                  for (const json& i : b["instances"]) {
                    if (!i.is_object())
                      throw HttpError{400, "each instance report must be an object"};
@@ -120,9 +133,13 @@ void Server::worker_routes() {
                             "gave_up"});
                    Report r;
                    r.id = required_string(i, "id");
-                   r.state = required_string(i, "state");
-                   if (!states.count(r.state))
-                     throw HttpError{400, "unknown instance state '" + r.state + "'"};
+                   const std::string word = required_string(i, "state");
+                   const std::optional<InstanceState> state = instance_state(word);
+                   // What an agent reports: never pending or assigned (the server's own).
+                   if (!state || *state == InstanceState::kPending ||
+                       *state == InstanceState::kAssigned)
+                     throw HttpError{400, "unknown instance state '" + word + "'"};
+                   r.state = *state;
                    if (i.contains("reason")) {
                      if (!i["reason"].is_string())
                        throw HttpError{400, "'reason' must be a string"};
@@ -145,25 +162,25 @@ void Server::worker_routes() {
                    reports.push_back(r);
                  }
                }
-               const bool was_unreachable = w->status == "unreachable";
+               const bool was_unreachable = w->status == WorkerStatus::kUnreachable;
                bool any_changed = false, replanned = false;
                store_->transaction([&] {
                  w->last_heartbeat_ms = store::now_ms();
                  if (was_unreachable) {
-                   w->status = "ready";
+                   w->status = WorkerStatus::kReady;
                    store_->event("worker.ready", name, "heartbeats again");
                  }
                  store_->put_worker(*w);
                  for (const Report& r : reports) {
                    std::optional<store::InstanceRow> i = store_->instance(r.id);
-                   if (!i || i->main_worker != name || i->state == "pending")
+                   if (!i || i->main_worker != name || i->state == InstanceState::kPending)
                      continue;  // not (or no longer) its own
                    if (r.port >= 0 &&
                        r.port !=
                            parse_or(i->assignment_json, json::object()).value("server_port", -1)) {
                      continue;  // about an earlier placement of this instance
                    }
-                   if (r.state == "stopped") continue;
+                   if (r.state == InstanceState::kStopped) continue;
                    if (r.gave_up) {
                      // Crashed too often here: plan it again, away from this worker.
                      replan(*store_, *i,
@@ -180,17 +197,18 @@ void Server::worker_routes() {
                      i->assignment_json = assignment.dump();
                      any_changed = true;
                    }
-                   const bool changed =
-                       i->state != r.state || (r.state == "error" && i->reason != r.reason);
+                   const bool changed = i->state != r.state ||
+                                        (r.state == InstanceState::kError && i->reason != r.reason);
                    i->state = r.state;
-                   if (!r.reason.empty() || r.state == "running") i->reason = r.reason;
+                   if (!r.reason.empty() || r.state == InstanceState::kRunning)
+                     i->reason = r.reason;
                    if (!r.log.empty()) i->log_tail = r.log;
                    if (r.restarts >= 0) i->restarts = r.restarts;
                    i->updated_ms = store::now_ms();
                    store_->put_instance(*i);
                    if (changed)
-                     store_->event("instance." + r.state, i->id,
-                                   r.reason.empty() ? r.state : r.reason);
+                     store_->event("instance." + text(r.state), i->id,
+                                   r.reason.empty() ? text(r.state) : r.reason);
                    any_changed = any_changed || changed;
                  }
                });
@@ -260,7 +278,7 @@ void Server::worker_routes() {
                }));
   s.Get("/v1/workers",
         handle("/v1/workers", true, [this](const auto&, auto& res, const Principal& p) {
-          allow(p, {"admin", "user"});
+          allow(p, {KeyRole::kAdmin, KeyRole::kUser});
           json list = json::array();
           for (const store::WorkerRow& w : store_->workers()) list.push_back(worker_json(w));
           reply(res, {{"workers", list}});
@@ -276,11 +294,11 @@ void Server::worker_routes() {
   s.Post(R"(/v1/workers/([a-z0-9-]+)/drain)",
          handle("/v1/workers/{name}/drain", true,
                 [this](const auto& req, auto& res, const Principal& p) {
-                  allow(p, {"admin", "user"});
+                  allow(p, {KeyRole::kAdmin, KeyRole::kUser});
                   const std::string name = req.matches[1];
                   bool found = false;
                   store_->transaction([&] {
-                    found = store_->set_worker_status(name, "draining");
+                    found = store_->set_worker_status(name, WorkerStatus::kDraining);
                     if (found)
                       store_->event("worker.draining", name,
                                     "no new instances will be placed here");
@@ -291,13 +309,13 @@ void Server::worker_routes() {
   s.Delete(
       R"(/v1/workers/([a-z0-9-]+))",
       handle("/v1/workers/{name}", true, [this](const auto& req, auto& res, const Principal& p) {
-        allow(p, {"admin"});
+        allow(p, {KeyRole::kAdmin});
         const std::string name = req.matches[1];
         bool found = false;
         store_->transaction([&] {
           found = store_->remove_worker(name);
           for (const store::KeyRow& k : store_->keys()) {
-            if (k.role == "worker" && k.worker == name) forget_key(k.id);
+            if (key_role(k.role) == KeyRole::kWorker && k.worker == name) forget_key(k.id);
           }
           if (found) store_->event("worker.removed", name, "removed; its instances are re-planned");
         });

@@ -9,243 +9,24 @@
 #include "gguf/reader.h"
 #include "model/profile.h"
 #include "plan/report.h"
+#include "server/api_util.h"
 
 namespace ggfleet::server {
 namespace {
 
 using nlohmann::json;
 
-std::uint64_t uint_field(const json& j, const char* key, std::uint64_t max = UINT64_MAX) {
-  const json& v = j.at(key);
-  if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::uint64_t>() > max) {
-    throw std::invalid_argument(std::string(key) + " must be a non-negative integer" +
-                                (max < UINT64_MAX ? " up to " + std::to_string(max) : ""));
-  }
-  return v.get<std::uint64_t>();
-}
-
-double number_field(const json& j, const char* key) {
-  const json& v = j.at(key);
-  if (!v.is_number()) throw std::invalid_argument(std::string(key) + " must be a number");
-  return v.get<double>();
-}
-
-bool bool_field(const json& j, const char* key) {
-  if (!j.at(key).is_boolean())
-    throw std::invalid_argument(std::string(key) + " must be true or false");
-  return j.at(key).get<bool>();
-}
-
-std::string string_field(const json& j, const char* key) {
-  if (!j.at(key).is_string()) throw std::invalid_argument(std::string(key) + " must be a string");
-  return j.at(key).get<std::string>();
-}
-
-gguf::GgmlType cache_type(const std::string& name, const char* key) {
-  const auto t = gguf::type_from_name(name);
-  if (!t) throw std::invalid_argument(std::string(key) + ": unknown type '" + name + "'");
-  return *t;
-}
-
 }  // namespace
-
-plan::Request request_from_options(const json& o, const std::string& model) {
-  if (!o.is_object()) throw std::invalid_argument("options must be an object");
-  static const std::set<std::string> known = {"context",
-                                              "parallel",
-                                              "cache_type_k",
-                                              "cache_type_v",
-                                              "flash_attn",
-                                              "batch_size",
-                                              "ubatch_size",
-                                              "policy",
-                                              "allow_distributed",
-                                              "allow_cpu_offload",
-                                              "max_rpc_servers",
-                                              "selector",
-                                              "gpus",
-                                              "ngl",
-                                              "tensor_split",
-                                              "extra_args",
-                                              "threads",
-                                              "tie_tolerance"};
-  for (const auto& [k, v] : o.items()) {
-    if (!known.count(k)) throw std::invalid_argument("unknown option '" + k + "'");
-  }
-  plan::Request r;
-  r.model_path = model;
-  r.context.context_tokens = 4096;
-  if (o.contains("context"))
-    r.context.context_tokens = static_cast<std::uint32_t>(uint_field(o, "context", 1u << 24));
-  if (o.contains("parallel"))
-    r.context.parallel = static_cast<std::uint32_t>(uint_field(o, "parallel", 256));
-  if (r.context.parallel == 0) throw std::invalid_argument("parallel must be at least 1");
-  if (o.contains("batch_size"))
-    r.context.batch_tokens = static_cast<std::uint32_t>(uint_field(o, "batch_size", 1u << 20));
-  if (o.contains("ubatch_size"))
-    r.context.ubatch_tokens = static_cast<std::uint32_t>(uint_field(o, "ubatch_size", 1u << 20));
-  if (r.context.batch_tokens == 0 || r.context.ubatch_tokens == 0) {
-    throw std::invalid_argument("batch_size and ubatch_size must be at least 1");
-  }
-  if (o.contains("cache_type_k"))
-    r.context.cache_type_k = cache_type(string_field(o, "cache_type_k"), "cache_type_k");
-  if (o.contains("cache_type_v"))
-    r.context.cache_type_v = cache_type(string_field(o, "cache_type_v"), "cache_type_v");
-  if (o.contains("flash_attn")) {
-    const std::string fa = string_field(o, "flash_attn");
-    if (fa == "on")
-      r.context.flash_attention = estimate::FlashAttention::kOn;
-    else if (fa == "off")
-      r.context.flash_attention = estimate::FlashAttention::kOff;
-    else if (fa == "auto")
-      r.context.flash_attention = estimate::FlashAttention::kAuto;
-    else
-      throw std::invalid_argument("flash_attn must be on, off or auto");
-  }
-  if (o.contains("policy")) {
-    const std::string p = string_field(o, "policy");
-    if (p != "spread" && p != "binpack")
-      throw std::invalid_argument("policy must be spread or binpack");
-    r.policy = p == "spread" ? plan::Policy::kSpread : plan::Policy::kBinpack;
-  }
-  if (o.contains("allow_distributed")) r.allow_distributed = bool_field(o, "allow_distributed");
-  if (o.contains("allow_cpu_offload")) r.allow_cpu_offload = bool_field(o, "allow_cpu_offload");
-  if (o.contains("max_rpc_servers"))
-    r.max_rpc_servers = static_cast<std::uint32_t>(uint_field(o, "max_rpc_servers", 256));
-  if (o.contains("threads")) r.threads = static_cast<std::uint32_t>(uint_field(o, "threads", 1024));
-  if (o.contains("tie_tolerance")) {
-    r.tie_tolerance = number_field(o, "tie_tolerance");
-    if (!(r.tie_tolerance >= 0 && r.tie_tolerance < 1))
-      throw std::invalid_argument("tie_tolerance must be in [0, 1)");
-  }
-  if (o.contains("selector")) {
-    if (!o["selector"].is_object())
-      throw std::invalid_argument("selector must be an object of strings");
-    for (const auto& [k, v] : o["selector"].items()) {
-      if (!v.is_string()) throw std::invalid_argument("selector." + k + " must be a string");
-      r.selector[k] = v.get<std::string>();
-    }
-  }
-  if (o.contains("gpus")) {
-    if (!o["gpus"].is_array())
-      throw std::invalid_argument("gpus must be an array of \"worker:index\"");
-    for (const json& g : o["gpus"]) {
-      const std::optional<cluster::GpuAddress> a =
-          cluster::parse_gpu_address(g.is_string() ? g.get<std::string>() : "");
-      if (!a) throw std::invalid_argument("gpus: '" + g.dump() + "' is not \"worker:index\"");
-      r.gpus.push_back({a->worker, a->gpu});
-    }
-  }
-  if (o.contains("ngl")) {
-    if (!o["ngl"].is_number_integer() || o["ngl"].get<std::int64_t>() < -1 ||
-        o["ngl"].get<std::int64_t>() > 100000) {
-      throw std::invalid_argument("ngl must be -1 (all) or a layer count");
-    }
-    r.gpu_layers = static_cast<std::int32_t>(o["ngl"].get<std::int64_t>());
-  }
-  if (o.contains("tensor_split")) {
-    if (!o["tensor_split"].is_array())
-      throw std::invalid_argument("tensor_split must be an array of numbers");
-    for (const json& v : o["tensor_split"]) {
-      if (!v.is_number() || v.get<double>() < 0)
-        throw std::invalid_argument("tensor_split values must be >= 0");
-      r.tensor_split.push_back(v.get<double>());
-    }
-  }
-  if (o.contains("extra_args")) {
-    if (!o["extra_args"].is_array())
-      throw std::invalid_argument("extra_args must be an array of strings");
-    for (const json& v : o["extra_args"]) {
-      if (!v.is_string()) throw std::invalid_argument("extra_args must be an array of strings");
-      r.extra_args.push_back(v.get<std::string>());
-    }
-  }
-  return r;
-}
-
-cluster::Worker worker_from_resources(const std::string& name, const std::string& address,
-                                      const json& labels, const json& res) {
-  if (!res.is_object()) throw std::invalid_argument("resources must be an object");
-  cluster::Worker w;
-  w.name = name;
-  w.address = address.empty() ? name : address;
-  if (labels.is_object()) {
-    for (const auto& [k, v] : labels.items()) {
-      if (!v.is_string()) throw std::invalid_argument("labels." + k + " must be a string");
-      w.labels[k] = v.get<std::string>();
-    }
-  }
-  static const std::set<std::string> known = {"cpu", "ram", "reserved", "gpus", "simulated"};
-  for (const auto& [k, v] : res.items()) {
-    if (!known.count(k)) throw std::invalid_argument("unknown resource '" + k + "'");
-  }
-  if (res.contains("cpu")) {
-    const json& c = res["cpu"];
-    if (!c.is_object()) throw std::invalid_argument("cpu must be an object");
-    if (c.contains("cores"))
-      w.cpu.cores = static_cast<std::uint32_t>(uint_field(c, "cores", 1u << 16));
-    if (c.contains("memory_bandwidth"))
-      w.cpu.memory_bandwidth_bytes_per_s = number_field(c, "memory_bandwidth");
-  }
-  if (w.cpu.cores == 0) w.cpu.cores = 8;
-  if (!(w.cpu.memory_bandwidth_bytes_per_s > 0)) {
-    w.cpu.memory_bandwidth_bytes_per_s =
-        std::min(200e9, w.cpu.cores * cluster::kDefaultCpuBandwidthPerCore);
-  }
-  if (res.contains("ram")) {
-    const json& r = res["ram"];
-    if (!r.is_object()) throw std::invalid_argument("ram must be an object");
-    if (r.contains("total")) w.ram_bytes = uint_field(r, "total");
-    if (r.contains("used")) w.ram_used_bytes = uint_field(r, "used");
-  }
-  if (res.contains("reserved")) {
-    const json& r = res["reserved"];
-    if (!r.is_object()) throw std::invalid_argument("reserved must be an object");
-    if (r.contains("ram")) w.reserved_ram_bytes = uint_field(r, "ram");
-    if (r.contains("vram")) w.reserved_vram_bytes = uint_field(r, "vram");
-  }
-  if (res.contains("gpus")) {
-    if (!res["gpus"].is_array()) throw std::invalid_argument("gpus must be an array");
-    for (const json& g : res["gpus"]) {
-      if (!g.is_object() || !g.contains("name") || !g["name"].is_string()) {
-        throw std::invalid_argument("every GPU needs a name");
-      }
-      cluster::Gpu gpu;
-      gpu.name = g["name"].get<std::string>();
-      if (const auto spec = cluster::find_gpu(gpu.name)) {
-        gpu.vram_bytes = spec->vram_bytes;
-        gpu.memory_bandwidth_bytes_per_s = spec->memory_bandwidth_bytes_per_s;
-        gpu.fp16_flops = spec->fp16_flops;
-        gpu.int8_ops = spec->int8_ops;
-      } else if (!g.contains("vram") || !g.contains("memory_bandwidth") || !g.contains("fp16")) {
-        throw std::invalid_argument(
-            "GPU '" + gpu.name + "' is not in the catalog: give vram, memory_bandwidth and fp16");
-      }
-      if (g.contains("vram")) gpu.vram_bytes = uint_field(g, "vram");
-      if (g.contains("used"))
-        gpu.used_bytes = std::min<std::uint64_t>(uint_field(g, "used"), gpu.vram_bytes);
-      if (g.contains("memory_bandwidth"))
-        gpu.memory_bandwidth_bytes_per_s = number_field(g, "memory_bandwidth");
-      if (g.contains("fp16")) gpu.fp16_flops = number_field(g, "fp16");
-      if (!(gpu.memory_bandwidth_bytes_per_s > 0) || !(gpu.fp16_flops > 0)) {
-        throw std::invalid_argument("GPU '" + gpu.name +
-                                    "': memory_bandwidth and fp16 must be positive");
-      }
-      w.gpus.push_back(gpu);
-    }
-  }
-  return w;
-}
 
 cluster::Cluster live_cluster(const std::vector<store::WorkerRow>& workers,
                               const std::vector<store::ClaimRow>& claims,
                               const std::string& except_instance) {
   cluster::Cluster c;
   for (const store::WorkerRow& row : workers) {
-    if (row.status != "ready") continue;
+    if (row.status != WorkerStatus::kReady) continue;
     try {
-      c.workers.push_back(worker_from_resources(row.name, row.address, json::parse(row.labels_json),
-                                                json::parse(row.resources_json)));
+      c.workers.push_back(cluster::worker_from_json(
+          row.name, row.address, json::parse(row.labels_json), json::parse(row.resources_json)));
     } catch (const std::exception&) {
       continue;  // validated at registration; a row that no longer parses is left out
     }
@@ -278,7 +59,7 @@ void replan(store::Store& store, const store::InstanceRow& instance, const std::
     avoid.push_back(avoid_worker);
   store.transaction([&] {
     store::InstanceRow p = instance;
-    p.state = "pending";
+    p.state = InstanceState::kPending;
     p.main_worker.clear();
     p.assignment_json = avoid.empty() ? "{}" : json{{"avoid", avoid}}.dump();
     p.reason = reason;
@@ -307,9 +88,9 @@ namespace {
 
 // Lower is removed first when scaling down.
 int keep_rank(const store::InstanceRow& i) {
-  if (i.state == "pending") return 0;
-  if (i.state == "error") return 1;
-  if (i.state == "running") return 3;
+  if (i.state == InstanceState::kPending) return 0;
+  if (i.state == InstanceState::kError) return 1;
+  if (i.state == InstanceState::kRunning) return 3;
   return 2;
 }
 
@@ -327,7 +108,7 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
                       ReconcileStats& stats) {
   std::string reason;
   try {
-    const plan::Request request = request_from_options(json::parse(d.options_json), d.model);
+    const plan::Request request = plan::request_from_options(json::parse(d.options_json), d.model);
     const std::shared_ptr<const estimate::ModelMemory> m = model(d.model);
     const auto t0 = std::chrono::steady_clock::now();
     cluster::Cluster fleet = live_cluster(store_.workers(), store_.claims(), instance.id);
@@ -355,21 +136,24 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
       const std::int64_t n = std::stoll(store_.next_id("placements"));
       one.server_port = static_cast<std::uint16_t>(config_.instance_port_base + n % 500);
       one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base + (n % 500) * 16);
-      p.replicas.front().commands = plan::commands_for(p.replicas.front().chosen, fleet, one);
+      plan::Replica& first = p.replicas.front();
+      first.launch = plan::launch_for(first.chosen, fleet, one);
+      first.commands = plan::commands(first.launch);
     }
     stats.planning_s +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (p.feasible) {
       const plan::Replica& rep = p.replicas.front();
       store::InstanceRow placed = instance;
-      placed.state = "assigned";
+      placed.state = InstanceState::kAssigned;
       placed.main_worker = rep.chosen.main_worker;
       placed.reason.clear();
       placed.predicted_tokens_per_s = rep.chosen.prediction.generation_tokens_per_s;
       placed.updated_ms = store::now_ms();
       json assignment;
       assignment["plan"] = plan::candidate_json(rep.chosen, fleet);
-      assignment["commands"] = plan::commands_json(rep.commands);
+      assignment["launch"] = plan::to_json(rep.launch);
+      assignment["commands"] = plan::commands_json(rep.commands);  // for people: the shell lines
       assignment["model"] = d.model;
       assignment["server_port"] = one.server_port;
       assignment["rpc_port_base"] = one.rpc_port_base;
@@ -431,15 +215,15 @@ ReconcileStats Scheduler::reconcile() {
     // Silence counts from this scheduler's start at the earliest: while the server was down, no
     // worker could heartbeat.
     const std::int64_t silent = now - std::max(w.last_heartbeat_ms, started_ms_);
-    if (w.status == "ready" && silent > config_.heartbeat_timeout_ms) {
+    if (w.status == WorkerStatus::kReady && silent > config_.heartbeat_timeout_ms) {
       store_.transaction([&] {
-        store_.set_worker_status(w.name, "unreachable");
+        store_.set_worker_status(w.name, WorkerStatus::kUnreachable);
         store_.event("worker.unreachable", w.name,
                      "no heartbeat for " + std::to_string(silent / 1000) + " s");
       });
-      w.status = "unreachable";
+      w.status = WorkerStatus::kUnreachable;
     }
-    if (w.status == "unreachable" &&
+    if (w.status == WorkerStatus::kUnreachable &&
         silent > config_.heartbeat_timeout_ms + config_.replan_grace_ms)
       gone.insert(w.name);
   }
@@ -447,7 +231,7 @@ ReconcileStats Scheduler::reconcile() {
   for (const store::WorkerRow& w : workers) known.insert(w.name);
   const std::vector<store::ClaimRow> claims = store_.claims();
   for (const store::InstanceRow& i : store_.instances()) {
-    if (i.state == "pending") continue;
+    if (i.state == InstanceState::kPending) continue;
     std::string lost;
     for (const std::string& w : gone) {
       if (on_worker(i, claims, w)) lost = w;
@@ -456,7 +240,14 @@ ReconcileStats Scheduler::reconcile() {
     for (const store::ClaimRow& c : claims) {
       if (lost.empty() && c.instance == i.id && !known.count(c.worker)) lost = c.worker;
     }
-    if (lost.empty()) continue;
+    if (lost.empty()) {
+      // Placed by a ggfleet before launches were typed: its workers cannot run it; place it again.
+      if (!parse_or(i.assignment_json, json::object()).contains("launch")) {
+        replan(store_, i, "placed by an older ggfleet (no typed launch); placing it again");
+        ++stats.replanned;
+      }
+      continue;
+    }
     replan(store_, i, "worker " + lost + " is gone; re-planning");
     ++stats.replanned;
   }
@@ -508,8 +299,9 @@ ReconcileStats Scheduler::reconcile() {
       std::int64_t running = 0;
       bool blocked = false;  // a current instance that does not fit while old ones hold memory
       for (const store::InstanceRow& i : current) {
-        running += i.state == "running";
-        blocked = blocked || (i.state == "pending" && i.reason.rfind("does not fit", 0) == 0);
+        running += i.state == InstanceState::kRunning;
+        blocked = blocked ||
+                  (i.state == InstanceState::kPending && i.reason.rfind("does not fit", 0) == 0);
       }
       std::size_t keep = static_cast<std::size_t>(std::max<std::int64_t>(0, d.replicas - running));
       if (blocked) keep = std::min(keep, old.size() - 1);
@@ -520,7 +312,7 @@ ReconcileStats Scheduler::reconcile() {
   std::map<std::string, store::DeploymentRow> deployments;
   for (const store::DeploymentRow& d : store_.deployments()) deployments[d.name] = d;
   for (const store::InstanceRow& i : store_.instances()) {
-    if (i.state != "pending") continue;
+    if (i.state != InstanceState::kPending) continue;
     const auto it = deployments.find(i.deployment);
     if (it != deployments.end()) place(i, it->second, stats);
   }

@@ -19,20 +19,11 @@
 
 #include "cluster/cluster.h"
 #include "estimate/model_memory.h"
+#include "plan/options.h"
 #include "plan/plan.h"
 #include "store/store.h"
 
 namespace ggfleet::server {
-
-// Deployment options (the JSON a client sends) as a planner request. Unknown fields, wrong types
-// and impossible values throw std::invalid_argument with the field's name.
-plan::Request request_from_options(const nlohmann::json& options, const std::string& model);
-
-// A worker's reported resources (cpu, ram, reserved, gpus, simulated) as cluster data. GPU names
-// missing from the catalog need vram, memory_bandwidth and fp16. Throws std::invalid_argument.
-cluster::Worker worker_from_resources(const std::string& name, const std::string& address,
-                                      const nlohmann::json& labels,
-                                      const nlohmann::json& resources);
 
 // The fleet the planner sees: ready workers (not draining, not unreachable) with the claims of
 // every instance except `except_instance`.

@@ -55,16 +55,16 @@ Server::~Server() {
 
 void Server::bootstrap_keys() {
   const std::vector<store::KeyRow> keys = store_->keys();
-  auto has_role = [&](const char* role) {
+  auto has_role = [&](KeyRole role) {
     return std::any_of(keys.begin(), keys.end(),
-                       [&](const store::KeyRow& k) { return k.role == role; });
+                       [&](const store::KeyRow& k) { return key_role(k.role) == role; });
   };
   const std::string admin = env_or(config_.admin_key, "GGFLEET_ADMIN_KEY");
   if (!admin.empty()) {
     const std::string hash = sha256_hex(admin);
     if (!store_->key_by_hash(hash))
       store_->put_key({"admin-" + hash.substr(0, 12), "admin", hash, "admin", "", store::now_ms()});
-  } else if (!has_role("admin")) {
+  } else if (!has_role(KeyRole::kAdmin)) {
     generated_admin_key_ = new_secret();
     store_->put_key(
         {"admin", "admin", sha256_hex(generated_admin_key_), "admin", "", store::now_ms()});
@@ -74,7 +74,7 @@ void Server::bootstrap_keys() {
     const std::string hash = sha256_hex(join);
     if (!store_->key_by_hash(hash))
       store_->put_key({"join-" + hash.substr(0, 12), "join", hash, "join", "", store::now_ms()});
-  } else if (!has_role("join")) {
+  } else if (!has_role(KeyRole::kJoin)) {
     generated_join_token_ = new_secret("ggj_");
     store_->put_key(
         {"join", "join", sha256_hex(generated_join_token_), "join", "", store::now_ms()});
@@ -258,7 +258,7 @@ ProxyRoute Server::route_of(const std::string& deployment) {
   if (fresh.route.exists) {
     for (const store::InstanceRow& i : store_->instances(deployment)) {
       ProxyTarget t{i.id, "", 0, i.state, i.reason, 1};
-      if (i.state == "running") {
+      if (i.state == InstanceState::kRunning) {
         if (const std::optional<store::WorkerRow> w = store_->worker(i.main_worker))
           t.host = w->address;
         const json a = parse_or(i.assignment_json, json::object());
@@ -286,13 +286,13 @@ Principal Server::authenticate(const std::string& header) {
     throw HttpError{401, "the Authorization header must be 'Bearer KEY'"};
   const std::string hash = sha256_hex(header.substr(7));
   const auto now = std::chrono::steady_clock::now();
-  if (const auto cached = cached_principal(hash)) return {cached->first, cached->second};
+  if (const auto cached = cached_principal(hash)) return {key_role(cached->first), cached->second};
   const std::optional<store::KeyRow> key = store_->key_by_hash(hash);
   if (!key) throw HttpError{401, "invalid API key"};
   std::lock_guard<std::mutex> lock(cache_mu_);
   if (key_cache_.size() > 10000) key_cache_.clear();
   key_cache_[hash] = {now, {key->role, key->worker}};
-  return {key->role, key->worker};
+  return {key_role(key->role), key->worker};
 }
 
 std::function<void(const httplib::Request&, httplib::Response&)> Server::handle(
@@ -300,8 +300,7 @@ std::function<void(const httplib::Request&, httplib::Response&)> Server::handle(
   return [this, name, auth, h](const httplib::Request& req, httplib::Response& res) {
     const auto t0 = std::chrono::steady_clock::now();
     try {
-      const Principal p =
-          auth ? authenticate(req.get_header_value("Authorization")) : Principal{"none", ""};
+      const Principal p = auth ? authenticate(req.get_header_value("Authorization")) : Principal{};
       h(req, res, p);
     } catch (const HttpError& e) {
       res.status = e.status;
@@ -323,7 +322,7 @@ std::function<void(const httplib::Request&, httplib::Response&)> Server::handle(
 }
 
 void Server::check_deployment(const std::string& model, const json& options) {
-  request_from_options(options, model);
+  plan::request_from_options(options, model);
   try {
     scheduler_->model(model);
   } catch (const std::exception& e) {
@@ -350,7 +349,7 @@ void Server::routes() {
           reply(res, {{"status", "ok"}, {"store", store_->backend()}});
         }));
   s.Get("/metrics", handle("/metrics", true, [this](const auto&, auto& res, const Principal& p) {
-          allow(p, {"admin", "user"});
+          allow(p, {KeyRole::kAdmin, KeyRole::kUser});
           std::string text = metrics_->render(*store_);
           if (gateway_) text += render_gateway(gateway_->stats());
           res.set_content(text, "text/plain; version=0.0.4");
@@ -363,12 +362,12 @@ void Server::routes() {
   // the one with the fewest requests in flight; streams pass through as they arrive.
   s.Get("/v1/models",
         handle("/v1/models", true, [this](const auto&, auto& res, const Principal& p) {
-          allow(p, {"admin", "user"});
+          allow(p, {KeyRole::kAdmin, KeyRole::kUser});
           json data = json::array();
           for (const store::DeploymentRow& d : store_->deployments()) {
             int ready = 0;
             for (const store::InstanceRow& i : store_->instances(d.name))
-              ready += i.state == "running";
+              ready += i.state == InstanceState::kRunning;
             data.push_back({{"id", d.name},
                             {"object", "model"},
                             {"owned_by", "ggfleet"},
@@ -380,7 +379,7 @@ void Server::routes() {
   // and where a deployment's instances listen.
   hooks_.authorize = [this](const std::string& header) -> ProxyError {
     try {
-      allow(authenticate(header), {"admin", "user"});
+      allow(authenticate(header), {KeyRole::kAdmin, KeyRole::kUser});
       return {};
     } catch (const HttpError& e) {
       return {e.status, e.message};

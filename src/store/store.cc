@@ -49,9 +49,13 @@ std::vector<std::string> statements(const std::string& sql) {
   return out;
 }
 
+// A word the store does not know (a row written by a newer ggfleet) reads as the state that
+// makes the scheduler look again: unreachable, error.
 WorkerRow worker_from(const Rows& r, std::size_t i) {
-  return {r.text(i, 0), r.text(i, 1),    r.text(i, 2),   r.text(i, 3),
-          r.text(i, 4), r.integer(i, 5), r.integer(i, 6)};
+  return {r.text(i, 0),   r.text(i, 1),
+          r.text(i, 2),   worker_status(r.text(i, 3)).value_or(WorkerStatus::kUnreachable),
+          r.text(i, 4),   r.integer(i, 5),
+          r.integer(i, 6)};
 }
 constexpr const char* kWorkerCols =
     "name, address, labels, status, resources, last_heartbeat_ms, registered_ms";
@@ -67,7 +71,7 @@ InstanceRow instance_from(const Rows& r, std::size_t i) {
   InstanceRow x;
   x.id = r.text(i, 0);
   x.deployment = r.text(i, 1);
-  x.state = r.text(i, 2);
+  x.state = instance_state(r.text(i, 2)).value_or(InstanceState::kError);
   x.main_worker = r.text(i, 3);
   x.assignment_json = r.text(i, 4);
   x.reason = r.text(i, 5);
@@ -169,8 +173,8 @@ void Store::put_worker(const WorkerRow& w) {
     db_->exec("DELETE FROM workers WHERE name = $1", {w.name});
     db_->exec(std::string("INSERT INTO workers (") + kWorkerCols +
                   ") VALUES ($1, $2, $3, $4, $5, $6, $7)",
-              {w.name, w.address, w.labels_json, w.status, w.resources_json, w.last_heartbeat_ms,
-               w.registered_ms});
+              {w.name, w.address, w.labels_json, text(w.status), w.resources_json,
+               w.last_heartbeat_ms, w.registered_ms});
   });
 }
 
@@ -192,9 +196,10 @@ std::vector<WorkerRow> Store::workers() {
   });
 }
 
-bool Store::set_worker_status(const std::string& name, const std::string& status) {
+bool Store::set_worker_status(const std::string& name, WorkerStatus status) {
   return locked([&](Db& db) {
-    return db.exec("UPDATE workers SET status = $2 WHERE name = $1", {name, status}).affected > 0;
+    return db.exec("UPDATE workers SET status = $2 WHERE name = $1", {name, text(status)})
+               .affected > 0;
   });
 }
 
@@ -271,7 +276,7 @@ void Store::put_instance(const InstanceRow& x) {
             "excluded.assignment, "
             "reason = excluded.reason, log_tail = excluded.log_tail, restarts = excluded.restarts, "
             "predicted_tps = excluded.predicted_tps, updated_ms = excluded.updated_ms",
-        {x.id, x.deployment, x.state, x.main_worker, x.assignment_json, x.reason, x.log_tail,
+        {x.id, x.deployment, text(x.state), x.main_worker, x.assignment_json, x.reason, x.log_tail,
          x.restarts, std::string(tps), x.created_ms, x.updated_ms, x.generation});
   });
 }

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster/states.h"
 #include "store/db.h"
 
 namespace ggfleet::store {
@@ -25,7 +26,7 @@ struct WorkerRow {
   std::string name;
   std::string address;
   std::string labels_json = "{}";
-  std::string status = "ready";       // ready | unreachable | draining
+  WorkerStatus status = WorkerStatus::kReady;
   std::string resources_json = "{}";  // cpu, ram, gpus[] (name, vram, used, bandwidth), simulated
   std::int64_t last_heartbeat_ms = 0;
   std::int64_t registered_ms = 0;
@@ -52,7 +53,7 @@ struct ClaimRow {
 struct InstanceRow {
   std::string id;
   std::string deployment;
-  std::string state = "pending";  // pending | assigned | starting | loading | running | error
+  InstanceState state = InstanceState::kPending;
   std::string main_worker;
   std::string assignment_json = "{}";  // layout, prediction, commands, ports
   std::string reason;                  // why pending, or the last error
@@ -98,7 +99,7 @@ class Store {
   void put_worker(const WorkerRow& w);  // insert or replace
   std::optional<WorkerRow> worker(const std::string& name);
   std::vector<WorkerRow> workers();
-  bool set_worker_status(const std::string& name, const std::string& status);
+  bool set_worker_status(const std::string& name, WorkerStatus status);
   bool remove_worker(const std::string& name);
 
   // Deployments.

@@ -10,7 +10,11 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <thread>
+
+#include "cluster/states.h"
+#include "plan/launch.h"
 
 namespace ggfleet::worker {
 namespace {
@@ -50,18 +54,6 @@ bool port_free(const std::string& host, int port) {
   });
 }
 
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::size_t start = 0;
-  for (std::size_t i = 0; i <= s.size(); ++i) {
-    if (i == s.size() || s[i] == sep) {
-      if (i > start) out.push_back(s.substr(start, i - start));
-      start = i + 1;
-    }
-  }
-  return out;
-}
-
 void log(const std::string& name, const std::string& text) {
   std::cout << "[worker " << name << "] " << text << std::endl;
 }
@@ -71,17 +63,14 @@ void log(const std::string& name, const std::string& text) {
 // One assigned instance and its processes.
 struct Agent::Instance {
   std::string id;
-  std::string role;  // main | rpc
-  json assignment;   // as the server sent it
+  Role role = Role::kRpc;
+  json assignment;  // as the server sent it
   std::vector<std::unique_ptr<Process>>
       rpc;  // rpc-servers (lent GPUs, or the main's simulated ones)
-  std::vector<json> rpc_commands;
-  std::vector<Clock::time_point> rpc_next_start;
-  std::unique_ptr<Process> server;  // llama-server (main)
-  std::vector<std::string> server_argv;
-  std::map<std::string, std::string> server_env;
-  std::vector<std::pair<std::string, int>> needs;  // RPC endpoints llama-server waits for
-  std::string state = "starting";
+  std::vector<plan::RpcServerLaunch> rpc_launches;  // one per rpc process, GPUs as physical indices
+  std::unique_ptr<Process> server;                  // llama-server (main)
+  std::optional<plan::ServerLaunch> server_launch;  // as it will run here (RPC endpoints included)
+  InstanceState state = InstanceState::kStarting;
   std::string reason;
   int restarts = 0;
   bool gave_up = false;           // restarts exhausted: reported so that the server re-plans it
@@ -136,30 +125,27 @@ json Agent::resources(const std::vector<GpuInfo>& list) const {
   return r;
 }
 
-std::string Agent::physical_devices(const std::string& planned) const {
-  if (config_.gpu_indices.empty() || planned.empty()) return planned;
-  std::string out;
-  for (const std::string& k : split(planned, ',')) {
-    const auto at = static_cast<std::size_t>(std::stoul(k));
-    out += (out.empty() ? "" : ",") +
-           std::to_string(at < config_.gpu_indices.size() ? config_.gpu_indices[at] : -1);
-  }
-  return out;
+std::uint32_t Agent::physical_gpu(std::uint32_t planned) const {
+  if (config_.gpu_indices.empty()) return planned;
+  return planned < config_.gpu_indices.size()
+             ? static_cast<std::uint32_t>(config_.gpu_indices[planned])
+             : planned;
 }
 
 json Agent::instance_reports() {
   json list = json::array();
   for (const auto& [id, i] : instances_) {
-    if (i->role != "main") continue;
+    if (i->role != Role::kMain) continue;
     // The port names the placement: the server ignores reports about an older one.
     json r = {{"id", id},
-              {"state", i->state},
+              {"state", text(i->state)},
               {"restarts", i->restarts},
               {"port", i->assignment.value("server_port", 0)}};
     if (i->listen_port > 0) r["listen_port"] = i->listen_port;
     if (i->gave_up) r["gave_up"] = true;
     if (!i->reason.empty()) r["reason"] = i->reason;
-    if (i->state == "error" || i->state == "loading") r["log_tail"] = tail_file(i->log_path, 40);
+    if (i->state == InstanceState::kError || i->state == InstanceState::kLoading)
+      r["log_tail"] = tail_file(i->log_path, 40);
     list.push_back(r);
   }
   return list;
@@ -179,8 +165,8 @@ void Agent::reconcile(const json& assignments) {
   for (const json& a : assignments) wanted[a.value("id", "")] = a;
   // What makes two assignments the same placement (states and reasons change all the time).
   auto placement = [](const json& a) {
-    return a.value("commands", json::array()).dump() + a.value("devices", json::array()).dump() +
-           a.value("model", "");
+    return a.value("rpc_servers", json::array()).dump() + a.value("server", json()).dump() +
+           a.value("devices", json::array()).dump() + a.value("model", "");
   };
   // Gone, or placed anew: stop everything of it.
   for (auto it = instances_.begin(); it != instances_.end();) {
@@ -198,60 +184,44 @@ void Agent::reconcile(const json& assignments) {
     if (instances_.count(id)) continue;
     auto inst = std::make_unique<Instance>();
     inst->id = id;
-    inst->role = a.value("role", "");
+    inst->role = role(a.value("role", "")).value_or(Role::kRpc);
     inst->assignment = a;
     inst->log_path = config_.data_dir + "/logs/" + id + ".log";
     inst->pid_prefix = config_.data_dir + "/pids/" + id;
-    for (const json& c : a.value("commands", json::array())) {
-      const std::vector<std::string> argv = c.value("argv", std::vector<std::string>{});
-      if (argv.empty()) continue;
-      if (c.value("role", "") == "rpc-server") {
-        inst->rpc_commands.push_back(c);
-      } else if (c.value("role", "") == "llama-server") {
-        inst->server_argv = argv;
-        inst->server_argv[0] = binary("llama-server");
-        const json env_json = c.value("env", json::object());
-        for (const auto& [k, v] : env_json.items()) inst->server_env[k] = v.get<std::string>();
-      }
-    }
-    if (inst->role == "main") {
-      // The RPC endpoints it needs: --rpc host:port,...
-      for (std::size_t k = 0; k + 1 < inst->server_argv.size(); ++k) {
-        if (inst->server_argv[k] != "--rpc") continue;
-        for (const std::string& ep : split(inst->server_argv[k + 1], ',')) {
-          const auto colon = ep.rfind(':');
-          inst->needs.emplace_back(ep.substr(0, colon), std::stoi(ep.substr(colon + 1)));
+    try {
+      for (const json& r : a.value("rpc_servers", json::array())) {
+        plan::RpcServerLaunch launch = plan::rpc_server_launch_from_json(r);
+        if (simulated_) {
+          launch.gpu.reset();  // CPU backend: no CUDA device to select
+        } else if (launch.gpu) {
+          launch.gpu = physical_gpu(*launch.gpu);
         }
+        inst->rpc_launches.push_back(std::move(launch));
       }
-      if (simulated_) {
-        // The main's own GPUs: local CPU rpc-servers after the remote ones (llama.cpp's order).
-        int local = 0;
-        std::string endpoints;
-        for (const json& d : a.value("devices", json::array())) {
-          if (d.value("remote", false)) continue;
-          const int port = a.value("rpc_port_base", 21000) + 12 + local++;
-          inst->rpc_commands.push_back(
-              {{"argv", {"ggml-rpc-server", "-H", "127.0.0.1", "-p", std::to_string(port)}},
-               {"env", json::object()}});
-          endpoints +=
-              (endpoints.empty() ? "" : ",") + std::string("127.0.0.1:") + std::to_string(port);
-          inst->needs.emplace_back("127.0.0.1", port);
-        }
-        if (!endpoints.empty()) {
-          auto at = std::find(inst->server_argv.begin(), inst->server_argv.end(), "--rpc");
-          if (at != inst->server_argv.end()) {
-            *(at + 1) += "," + endpoints;
-          } else {
-            inst->server_argv.insert(inst->server_argv.begin() + 3, {"--rpc", endpoints});
+      if (inst->role == Role::kMain) {
+        if (!a.contains("server")) throw std::invalid_argument("no server in a main's assignment");
+        plan::ServerLaunch s = plan::server_launch_from_json(a["server"]);
+        if (simulated_) {
+          // The main's own GPUs become local CPU rpc-servers after the remote ones: the layout
+          // lists remote devices first, and llama.cpp orders RPC devices as --rpc lists them.
+          std::uint16_t port = static_cast<std::uint16_t>(a.value("rpc_port_base", 21000) + 12);
+          for (std::size_t d = 0; d < s.gpus.size(); ++d, ++port) {
+            inst->rpc_launches.push_back({config_.name, "127.0.0.1", port, std::nullopt, true});
+            s.rpc.push_back({"127.0.0.1", port});
           }
+          s.gpus.clear();  // and every real GPU hidden
+        } else {
+          for (std::uint32_t& g : s.gpus) g = physical_gpu(g);
         }
-        inst->server_env["CUDA_VISIBLE_DEVICES"] = "";
-      } else if (inst->server_env.count("CUDA_VISIBLE_DEVICES")) {
-        inst->server_env["CUDA_VISIBLE_DEVICES"] =
-            physical_devices(inst->server_env["CUDA_VISIBLE_DEVICES"]);
+        inst->server_launch = std::move(s);
       }
+    } catch (const std::exception& e) {
+      log(config_.name, "assignment " + id + " is unreadable: " + e.what());
+      inst->state = InstanceState::kError;
+      inst->reason = std::string("unreadable assignment: ") + e.what();
+      inst->gave_up = true;
     }
-    log(config_.name, "assigned " + id + " as " + inst->role +
+    log(config_.name, "assigned " + id + " as " + text(inst->role) +
                           (simulated_ ? " (simulated GPUs, CPU backend)" : ""));
     instances_[id] = std::move(inst);
   }
@@ -260,40 +230,26 @@ void Agent::reconcile(const json& assignments) {
 void Agent::supervise(Instance& i) {
   const auto now = Clock::now();
   // RPC servers: start, and restart when they exit.
-  if (i.rpc.size() < i.rpc_commands.size()) i.rpc.resize(i.rpc_commands.size());
-  for (std::size_t k = 0; k < i.rpc_commands.size(); ++k) {
+  if (i.rpc.size() < i.rpc_launches.size()) i.rpc.resize(i.rpc_launches.size());
+  for (std::size_t k = 0; k < i.rpc_launches.size(); ++k) {
     std::unique_ptr<Process>& p = i.rpc[k];
     if (p && p->running()) continue;
     if (p)
       log(config_.name,
           i.id + ": rpc-server exited (code " + std::to_string(p->exit_code()) + "), restarting");
-    std::vector<std::string> argv = i.rpc_commands[k].value("argv", std::vector<std::string>{});
-    argv[0] = binary("ggml-rpc-server");
-    std::map<std::string, std::string> env;
-    const json env_json = i.rpc_commands[k].value("env", json::object());
-    for (const auto& [key, v] : env_json.items()) env[key] = v.get<std::string>();
-    if (env.count("CUDA_VISIBLE_DEVICES"))
-      env["CUDA_VISIBLE_DEVICES"] = physical_devices(env["CUDA_VISIBLE_DEVICES"]);
-    if (simulated_) {
-      // CPU backend: no CUDA device to select.
-      for (std::size_t a = 0; a + 1 < argv.size(); ++a) {
-        if (argv[a] == "-d")
-          argv.erase(argv.begin() + static_cast<std::ptrdiff_t>(a),
-                     argv.begin() + static_cast<std::ptrdiff_t>(a) + 2);
-      }
-      env.clear();
-    }
+    const plan::Command c = plan::command(i.rpc_launches[k], binary("ggml-rpc-server"));
     if (!p) p = std::make_unique<Process>();
-    p->start(argv, env, i.log_path, 10u << 20, i.pid_prefix + "-rpc" + std::to_string(k) + ".pid");
+    p->start(c.argv, c.env, i.log_path, 10u << 20,
+             i.pid_prefix + "-rpc" + std::to_string(k) + ".pid");
   }
-  if (i.role != "main") {
-    i.state = "running";
+  if (i.role != Role::kMain || !i.server_launch) {
+    if (!i.gave_up) i.state = InstanceState::kRunning;
     return;
   }
   // llama-server: after the model is there and every RPC server answers.
   if (i.server && !i.server->running() && !i.exit_noticed) {
     i.exit_noticed = true;
-    i.state = "error";
+    i.state = InstanceState::kError;
     i.ever_ready = false;
     i.reason = "llama-server exited with code " + std::to_string(i.server->exit_code());
     ++i.restarts;
@@ -315,16 +271,15 @@ void Agent::supervise(Instance& i) {
     const std::string model = i.assignment.value("model", "");
     if (!model.empty() && model.find("://") == std::string::npos &&
         !std::filesystem::exists(model)) {
-      i.state = "error";
+      i.state = InstanceState::kError;
       i.reason = "model file " + model + " not found on worker " + config_.name;
       i.next_start = now + std::chrono::seconds(5);
       return;
     }
-    for (const auto& [host, port] : i.needs) {
-      if (!port_open(host, port)) {
-        if (i.state != "error") i.state = "starting";
-        if (i.state != "error")
-          i.reason = "waiting for rpc-server " + host + ":" + std::to_string(port);
+    for (const plan::Endpoint& e : i.server_launch->rpc) {
+      if (!port_open(e.host, e.port)) {
+        if (i.state != InstanceState::kError) i.state = InstanceState::kStarting;
+        if (i.state != InstanceState::kError) i.reason = "waiting for rpc-server " + e.text();
         return;
       }
     }
@@ -334,27 +289,26 @@ void Agent::supervise(Instance& i) {
     while (port > 0 && port < planned + 200 && port < 65536 && !port_free(config_.address, port))
       ++port;
     if (port >= planned + 200 || port >= 65536) {
-      i.state = "error";
+      i.state = InstanceState::kError;
       i.reason = "ports " + std::to_string(planned) + " to " + std::to_string(planned + 199) +
                  " are all taken on " + config_.address;
       i.next_start = now + std::chrono::seconds(5);
       return;
     }
-    std::vector<std::string> argv = i.server_argv;
-    for (std::size_t k = 0; k + 1 < argv.size(); ++k) {
-      if (argv[k] == "--port") argv[k + 1] = std::to_string(port);
-    }
+    plan::ServerLaunch launch = *i.server_launch;
+    launch.port = static_cast<std::uint16_t>(port);
+    const plan::Command c = plan::command(launch, binary("llama-server"));
     if (port != planned)
       log(config_.name,
           i.id + ": port " + std::to_string(planned) + " is taken; using " + std::to_string(port));
     i.listen_port = port;
     if (!i.server) i.server = std::make_unique<Process>();
-    i.server->start(argv, i.server_env, i.log_path, 10u << 20, i.pid_prefix + "-server.pid");
+    i.server->start(c.argv, c.env, i.log_path, 10u << 20, i.pid_prefix + "-server.pid");
     i.exit_noticed = false;
     i.ever_ready = false;
-    i.state = "loading";
+    i.state = InstanceState::kLoading;
     log(config_.name, i.id + ": started llama-server on port " + std::to_string(port) + " (" +
-                          std::to_string(i.needs.size()) + " RPC device(s))");
+                          std::to_string(i.server_launch->rpc.size()) + " RPC device(s))");
     return;
   }
   // The process runs. Before it was first ready, /health decides loading -> running. After that,
@@ -374,12 +328,12 @@ void Agent::supervise(Instance& i) {
   const httplib::Result r = c.Get("/health");
   if (r && r->status == 200) {
     log(config_.name, i.id + ": ready");
-    i.state = "running";
+    i.state = InstanceState::kRunning;
     i.reason.clear();
     i.ever_ready = true;
     i.ready_since = now;
-  } else if (i.state != "error") {
-    i.state = "loading";
+  } else if (i.state != InstanceState::kError) {
+    i.state = InstanceState::kLoading;
   }
 }
 

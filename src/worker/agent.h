@@ -64,8 +64,8 @@ class Agent {
   std::string binary(const std::string& name) const;
   std::vector<GpuInfo> gpus(std::string* why = nullptr) const;
   nlohmann::json resources(const std::vector<GpuInfo>& gpus) const;
-  // CUDA_VISIBLE_DEVICES as planned (indices among this worker's GPUs) to physical indices.
-  std::string physical_devices(const std::string& planned) const;
+  // A GPU as planned (index among this worker's GPUs) as its physical index (--gpus).
+  std::uint32_t physical_gpu(std::uint32_t planned) const;
 
   AgentConfig config_;
   bool simulated_ = false;

@@ -94,7 +94,7 @@ TEST_F(PlanCli, BadRequestsAreClearErrors) {
        "2 entries for 1 GPUs"},
       {"--cluster " + kSeedCluster + " --ngl 99", 1,
        "-ngl 99 is larger than the model's 62 layers"},
-      {"--cluster " + kSeedCluster + " --policy random", 1, "--policy must be spread or binpack"},
+      {"--cluster " + kSeedCluster + " --policy random", 1, "policy must be spread or binpack"},
       {"--cluster " + small + " --ctx 8192", 3, "does not fit: the closest option is main tiny"},
   };
   for (const Bad& b : bad) {

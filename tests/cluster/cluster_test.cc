@@ -124,5 +124,47 @@ TEST(Cluster, GpuAddresses) {
     EXPECT_FALSE(parse_gpu_address(bad)) << bad;
 }
 
+// A worker's reported JSON and the same worker in a cluster file read alike (one parser).
+TEST(Cluster, ReportedJsonReadsAsTheClusterFile) {
+  const Cluster file = parse_cluster(R"(
+workers:
+  - name: w1
+    address: 10.0.0.1
+    labels: {zone: a}
+    cpu: {cores: 16, memory_bandwidth: 80GB/s}
+    ram: {total: 64GiB, used: 4GiB}
+    reserved: {vram: 1GiB}
+    gpus:
+      - {name: NVIDIA L40S, used: 2GiB}
+)");
+  const nlohmann::json reported = nlohmann::json::parse(R"({
+    "cpu": {"cores": 16, "memory_bandwidth": 80000000000},
+    "ram": {"total": 68719476736, "used": 4294967296},
+    "reserved": {"vram": 1073741824},
+    "gpus": [{"name": "NVIDIA L40S", "vram": 48305799168, "used": 2147483648}],
+    "simulated": false})");
+  Worker live = worker_from_json("w1", "10.0.0.1", {{"zone", "a"}}, reported);
+  const Worker& w = file.workers[0];
+  EXPECT_EQ(live.cpu.cores, w.cpu.cores);
+  EXPECT_DOUBLE_EQ(live.cpu.memory_bandwidth_bytes_per_s, w.cpu.memory_bandwidth_bytes_per_s);
+  EXPECT_EQ(live.ram_bytes, w.ram_bytes);
+  EXPECT_EQ(live.reserved_vram_bytes, w.reserved_vram_bytes);
+  EXPECT_EQ(live.labels, w.labels);
+  ASSERT_EQ(live.gpus.size(), 1u);
+  EXPECT_EQ(live.gpus[0].used_bytes, w.gpus[0].used_bytes);
+  EXPECT_DOUBLE_EQ(live.gpus[0].int8_ops, w.gpus[0].int8_ops);
+  // What a cluster file refuses, a report is refused for, naming the worker and the field.
+  try {
+    worker_from_json("w2", "", nlohmann::json::object(),
+                     nlohmann::json::parse(R"({"gpus": [{"name": "Mystery"}]})"));
+    FAIL() << "an unknown GPU without numbers was accepted";
+  } catch (const ClusterError& e) {
+    EXPECT_NE(std::string(e.what()).find("worker w2"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("not in the catalog"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(worker_from_json("w3", "", {}, nlohmann::json::parse(R"({"gpu": []})")),
+               ClusterError);
+}
+
 }  // namespace
 }  // namespace ggfleet::cluster

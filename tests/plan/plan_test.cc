@@ -81,6 +81,21 @@ TEST(Plan, SeedCaseChoosesWorker1AndSaysByHowMuch) {
             std::string::npos)
       << server;
   EXPECT_NE(server.find(" -c 8192 --parallel 1"), std::string::npos) << server;
+  // The typed launch says the same, and survives its trip to the workers as JSON.
+  const Launch& l = p.replicas[0].launch;
+  ASSERT_EQ(l.rpc_servers.size(), 1u);
+  EXPECT_EQ(l.rpc_servers[0].worker, "worker2");
+  ASSERT_EQ(l.server.rpc.size(), 1u);
+  EXPECT_EQ(l.server.rpc[0].text(), "worker2:50052");
+  EXPECT_EQ(l.server.gpus, (std::vector<std::uint32_t>{0, 1}));
+  EXPECT_EQ(l.server.context_tokens, 8192u);
+  const Launch back = launch_from_json(nlohmann::json::parse(to_json(l).dump()));
+  const std::vector<Command> again = commands(back);
+  ASSERT_EQ(again.size(), 2u);
+  EXPECT_EQ(again[0].line(), p.replicas[0].commands[0].line());
+  EXPECT_EQ(again[1].line(), server);
+  EXPECT_THROW(launch_from_json(nlohmann::json::parse(R"({"server": {"model": 3}})")),
+               std::invalid_argument);
 }
 
 TEST(Plan, Llama70bOnA4090WorkerAndA2x4080Worker) {

@@ -30,8 +30,8 @@ inline std::vector<std::string> consistency_problems(store::Store& s, bool settl
   std::map<std::string, cluster::Worker> fleet;
   for (const store::WorkerRow& w : workers) {
     fleet[w.name] =
-        server::worker_from_resources(w.name, w.address, nlohmann::json::parse(w.labels_json),
-                                      nlohmann::json::parse(w.resources_json));
+        cluster::worker_from_json(w.name, w.address, nlohmann::json::parse(w.labels_json),
+                                  nlohmann::json::parse(w.resources_json));
   }
   std::set<std::string> ids;
   for (const store::InstanceRow& i : instances) {
@@ -71,10 +71,12 @@ inline std::vector<std::string> consistency_problems(store::Store& s, bool settl
       const bool has_claims =
           std::any_of(claims.begin(), claims.end(),
                       [&](const store::ClaimRow& c) { return c.instance == i.id; });
-      if (i.state == "pending" && i.reason.empty())
+      if (i.state == InstanceState::kPending && i.reason.empty())
         problems.push_back(i.id + " pending without a reason");
-      if (i.state != "pending" && !has_claims) problems.push_back(i.id + " placed without claims");
-      if (i.state == "pending" && has_claims) problems.push_back(i.id + " pending with claims");
+      if (i.state != InstanceState::kPending && !has_claims)
+        problems.push_back(i.id + " placed without claims");
+      if (i.state == InstanceState::kPending && has_claims)
+        problems.push_back(i.id + " pending with claims");
     }
     for (const store::DeploymentRow& d : deployments) {
       if (count[d.name] != d.replicas) {

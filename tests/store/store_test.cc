@@ -26,7 +26,7 @@ class StoreTest : public ::testing::TestWithParam<std::string> {
 TEST_P(StoreTest, MigratesOnceAndReopens) {
   EXPECT_EQ(store_->backend(), GetParam());
   EXPECT_EQ(store_->schema_version(), 2);
-  store_->put_worker({"w1", "10.0.0.1", "{}", "ready", "{}", 5, 1});
+  store_->put_worker({"w1", "10.0.0.1", "{}", WorkerStatus::kReady, "{}", 5, 1});
   store_.reset();
   Store again(db_->target());  // the same data, no second migration
   EXPECT_EQ(again.schema_version(), 2);
@@ -35,13 +35,14 @@ TEST_P(StoreTest, MigratesOnceAndReopens) {
 }
 
 TEST_P(StoreTest, WorkersDeploymentsInstancesClaims) {
-  store_->put_worker({"w1", "a1", R"({"zone":"x"})", "ready", R"({"gpus":[]})", 10, 1});
-  store_->put_worker({"w1", "a2", "{}", "ready", "{}", 20, 1});  // replaces
+  store_->put_worker(
+      {"w1", "a1", R"({"zone":"x"})", WorkerStatus::kReady, R"({"gpus":[]})", 10, 1});
+  store_->put_worker({"w1", "a2", "{}", WorkerStatus::kReady, "{}", 20, 1});  // replaces
   EXPECT_EQ(store_->workers().size(), 1u);
   EXPECT_EQ(store_->worker("w1")->address, "a2");
-  EXPECT_TRUE(store_->set_worker_status("w1", "draining"));
-  EXPECT_EQ(store_->worker("w1")->status, "draining");
-  EXPECT_FALSE(store_->set_worker_status("nobody", "ready"));
+  EXPECT_TRUE(store_->set_worker_status("w1", WorkerStatus::kDraining));
+  EXPECT_EQ(store_->worker("w1")->status, WorkerStatus::kDraining);
+  EXPECT_FALSE(store_->set_worker_status("nobody", WorkerStatus::kReady));
 
   EXPECT_TRUE(store_->create_deployment({"chat", "/m.gguf", "{}", 2, 1, 1}));
   EXPECT_FALSE(store_->create_deployment({"chat", "/other.gguf", "{}", 1, 1, 1}));
@@ -60,10 +61,10 @@ TEST_P(StoreTest, WorkersDeploymentsInstancesClaims) {
   i.generation = 2;
   store_->put_instance(i);
   store_->set_claims(i.id, {{i.id, "w1", 0, 1000, false}, {i.id, "w1", -1, 500, false}});
-  i.state = "running";
+  i.state = InstanceState::kRunning;
   store_->put_instance(i);  // an update keeps the claims
   EXPECT_EQ(store_->claims().size(), 2u);
-  EXPECT_EQ(store_->instance(i.id)->state, "running");
+  EXPECT_EQ(store_->instance(i.id)->state, InstanceState::kRunning);
   EXPECT_DOUBLE_EQ(store_->instance(i.id)->predicted_tokens_per_s, 12.5);
   EXPECT_EQ(store_->instance(i.id)->generation, 2);
   EXPECT_NE(store_->next_id("instances"), store_->next_id("instances"));
@@ -81,7 +82,7 @@ TEST_P(StoreTest, TransactionsRollBackWhole) {
   store_->create_deployment({"a", "/m", "{}", 1, 1, 1});
   EXPECT_THROW(store_->transaction([&] {
     store_->create_deployment({"b", "/m", "{}", 1, 1, 1});
-    store_->put_worker({"w", "x", "{}", "ready", "{}", 1, 1});
+    store_->put_worker({"w", "x", "{}", WorkerStatus::kReady, "{}", 1, 1});
     throw std::runtime_error("half way");
   }),
                std::runtime_error);
@@ -91,12 +92,13 @@ TEST_P(StoreTest, TransactionsRollBackWhole) {
 }
 
 TEST_P(StoreTest, SnapshotsSeeOneStateWhileOthersWrite) {
-  store_->put_worker({"w1", "a1", "{}", "ready", "{}", 1, 1});
+  store_->put_worker({"w1", "a1", "{}", WorkerStatus::kReady, "{}", 1, 1});
   Store writer(db_->target());
   std::size_t before = 0, after = 0;
   store_->snapshot([&] {
     before = store_->workers().size();
-    writer.put_worker({"w2", "a2", "{}", "ready", "{}", 1, 1});  // not blocked by the reader
+    writer.put_worker(
+        {"w2", "a2", "{}", WorkerStatus::kReady, "{}", 1, 1});  // not blocked by the reader
     after = store_->workers().size();
   });
   EXPECT_EQ(before, 1u);

@@ -1,0 +1,170 @@
+#include "plan/options.h"
+
+#include <set>
+#include <stdexcept>
+
+#include "cluster/cluster.h"
+#include "gguf/types.h"
+
+namespace ggfleet::plan {
+namespace {
+
+using nlohmann::json;
+
+std::uint64_t uint_field(const json& j, const char* key, std::uint64_t max = UINT64_MAX) {
+  const json& v = j.at(key);
+  if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::uint64_t>() > max) {
+    throw std::invalid_argument(std::string(key) + " must be a non-negative integer" +
+                                (max < UINT64_MAX ? " up to " + std::to_string(max) : ""));
+  }
+  return v.get<std::uint64_t>();
+}
+
+double number_field(const json& j, const char* key) {
+  const json& v = j.at(key);
+  if (!v.is_number()) throw std::invalid_argument(std::string(key) + " must be a number");
+  return v.get<double>();
+}
+
+bool bool_field(const json& j, const char* key) {
+  if (!j.at(key).is_boolean())
+    throw std::invalid_argument(std::string(key) + " must be true or false");
+  return j.at(key).get<bool>();
+}
+
+std::string string_field(const json& j, const char* key) {
+  if (!j.at(key).is_string()) throw std::invalid_argument(std::string(key) + " must be a string");
+  return j.at(key).get<std::string>();
+}
+
+gguf::GgmlType cache_type(const std::string& name, const char* key) {
+  const auto t = gguf::type_from_name(name);
+  if (!t) throw std::invalid_argument(std::string(key) + ": unknown type '" + name + "'");
+  return *t;
+}
+
+}  // namespace
+
+Request request_from_options(const json& o, const std::string& model) {
+  if (!o.is_object()) throw std::invalid_argument("options must be an object");
+  static const std::set<std::string> known = {"context",
+                                              "parallel",
+                                              "cache_type_k",
+                                              "cache_type_v",
+                                              "flash_attn",
+                                              "batch_size",
+                                              "ubatch_size",
+                                              "policy",
+                                              "allow_distributed",
+                                              "allow_cpu_offload",
+                                              "max_rpc_servers",
+                                              "selector",
+                                              "gpus",
+                                              "ngl",
+                                              "tensor_split",
+                                              "extra_args",
+                                              "threads",
+                                              "tie_tolerance",
+                                              "kv_unified",
+                                              "swa_full",
+                                              "kv_offload",
+                                              "mmap"};
+  for (const auto& [k, v] : o.items()) {
+    if (!known.count(k)) throw std::invalid_argument("unknown option '" + k + "'");
+  }
+  Request r;
+  r.model_path = model;
+  r.context.context_tokens = 4096;
+  if (o.contains("context"))
+    r.context.context_tokens = static_cast<std::uint32_t>(uint_field(o, "context", 1u << 24));
+  if (o.contains("parallel"))
+    r.context.parallel = static_cast<std::uint32_t>(uint_field(o, "parallel", 256));
+  if (r.context.parallel == 0) throw std::invalid_argument("parallel must be at least 1");
+  if (o.contains("batch_size"))
+    r.context.batch_tokens = static_cast<std::uint32_t>(uint_field(o, "batch_size", 1u << 20));
+  if (o.contains("ubatch_size"))
+    r.context.ubatch_tokens = static_cast<std::uint32_t>(uint_field(o, "ubatch_size", 1u << 20));
+  if (r.context.batch_tokens == 0 || r.context.ubatch_tokens == 0) {
+    throw std::invalid_argument("batch_size and ubatch_size must be at least 1");
+  }
+  if (o.contains("cache_type_k"))
+    r.context.cache_type_k = cache_type(string_field(o, "cache_type_k"), "cache_type_k");
+  if (o.contains("cache_type_v"))
+    r.context.cache_type_v = cache_type(string_field(o, "cache_type_v"), "cache_type_v");
+  if (o.contains("flash_attn")) {
+    const std::string fa = string_field(o, "flash_attn");
+    if (fa == "on")
+      r.context.flash_attention = estimate::FlashAttention::kOn;
+    else if (fa == "off")
+      r.context.flash_attention = estimate::FlashAttention::kOff;
+    else if (fa == "auto")
+      r.context.flash_attention = estimate::FlashAttention::kAuto;
+    else
+      throw std::invalid_argument("flash_attn must be on, off or auto");
+  }
+  if (o.contains("kv_unified")) r.context.kv_unified = bool_field(o, "kv_unified");
+  if (o.contains("swa_full")) r.context.swa_full = bool_field(o, "swa_full");
+  if (o.contains("kv_offload")) r.context.kv_offload = bool_field(o, "kv_offload");
+  if (o.contains("mmap")) r.context.mmap = bool_field(o, "mmap");
+  if (o.contains("policy")) {
+    const std::string p = string_field(o, "policy");
+    if (p != "spread" && p != "binpack")
+      throw std::invalid_argument("policy must be spread or binpack");
+    r.policy = p == "spread" ? Policy::kSpread : Policy::kBinpack;
+  }
+  if (o.contains("allow_distributed")) r.allow_distributed = bool_field(o, "allow_distributed");
+  if (o.contains("allow_cpu_offload")) r.allow_cpu_offload = bool_field(o, "allow_cpu_offload");
+  if (o.contains("max_rpc_servers"))
+    r.max_rpc_servers = static_cast<std::uint32_t>(uint_field(o, "max_rpc_servers", 256));
+  if (o.contains("threads")) r.threads = static_cast<std::uint32_t>(uint_field(o, "threads", 1024));
+  if (o.contains("tie_tolerance")) {
+    r.tie_tolerance = number_field(o, "tie_tolerance");
+    if (!(r.tie_tolerance >= 0 && r.tie_tolerance < 1))
+      throw std::invalid_argument("tie_tolerance must be in [0, 1)");
+  }
+  if (o.contains("selector")) {
+    if (!o["selector"].is_object())
+      throw std::invalid_argument("selector must be an object of strings");
+    for (const auto& [k, v] : o["selector"].items()) {
+      if (!v.is_string()) throw std::invalid_argument("selector." + k + " must be a string");
+      r.selector[k] = v.get<std::string>();
+    }
+  }
+  if (o.contains("gpus")) {
+    if (!o["gpus"].is_array())
+      throw std::invalid_argument("gpus must be an array of \"worker:index\"");
+    for (const json& g : o["gpus"]) {
+      const std::optional<cluster::GpuAddress> a =
+          cluster::parse_gpu_address(g.is_string() ? g.get<std::string>() : "");
+      if (!a) throw std::invalid_argument("gpus: '" + g.dump() + "' is not \"worker:index\"");
+      r.gpus.push_back({a->worker, a->gpu});
+    }
+  }
+  if (o.contains("ngl")) {
+    if (!o["ngl"].is_number_integer() || o["ngl"].get<std::int64_t>() < -1 ||
+        o["ngl"].get<std::int64_t>() > 100000) {
+      throw std::invalid_argument("ngl must be -1 (all) or a layer count");
+    }
+    r.gpu_layers = static_cast<std::int32_t>(o["ngl"].get<std::int64_t>());
+  }
+  if (o.contains("tensor_split")) {
+    if (!o["tensor_split"].is_array())
+      throw std::invalid_argument("tensor_split must be an array of numbers");
+    for (const json& v : o["tensor_split"]) {
+      if (!v.is_number() || v.get<double>() < 0)
+        throw std::invalid_argument("tensor_split values must be >= 0");
+      r.tensor_split.push_back(v.get<double>());
+    }
+  }
+  if (o.contains("extra_args")) {
+    if (!o["extra_args"].is_array())
+      throw std::invalid_argument("extra_args must be an array of strings");
+    for (const json& v : o["extra_args"]) {
+      if (!v.is_string()) throw std::invalid_argument("extra_args must be an array of strings");
+      r.extra_args.push_back(v.get<std::string>());
+    }
+  }
+  return r;
+}
+
+}  // namespace ggfleet::plan

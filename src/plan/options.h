@@ -1,0 +1,31 @@
+// Deployment options: the JSON object a client sends with a deployment (and `ggfleet plan` /
+// `ggfleet deploy` build from their flags), turned into a planner request. One function, one set
+// of defaults, for the CLI, the API and the scheduler.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "plan/plan.h"
+
+namespace ggfleet::plan {
+
+// The planner request for `options` (an object; every field optional):
+//   context, parallel, batch_size, ubatch_size  non-negative integers (context 0 = the model's)
+//   cache_type_k, cache_type_v                   ggml type names ("f16", "q8_0", ...)
+//   flash_attn                                   "on" | "off" | "auto"
+//   kv_unified, swa_full, kv_offload, mmap       booleans (llama.cpp's -kvu, --swa-full, ...)
+//   policy                                       "spread" | "binpack"
+//   allow_distributed, allow_cpu_offload         booleans
+//   max_rpc_servers, threads                     integers
+//   tie_tolerance                                number in [0, 1)
+//   selector                                     object of strings (worker labels)
+//   gpus                                         ["worker:index", ...]
+//   ngl                                          -1 (all) or a layer count
+//   tensor_split                                 [number >= 0, ...], one per explicit GPU
+//   extra_args                                   [string, ...] passed to llama-server
+// Defaults are plan::Request's and estimate::ContextOptions' (context 4096, parallel 1, ...).
+// Unknown fields, wrong types and impossible values throw std::invalid_argument naming the field.
+Request request_from_options(const nlohmann::json& options, const std::string& model);
+
+}  // namespace ggfleet::plan
