@@ -324,6 +324,8 @@ int main(int argc, char** argv) {
   workerc->add_option("--server", wc.server, "Server URL")->default_val("http://127.0.0.1:8080");
   workerc->add_option("--join-token", wc.join_token,
                       "The server's join token (default: $GGFLEET_JOIN_TOKEN)");
+  workerc->add_option("--ca-cert", wc.ca_cert,
+                      "PEM certificate to trust for an https --server (self-signed)");
   workerc->add_option("--name", wc.name, "Worker name (default: the host name)");
   workerc
       ->add_option("--address", wc.address,

@@ -337,8 +337,15 @@ void Agent::supervise(Instance& i) {
   }
 }
 
+std::unique_ptr<httplib::Client> Agent::client(const std::string& url) const {
+  auto c = std::make_unique<httplib::Client>(url);
+  if (!config_.ca_cert.empty()) c->set_ca_cert_path(config_.ca_cert);
+  return c;
+}
+
 void Agent::register_self(const std::atomic<bool>& stop, const std::vector<GpuInfo>& gpus) {
-  httplib::Client api(config_.server);
+  const std::unique_ptr<httplib::Client> client_ptr = client(config_.server);
+  httplib::Client& api = *client_ptr;
   api.set_connection_timeout(5);
   api.set_read_timeout(60);
   api.set_tcp_nodelay(true);
@@ -360,12 +367,16 @@ void Agent::register_self(const std::atomic<bool>& stop, const std::vector<GpuIn
                     registration.dump(), "application/json");
   };
   httplib::Result r = attempt();
-  for (int k = 0; k < 50 && !stop && (!r || r->status >= 500); ++k) {
+  const auto untrusted = [&] { return !r && r.error() == httplib::Error::SSLServerVerification; };
+  for (int k = 0; k < 50 && !stop && (!r || r->status >= 500) && !untrusted(); ++k) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     r = attempt();
   }
   if (!r || r->status != 201) {
     std::string why = r ? std::to_string(r->status) + " " : httplib::to_string(r.error());
+    if (untrusted())
+      why = "its TLS certificate is not trusted (" + why +
+            "); for a self-signed certificate give --ca-cert with its PEM file";
     if (r) {
       const json body = json::parse(r->body, nullptr, false);
       why += body.is_object() && body.contains("error") ? body["error"].dump() : r->body;
@@ -386,10 +397,10 @@ void Agent::register_self(const std::atomic<bool>& stop, const std::vector<GpuIn
   if (worker_port > 0 && authority.find(']') == std::string::npos) {
     const std::string candidate = config_.server.substr(0, host_start) +
                                   authority.substr(0, colon) + ":" + std::to_string(worker_port);
-    httplib::Client probe(candidate);
-    probe.set_connection_timeout(2);
-    probe.set_read_timeout(5);
-    const httplib::Result ok = probe.Get("/healthz");
+    const std::unique_ptr<httplib::Client> probe = client(candidate);
+    probe->set_connection_timeout(2);
+    probe->set_read_timeout(5);
+    const httplib::Result ok = probe->Get("/healthz");
     if (ok && ok->status == 200) endpoint = candidate;
   }
   {
@@ -434,7 +445,7 @@ void Agent::run(const std::atomic<bool>& stop) {
     const std::string now = worker_endpoint();
     if (c && at == now) return;
     at = now;
-    c = std::make_unique<httplib::Client>(at);
+    c = client(at);
     c->set_connection_timeout(2);
     c->set_read_timeout(read_s);
     c->set_tcp_nodelay(true);

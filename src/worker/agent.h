@@ -20,11 +20,18 @@
 #include "worker/discovery.h"
 #include "worker/process.h"
 
+namespace httplib {
+class Client;
+}
+
 namespace ggfleet::worker {
 
 struct AgentConfig {
   std::string server = "http://127.0.0.1:8080";
   std::string join_token;
+  // For an https:// server with a certificate no system CA signed (self-signed): the PEM file of
+  // the certificate (or its CA) to trust. Without it an https server must have a trusted one.
+  std::string ca_cert;
   std::string name;
   std::string address = "127.0.0.1";  // where the main and the server reach this worker
   std::vector<std::string> declared_gpus;
@@ -59,6 +66,8 @@ class Agent {
   // std::runtime_error when refused.
   void register_self(const std::atomic<bool>& stop, const std::vector<GpuInfo>& gpus);
   void supervise(Instance& i);
+  // A client for `url` (http or https; https verified against config_.ca_cert when given).
+  std::unique_ptr<httplib::Client> client(const std::string& url) const;
   nlohmann::json heartbeat_body();
   nlohmann::json instance_reports();  // REQUIRES: mu_ held
   std::string binary(const std::string& name) const;

@@ -356,6 +356,32 @@ TEST(Tls, PublicAndWorkerPortsSpeakTls) {
   plain.set_read_timeout(5);
   const auto p = plain.Get("/healthz");
   EXPECT_TRUE(!p || p->status != 200);
+  // Real workers: one trusts the self-signed certificate (--ca-cert) and registers over TLS, on
+  // the public port and then the workers' port; one without it refuses the certificate.
+  auto worker = [&](const std::string& name, const std::string& extra) {
+    return std::thread([&dir, name, extra, port = f.port()] {
+      run_command("timeout 15 " + std::string(GGFLEET_BINARY) +
+                  " worker --server https://127.0.0.1:" + std::to_string(port) + " --join-token " +
+                  ServerFixture::kJoin + " --name " + name +
+                  " --declare-gpu 'NVIDIA L40S:48GiB' --heartbeat-ms 300 --data-dir " +
+                  dir.file(name) + " " + extra + " > " + dir.file(name + ".log") + " 2>&1");
+    });
+  };
+  std::thread trusted = worker("trusting", "--ca-cert " + dir.file("cert.pem"));
+  std::thread untrusted = worker("untrusting", "");
+  const auto heartbeats = [&](const std::string& name) {
+    const auto w = tls.Get("/v1/workers/" + name,
+                           {{"Authorization", std::string("Bearer ") + ServerFixture::kAdmin}});
+    return w && w->status == 200 && json::parse(w->body).value("last_heartbeat_ms", 0) > 0;
+  };
+  EXPECT_TRUE(f.eventually([&] { return heartbeats("trusting"); }))
+      << read_file(dir.file("trusting.log"));
+  EXPECT_FALSE(heartbeats("untrusting"));
+  trusted.join();
+  untrusted.join();
+  EXPECT_FALSE(heartbeats("untrusting")) << read_file(dir.file("untrusting.log"));
+  EXPECT_NE(read_file(dir.file("untrusting.log")).find("ertificate"), std::string::npos)
+      << read_file(dir.file("untrusting.log"));
 }
 
 }  // namespace
