@@ -245,6 +245,10 @@ int main(int argc, char** argv) {
   serverc->add_option("--join-token", sc.join_token,
                       "Token workers join with (default: $GGFLEET_JOIN_TOKEN or generated)");
   serverc->add_option("--tls-cert", sc.tls_cert, "Certificate file (PEM) for HTTPS");
+  serverc->add_option("--model-root", sc.model_roots,
+                      "Directory local model paths must lie in (repeatable; default: any path)");
+  serverc->add_flag("--allow-private-urls", sc.allow_private_urls,
+                    "URL models may point at loopback, private and link-local addresses");
   serverc->add_option("--tls-key", sc.tls_key, "Private key file (PEM) for HTTPS");
   serverc->add_option("--heartbeat-timeout", sc.scheduler.heartbeat_timeout_ms,
                       "Milliseconds without heartbeat before a worker is unreachable");
@@ -324,6 +328,8 @@ int main(int argc, char** argv) {
   workerc->add_option("--server", wc.server, "Server URL")->default_val("http://127.0.0.1:8080");
   workerc->add_option("--join-token", wc.join_token,
                       "The server's join token (default: $GGFLEET_JOIN_TOKEN)");
+  workerc->add_option("--model-root", wc.model_roots,
+                      "Directory model paths must lie in (repeatable; default: any path)");
   workerc->add_option("--ca-cert", wc.ca_cert,
                       "PEM certificate to trust for an https --server (self-signed)");
   workerc->add_option("--name", wc.name, "Worker name (default: the host name)");

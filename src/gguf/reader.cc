@@ -203,7 +203,7 @@ class Parser {
     if (magic != "GGUF") {
       if (magic == "FUGG")
         fail(0, "big-endian GGUF file (magic 'FUGG'); only little-endian is supported");
-      fail(0, "not a GGUF file: magic is '" + printable(magic) + "', expected 'GGUF'");
+      fail(0, "not a GGUF file: its first 4 bytes are not 'GGUF'");  // never echo file content
     }
     pos_ = 4;
     const std::uint32_t version = u32("version");
@@ -402,7 +402,8 @@ class Parser {
 // ---- Storage ----
 
 std::shared_ptr<const Storage> map_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO or device given as a model must not block the caller in open().
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
     throw Error(path, Error::kNoOffset, std::string("cannot open: ") + std::strerror(errno));
   struct stat st {};
@@ -766,6 +767,21 @@ std::uint64_t Model::tensor_bytes() const {
   std::uint64_t sum = 0;
   for (const TensorInfo& t : tensors_) sum += t.bytes;
   return sum;
+}
+
+bool inside_roots(const std::string& path, const std::vector<std::string>& roots) {
+  if (roots.empty()) return true;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path real = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  if (ec) return false;
+  for (const std::string& root : roots) {
+    const fs::path r = fs::weakly_canonical(fs::absolute(root, ec), ec);
+    if (ec) continue;
+    const fs::path rel = real.lexically_relative(r);
+    if (!rel.empty() && *rel.begin() != ".." && rel.is_relative()) return true;
+  }
+  return false;
 }
 
 }  // namespace ggfleet::gguf

@@ -182,4 +182,8 @@ std::string split_path(const std::string& prefix, std::uint32_t index, std::uint
 // If `path` is named like a shard, returns {prefix, count}; nullopt otherwise.
 std::optional<std::pair<std::string, std::uint32_t>> parse_split_path(const std::string& path);
 
+// Whether the model path `path` (made absolute, symbolic links resolved) lies inside one of the
+// directories `roots`; true when `roots` is empty (no restriction configured).
+bool inside_roots(const std::string& path, const std::vector<std::string>& roots);
+
 }  // namespace ggfleet::gguf

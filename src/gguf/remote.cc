@@ -2,14 +2,22 @@
 
 #include <curl/curl.h>
 
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 
 #include "gguf/error.h"
 
 namespace ggfleet::gguf {
 namespace {
+
+std::shared_mutex policy_mu;
+RemotePolicy policy_now;
 
 void global_init() {
   static std::once_flag once;
@@ -22,7 +30,28 @@ struct Response {
   std::uint64_t body_limit = 0;  // stop (error) after this many bytes: we never want tensor data
   std::uint64_t received = 0;
   std::string content_range;
+  std::size_t header_bytes = 0;
+  std::size_t max_header_bytes = 0;
+  bool allow_private = true;
+  std::string refused_ip;  // a connection to this address was refused by the policy
 };
+
+// Before each connection is opened (every redirect hop too): its address against the policy, so
+// nothing is sent, not even a SYN, to an address the policy refuses.
+curl_socket_t on_open_socket(void* user, curlsocktype, curl_sockaddr* a) {
+  auto* r = static_cast<Response*>(user);
+  char ip[INET6_ADDRSTRLEN] = {0};
+  if (a->family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&a->addr)->sin_addr, ip, sizeof ip);
+  } else if (a->family == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&a->addr)->sin6_addr, ip, sizeof ip);
+  }
+  if (!r->allow_private && is_private_address(ip)) {
+    r->refused_ip = ip[0] ? ip : "an address of another family";
+    return CURL_SOCKET_BAD;
+  }
+  return ::socket(a->family, a->socktype, a->protocol);
+}
 
 std::size_t on_body(char* data, std::size_t size, std::size_t n, void* user) {
   auto* r = static_cast<Response*>(user);
@@ -36,6 +65,8 @@ std::size_t on_body(char* data, std::size_t size, std::size_t n, void* user) {
 
 std::size_t on_header(char* data, std::size_t size, std::size_t n, void* user) {
   auto* r = static_cast<Response*>(user);
+  r->header_bytes += size * n;
+  if (r->header_bytes > r->max_header_bytes) return 0;  // aborts: a header that never ends
   std::string line(data, size * n);
   const std::string name = "content-range:";
   if (line.size() > name.size() && strncasecmp(line.c_str(), name.c_str(), name.size()) == 0) {
@@ -50,7 +81,10 @@ Response get_range(const std::string& url, std::uint64_t first, std::uint64_t la
   global_init();
   std::unique_ptr<CURL, void (*)(CURL*)> curl(curl_easy_init(), curl_easy_cleanup);
   if (!curl) throw Error(url, Error::kNoOffset, "cannot initialise libcurl");
+  const RemotePolicy policy = remote_policy();
   Response r;
+  r.allow_private = policy.allow_private_addresses;
+  r.max_header_bytes = policy.max_header_bytes;
   r.body = out;
   r.body_limit = last - first + 1;
   const std::string range = std::to_string(first) + "-" + std::to_string(last);
@@ -58,6 +92,12 @@ Response get_range(const std::string& url, std::uint64_t first, std::uint64_t la
   curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl.get(), CURLOPT_RANGE, range.c_str());
   curl_easy_setopt(curl.get(), CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(curl.get(), CURLOPT_MAXREDIRS, policy.max_redirects);
+  curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(curl.get(), CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT, policy.request_timeout_s);
+  curl_easy_setopt(curl.get(), CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+  curl_easy_setopt(curl.get(), CURLOPT_OPENSOCKETDATA, &r);
   curl_easy_setopt(curl.get(), CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT, 30L);
   curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_LIMIT, 1L);
@@ -72,6 +112,17 @@ Response get_range(const std::string& url, std::uint64_t first, std::uint64_t la
   if (rc == CURLE_WRITE_ERROR && r.status == 200) {
     throw Error(url, first, "server ignored the range request (HTTP 200 with the whole file)");
   }
+  if (!r.refused_ip.empty()) {
+    throw Error(url, first,
+                "refused: " + r.refused_ip +
+                    " is a loopback, private or link-local address (the server does not fetch "
+                    "from its own network unless started with --allow-private-urls)");
+  }
+  if (r.header_bytes > r.max_header_bytes) {
+    throw Error(
+        url, first,
+        "refused: the response headers passed " + std::to_string(r.max_header_bytes) + " bytes");
+  }
   if (rc != CURLE_OK) {
     throw Error(url, first,
                 std::string("HTTP request failed: ") +
@@ -85,6 +136,43 @@ Response get_range(const std::string& url, std::uint64_t first, std::uint64_t la
 }
 
 }  // namespace
+
+void set_remote_policy(const RemotePolicy& policy) {
+  std::unique_lock lock(policy_mu);
+  policy_now = policy;
+}
+
+RemotePolicy remote_policy() {
+  std::shared_lock lock(policy_mu);
+  return policy_now;
+}
+
+bool is_private_address(const std::string& ip) {
+  in_addr v4{};
+  in6_addr v6{};
+  auto private_v4 = [](std::uint32_t a) {
+    const auto in = [a](std::uint32_t net, int bits) {
+      return (a >> (32 - bits)) == (net >> (32 - bits));
+    };
+    return in(0x00000000, 8) || in(0x0A000000, 8) || in(0x7F000000, 8) || in(0x64400000, 10) ||
+           in(0xA9FE0000, 16) || in(0xAC100000, 12) || in(0xC0A80000, 16) || in(0xE0000000, 4) ||
+           in(0xF0000000, 4);
+  };
+  if (inet_pton(AF_INET, ip.c_str(), &v4) == 1) return private_v4(ntohl(v4.s_addr));
+  if (inet_pton(AF_INET6, ip.c_str(), &v6) != 1) return true;
+  const std::uint8_t* b = v6.s6_addr;
+  static constexpr std::uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::memcmp(b, kMapped, 12) == 0) {
+    return private_v4(static_cast<std::uint32_t>(b[12]) << 24 |
+                      static_cast<std::uint32_t>(b[13]) << 16 |
+                      static_cast<std::uint32_t>(b[14]) << 8 | b[15]);
+  }
+  static constexpr std::uint8_t kZero[15] = {};
+  if (std::memcmp(b, kZero, 15) == 0) return b[15] <= 1;  // :: and ::1
+  return (b[0] & 0xfe) == 0xfc ||                         // fc00::/7 unique local
+         (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) ||       // fe80::/10 link-local
+         b[0] == 0xff;                                    // multicast
+}
 
 bool is_url(const std::string& path) {
   return path.rfind("http://", 0) == 0 || path.rfind("https://", 0) == 0;

@@ -11,6 +11,23 @@ namespace ggfleet::gguf {
 // True for "http://" and "https://" URLs.
 bool is_url(const std::string& path);
 
+// What remote reads may do; process-wide (set once at start, before any read).
+struct RemotePolicy {
+  // Loopback, private (RFC 1918, CGNAT, IPv6 ULA), link-local (cloud metadata), multicast and
+  // unspecified addresses: a server that fetches URLs its users give must not reach its own
+  // network with them; the CLI on the user's own machine may.
+  bool allow_private_addresses = true;
+  long max_redirects = 5;       // each hop's address is checked again
+  long request_timeout_s = 60;  // whole request, headers that trickle in included
+  std::size_t max_header_bytes = 64 << 10;
+};
+void set_remote_policy(const RemotePolicy& policy);
+RemotePolicy remote_policy();
+
+// Whether `ip` (a numeric IPv4 or IPv6 address) is loopback, private, link-local, multicast or
+// unspecified. Unparseable text counts as private (refused when they are).
+bool is_private_address(const std::string& ip);
+
 // A remote file. Each call makes one blocking HTTP request; not thread-safe.
 class RemoteFile {
  public:

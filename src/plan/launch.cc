@@ -94,6 +94,7 @@ Command command(const ServerLaunch& s, const std::string& binary) {
   if (s.swa_full) a.push_back("--swa-full");
   if (!s.mmap) a.push_back("--no-mmap");
   if (s.threads > 0) a.insert(a.end(), {"-t", std::to_string(s.threads)});
+  if (!s.alias.empty()) a.insert(a.end(), {"--alias", s.alias});
   a.insert(a.end(), {"--host", s.host, "--port", std::to_string(s.port), "--metrics"});
   a.insert(a.end(), s.extra_args.begin(), s.extra_args.end());
   return c;
@@ -135,6 +136,7 @@ json to_json(const ServerLaunch& s) {
           {"swa_full", s.swa_full},
           {"mmap", s.mmap},
           {"threads", s.threads},
+          {"alias", s.alias},
           {"extra_args", s.extra_args}};
 }
 
@@ -193,6 +195,7 @@ ServerLaunch server_launch_from_json(const json& j) {
   read(j, "swa_full", s.swa_full);
   read(j, "mmap", s.mmap);
   read(j, "threads", s.threads);
+  read(j, "alias", s.alias);
   read(j, "extra_args", s.extra_args);
   if (s.model.empty() || s.host.empty())
     throw std::invalid_argument("launch: server needs model and host");

@@ -56,6 +56,7 @@ struct ServerLaunch {
   std::uint32_t batch_tokens = 2048, ubatch_tokens = 512;
   bool kv_unified = false, kv_offload = true, swa_full = false, mmap = true;
   std::uint32_t threads = 0;  // 0: llama.cpp's default
+  std::string alias;          // --alias: the name responses carry as "model" (the deployment)
   std::vector<std::string> extra_args;
 };
 

@@ -1,5 +1,6 @@
 #include "plan/options.h"
 
+#include <map>
 #include <set>
 #include <stdexcept>
 
@@ -165,6 +166,157 @@ Request request_from_options(const json& o, const std::string& model) {
     }
   }
   return r;
+}
+
+void check_extra_args(const std::vector<std::string>& args, bool admin) {
+  // Flags a user may set: name -> whether a value follows.
+  static const std::map<std::string, bool> kUserFlags = {
+      {"--temp", true},
+      {"--top-k", true},
+      {"--top-p", true},
+      {"--min-p", true},
+      {"--typical", true},
+      {"--top-nsigma", true},
+      {"--repeat-penalty", true},
+      {"--repeat-last-n", true},
+      {"--presence-penalty", true},
+      {"--frequency-penalty", true},
+      {"--dry-multiplier", true},
+      {"--dry-base", true},
+      {"--dry-allowed-length", true},
+      {"--dry-penalty-last-n", true},
+      {"--xtc-probability", true},
+      {"--xtc-threshold", true},
+      {"--mirostat", true},
+      {"--mirostat-lr", true},
+      {"--mirostat-ent", true},
+      {"--samplers", true},
+      {"-s", true},
+      {"--seed", true},
+      {"-n", true},
+      {"--n-predict", true},
+      {"--keep", true},
+      {"--jinja", false},
+      {"--no-jinja", false},
+      {"--reasoning-format", true},
+      {"--reasoning-budget", true},
+      {"--cache-reuse", true},
+      {"--cont-batching", false},
+      {"--no-cont-batching", false},
+      {"--context-shift", false},
+      {"--no-context-shift", false},
+      {"--special", false},
+      {"--no-warmup", false},
+  };
+  // Flags nobody sets through a deployment.
+  static const std::set<std::string> kDenied = {"-m",
+                                                "--model",
+                                                "-mu",
+                                                "--model-url",
+                                                "-hf",
+                                                "-hfr",
+                                                "--hf-repo",
+                                                "-hff",
+                                                "--hf-file",
+                                                "-hfv",
+                                                "--hf-repo-v",
+                                                "-hffv",
+                                                "--hf-file-v",
+                                                "-hft",
+                                                "--hf-token",
+                                                "--docker-repo",
+                                                "-dr",
+                                                "--host",
+                                                "--port",
+                                                "--path",
+                                                "--api-prefix",
+                                                "--api-key",
+                                                "--api-key-file",
+                                                "--ssl-key-file",
+                                                "--ssl-cert-file",
+                                                "--log-file",
+                                                "--slot-save-path",
+                                                "--media-path",
+                                                "--rpc",
+                                                "-ngl",
+                                                "--gpu-layers",
+                                                "--n-gpu-layers",
+                                                "-ts",
+                                                "--tensor-split",
+                                                "-sm",
+                                                "--split-mode",
+                                                "-mg",
+                                                "--main-gpu",
+                                                "-dev",
+                                                "--device",
+                                                "-c",
+                                                "--ctx-size",
+                                                "-np",
+                                                "--parallel",
+                                                "-fa",
+                                                "--flash-attn",
+                                                "-ctk",
+                                                "--cache-type-k",
+                                                "-ctv",
+                                                "--cache-type-v",
+                                                "-b",
+                                                "--batch-size",
+                                                "-ub",
+                                                "--ubatch-size",
+                                                "-t",
+                                                "--threads",
+                                                "--metrics",
+                                                "--mmap",
+                                                "--no-mmap",
+                                                "-nkvo",
+                                                "--no-kv-offload",
+                                                "--swa-full",
+                                                "-kvu",
+                                                "--kv-unified",
+                                                "--lora",
+                                                "--lora-scaled",
+                                                "--control-vector",
+                                                "--control-vector-scaled",
+                                                "--mmproj",
+                                                "--mmproj-url",
+                                                "--chat-template-file",
+                                                "--props",
+                                                "-ot",
+                                                "--override-tensor",
+                                                "-cmoe",
+                                                "--cpu-moe",
+                                                "-ncmoe",
+                                                "--n-cpu-moe",
+                                                "--models-dir",
+                                                "--models-preset",
+                                                "--webui",
+                                                "--no-webui",
+                                                "-a",
+                                                "--alias"};
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    const std::string flag = a.substr(0, a.find('='));
+    if (admin) {
+      if (kDenied.count(flag))
+        throw std::invalid_argument("extra_args: " + flag +
+                                    " is set by ggfleet (placement, listening address, keys, "
+                                    "files) and may not be given");
+      continue;
+    }
+    const auto it = kUserFlags.find(flag);
+    if (it == kUserFlags.end())
+      throw std::invalid_argument("extra_args: '" + a.substr(0, 64) +
+                                  "' is not among the flags a user key may set (sampling and "
+                                  "serving options); other llama-server arguments need an admin");
+    if (!it->second) {
+      if (flag != a) throw std::invalid_argument("extra_args: " + flag + " takes no value");
+      continue;
+    }
+    if (flag != a) continue;  // --flag=value
+    if (i + 1 >= args.size() || args[i + 1].rfind("--", 0) == 0)
+      throw std::invalid_argument("extra_args: " + flag + " needs a value");
+    ++i;
+  }
 }
 
 }  // namespace ggfleet::plan

@@ -28,4 +28,14 @@ namespace ggfleet::plan {
 // Unknown fields, wrong types and impossible values throw std::invalid_argument naming the field.
 Request request_from_options(const nlohmann::json& options, const std::string& model);
 
+// Checks the raw llama-server arguments of a deployment (options.extra_args) for the key's role.
+// A user may give only flags of a short allowlist (sampling defaults and serving behaviour:
+// --temp, --top-k, --top-p, --min-p, --seed, --n-predict, --jinja, --reasoning-format, ...), each
+// with its value when it takes one. An admin may give anything except the denylist: flags that
+// change where llama-server listens, what it loads or writes, its keys, or what the plan sets
+// (--host, --port, -m, --model-url, -hf, --log-file, --slot-save-path, --api-key, --rpc, -ngl, -ts,
+// -c, --parallel, ...), in "--flag value" and "--flag=value" forms. Throws std::invalid_argument
+// naming the argument.
+void check_extra_args(const std::vector<std::string>& args, bool admin);
+
 }  // namespace ggfleet::plan

@@ -10,9 +10,53 @@ using nlohmann::json;
 
 const std::regex kName("^[a-z0-9][a-z0-9-]{0,62}$");
 
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::string valid_utf8(std::string_view s, std::size_t max_bytes) {
+  static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
+  std::string out;
+  out.reserve(std::min(s.size(), max_bytes));
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::size_t n = c < 0x80           ? 1
+                    : (c >> 5) == 0x6  ? 2
+                    : (c >> 4) == 0xE  ? 3
+                    : (c >> 3) == 0x1E ? 4
+                                       : 0;
+    bool ok = n > 0 && i + n <= s.size();
+    for (std::size_t k = 1; ok && k < n; ++k)
+      ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+    if (ok && n > 1) {
+      // Overlong forms, surrogates and code points past U+10FFFF are invalid too.
+      std::uint32_t cp = c & (0xFF >> (n + 1));
+      for (std::size_t k = 1; k < n; ++k)
+        cp = cp << 6 | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+      static constexpr std::uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+      ok = cp >= kMin[n] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
+    }
+    const std::string_view piece = ok ? s.substr(i, n) : kReplacement;
+    if (out.size() + piece.size() > max_bytes) break;
+    out += piece;
+    i += ok ? n : 1;
+  }
+  return out;
+}
+
 json parse_body(const httplib::Request& req) {
   if (req.body.empty()) throw HttpError{400, "a JSON object body is required"};
-  json j = json::parse(req.body, nullptr, false);
+  bool too_deep = false;
+  json j = json::parse(
+      req.body,
+      [&](int depth, json::parse_event_t, json&) {
+        if (depth > kMaxJsonDepth) too_deep = true;
+        return !too_deep;
+      },
+      false);
+  if (too_deep)
+    throw HttpError{400, "the body nests deeper than " + std::to_string(kMaxJsonDepth) + " levels"};
   if (j.is_discarded()) throw HttpError{400, "the body is not valid JSON"};
   if (!j.is_object()) throw HttpError{400, "the body must be a JSON object"};
   return j;
@@ -83,7 +127,11 @@ json instance_json(const store::InstanceRow& i, bool with_assignment) {
             {"predicted_tokens_per_s", i.predicted_tokens_per_s},
             {"created_ms", i.created_ms},
             {"updated_ms", i.updated_ms}};
-  if (with_assignment) j["assignment"] = parse_or(i.assignment_json, json::object());
+  if (with_assignment) {
+    json a = parse_or(i.assignment_json, json::object());
+    if (a.is_object()) a.erase("instance_key");  // the proxy's secret, never shown
+    j["assignment"] = std::move(a);
+  }
   return j;
 }
 
@@ -111,7 +159,7 @@ void self_or(const Principal& p, const std::string& worker) {
 
 void reply(httplib::Response& res, const json& j, int status) {
   res.status = status;
-  res.set_content(j.dump(), "application/json");
+  res.set_content(dump(j), "application/json");
 }
 
 }  // namespace ggfleet::server

@@ -9,6 +9,7 @@
 #include <optional>
 #include <regex>
 #include <string>
+#include <string_view>
 
 #include "cluster/states.h"
 
@@ -35,7 +36,17 @@ struct Principal {
 
 extern const std::regex kName;  // names of workers and deployments
 
-// The body as a JSON object; 400 if it is empty, not JSON or not an object.
+// JSON as text, whatever its strings hold: invalid UTF-8 is written as U+FFFD, never thrown on.
+std::string dump(const nlohmann::json& j);
+
+// `s` with invalid UTF-8 replaced by U+FFFD, cut to at most `max_bytes` on a character boundary.
+// The one rule for strings that enter from outside (heartbeats, logs, files, request bodies).
+std::string valid_utf8(std::string_view s, std::size_t max_bytes = SIZE_MAX);
+
+// JSON nested deeper than this is refused at parse time (400), never walked recursively.
+constexpr int kMaxJsonDepth = 64;
+
+// The body as a JSON object; 400 if it is empty, not JSON, not an object or nested too deeply.
 nlohmann::json parse_body(const httplib::Request& req);
 // 400 for a field of `j` not in `keys`.
 void only(const nlohmann::json& j, std::initializer_list<const char*> keys);

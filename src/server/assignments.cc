@@ -35,6 +35,7 @@ std::map<std::string, json> assignments_by_worker(const std::vector<store::Insta
       }
       a["rpc_servers"] = rpc;
       if (main && launch.contains("server")) a["server"] = launch["server"];
+      if (main) a["instance_key"] = assignment.value("instance_key", "");
       a["model"] = assignment.value("model", "");
       a["server_port"] = assignment.value("server_port", 0);
       a["rpc_port_base"] = assignment.value("rpc_port_base", 0);

@@ -184,10 +184,14 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     co_return !ec && res.keep_alive();
   }
   awaitable<bool> reply_error(Conn& c, int status, const std::string& message, bool keep_alive,
-                              int retry_after_s = 0) {
+                              int retry_after_s = 0, bool openai = false) {
     // (Built outside the co_await: GCC 12 miscompiles braced JSON temporaries in coroutines.)
     json body = json::object();
-    body["error"] = message;
+    if (openai) {
+      body = openai_error(status, message);
+    } else {
+      body["error"] = message;
+    }
     http::response<http::string_body> res = json_response(status, body, keep_alive, retry_after_s);
     co_return co_await reply(c, std::move(res));
   }
@@ -218,6 +222,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     int status = 0;
     std::uint64_t chunks = 0;  // "data:" events in a stream
     std::string captured;      // the body of a JSON answer (first 1 MiB)
+    std::string stream_tail;   // the last 16 KiB of a stream (its usage chunk, when asked for)
   };
 
   // Sends `req` to host:port and streams the answer to the client as it arrives. Nothing is
@@ -303,10 +308,15 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
       if (event_stream) {
         for (std::size_t k = 0; k + 5 <= n; ++k)
           out.chunks += std::memcmp(buf + k, "data:", 5) == 0;
+        out.stream_tail.append(buf, n);
+        if (out.stream_tail.size() > (32u << 10))
+          out.stream_tail.erase(0, out.stream_tail.size() - (16u << 10));
       } else if (out.captured.size() < (1u << 20)) {
         out.captured.append(buf, std::min(n, (1u << 20) - out.captured.size()));
       }
-      res.body().data = buf;
+      // No data: a null buffer, so that Beast writes only the last chunk (a zero-size buffer
+      // would go out as an empty chunk, "0\r\n\r\n", and end the body twice).
+      res.body().data = n > 0 ? buf : nullptr;
       res.body().size = n;
       res.body().more = !parser.is_done();
       c.stream.expires_after(std::chrono::seconds(config.client_write_timeout_s));
@@ -405,11 +415,16 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
 
   awaitable<bool> proxy(Conn& c, Request req) {
     const bool keep = req.keep_alive();
-    const json body = json::parse(req.body(), nullptr, false);
-    if (body.is_discarded() || !body.is_object())
-      co_return co_await reply_error(c, 400, "the body must be a JSON object", keep);
-    if (!body.contains("model") || !body["model"].is_string())
-      co_return co_await reply_error(c, 400, "'model' (a deployment name) is required", keep);
+    json body = json::parse(req.body(), nullptr, false);
+    const std::string path = std::string(req.target().substr(0, req.target().find('?')));
+    bool rewritten = false;
+    const std::string problem = body.is_discarded() ? "the body is not valid JSON"
+                                                    : check_openai_body(path, body, &rewritten);
+    if (!problem.empty()) co_return co_await reply_error(c, 400, problem, keep, 0, true);
+    if (rewritten) {
+      req.body() = body.dump(-1, ' ', false, json::error_handler_t::replace);
+      req.prepare_payload();
+    }
     const std::string deployment = body["model"].get<std::string>();
     const std::string authorization = req[http::field::authorization].to_string();
     ProxyError denied;
@@ -439,10 +454,11 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
       }
     if (!failure.empty())
       co_return co_await reply_error(c, 503, "store unavailable: " + failure, keep,
-                                     config.retry_after_s);
-    if (denied.status != 0) co_return co_await reply_error(c, denied.status, denied.message, keep);
+                                     config.retry_after_s, true);
+    if (denied.status != 0)
+      co_return co_await reply_error(c, denied.status, denied.message, keep, 0, true);
     if (!route.exists)
-      co_return co_await reply_error(c, 404, "no deployment named " + deployment, keep);
+      co_return co_await reply_error(c, 404, "no deployment named " + deployment, keep, 0, true);
     Deployment& d = deployments[deployment];
     d.targets = route.targets;
     grant_waiting(deployment);  // slots may have been added
@@ -463,14 +479,14 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
           why += "; " + t.id + " is " + text(t.state) +
                  (t.reason.empty() ? "" : " (" + t.reason + ")");
         if (hooks.proxied) hooks.proxied(deployment, 503, 0, 0);
-        co_return co_await reply_error(c, 503, why, keep, config.retry_after_s);
+        co_return co_await reply_error(c, 503, why, keep, config.retry_after_s, true);
       }
       if (d.queue.size() >= config.queue_per_deployment) {
         ++rejected_busy;
         if (hooks.proxied) hooks.proxied(deployment, 429, 0, 0);
         co_return co_await reply_error(
             c, 429, "every slot of " + deployment + " is busy and its queue is full; retry later",
-            keep, config.retry_after_s);
+            keep, config.retry_after_s, true);
       }
       const std::shared_ptr<Waiter> w = co_await wait_in(data, deployments[deployment].queue);
       if (!w->granted) {
@@ -480,12 +496,15 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
                                        "every slot of " + deployment + " stayed busy for " +
                                            std::to_string(config.queue_timeout_s) +
                                            " s; retry later",
-                                       keep, config.retry_after_s);
+                                       keep, config.retry_after_s, true);
       }
       chosen = w->target;
     }
-    // The instance needs no user key; it is not passed on.
+    // The user's key is not passed on; the instance takes only its own key, which only the
+    // server holds (llama-server --api-key, given by the agent through LLAMA_API_KEY).
     req.erase(http::field::authorization);
+    req.erase("X-Api-Key");
+    if (!chosen->key.empty()) req.set(http::field::authorization, "Bearer " + chosen->key);
     // The slot is given back however the relay ends.
     struct Slot {
       Impl& g;
@@ -503,16 +522,28 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     if (!r.upstream_answered) {
       if (hooks.upstream_failed) hooks.upstream_failed();
       if (hooks.proxied) hooks.proxied(deployment, 502, 0, 0);
-      co_return co_await reply_error(c, 502, "instance " + chosen->id + " did not answer", keep);
+      co_return co_await reply_error(c, 502, "instance " + chosen->id + " did not answer", keep, 0,
+                                     true);
     }
     if (r.status == 502 && hooks.upstream_failed) hooks.upstream_failed();
     std::uint64_t prompt = 0, completion = r.chunks;
-    if (!r.captured.empty()) {
-      const json j = json::parse(r.captured, nullptr, false);
-      if (j.is_object() && j.contains("usage") && j["usage"].is_object()) {
-        prompt = j["usage"].value("prompt_tokens", 0u);
-        completion = j["usage"].value("completion_tokens", 0u);
-      }
+    // Usage: the JSON answer's, or the stream's last event that carries one
+    // (stream_options.include_usage); else the number of events stands for the tokens.
+    json answer =
+        json::parse(r.captured.empty() ? std::string("null") : r.captured, nullptr, false);
+    for (std::size_t at = r.stream_tail.rfind("data:");
+         at != std::string::npos && !answer.is_object();
+         at = at == 0 ? std::string::npos : r.stream_tail.rfind("data:", at - 1)) {
+      const std::size_t end = r.stream_tail.find('\n', at);
+      const json event = json::parse(
+          r.stream_tail.substr(at + 5, end == std::string::npos ? std::string::npos : end - at - 5),
+          nullptr, false);
+      if (event.is_object() && event.contains("usage") && event["usage"].is_object())
+        answer = event;
+    }
+    if (answer.is_object() && answer.contains("usage") && answer["usage"].is_object()) {
+      prompt = answer["usage"].value("prompt_tokens", 0u);
+      completion = answer["usage"].value("completion_tokens", 0u);
     }
     if (hooks.proxied) hooks.proxied(deployment, r.status, prompt, completion);
     co_return r.client_ok;
@@ -772,6 +803,58 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     }
   }
 };
+
+json openai_error(int status, const std::string& message) {
+  const char* type = status == 401   ? "invalid_request_error"
+                     : status == 403 ? "permission_error"
+                     : status == 429 ? "rate_limit_error"
+                     : status >= 500 ? "server_error"
+                                     : "invalid_request_error";
+  json code = nullptr;
+  if (status == 401) code = "invalid_api_key";
+  if (status == 404) code = "model_not_found";
+  if (status == 429) code = "rate_limit_exceeded";
+  json error = json::object();
+  error["message"] = message;
+  error["type"] = type;
+  error["param"] = nullptr;
+  error["code"] = code;
+  json out = json::object();
+  out["error"] = std::move(error);
+  return out;
+}
+
+std::string check_openai_body(const std::string& path, json& body, bool* rewritten) {
+  if (rewritten) *rewritten = false;
+  if (!body.is_object()) return "the body must be a JSON object";
+  if (!body.contains("model") || !body["model"].is_string())
+    return "'model' (a deployment name) must be a string";
+  if (body.contains("stream") && body["stream"].is_null()) {
+    body.erase("stream");  // OpenAI's default; llama-server would refuse a null
+    if (rewritten) *rewritten = true;
+  }
+  if (body.contains("stream") && !body["stream"].is_boolean())
+    return "'stream' must be true or false";
+  if (body.contains("stream_options") && !body["stream_options"].is_object() &&
+      !body["stream_options"].is_null())
+    return "'stream_options' must be an object";
+  const auto string_or_array = [&](const char* key) {
+    return !body.contains(key) || body[key].is_string() || body[key].is_array();
+  };
+  if (path == "/v1/chat/completions" &&
+      (!body.contains("messages") || !body["messages"].is_array()))
+    return "'messages' must be an array";
+  if (path == "/v1/completions" && (!body.contains("prompt") || !string_or_array("prompt")))
+    return "'prompt' must be a string or an array";
+  if (path == "/v1/embeddings" && (!body.contains("input") || !string_or_array("input")))
+    return "'input' must be a string or an array";
+  for (const char* key : {"max_tokens", "max_completion_tokens", "n", "temperature", "top_p",
+                          "presence_penalty", "frequency_penalty", "seed", "top_logprobs"}) {
+    if (body.contains(key) && !body[key].is_number() && !body[key].is_null())
+      return std::string("'") + key + "' must be a number";
+  }
+  return "";
+}
 
 Gateway::Gateway(GatewayConfig config, GatewayHooks hooks)
     : impl_(std::make_shared<Impl>(std::move(config), std::move(hooks))) {}

@@ -28,8 +28,10 @@
 #include <optional>
 #include <string>
 
+#include <nlohmann/json.hpp>
 #include <utility>
 #include <vector>
+
 #include "cluster/states.h"
 
 namespace ggfleet::server {
@@ -71,6 +73,7 @@ struct ProxyTarget {
   InstanceState state = InstanceState::kPending;  // only running ones are used
   std::string reason;                             // shown when none is running
   int slots = 1;                                  // llama-server --parallel
+  std::string key;  // the instance's own API key (Bearer); empty: none
 };
 
 struct ProxyRoute {
@@ -82,6 +85,20 @@ struct ProxyError {
   int status = 0;  // 0 = allowed
   std::string message;
 };
+
+// An error as OpenAI's API words it: {"error": {"message", "type", "code", "param"}}, the type
+// and code following the status (400 invalid_request_error, 401 invalid_api_key, 404
+// model_not_found, 429 rate_limit_exceeded, 5xx server_error), so the official SDKs raise the
+// matching exception with the message.
+nlohmann::json openai_error(int status, const std::string& message);
+
+// What an OpenAI request body must be before it is relayed: an object whose "model" is a string,
+// "stream" a boolean (null is dropped), "stream_options" an object, "messages" an array (chat),
+// "prompt" a string or an array (completions), "input" a string or an array (embeddings), and
+// numbers where OpenAI has numbers. Returns the problem, or "" when the body is fine; may rewrite
+// `body` (a null "stream" removed), and then sets *rewritten.
+std::string check_openai_body(const std::string& path, nlohmann::json& body,
+                              bool* rewritten = nullptr);
 
 struct GatewayHooks {
   // The Authorization header of an OpenAI request: status 0 if it may use the proxy.

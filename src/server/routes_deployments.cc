@@ -26,7 +26,7 @@ void Server::deployment_routes() {
            const std::int64_t replicas =
                b.contains("replicas") ? integer_in(b, "replicas", 0, 1000) : 1;
            const json options = b.value("options", json::object());
-           check_deployment(model, options);
+           check_deployment(model, options, p);
            store::DeploymentRow d{
                name, model, options.dump(), replicas, store::now_ms(), store::now_ms(), 1};
            bool created = false;
@@ -91,7 +91,7 @@ void Server::deployment_routes() {
                      return;
                    }
                    if (replan)
-                     check_deployment(d->model, parse_or(d->options_json, json::object()));
+                     check_deployment(d->model, parse_or(d->options_json, json::object()), p);
                    d->updated_ms = store::now_ms();
                    // New model or options: a new generation. The scheduler rolls it out replica by
                    // replica: new instances first, an old one removed as each new one runs.

@@ -51,12 +51,7 @@ void Server::instance_routes() {
            plan::Request r = plan::request_from_options(b.value("options", json::object()), model);
            if (b.contains("replicas"))
              r.replicas = static_cast<std::uint32_t>(integer_in(b, "replicas", 1, 1000));
-           std::shared_ptr<const estimate::ModelMemory> m;
-           try {
-             m = scheduler_->model(model);
-           } catch (const std::exception& e) {
-             throw HttpError{400, std::string("cannot read the model: ") + e.what()};
-           }
+           const std::shared_ptr<const estimate::ModelMemory> m = checked_model(model);
            const cluster::Cluster fleet = live_cluster(store_->workers(), store_->claims());
            try {
              reply(res, plan::plan_json(plan::make_plan(*m, fleet, r), fleet));

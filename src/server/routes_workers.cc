@@ -1,4 +1,5 @@
 // Routes of /v1/workers: registration, heartbeats, assignments (long polls), list, drain, remove.
+#include <arpa/inet.h>
 #include <httplib.h>
 
 #include <regex>
@@ -14,6 +15,20 @@ namespace ggfleet::server {
 using nlohmann::json;
 
 namespace {
+
+// A worker's address as others will dial it (llama-server --rpc host:port, the proxy): a host
+// name, an IPv4 address or an IPv6 address (brackets taken off: they are added where a port
+// follows). 400 for anything else, e.g. "a,b", which would split an --rpc list.
+std::string valid_address(std::string a) {
+  if (a.size() > 2 && a.front() == '[' && a.back() == ']') a = a.substr(1, a.size() - 2);
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, a.c_str(), &v6) == 1) return a;
+  static const std::regex kHost(
+      R"(([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*)");
+  if (a.size() <= 253 && std::regex_match(a, kHost)) return a;
+  throw HttpError{400, "'address' must be a host name, an IPv4 or an IPv6 address, not '" +
+                           valid_utf8(a, 80) + "'"};
+}
 
 // A worker's reported resources, checked as the planner will read them: 400 with the reason.
 void checked_resources(const std::string& name, const std::string& address, const json& labels,
@@ -39,7 +54,8 @@ void Server::worker_routes() {
         const std::string name = required_string(b, "name");
         if (!std::regex_match(name, kName))
           throw HttpError{400, "'name' must match [a-z0-9][a-z0-9-]{0,62}"};
-        const std::string address = b.contains("address") ? required_string(b, "address") : name;
+        const std::string address =
+            valid_address(b.contains("address") ? required_string(b, "address") : name);
         const json labels = b.value("labels", json::object());
         const json resources = b.value("resources", json::object());
         if (!labels.is_object()) throw HttpError{400, "'labels' must be an object of strings"};
@@ -143,12 +159,12 @@ void Server::worker_routes() {
                    if (i.contains("reason")) {
                      if (!i["reason"].is_string())
                        throw HttpError{400, "'reason' must be a string"};
-                     r.reason = i["reason"].get<std::string>().substr(0, 4096);
+                     r.reason = valid_utf8(i["reason"].get<std::string>(), 4096);
                    }
                    if (i.contains("log_tail")) {
                      if (!i["log_tail"].is_string())
                        throw HttpError{400, "'log_tail' must be a string"};
-                     r.log = i["log_tail"].get<std::string>().substr(0, 65536);
+                     r.log = valid_utf8(i["log_tail"].get<std::string>(), 65536);
                    }
                    if (i.contains("port")) r.port = integer_in(i, "port", 0, 65535);
                    if (i.contains("listen_port"))
@@ -194,7 +210,7 @@ void Server::worker_routes() {
                    json assignment = parse_or(i->assignment_json, json::object());
                    if (r.listen_port > 0 && assignment.value("listen_port", -1) != r.listen_port) {
                      assignment["listen_port"] = r.listen_port;  // the proxy connects there
-                     i->assignment_json = assignment.dump();
+                     i->assignment_json = dump(assignment);
                      any_changed = true;
                    }
                    const bool changed = i->state != r.state ||

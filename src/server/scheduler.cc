@@ -10,6 +10,7 @@
 #include "model/profile.h"
 #include "plan/report.h"
 #include "server/api_util.h"
+#include "server/auth.h"
 
 namespace ggfleet::server {
 namespace {
@@ -138,6 +139,7 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
       one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base + (n % 500) * 16);
       plan::Replica& first = p.replicas.front();
       first.launch = plan::launch_for(first.chosen, fleet, one);
+      first.launch.server.alias = d.name;  // responses name the deployment, not the file
       first.commands = plan::commands(first.launch);
     }
     stats.planning_s +=
@@ -158,8 +160,11 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
       assignment["server_port"] = one.server_port;
       assignment["rpc_port_base"] = one.rpc_port_base;
       assignment["slots"] = one.context.parallel;  // the proxy forwards this many at once
+      // llama-server's own key, fresh per placement: only the proxy (and the main worker, which
+      // starts it) know it, so the instance's port serves nobody who bypasses ggfleet's keys.
+      assignment["instance_key"] = new_secret("ggi_");
       if (avoid.is_array() && !avoid.empty()) assignment["avoid"] = avoid;
-      placed.assignment_json = assignment.dump();
+      placed.assignment_json = dump(assignment);
       std::vector<store::ClaimRow> claims;
       for (std::size_t k = 0; k < rep.chosen.places.size(); ++k) {
         claims.push_back({instance.id, rep.chosen.places[k].worker,

@@ -16,6 +16,7 @@
 #include <set>
 #include <sstream>
 
+#include "gguf/remote.h"
 #include "plan/report.h"
 #include "server/api_util.h"
 #include "server/assignments.h"
@@ -86,6 +87,9 @@ int Server::start() {
   store_ = std::make_unique<store::Store>(config_.db.empty() ? config_.data_dir + "/ggfleet.db"
                                                              : config_.db);
   scheduler_ = std::make_unique<Scheduler>(*store_, config_.scheduler);
+  gguf::RemotePolicy remote = gguf::remote_policy();
+  remote.allow_private_addresses = config_.allow_private_urls;
+  gguf::set_remote_policy(remote);
   bootstrap_keys();
   if (config_.tls_cert.empty() != config_.tls_key.empty())
     throw std::runtime_error("TLS needs both --tls-cert and --tls-key");
@@ -257,13 +261,14 @@ ProxyRoute Server::route_of(const std::string& deployment) {
   fresh.route.exists = store_->deployment(deployment).has_value();
   if (fresh.route.exists) {
     for (const store::InstanceRow& i : store_->instances(deployment)) {
-      ProxyTarget t{i.id, "", 0, i.state, i.reason, 1};
+      ProxyTarget t{i.id, "", 0, i.state, i.reason, 1, ""};
       if (i.state == InstanceState::kRunning) {
         if (const std::optional<store::WorkerRow> w = store_->worker(i.main_worker))
           t.host = w->address;
         const json a = parse_or(i.assignment_json, json::object());
         t.port = a.value("listen_port", a.value("server_port", 0));
         t.slots = std::max(1, a.value("slots", 1));
+        t.key = a.value("instance_key", "");
       }
       fresh.route.targets.push_back(t);
     }
@@ -297,34 +302,54 @@ Principal Server::authenticate(const std::string& header) {
 
 std::function<void(const httplib::Request&, httplib::Response&)> Server::handle(
     const std::string& name, bool auth, Handler h) {
-  return [this, name, auth, h](const httplib::Request& req, httplib::Response& res) {
+  // The OpenAI routes answer errors in OpenAI's shape; the rest as {"error": "text"}.
+  const bool openai = name.rfind("/v1/models", 0) == 0;
+  return [this, name, auth, h, openai](const httplib::Request& req, httplib::Response& res) {
     const auto t0 = std::chrono::steady_clock::now();
+    const auto fail = [&](int status, const std::string& message) {
+      res.status = status;
+      res.set_content(dump(openai ? openai_error(status, message) : json{{"error", message}}),
+                      "application/json");
+    };
     try {
       const Principal p = auth ? authenticate(req.get_header_value("Authorization")) : Principal{};
       h(req, res, p);
     } catch (const HttpError& e) {
-      res.status = e.status;
-      res.set_content(json{{"error", e.message}}.dump(), "application/json");
+      fail(e.status, e.message);
     } catch (const std::invalid_argument& e) {
-      res.status = 400;
-      res.set_content(json{{"error", e.what()}}.dump(), "application/json");
+      fail(400, e.what());
     } catch (const store::StoreError& e) {
-      res.status = 503;
-      res.set_content(json{{"error", std::string("store unavailable: ") + e.what()}}.dump(),
-                      "application/json");
+      fail(503, std::string("store unavailable: ") + e.what());
     } catch (const std::exception& e) {
-      res.status = 500;
-      res.set_content(json{{"error", e.what()}}.dump(), "application/json");
+      fail(500, e.what());
     }
     metrics_->request(name, req.method, res.status,
                       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   };
 }
 
-void Server::check_deployment(const std::string& model, const json& options) {
-  plan::request_from_options(options, model);
+void Server::check_deployment(const std::string& model, const json& options, const Principal& p) {
+  const plan::Request r = plan::request_from_options(options, model);
+  const bool admin = p.role == KeyRole::kAdmin;
   try {
-    scheduler_->model(model);
+    plan::check_extra_args(r.extra_args, admin);
+  } catch (const std::invalid_argument& e) {
+    throw HttpError{admin ? 400 : 403, e.what()};
+  }
+  checked_model(model);
+}
+
+std::shared_ptr<const estimate::ModelMemory> Server::checked_model(const std::string& model) {
+  if (model.empty() || model.size() > 4096)
+    throw HttpError{400, "'model' must be a path or an http(s) URL of at most 4096 bytes"};
+  if (!gguf::is_url(model)) {
+    if (model.find("://") != std::string::npos)
+      throw HttpError{400, "'model' must be a local path or an http:// or https:// URL"};
+    if (!gguf::inside_roots(model, config_.model_roots))
+      throw HttpError{403, "model path " + model + " is outside the model roots (--model-root)"};
+  }
+  try {
+    return scheduler_->model(model);
   } catch (const std::exception& e) {
     throw HttpError{400, std::string("cannot read the model: ") + e.what()};
   }
@@ -338,12 +363,12 @@ void Server::routes() {
       const std::string text = res.status == 413   ? "the body is too large"
                                : res.status == 404 ? "no such route"
                                                    : "HTTP status " + std::to_string(res.status);
-      res.set_content(json{{"error", text}}.dump(), "application/json");
+      res.set_content(dump(json{{"error", text}}), "application/json");
     }
   });
   s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
     res.status = 500;
-    res.set_content(json{{"error", "internal error"}}.dump(), "application/json");
+    res.set_content(dump(json{{"error", "internal error"}}), "application/json");
   });
   s.Get("/healthz", handle("/healthz", false, [this](const auto&, auto& res, const auto&) {
           reply(res, {{"status", "ok"}, {"store", store_->backend()}});
@@ -360,21 +385,33 @@ void Server::routes() {
   key_routes();
   // OpenAI-compatible endpoints, routed by "model" (a deployment name) to a running instance,
   // the one with the fewest requests in flight; streams pass through as they arrive.
+  const auto model_json = [this](const store::DeploymentRow& d) {
+    int ready = 0;
+    for (const store::InstanceRow& i : store_->instances(d.name))
+      ready += i.state == InstanceState::kRunning;
+    return json{{"id", d.name},
+                {"object", "model"},
+                {"created", d.created_ms / 1000},
+                {"owned_by", "ggfleet"},
+                {"ready_instances", ready}};
+  };
   s.Get("/v1/models",
-        handle("/v1/models", true, [this](const auto&, auto& res, const Principal& p) {
+        handle("/v1/models", true, [this, model_json](const auto&, auto& res, const Principal& p) {
           allow(p, {KeyRole::kAdmin, KeyRole::kUser});
           json data = json::array();
-          for (const store::DeploymentRow& d : store_->deployments()) {
-            int ready = 0;
-            for (const store::InstanceRow& i : store_->instances(d.name))
-              ready += i.state == InstanceState::kRunning;
-            data.push_back({{"id", d.name},
-                            {"object", "model"},
-                            {"owned_by", "ggfleet"},
-                            {"ready_instances", ready}});
-          }
+          for (const store::DeploymentRow& d : store_->deployments()) data.push_back(model_json(d));
           reply(res, {{"object", "list"}, {"data", data}});
         }));
+  s.Get(R"(/v1/models/([^/]+))",
+        handle("/v1/models/{id}", true,
+               [this, model_json](const auto& req, auto& res, const Principal& p) {
+                 allow(p, {KeyRole::kAdmin, KeyRole::kUser});
+                 const std::string id = req.matches[1];
+                 const std::optional<store::DeploymentRow> d = store_->deployment(id);
+                 if (!d)
+                   throw HttpError{404, "The model '" + valid_utf8(id, 256) + "' does not exist"};
+                 reply(res, model_json(*d));
+               }));
   // The OpenAI endpoints are served by the gateway (gateway.h); it asks here who may use them
   // and where a deployment's instances listen.
   hooks_.authorize = [this](const std::string& header) -> ProxyError {

@@ -45,6 +45,11 @@ struct ServerConfig {
   std::string admin_key;          // "" = from GGFLEET_ADMIN_KEY or generated on first start
   std::string join_token;         // "" = from GGFLEET_JOIN_TOKEN or generated on first start
   std::string tls_cert, tls_key;  // both set: HTTPS
+  // Local model paths must lie inside one of these directories (symbolic links resolved); empty:
+  // any path (one trusted user). Workers check their own roots (--model-root) as well.
+  std::vector<std::string> model_roots;
+  // URL models may point at loopback, private and link-local addresses (off: no SSRF).
+  bool allow_private_urls = false;
   SchedulerConfig scheduler;
   std::int64_t schedule_interval_ms = 500;
   // The public front (gateway.h): its host and port are the two above; timeouts, admission.
@@ -102,7 +107,12 @@ class Server {
   // The caller of an Authorization header; throws HttpError 401 (cached a minute when valid).
   Principal authenticate(const std::string& header);
   // 400 unless the options make a planner request and the model file can be read.
-  void check_deployment(const std::string& model, const nlohmann::json& options);
+  // 400/403 unless `model` and `options` make a deployment `p` may create: options valid, raw
+  // llama-server arguments allowed for its role, the model readable (inside the model roots).
+  void check_deployment(const std::string& model, const nlohmann::json& options,
+                        const Principal& p);
+  // The model's header as the planner reads it; 400 if it cannot be read, 403 outside the roots.
+  std::shared_ptr<const estimate::ModelMemory> checked_model(const std::string& model);
   void schedule_loop();
   // Reads every worker's assignments from the store into assignments_, marks the workers whose
   // own list changed, wakes the long polls and makes the proxy read its routes again.

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "cluster/states.h"
+#include "gguf/reader.h"
 #include "plan/launch.h"
 
 namespace ggfleet::worker {
@@ -270,6 +271,14 @@ void Agent::supervise(Instance& i) {
     if (now < i.next_start) return;
     const std::string model = i.assignment.value("model", "");
     if (!model.empty() && model.find("://") == std::string::npos &&
+        !gguf::inside_roots(model, config_.model_roots)) {
+      i.state = InstanceState::kError;
+      i.reason = "model file " + model + " is outside the model roots of worker " + config_.name +
+                 " (--model-root)";
+      i.gave_up = true;  // it never will be inside: the server places it elsewhere
+      return;
+    }
+    if (!model.empty() && model.find("://") == std::string::npos &&
         !std::filesystem::exists(model)) {
       i.state = InstanceState::kError;
       i.reason = "model file " + model + " not found on worker " + config_.name;
@@ -297,7 +306,10 @@ void Agent::supervise(Instance& i) {
     }
     plan::ServerLaunch launch = *i.server_launch;
     launch.port = static_cast<std::uint16_t>(port);
-    const plan::Command c = plan::command(launch, binary("llama-server"));
+    plan::Command c = plan::command(launch, binary("llama-server"));
+    // Its API key through the environment (not argv, which every local user can read).
+    const std::string key = i.assignment.value("instance_key", "");
+    if (!key.empty()) c.env["LLAMA_API_KEY"] = key;
     if (port != planned)
       log(config_.name,
           i.id + ": port " + std::to_string(planned) + " is taken; using " + std::to_string(port));
@@ -484,8 +496,10 @@ void Agent::run(const std::atomic<bool>& stop) {
     while (!stop && !poll_stop) {
       try {
         client_for(c, at, 10);
-        const httplib::Result h = c->Post(("/v1/workers/" + config_.name + "/heartbeat").c_str(),
-                                          auth(), heartbeat_body().dump(), "application/json");
+        const httplib::Result h =
+            c->Post(("/v1/workers/" + config_.name + "/heartbeat").c_str(), auth(),
+                    heartbeat_body().dump(-1, ' ', false, json::error_handler_t::replace),
+                    "application/json");
         unanswered = h ? 0 : unanswered + 1;
         if (unanswered >= 3 && at != config_.server) {
           // The worker listener went away (a restarted server listens elsewhere): register

@@ -32,6 +32,8 @@ struct AgentConfig {
   // For an https:// server with a certificate no system CA signed (self-signed): the PEM file of
   // the certificate (or its CA) to trust. Without it an https server must have a trusted one.
   std::string ca_cert;
+  // Model files llama-server may load lie inside these directories (links resolved); empty: any.
+  std::vector<std::string> model_roots;
   std::string name;
   std::string address = "127.0.0.1";  // where the main and the server reach this worker
   std::vector<std::string> declared_gpus;

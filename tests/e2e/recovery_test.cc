@@ -6,6 +6,8 @@
 //   TakenPortIsSkipped                    another program holds the planned llama-server port
 //   CrashLoopIsReplannedElsewhere         restarts reset when healthy; exhausted → other worker
 //   OverloadIsQueuedNeverDown             200 concurrent streams on a one-slot CPU instance
+//   InstancePortRefusesDirectAccess       a client on the workers' network skips ggfleet's keys
+// and, on the same live fleet, OfficialOpenAiSdkForNode: the official SDK as a user's program.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -168,6 +170,59 @@ TEST_F(Recovery, SigtermStopsChildrenWithACleanMask) {
   // llama-server and rpc-server honour SIGTERM: no 2 s SIGKILL wait per process.
   EXPECT_LT(stop_s, 4.0) << logs();
   EXPECT_EQ(workers_[0]->exit_code(), 0) << logs();
+}
+
+// A client that reaches a worker's address talks to llama-server directly, past ggfleet's keys:
+// each instance has its own key, which only the server's proxy (and the worker that starts it)
+// holds, given through the environment, never in argv or the API.
+TEST_F(Recovery, InstancePortRefusesDirectAccess) {
+  start(25000, 1);
+  deploy();
+  const int port = listen_port();
+  ASSERT_GT(port, 0);
+  httplib::Client direct("127.0.0.1", port);
+  direct.set_read_timeout(10);
+  for (const char* path : {"/v1/models", "/metrics", "/slots", "/props"}) {
+    const httplib::Result r = direct.Get(path);
+    ASSERT_TRUE(r) << path;
+    EXPECT_EQ(r->status, 401) << path << " " << r->body;
+  }
+  const httplib::Result post = direct.Post(
+      "/v1/chat/completions", R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2})",
+      "application/json");
+  ASSERT_TRUE(post);
+  EXPECT_EQ(post->status, 401);
+  // With a ggfleet key, through ggfleet: served.
+  const Reply ok = chat();
+  EXPECT_EQ(ok.status, 200) << ok.body.dump();
+  // The key is nowhere a user or another local account could read it.
+  EXPECT_FALSE(instance()["assignment"].contains("instance_key"));
+  for (pid_t pid : children_of(workers_[0]->pid())) {
+    const std::string cmdline = read_file("/proc/" + std::to_string(pid) + "/cmdline");
+    EXPECT_EQ(cmdline.find("ggi_"), std::string::npos) << cmdline;
+  }
+}
+
+// OpenAI conformance, judged by the official SDK for Node (tests/e2e/openai_sdk.mjs): models
+// list and retrieve, chat and completions with and without streaming, include_usage, the
+// exceptions a wrong key, an unknown model, a bad field and an upstream rejection raise, and an
+// aborted stream followed by a served request. The SDK comes from the npm registry.
+TEST_F(Recovery, OfficialOpenAiSdkForNode) {
+  if (run_command("command -v node").exit_code != 0) GTEST_SKIP() << "no node";
+  const std::string sdk = std::string(GGFLEET_BINARY_DIR) + "/openai-node";
+  const CommandResult installed =
+      run_command("mkdir -p " + sdk + " && cd " + sdk +
+                  " && (test -d node_modules/openai || npm install --no-audit --no-fund --silent "
+                  "openai@4.104.0) 2>&1");
+  ASSERT_EQ(installed.exit_code, 0) << installed.output;
+  start(25100, 1);
+  deploy();
+  const CommandResult r =
+      run_command("cp " + std::string(GGFLEET_SOURCE_DIR) + "/tests/e2e/openai_sdk.mjs " + sdk +
+                  "/ && cd " + sdk + " && BASE_URL=http://127.0.0.1:" + std::to_string(port_) +
+                  "/v1 API_KEY=" + kAdmin + " MODEL=chat timeout 300 node openai_sdk.mjs 2>&1");
+  EXPECT_EQ(r.exit_code, 0) << r.output << logs();
+  EXPECT_EQ(r.output.find("FAIL"), std::string::npos) << r.output;
 }
 
 TEST_F(Recovery, WorkerKilledThenRestartedLeavesNoOrphan) {

@@ -66,7 +66,7 @@ TEST(Corruption, TruncationAtEveryByteIsAnError) {
 }
 
 TEST(Corruption, Magic) {
-  EXPECT_PROBLEM(std::string("GGML") + std::string(20, '\0'), 0, "expected 'GGUF'");
+  EXPECT_PROBLEM(std::string("GGML") + std::string(20, '\0'), 0, "are not 'GGUF'");
   EXPECT_PROBLEM(std::string("FUGG") + std::string(20, '\0'), 0, "big-endian");
   EXPECT_PROBLEM("", 0, "truncated");
 }
