@@ -140,12 +140,14 @@ class Parser {
   }
 
   Worker worker(const YAML::Node& n, const std::string& where) const {
-    only_keys(n, {"name", "cpu", "ram", "reserved", "labels", "gpus", "address"}, where);
+    only_keys(n, {"name", "cpu", "ram", "reserved", "labels", "gpus", "address", "llama_build"},
+              where);
     Worker w;
     if (!n["name"]) fail(n, where + " needs a name");
     w.name = text(n["name"], where + ".name");
     w.address = n["address"] ? text(n["address"], where + ".address") : w.name;
     if (w.name.empty()) fail(n, where + ".name is empty");
+    if (n["llama_build"]) w.llama_build = text(n["llama_build"], where + ".llama_build");
     if (const YAML::Node cpu = n["cpu"]) {
       only_keys(cpu, {"cores", "memory_bandwidth"}, where + ".cpu");
       if (cpu["cores"]) {
@@ -301,7 +303,13 @@ Worker worker_from_json(const std::string& name, const std::string& address,
   if (!resources.is_object())
     throw ClusterError("worker " + name + ": resources must be an object");
   nlohmann::json w = resources;
-  w.erase("simulated");  // how the agent found its GPUs; nothing the planner uses
+  w.erase("simulated");       // how the agent found its GPUs; nothing the planner uses
+  if (w.contains("llama")) {  // {"build": "..."}: what its llama-server --version says
+    const nlohmann::json llama = w["llama"];
+    w.erase("llama");
+    if (!llama.is_object()) throw ClusterError("worker " + name + ": llama must be an object");
+    if (llama.contains("build")) w["llama_build"] = llama["build"];
+  }
   // A GPU's used memory as measured may pass the catalog's total by a little: clamp.
   if (w.contains("gpus") && w["gpus"].is_array()) {
     for (nlohmann::json& g : w["gpus"]) {
@@ -314,6 +322,10 @@ Worker worker_from_json(const std::string& name, const std::string& address,
   if (!address.empty()) w["address"] = address;
   if (labels.is_object() && !labels.empty()) w["labels"] = labels;
   return Parser("worker " + name, true).worker(to_yaml(w), "resources");
+}
+
+bool rpc_compatible(const Worker& a, const Worker& b) {
+  return a.llama_build.empty() || b.llama_build.empty() || a.llama_build == b.llama_build;
 }
 
 std::uint64_t Worker::free_vram_bytes(std::size_t gpu) const {

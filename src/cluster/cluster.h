@@ -62,11 +62,18 @@ struct Worker {
   std::uint64_t claimed_ram_bytes = 0;    // held by instances ggfleet placed
   std::map<std::string, std::string> labels;
   std::vector<Gpu> gpus;
+  // llama.cpp build the worker runs ("0.5.0-dev (build 1, commit de3ff81)"); "" = unknown.
+  // llama.cpp's RPC protocol is only promised between equal builds.
+  std::string llama_build;
 
   // What llama.cpp may use: total - used - reserved - claimed, never negative.
   std::uint64_t free_vram_bytes(std::size_t gpu) const;
   std::uint64_t free_ram_bytes() const;
 };
+
+// Whether `a` may use `b`'s GPUs over RPC (or the other way): the same llama.cpp build, or one of
+// them unknown (a cluster file that does not say).
+bool rpc_compatible(const Worker& a, const Worker& b);
 
 struct Link {
   double bandwidth_bytes_per_s = 0;

@@ -211,6 +211,10 @@ class Search {
       if (!r_.allow_cpu_offload || (gpu_layers > 0)) return std::nullopt;
       return realize(main, {}, {});
     }
+    // llama.cpp's RPC protocol holds between equal builds only.
+    for (std::size_t d : set) {
+      if (!cluster::rpc_compatible(main, *devs_[d].worker)) return std::nullopt;
+    }
     const std::vector<std::size_t> order = ordered(main, set);
     const bool any_local =
         std::any_of(set.begin(), set.end(), [&](std::size_t d) { return !remote(d, main); });
@@ -394,7 +398,8 @@ class Search {
     if (r_.allow_distributed) {
       for (std::size_t d : by_remote_cost_) {
         if (remote_pool.size() >= r_.max_rpc_servers + 8) break;
-        if (devs_[d].worker != &main) remote_pool.push_back(d);
+        if (devs_[d].worker != &main && cluster::rpc_compatible(main, *devs_[d].worker))
+          remote_pool.push_back(d);
       }
       auto adjusted = [&](std::size_t d) {
         return devs_[d].remote_block_s +
@@ -465,7 +470,7 @@ class Search {
     if (r_.allow_distributed) {
       for (std::size_t d : by_remote_cost_) {
         if (remote_taken >= r_.max_rpc_servers) break;
-        if (devs_[d].worker == &main) continue;
+        if (devs_[d].worker == &main || !cluster::rpc_compatible(main, *devs_[d].worker)) continue;
         if (remote_taken++ == 0) best = std::min(best, devs_[d].remote_block_s);
         capacity += static_cast<double>(devs_[d].free_bytes);
       }
@@ -483,7 +488,7 @@ class Search {
   std::string signature(const cluster::Worker& w) const {
     std::ostringstream o;
     o << w.cpu.cores << '/' << w.cpu.memory_bandwidth_bytes_per_s << '/' << w.free_ram_bytes()
-      << '/' << w.ram_bytes;
+      << '/' << w.ram_bytes << '/' << w.llama_build;
     for (const Dev& d : devs_) {
       if (d.worker == &w)
         o << '|' << d.gpu->name << '/' << d.free_bytes << '/' << d.gpu->memory_bandwidth_bytes_per_s
@@ -965,6 +970,10 @@ Plan make_plan(const estimate::ModelMemory& m, const cluster::Cluster& cl, const
           why = "excluded by the label selector";
         } else if (!r.gpus.empty()) {
           why = "not among the requested GPUs";
+        } else if (!cluster::rpc_compatible(w, *best.main)) {
+          why = "its llama.cpp build (" + w.llama_build + ") differs from main " + best.main->name +
+                "'s (" + best.main->llama_build +
+                "): llama.cpp's RPC protocol holds between equal builds only";
         } else if (!w.gpus.empty() &&
                    std::all_of(w.gpus.begin(), w.gpus.end(),
                                [](const cluster::Gpu& g) { return !g.lent_to.empty(); })) {

@@ -55,6 +55,23 @@ bool port_free(const std::string& host, int port) {
   });
 }
 
+// What `llama-server --version` says after "version: " (e.g. "0.5.0-dev (build 1, commit
+// de3ff81)"); "" when it cannot be run.
+std::string llama_build(const std::string& server) {
+  const std::string command = "'" + server + "' --version 2>&1 < /dev/null";
+  std::unique_ptr<FILE, int (*)(FILE*)> p(::popen(command.c_str(), "r"), ::pclose);
+  if (!p) return "";
+  char line[512];
+  while (std::fgets(line, sizeof line, p.get())) {
+    std::string text(line);
+    if (text.rfind("version: ", 0) != 0) continue;
+    text = text.substr(9);
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+    return text;
+  }
+  return "";
+}
+
 void log(const std::string& name, const std::string& text) {
   std::cout << "[worker " << name << "] " << text << std::endl;
 }
@@ -91,6 +108,7 @@ Agent::Agent(AgentConfig config) : config_(std::move(config)) {
   std::filesystem::create_directories(config_.data_dir + "/pids");
   // Processes an earlier agent of this data directory left running (it was killed before its
   // children could notice): they hold ports and serve without us; stop them before anything else.
+  llama_build_ = llama_build(binary("llama-server"));
   for (const std::string& p : stop_stale(config_.data_dir + "/pids")) {
     stale_.push_back(p);
     log(config_.name, "stopped " + p + " left running by an earlier agent of this data directory");
@@ -120,6 +138,7 @@ std::vector<GpuInfo> Agent::gpus(std::string* why) const {
 
 json Agent::resources(const std::vector<GpuInfo>& list) const {
   json r = resources_json(host_info(), list, simulated_, config_.cpu_bandwidth_bytes_per_s);
+  if (!llama_build_.empty()) r["llama"] = {{"build", llama_build_}};
   if (config_.reserved_vram_bytes > 0 || config_.reserved_ram_bytes > 0) {
     r["reserved"] = {{"vram", config_.reserved_vram_bytes}, {"ram", config_.reserved_ram_bytes}};
   }
@@ -370,8 +389,7 @@ void Agent::register_self(const std::atomic<bool>& stop, const std::vector<GpuIn
   json registration = {{"name", config_.name},
                        {"address", config_.address},
                        {"labels", {{"simulated", simulated_ ? "true" : "false"}}},
-                       {"resources", resources_json(host_info(), gpus, simulated_,
-                                                    config_.cpu_bandwidth_bytes_per_s)}};
+                       {"resources", resources(gpus)}};
   if (!saved.empty()) registration["worker_key"] = saved;
   if (!stale_.empty()) registration["stale_processes"] = stale_;
   auto attempt = [&] {

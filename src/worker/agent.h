@@ -90,6 +90,7 @@ class Agent {
   std::string worker_server_;
   std::string key_;  // guarded by key_mu_; this worker's credentials (<data_dir>/credentials)
   std::vector<std::string> stale_;  // processes of an earlier agent stopped at start
+  std::string llama_build_;         // its llama-server's --version ("" if unknown)
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<Instance>> instances_;
   std::mutex reports_mu_;

@@ -321,5 +321,32 @@ TEST(Security, WorkerAddressesAreHostsOrIpLiterals) {
   EXPECT_EQ(r.status, 201) << r.body.dump();
 }
 
+// llama.cpp's RPC protocol holds between equal builds only (and had remote-code-execution bugs
+// across versions): a worker whose build differs from the main's never lends it a GPU.
+TEST(Security, RpcBuildMismatchIsExcludedByThePlanner) {
+  ServerFixture f;
+  auto with_build = [](const std::string& build) {
+    json r = resources(1);
+    r["llama"] = {{"build", build}};
+    return r;
+  };
+  f.add_worker("w1", with_build("0.5.0-dev (build 1, commit aaaaaaa)"));
+  f.add_worker("w2", with_build("0.5.0-dev (build 1, commit bbbbbbb)"));
+  const std::string model = f.model("llama3-70b-q4_k_m");  // 40 GB: one 24 GB GPU is not enough
+  Reply r = f.api().post("/v1/plan", kAdmin, {{"model", model}});
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  EXPECT_EQ(r.body["layout"]["devices"].size(), 1u) << r.body.dump();
+  ASSERT_EQ(r.body["rejected"].size(), 1u) << r.body.dump();
+  EXPECT_NE(r.body["rejected"][0].value("reason", "").find("llama.cpp build"), std::string::npos)
+      << r.body.dump();
+  // The same build on both: the main borrows the other's GPU.
+  ServerFixture g;
+  g.add_worker("w1", with_build("0.5.0-dev (build 1, commit aaaaaaa)"));
+  g.add_worker("w2", with_build("0.5.0-dev (build 1, commit aaaaaaa)"));
+  r = g.api().post("/v1/plan", kAdmin, {{"model", g.model("llama3-70b-q4_k_m")}});
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  EXPECT_EQ(r.body["layout"]["devices"].size(), 2u) << r.body.dump();
+}
+
 }  // namespace
 }  // namespace ggfleet::test
