@@ -4,12 +4,32 @@
 
 #include <pthread.h>
 
+#include <cctype>
 #include <csignal>
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 
 namespace ggfleet::cli {
 namespace {
+
+// `text` with every byte but A-Z a-z 0-9 - . _ ~ written as %XX: safe as a path segment or a
+// query value.
+std::string percent_encoded(std::string_view text) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += ch;
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
 
 using nlohmann::json;
 
@@ -159,26 +179,41 @@ int run_ls(const ClientOptions& o, const std::string& what) {
 }
 
 int run_rm(const ClientOptions& o, const std::string& deployment) {
-  const json j = call(o, "DELETE", "/v1/deployments/" + deployment);
+  const json j = call(o, "DELETE", "/v1/deployments/" + percent_encoded(deployment));
   std::cout << (o.json ? j.dump(2) : "deleted " + deployment) << "\n";
   return 0;
 }
 
 int run_scale(const ClientOptions& o, const std::string& deployment, std::int64_t replicas) {
-  const json j = call(o, "PATCH", "/v1/deployments/" + deployment, {{"replicas", replicas}});
+  const json j =
+      call(o, "PATCH", "/v1/deployments/" + percent_encoded(deployment), {{"replicas", replicas}});
   std::cout << (o.json ? j.dump(2) : deployment + " scaled to " + std::to_string(replicas)) << "\n";
   return 0;
 }
 
-int run_events(const ClientOptions& o, const std::string& subject) {
-  const json j =
-      call(o, "GET", "/v1/events?limit=1000" + (subject.empty() ? "" : "&subject=" + subject));
+int run_events(const ClientOptions& o, const EventsQuery& q) {
+  std::string path = "/v1/events?limit=" + std::to_string(q.limit) +
+                     (q.after > 0 ? "&after=" + std::to_string(q.after) : "&order=desc");
+  if (!q.subject.empty()) path += "&subject=" + percent_encoded(q.subject);
+  const json j = call(o, "GET", path);
   if (o.json) {
     std::cout << j.dump(2) << "\n";
     return 0;
   }
-  print_table(j["events"],
-              {{"ID", "id"}, {"KIND", "kind"}, {"SUBJECT", "subject"}, {"MESSAGE", "message"}});
+  json rows = j["events"];
+  for (json& e : rows) {
+    const std::time_t t = static_cast<std::time_t>(e.value("time_ms", std::int64_t{0}) / 1000);
+    std::tm utc{};
+    gmtime_r(&t, &utc);
+    char when[32];
+    std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &utc);
+    e["time"] = std::string(when);
+  }
+  print_table(rows, {{"ID", "id"},
+                     {"TIME (UTC)", "time"},
+                     {"KIND", "kind"},
+                     {"SUBJECT", "subject"},
+                     {"MESSAGE", "message"}});
   return 0;
 }
 

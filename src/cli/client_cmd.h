@@ -27,6 +27,12 @@ int run_deploy(const ClientOptions& o, const std::string& name, const std::strin
 int run_ls(const ClientOptions& o, const std::string& what);
 int run_rm(const ClientOptions& o, const std::string& deployment);
 int run_scale(const ClientOptions& o, const std::string& deployment, std::int64_t replicas);
-int run_events(const ClientOptions& o, const std::string& subject);
+struct EventsQuery {
+  std::string subject;     // "" = every subject
+  std::int64_t after = 0;  // > 0: the events after this id, oldest first; else the newest first
+  std::int64_t limit = 50;
+};
+// Events as a table (ID, TIME in UTC, KIND, SUBJECT, MESSAGE) or JSON.
+int run_events(const ClientOptions& o, const EventsQuery& q);
 
 }  // namespace ggfleet::cli

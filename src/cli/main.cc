@@ -78,12 +78,19 @@ struct ProbeOptions {
   std::string buffer = "1GiB";
 };
 
+// A HOST:PORT flag, or std::invalid_argument naming the flag.
+cluster::HostPort listen_address(const std::string& text, const std::string& flag) {
+  try {
+    return cluster::parse_host_port(text);
+  } catch (const cluster::UnitError& e) {
+    throw std::invalid_argument(flag + ": " + e.what());
+  }
+}
+
 int run_probe(const ProbeOptions& o) {
   if (!o.serve.empty()) {
-    const auto colon = o.serve.rfind(':');
-    if (colon == std::string::npos) throw std::invalid_argument("--serve wants HOST:PORT");
-    const auto port = static_cast<std::uint16_t>(std::stoul(o.serve.substr(colon + 1)));
-    worker::run_peer_server(o.serve.substr(0, colon), port, o.serve_count, [&] {
+    const cluster::HostPort at = listen_address(o.serve, "--serve");
+    worker::run_peer_server(at.host, at.port, o.serve_count, [&] {
       std::cout << "probe peer listening on " << o.serve << std::endl;
     });
     return 0;
@@ -314,10 +321,14 @@ int main(int argc, char** argv) {
   scalec->add_option("deployment", scale_name)->required();
   scalec->add_option("replicas", scale_n)->required();
   client_flags(scalec);
-  std::string events_subject;
+  cli::EventsQuery events_query;
   CLI::App* eventsc =
       app.add_subcommand("events", "What happened and why (placements, pending reasons, workers)");
-  eventsc->add_option("--subject", events_subject,
+  eventsc->add_option("--after", events_query.after, "Events after this id, oldest first")
+      ->check(CLI::NonNegativeNumber);
+  eventsc->add_option("--limit", events_query.limit, "At most this many (1-1000)")
+      ->check(CLI::Range(1, 1000));
+  eventsc->add_option("--subject", events_query.subject,
                       "Only events about this instance, deployment or worker");
   client_flags(eventsc);
 
@@ -343,7 +354,9 @@ int main(int argc, char** argv) {
   workerc->add_option("--llama", wc.llama_bin_dir,
                       "llama.cpp bin directory (default: scripts/llama-cpp's build)");
   workerc->add_option("--data-dir", wc.data_dir, "Logs and state")->default_val("ggfleet-worker");
-  workerc->add_option("--heartbeat-ms", wc.heartbeat_ms, "Heartbeat period")->default_val(2000);
+  workerc->add_option("--heartbeat-ms", wc.heartbeat_ms, "Heartbeat period")
+      ->default_val(2000)
+      ->check(CLI::Range(50, 600000));
   workerc
       ->add_option("--max-restarts", wc.max_restarts,
                    "Crashes of llama-server before the instance is given up and re-planned "
@@ -425,10 +438,9 @@ int main(int argc, char** argv) {
     }
     if (startc->parsed()) return cli::run_start(so_start);
     if (serverc->parsed()) {
-      const auto colon = listen.rfind(':');
-      if (colon == std::string::npos) throw std::invalid_argument("--listen wants HOST:PORT");
-      sc.host = listen.substr(0, colon);
-      sc.port = std::stoi(listen.substr(colon + 1));
+      const cluster::HostPort at = listen_address(listen, "--listen");
+      sc.host = at.host;
+      sc.port = at.port;
       return cli::run_server(sc);
     }
     if (deployc->parsed()) {
@@ -447,7 +459,7 @@ int main(int argc, char** argv) {
     if (lsc->parsed()) return cli::run_ls(co, ls_what);
     if (rmc->parsed()) return cli::run_rm(co, rm_name);
     if (scalec->parsed()) return cli::run_scale(co, scale_name, scale_n);
-    if (eventsc->parsed()) return cli::run_events(co, events_subject);
+    if (eventsc->parsed()) return cli::run_events(co, events_query);
     if (planc->parsed()) {
       apply(plan_flags, plr.options);
       return cli::run_plan(plr);

@@ -1,5 +1,7 @@
 #include "cli/worker_cmd.h"
 
+#include "cluster/units.h"
+
 #include <httplib.h>
 #include <pthread.h>
 #include <unistd.h>
@@ -104,9 +106,13 @@ int serve_start(const StartOptions& o, std::atomic<bool>& stop) {
   }
   server::ServerConfig sc;
   sc.data_dir = o.data_dir;
-  const auto colon = o.listen.rfind(':');
-  sc.host = o.listen.substr(0, colon);
-  sc.port = std::stoi(o.listen.substr(colon + 1));
+  try {
+    const cluster::HostPort at = cluster::parse_host_port(o.listen);
+    sc.host = at.host;
+    sc.port = at.port;
+  } catch (const cluster::UnitError& e) {
+    throw std::invalid_argument(std::string("--listen: ") + e.what());
+  }
   sc.admin_key = o.admin_key;
   sc.join_token = server::new_secret("ggj_");
   server::Server srv(sc);

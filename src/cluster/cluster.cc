@@ -69,13 +69,20 @@ class Parser {
       return std::nullopt;
     }
   }
+  // A bandwidth, which is never zero (no link and no memory moves nothing).
   double bandwidth(const YAML::Node& n, const std::string& what) const {
-    if (const auto v = plain(n, what)) return *v;
-    try {
-      return parse_bandwidth(text(n, what));
-    } catch (const UnitError& e) {
-      fail(n, what + ": " + e.what());
+    double v = 0;
+    if (const auto p = plain(n, what)) {
+      v = *p;
+    } else {
+      try {
+        v = parse_bandwidth(text(n, what));
+      } catch (const UnitError& e) {
+        fail(n, what + ": " + e.what());
+      }
     }
+    if (!(v > 0)) fail(n, what + " must be more than zero");
+    return v;
   }
   double duration(const YAML::Node& n, const std::string& what) const {
     if (const auto v = plain(n, what)) return *v;
@@ -129,6 +136,7 @@ class Parser {
       g.memory_bandwidth_bytes_per_s =
           bandwidth(n["memory_bandwidth"], where + ".memory_bandwidth");
     if (n["fp16"]) g.fp16_flops = flops(n["fp16"], where + ".fp16");
+    if (n["fp16"] && !(g.fp16_flops > 0)) fail(n["fp16"], where + ".fp16 must be more than zero");
     if (n["int8"]) g.int8_ops = flops(n["int8"], where + ".int8");
     if (!spec && (!n["vram"] || !n["memory_bandwidth"] || !n["fp16"])) {
       fail(n, "GPU '" + g.name +
@@ -152,7 +160,8 @@ class Parser {
       only_keys(cpu, {"cores", "memory_bandwidth"}, where + ".cpu");
       if (cpu["cores"]) {
         const long long c = cpu["cores"].as<long long>(-1);
-        if (c <= 0) fail(cpu["cores"], where + ".cpu.cores must be a positive integer");
+        if (c <= 0 || c > 65536)
+          fail(cpu["cores"], where + ".cpu.cores must be an integer from 1 to 65536");
         w.cpu.cores = static_cast<std::uint32_t>(c);
       }
       if (cpu["memory_bandwidth"])

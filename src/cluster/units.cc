@@ -159,4 +159,23 @@ std::string format_bytes(std::uint64_t bytes) {
   return buf;
 }
 
+HostPort parse_host_port(std::string_view text) {
+  const std::string t(text);
+  const auto colon = t.rfind(':');
+  if (colon == std::string::npos || colon == 0) throw UnitError("'" + t + "' is not HOST:PORT");
+  std::string host = t.substr(0, colon);
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']') throw UnitError("'" + t + "': unbalanced [ ]");
+    host = host.substr(1, host.size() - 2);
+  } else if (host.find(':') != std::string::npos) {
+    throw UnitError("'" + t + "': write an IPv6 host in brackets, [::1]:8080");
+  }
+  const std::string port = t.substr(colon + 1);
+  if (port.empty() || port.size() > 5 ||
+      port.find_first_not_of("0123456789") != std::string::npos || std::stoul(port) > 65535)
+    throw UnitError("'" + t +
+                    "': " + (port.empty() ? "no port" : "'" + port + "' is not a port (0-65535)"));
+  return {host, static_cast<std::uint16_t>(std::stoul(port))};
+}
+
 }  // namespace ggfleet::cluster

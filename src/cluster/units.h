@@ -32,4 +32,13 @@ double parse_duration(std::string_view text);
 // "4.37 GiB"-style text for people (two decimals, binary units).
 std::string format_bytes(std::uint64_t bytes);
 
+// "HOST:PORT" as a listener or peer address: HOST non-empty (an IPv6 literal in brackets,
+// returned without them), PORT a decimal number 0..65535 and nothing else. Throws UnitError
+// saying what is wrong ("70000 is not a port (0-65535)").
+struct HostPort {
+  std::string host;
+  std::uint16_t port = 0;
+};
+HostPort parse_host_port(std::string_view text);
+
 }  // namespace ggfleet::cluster

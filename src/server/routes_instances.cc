@@ -63,10 +63,14 @@ void Server::instance_routes() {
   s.Get("/v1/events",
         handle("/v1/events", true, [this](const auto& req, auto& res, const Principal& p) {
           allow(p, {KeyRole::kAdmin, KeyRole::kUser});
-          std::int64_t after = 0;
+          std::int64_t after = 0, before = 0;
           std::size_t limit = 200;
+          const std::string order = req.has_param("order") ? req.get_param_value("order") : "asc";
+          if (order != "asc" && order != "desc")
+            throw HttpError{400, "order must be asc (oldest first) or desc (newest first)"};
           try {
             if (req.has_param("after")) after = std::stoll(req.get_param_value("after"));
+            if (req.has_param("before")) before = std::stoll(req.get_param_value("before"));
             if (req.has_param("limit"))
               limit = static_cast<std::size_t>(
                   std::clamp(std::stoi(req.get_param_value("limit")), 1, 1000));
@@ -74,8 +78,8 @@ void Server::instance_routes() {
             throw HttpError{400, "after and limit must be integers"};
           }
           json list = json::array();
-          for (const store::EventRow& e :
-               store_->events(after, limit, req.get_param_value("subject")))
+          for (const store::EventRow& e : store_->events(
+                   after, limit, req.get_param_value("subject"), order == "desc", before))
             list.push_back(event_json(e));
           reply(res, {{"events", list}});
         }));

@@ -394,17 +394,21 @@ void Store::event(const std::string& kind, const std::string& subject, const std
 }
 
 std::vector<EventRow> Store::events(std::int64_t after_id, std::size_t limit,
-                                    const std::string& subject) {
+                                    const std::string& subject, bool newest_first,
+                                    std::int64_t before_id) {
   return locked([&](Db& db) {
-    const Rows r = subject.empty() ? db.exec(
-                                         "SELECT id, time_ms, kind, subject, message FROM events "
-                                         "WHERE id > $1 ORDER BY id LIMIT $2",
-                                         {after_id, static_cast<std::int64_t>(limit)})
-                                   : db.exec(
-                                         "SELECT id, time_ms, kind, subject, message FROM events "
-                                         "WHERE id > $1 AND subject = $3 "
-                                         "ORDER BY id LIMIT $2",
-                                         {after_id, static_cast<std::int64_t>(limit), subject});
+    std::string sql = "SELECT id, time_ms, kind, subject, message FROM events WHERE id > $1";
+    std::vector<Param> params = {after_id, static_cast<std::int64_t>(limit)};
+    if (!subject.empty()) {
+      params.emplace_back(subject);
+      sql += " AND subject = $" + std::to_string(params.size());
+    }
+    if (before_id > 0) {
+      params.emplace_back(before_id);
+      sql += " AND id < $" + std::to_string(params.size());
+    }
+    sql += newest_first ? " ORDER BY id DESC LIMIT $2" : " ORDER BY id LIMIT $2";
+    const Rows r = db.exec(sql, params);
     std::vector<EventRow> out;
     for (std::size_t i = 0; i < r.rows.size(); ++i) {
       out.push_back({r.integer(i, 0), r.integer(i, 1), r.text(i, 2), r.text(i, 3), r.text(i, 4)});

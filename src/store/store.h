@@ -124,10 +124,12 @@ class Store {
   std::vector<KeyRow> keys();
   bool delete_key(const std::string& id);
 
-  // Events (newest last); `after_id` pages.
+  // Events. Oldest first after `after_id`, at most `limit`; with `newest_first`, the newest
+  // first, before `before_id` when it is > 0 (pages back in time). `subject` ("" = any) filters.
   void event(const std::string& kind, const std::string& subject, const std::string& message);
   std::vector<EventRow> events(std::int64_t after_id = 0, std::size_t limit = 200,
-                               const std::string& subject = "");
+                               const std::string& subject = "", bool newest_first = false,
+                               std::int64_t before_id = 0);
 
   // A number that changes whenever any instance's assignment does (workers long-poll on it).
   std::int64_t assignment_version();

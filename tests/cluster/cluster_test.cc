@@ -98,7 +98,19 @@ TEST(Cluster, BadInputIsAClearError) {
   expect_error("workers:\n  - name: w\nnetwork:\n  links: [{between: [w, x]}]\n",
                "unknown worker 'x'");
   expect_error("workers: []\n", "non-empty");
-  expect_error("workers:\n  - name: w\n    cpu: {cores: -4}\n", "positive integer");
+  expect_error("workers:\n  - name: w\n    cpu: {cores: -4}\n", "from 1 to 65536");
+  // Numbers that would wrap or mean nothing: 2^32 + 1 cores, zero bandwidths.
+  expect_error("workers:\n  - name: w\n    cpu: {cores: 4294967297}\n", "from 1 to 65536");
+  expect_error("workers:\n  - name: w\n    cpu: {memory_bandwidth: 0GB/s}\n",
+               "memory_bandwidth must be more than zero");
+  expect_error(
+      "workers:\n  - name: a\n  - name: b\nnetwork:\n  links:\n    - {between: [a, b], "
+      "bandwidth: 0Gbit/s}\n",
+      "bandwidth must be more than zero");
+  expect_error(
+      "workers:\n  - name: w\n    gpus: [{name: X, vram: 8GiB, memory_bandwidth: "
+      "1TB/s, fp16: 0}]\n",
+      "fp16 must be more than zero");
   expect_error("workers: [\n", "c.yaml:");
   expect_error("workers:\n  - name: w\n    gpus: [{name: NVIDIA L40S, used: 50GiB}]\n",
                "used exceeds vram");

@@ -379,6 +379,19 @@ TEST(ClientVerbs, DeployListScaleEventsRemove) {
   EXPECT_EQ(Api(f.port()).get("/v1/deployments/chat", ServerFixture::kAdmin).body["replicas"], 1);
   r = run("events", "--subject chat");
   EXPECT_NE(r.output.find("deployment.created"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("TIME (UTC)"), std::string::npos) << r.output;
+  // Newest first, a page at a time; --after pages forward from an id, oldest first.
+  r = run("events", "--limit 2 --json");
+  const json newest = json::parse(r.output.substr(r.output.find('{')));
+  ASSERT_EQ(newest["events"].size(), 2u) << r.output;
+  EXPECT_GT(newest["events"][0]["id"].get<int>(), newest["events"][1]["id"].get<int>());
+  r = run("events", "--after 1 --limit 1 --json");
+  EXPECT_EQ(json::parse(r.output.substr(r.output.find('{')))["events"][0]["id"], 2) << r.output;
+  // Names are sent encoded: a space or a slash cannot reach another route.
+  r = run("rm", "'a b/../../v1/keys'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("404"), std::string::npos) << r.output;
+  EXPECT_EQ(run("events", "--limit 0").exit_code, 105) << "CLI11 refuses an out-of-range limit";
   EXPECT_EQ(run("rm", "chat").exit_code, 0);
   r = run("rm", "chat");
   EXPECT_EQ(r.exit_code, 1);
@@ -387,6 +400,19 @@ TEST(ClientVerbs, DeployListScaleEventsRemove) {
                   std::to_string(f.port()) + " --key wrong");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("401: invalid API key"), std::string::npos) << r.output;
+  // Malformed ports and numbers name the flag instead of "stoi".
+  for (const std::string& args :
+       {std::string("server --listen 127.0.0.1:abc"), std::string("server --listen 0.0.0.0:70000"),
+        std::string("start --listen localhost:"), std::string("probe --serve 127.0.0.1:99999")}) {
+    r = run_command(std::string(GGFLEET_BINARY) + " " + args + " 2>&1");
+    EXPECT_NE(r.exit_code, 0) << args;
+    EXPECT_NE(r.output.find("--"), std::string::npos) << args << ": " << r.output;
+    EXPECT_EQ(r.output.find("stoi"), std::string::npos) << args << ": " << r.output;
+    EXPECT_NE(r.output.find("port"), std::string::npos) << args << ": " << r.output;
+  }
+  r = run_command(std::string(GGFLEET_BINARY) + " worker --heartbeat-ms 0 2>&1");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("heartbeat-ms"), std::string::npos) << r.output;
 }
 
 }  // namespace
