@@ -31,6 +31,7 @@
 #include "model/synth.h"
 #include "server/auth.h"
 #include "server/server.h"
+#include "store/store.h"
 #include "worker/agent.h"
 
 namespace {
@@ -90,24 +91,27 @@ double median(const std::vector<double>& v) {
 
 struct Config {
   std::string name;
-  json extra_args;
+  json options;  // deployment options beyond the context
 };
 
-// Deploys `model` as deployment `name`; returns its llama-server's port once running (0: never).
+// Deploys `model` as deployment `name` with `options` (context 1024 unless given); returns its
+// llama-server's port once running (0: never) and, in *instance_key, the key only the server's
+// proxy holds (read from the store: this bench is the server's own process).
 int deploy(httplib::Client& api, const httplib::Headers& auth, const std::string& name,
-           const std::string& model, const json& extra_args) {
+           const std::string& model, json options, const std::string& db,
+           std::string* instance_key) {
+  if (!options.contains("context")) options["context"] = 1024;
   api.Post("/v1/deployments", auth,
-           json{{"name", name},
-                {"model", model},
-                {"options", {{"context", 1024}, {"extra_args", extra_args}}}}
-               .dump(),
-           "application/json");
+           json{{"name", name}, {"model", model}, {"options", options}}.dump(), "application/json");
   for (int i = 0; i < 600; ++i) {
     const auto r = api.Get(("/v1/instances?deployment=" + name).c_str(), auth);
     const json j = r ? json::parse(r->body) : json::object();
     if (!j.value("instances", json::array()).empty() && j["instances"][0]["state"] == "running") {
-      const auto d =
-          api.Get(("/v1/instances/" + j["instances"][0]["id"].get<std::string>()).c_str(), auth);
+      const std::string id = j["instances"][0]["id"];
+      const auto d = api.Get(("/v1/instances/" + id).c_str(), auth);
+      ggfleet::store::Store store(db);
+      const json a = json::parse(store.instance(id)->assignment_json);
+      *instance_key = a.value("instance_key", "");
       return json::parse(d->body)["assignment"]["server_port"];
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -160,30 +164,32 @@ int main(int argc, char** argv) {
   const httplib::Headers auth = {{"Authorization", "Bearer bench"}};
   const unsigned cores = std::max(2u, std::thread::hardware_concurrency());
   const std::vector<Config> configs = {
-      {"llama-server on all " + std::to_string(cores) + " cores", json::array()},
+      {"llama-server on all " + std::to_string(cores) + " cores", json::object()},
       {"llama-server -t " + std::to_string(cores - 1) + " (one core left)",
-       json::array({"-t", std::to_string(cores - 1)})}};
+       json{{"threads", cores - 1}}}};
   std::printf(
       "per path, alternating: %d streamed completions of %d tokens (tokens/s), %d of one token "
       "(TTFT)\n",
       requests, tokens, ttft_requests);
   int status = 0;
   for (const Config& config : configs) {
-    const int direct_port = deploy(api, auth, "m", model, config.extra_args);
+    std::string instance_key;
+    const int direct_port =
+        deploy(api, auth, "m", model, config.options, sc.data_dir + "/ggfleet.db", &instance_key);
     if (direct_port == 0) {
       std::fprintf(stderr, "the instance did not start\n");
       status = 1;
       break;
     }
-    stream("127.0.0.1", direct_port, "", "m", 8);  // warm up both paths
+    stream("127.0.0.1", direct_port, instance_key, "m", 8);  // warm up both paths
     stream("127.0.0.1", port, "bench", "m", 8);
     std::vector<double> d_ttft, d_tps, p_ttft, p_tps, added;
     for (int i = 0; i < requests; ++i) {
-      d_tps.push_back(stream("127.0.0.1", direct_port, "", "m", tokens).tokens_per_s);
+      d_tps.push_back(stream("127.0.0.1", direct_port, instance_key, "m", tokens).tokens_per_s);
       p_tps.push_back(stream("127.0.0.1", port, "bench", "m", tokens).tokens_per_s);
     }
     for (int i = 0; i < ttft_requests; ++i) {
-      const Sample d = stream("127.0.0.1", direct_port, "", "m", 1);
+      const Sample d = stream("127.0.0.1", direct_port, instance_key, "m", 1);
       const Sample p = stream("127.0.0.1", port, "bench", "m", 1);
       d_ttft.push_back(d.ttft_ms);
       p_ttft.push_back(p.ttft_ms);

@@ -29,6 +29,7 @@
 #include <thread>
 
 #include "model/synth.h"
+#include "store/store.h"
 #include "worker/process.h"
 
 namespace {
@@ -90,7 +91,9 @@ struct Outcome {
   bool complete = false;  // saw [DONE]
 };
 
-awaitable<void> client(std::string host, int port, std::string body, bool with_key, Outcome& out) {
+// `key`: the Bearer key to send ("" = none).
+awaitable<void> client(std::string host, int port, std::string body, std::string key,
+                       Outcome& out) {
   try {
     auto ex = co_await asio::this_coro::executor;
     beast::tcp_stream s(ex);
@@ -100,7 +103,7 @@ awaitable<void> client(std::string host, int port, std::string body, bool with_k
     http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
     req.set(http::field::host, host);
     req.set(http::field::content_type, "application/json");
-    if (with_key) req.set(http::field::authorization, std::string("Bearer ") + kAdmin);
+    if (!key.empty()) req.set(http::field::authorization, "Bearer " + key);
     req.body() = body;
     req.prepare_payload();
     co_await http::async_write(s, req, use_awaitable);
@@ -145,7 +148,7 @@ struct Run {
   double seconds = 0;
 };
 
-Run run_clients(const std::string& host, int port, int clients, bool with_key,
+Run run_clients(const std::string& host, int port, int clients, const std::string& key,
                 const std::string& model = "stub", int max_tokens = 8) {
   asio::io_context io(1);
   std::vector<Outcome> outs(static_cast<std::size_t>(clients));
@@ -155,7 +158,7 @@ Run run_clients(const std::string& host, int port, int clients, bool with_key,
       {"max_tokens", max_tokens},
       {"stream", true}}.dump();
   for (int k = 0; k < clients; ++k)
-    asio::co_spawn(io, client(host, port, body, with_key, outs[static_cast<std::size_t>(k)]),
+    asio::co_spawn(io, client(host, port, body, key, outs[static_cast<std::size_t>(k)]),
                    asio::detached);
   const auto t0 = Clock::now();
   io.run();
@@ -285,6 +288,7 @@ int real_run(const std::string& llama, int clients) {
   deploy_small(api, dir, "real");
   bool running = false;
   int listen_port = 0;
+  std::string instance_key;
   for (int k = 0; k < 1800 && !running; ++k) {
     auto r = api.Get("/v1/instances", admin);
     const json list = r ? json::parse(r->body)["instances"] : json::array();
@@ -294,6 +298,11 @@ int real_run(const std::string& llama, int clients) {
           json::parse(api.Get(("/v1/instances/" + list[0]["id"].get<std::string>()).c_str(), admin)
                           ->body)["assignment"];
       listen_port = a.value("listen_port", a.value("server_port", 0));
+      // The instance's own key, which only the server holds: read from its database (the
+      // bench measures llama-server directly beside the proxy).
+      ggfleet::store::Store store((dir / "data" / "ggfleet.db").string());
+      instance_key = json::parse(store.instance(list[0]["id"].get<std::string>())->assignment_json)
+                         .value("instance_key", "");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -301,10 +310,10 @@ int real_run(const std::string& llama, int clients) {
     std::fprintf(stderr, "proxy_load: the real instance did not start (see %s)\n", dir.c_str());
     return 1;
   }
-  const Run direct = run_clients("127.0.0.1", listen_port, clients, false, "real", 8);
+  const Run direct = run_clients("127.0.0.1", listen_port, clients, instance_key, "real", 8);
   beats.reset();
   beats.measuring = true;
-  const Run proxied = run_clients("127.0.0.1", port, clients, true, "real", 8);
+  const Run proxied = run_clients("127.0.0.1", port, clients, kAdmin, "real", 8);
   beats.measuring = false;
   int unreachable = 0, replanned = 0;
   if (auto ev = api.Get("/v1/events?limit=1000", admin)) {
@@ -435,7 +444,7 @@ int main(int argc, char** argv) {
               "hb_p99", "hb_max");
   int failed_goal = 0;
   for (int n : counts) {
-    const Run direct = run_clients("127.0.0.1", upstream_port, n, false);
+    const Run direct = run_clients("127.0.0.1", upstream_port, n, "");
     std::printf("%7d %-7s %7d %5d %6d %8d %8.1f %8.1f %9.1f %8s %8s %8s %8s\n", n, "direct",
                 direct.served, direct.busy, direct.errors, direct.incomplete,
                 percentile(direct.ttft, 0.5), percentile(direct.ttft, 0.99), direct.seconds, "-",
@@ -452,7 +461,7 @@ int main(int argc, char** argv) {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
     });
-    const Run proxied = run_clients("127.0.0.1", port, n, true);
+    const Run proxied = run_clients("127.0.0.1", port, n, kAdmin);
     sampling = false;
     sampler.join();
     beats.measuring = false;

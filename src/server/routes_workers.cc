@@ -288,6 +288,10 @@ void Server::worker_routes() {
                      if (mine.count(name)) list = std::move(mine[name]);
                    });
                  }
+                 // The instance's own key goes to the worker that starts it, never to a person.
+                 if (p.role != KeyRole::kWorker) {
+                   for (json& a : list) a.erase("instance_key");
+                 }
                  json out = {{"version", version}, {"instances", list}};
                  if (retry_after_ms > 0) out["retry_after_ms"] = retry_after_ms;
                  reply(res, out);
