@@ -294,6 +294,36 @@ TEST(Security, HeartbeatReasonCutInsideACharacterBreaksNothing) {
   EXPECT_EQ(one.body.value("reason", "").size(), 4095u);
 }
 
+// The instance's own key reaches the worker that starts it and nobody else: not the instance
+// routes, not the assignments route read with an admin or user key.
+TEST(Security, InstanceKeyReachesOnlyItsWorker) {
+  ServerFixture f;
+  const std::string w1 = f.add_worker("w1", resources(1));
+  const std::string user = user_key(f);
+  ASSERT_EQ(deploy(f, kAdmin, f.model()).status, 201);
+  std::string id;
+  ASSERT_TRUE(f.eventually([&] {
+    const Reply r = f.api().get("/v1/instances", kAdmin);
+    for (const json& i : r.body.value("instances", json::array())) {
+      if (i.value("state", "") == "assigned") id = i.value("id", "");
+    }
+    return !id.empty();
+  }));
+  const Reply mine = f.api().get("/v1/workers/w1/assignments?since=0", w1);
+  ASSERT_EQ(mine.status, 200);
+  ASSERT_EQ(mine.body["instances"].size(), 1u);
+  const std::string key = mine.body["instances"][0].value("instance_key", "");
+  EXPECT_EQ(key.rfind("ggi_", 0), 0u) << mine.body.dump();
+  for (const std::string& who : {std::string(kAdmin), user}) {
+    for (const std::string& path : {std::string("/v1/workers/w1/assignments?since=0"),
+                                    "/v1/instances/" + id, std::string("/v1/instances")}) {
+      const Reply r = f.api().get(path, who);
+      EXPECT_EQ(r.status, 200) << path;
+      EXPECT_EQ(r.body.dump().find(key), std::string::npos) << path;
+    }
+  }
+}
+
 TEST(Security, DeepJsonIsRefusedAtParseTime) {
   ServerFixture f;
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');
