@@ -42,6 +42,19 @@ std::string small_model(const std::string& dir) {
   return model::synth("llama3-8b-q4_0", dir, o).front();
 }
 
+// The id of an instance once the scheduler has assigned it ("" after 10 s without one).
+std::string assigned_instance(ServerFixture& f) {
+  std::string id;
+  f.eventually([&] {
+    const Reply r = f.api().get("/v1/instances", kAdmin);
+    for (const json& i : r.body.value("instances", json::array())) {
+      if (i.value("state", "") == "assigned") id = i.value("id", "");
+    }
+    return !id.empty();
+  });
+  return id;
+}
+
 Reply deploy(ServerFixture& f, const std::string& key, const std::string& model,
              const json& options = json::object(), const std::string& name = "chat") {
   return f.api().post("/v1/deployments", key,
@@ -273,14 +286,8 @@ TEST(Security, HeartbeatReasonCutInsideACharacterBreaksNothing) {
   ServerFixture f;
   const std::string w1 = f.add_worker("w1", resources(1));
   ASSERT_EQ(deploy(f, kAdmin, f.model()).status, 201);
-  std::string id;
-  ASSERT_TRUE(f.eventually([&] {
-    const Reply r = f.api().get("/v1/instances", kAdmin);
-    for (const json& i : r.body.value("instances", json::array())) {
-      if (i.value("state", "") == "assigned") id = i.value("id", "");
-    }
-    return !id.empty();
-  }));
+  const std::string id = assigned_instance(f);
+  ASSERT_FALSE(id.empty());
   // 4095 ASCII bytes then a 2-byte character: a byte cut at 4096 would split it.
   const std::string reason = std::string(4095, 'x') + "\xC3\xA9";
   const Reply hb = f.api().post(
@@ -301,14 +308,8 @@ TEST(Security, InstanceKeyReachesOnlyItsWorker) {
   const std::string w1 = f.add_worker("w1", resources(1));
   const std::string user = user_key(f);
   ASSERT_EQ(deploy(f, kAdmin, f.model()).status, 201);
-  std::string id;
-  ASSERT_TRUE(f.eventually([&] {
-    const Reply r = f.api().get("/v1/instances", kAdmin);
-    for (const json& i : r.body.value("instances", json::array())) {
-      if (i.value("state", "") == "assigned") id = i.value("id", "");
-    }
-    return !id.empty();
-  }));
+  const std::string id = assigned_instance(f);
+  ASSERT_FALSE(id.empty());
   const Reply mine = f.api().get("/v1/workers/w1/assignments?since=0", w1);
   ASSERT_EQ(mine.status, 200);
   ASSERT_EQ(mine.body["instances"].size(), 1u);
