@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Writes small valid GGUF files into fuzz/corpus as fuzzing seeds (stdlib only)."""
+"""Writes small valid GGUF files into fuzz/corpus/gguf_reader as fuzzing seeds (stdlib only)."""
 import os
 import struct
 import sys
 
-out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "corpus")
+out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "corpus", "gguf_reader")
 os.makedirs(out, exist_ok=True)
 
 

@@ -197,6 +197,9 @@ TEST(Api, MalformedRequestsAre4xxJson) {
        400, "from 0 to 1000"},
       {"POST", "/v1/deployments", R"({"name":"a","model":")" + big + R"("})", 413, "too large"},
       {"PATCH", "/v1/deployments/nope", R"({"replicas":1})", 404, "no deployment"},
+      // An empty PATCH reached the control plane without its "Content-Length: 0" and waited
+      // there for a body until httplib's read timeout (found by fuzz/http_api_fuzz).
+      {"PATCH", "/v1/deployments/nope", "", 400, "body is required"},
       {"POST", "/v1/workers/register",
        R"({"name":"w9","resources":{"gpus":[{"name":"Mystery GPU"}]}})", 400, "not in the catalog"},
       {"POST", "/v1/workers/register", R"({"name":"w9","resources":{"cpu":"fast"}})", 400,
@@ -220,6 +223,74 @@ TEST(Api, MalformedRequestsAre4xxJson) {
   // Nothing half-written: no deployment named "a" was created by any of those.
   EXPECT_EQ(api.get("/v1/deployments/a", kAdmin).status, 404);
   EXPECT_EQ(api.get("/healthz", "").status, 200);
+}
+
+// HEAD is answered with the GET's headers and no body, and the connection stays usable: the
+// gateway used to wait for the body the answer's Content-Length announced (found by
+// fuzz/http_api_fuzz), so the next request on the connection got nothing until a timeout.
+TEST(Api, HeadAnswersHeadersOnlyAndTheConnectionGoesOn) {
+  ServerFixture f;
+  httplib::Client client("127.0.0.1", f.port());
+  client.set_keep_alive(true);
+  client.set_read_timeout(10);
+  const httplib::Headers auth = {{"Authorization", std::string("Bearer ") + kAdmin}};
+  for (int round = 0; round < 3; ++round) {
+    const httplib::Result head = client.Head("/v1/deployments", auth);
+    ASSERT_TRUE(head) << "round " << round << ": " << httplib::to_string(head.error());
+    EXPECT_EQ(head->status, 200);
+    EXPECT_TRUE(head->body.empty());
+    const httplib::Result get = client.Get("/v1/deployments", auth);
+    ASSERT_TRUE(get) << "round " << round << ": " << httplib::to_string(get.error());
+    EXPECT_EQ(get->status, 200);
+    EXPECT_EQ(json::parse(get->body)["deployments"], json::array());
+  }
+}
+
+// Requests Beast cannot parse (a byte no target may hold, a bad method, a broken header line or
+// chunk) get a 400 JSON answer and the connection closes: the gateway used to close it without a
+// word (found by fuzz/http_api_fuzz).
+// Requests Beast cannot parse (a byte no target may hold, a bad method, a broken header line or
+// chunk) get a 400 JSON answer and the connection closes: the gateway used to close it without a
+// word (found by fuzz/http_api_fuzz).
+// A GET or HEAD with a body, then another request on the same connection: both answered as
+// themselves. The body used to reach the control plane, which took it for the start of the next
+// request on the gateway's kept-alive connection and answered that one with a 400.
+TEST(Api, BodiesOnGetAndHeadDoNotLeakIntoTheNextRequest) {
+  ServerFixture f;
+  const std::string auth = std::string("Authorization: Bearer ") + kAdmin + "\r\n";
+  for (const char* method : {"GET", "HEAD"}) {
+    const std::string answer = raw_exchange(
+        f.port(), std::string(method) + " /v1/deployments HTTP/1.1\r\nHost: x\r\n" + auth +
+                      "Content-Length: 4\r\n\r\nnull"
+                      "GET /v1/deployments HTTP/1.1\r\nHost: x\r\n" +
+                      auth + "Connection: close\r\n\r\n");
+    std::size_t ok = 0;
+    for (std::size_t at = answer.find("HTTP/1.1 200 "); at != std::string::npos;
+         at = answer.find("HTTP/1.1 200 ", at + 1))
+      ++ok;
+    EXPECT_EQ(ok, 2u) << method << "\n" << answer;
+    EXPECT_EQ(answer.find("HTTP/1.1 4"), std::string::npos) << method << "\n" << answer;
+  }
+}
+
+TEST(Api, UnparseableRequestsGet400) {
+  ServerFixture f;
+  const std::string end = "Host: x\r\nConnection: close\r\n\r\n";
+  for (const std::string& request :
+       {"PATCH /v1/\x8a\x17 HTTP/1.1\r\n" + end, "GET /v1/a\x01b HTTP/1.1\r\n" + end,
+        "G(T /v1/deployments HTTP/1.1\r\n" + end,
+        "GET /v1/deployments HTTP/1.1\r\nBad Header\r\n" + end,
+        std::string("POST /v1/deployments HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "zz\r\n{}\r\n0\r\n\r\n")}) {
+    const std::string answer = raw_exchange(f.port(), request);
+    EXPECT_EQ(answer.rfind("HTTP/1.1 400 ", 0), 0u) << request << "\n=> " << answer;
+    const std::size_t body = answer.find("\r\n\r\n");
+    ASSERT_NE(body, std::string::npos) << request;
+    const json error = json::parse(answer.substr(body + 4), nullptr, false);
+    ASSERT_TRUE(error.is_object() && error["error"].is_string()) << answer;
+    EXPECT_NE(error["error"].get<std::string>().find("malformed"), std::string::npos) << answer;
+  }
+  EXPECT_EQ(f.api().get("/healthz", "").status, 200);
 }
 
 TEST(Api, UnplaceableInstancesStayPendingWithTheReason) {
