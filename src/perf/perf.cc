@@ -311,12 +311,46 @@ LayerCosts::LayerCosts(const model::Profile& p, const Constants& c) : c_(c) {
       p.experts.count > 0 ? static_cast<double>(p.experts.used) / p.experts.count : 1.0;
   double sum = 0;
   for (const model::BlockBytes& b : p.block_bytes) {
-    sum += static_cast<double>(b.total_bytes - b.expert_bytes) +
-           used_fraction * static_cast<double>(b.expert_bytes);
+    const double read = static_cast<double>(b.total_bytes - b.expert_bytes) +
+                        used_fraction * static_cast<double>(b.expert_bytes);
+    sum += read;
+    block_read_bytes_.push_back(read_factor(p, c) * read);
   }
   block_bytes_ = p.block_bytes.empty()
                      ? 0
                      : read_factor(p, c) * sum / static_cast<double>(p.block_bytes.size());
+  head_bytes_ = read_factor(p, c) *
+                static_cast<double>((p.output_tied ? p.token_embedding_bytes : p.output_bytes) +
+                                    p.output_norm_bytes);
+  logits_bytes_ = static_cast<double>(p.vocab_size) * kActivationBytes;
+}
+
+double LayerCosts::head_gpu_s(const cluster::Gpu& gpu, bool remote) const {
+  return head_bytes_ / (gpu.memory_bandwidth_bytes_per_s * c_.gpu_bandwidth_efficiency) +
+         c_.gpu_layer_s +
+         (remote ? c_.rpc_layer_s + logits_bytes_ / c_.rpc_transfer_bandwidth_bytes_per_s : 0.0);
+}
+
+double LayerCosts::gpu_byte_s(const cluster::Gpu& gpu) const {
+  return 1.0 / (gpu.memory_bandwidth_bytes_per_s * c_.gpu_bandwidth_efficiency);
+}
+
+double LayerCosts::gpu_layer_fixed_s(bool remote) const {
+  return c_.gpu_layer_s + (remote ? c_.rpc_layer_s : 0.0);
+}
+
+double LayerCosts::cpu_byte_s(const cluster::Worker& main, std::uint32_t threads) const {
+  return 1.0 / cpu_bandwidth(main, threads > 0 ? threads : std::max(1u, main.cpu.cores), c_);
+}
+
+double LayerCosts::cpu_layer_fixed_s() const {
+  return c_.cpu_layer_s;
+}
+
+double LayerCosts::head_cpu_s(const cluster::Worker& main, std::uint32_t threads) const {
+  return head_bytes_ /
+             cpu_bandwidth(main, threads > 0 ? threads : std::max(1u, main.cpu.cores), c_) +
+         c_.cpu_layer_s;
 }
 
 double LayerCosts::gpu_block_s(const cluster::Gpu& gpu, bool remote) const {

@@ -100,9 +100,25 @@ class LayerCosts {
   double cpu_block_s(const cluster::Worker& main,
                      std::uint32_t threads) const;  // threads 0 = cores
   double rpc_call_s(const cluster::Link& link) const;
+  // The output head (output norm, output matrix) per token on a GPU — over RPC with the logits'
+  // way back to the main at the RPC transfer rate (the link is slower still) — or on the main's
+  // CPU.
+  double head_gpu_s(const cluster::Gpu& gpu, bool remote) const;
+  double head_cpu_s(const cluster::Worker& main, std::uint32_t threads) const;
+  // The parts of a block's cost, for bounds: seconds per byte read, fixed seconds per layer, and
+  // the bytes each block reads per token (dequantization weighted; routed experts: the share a
+  // token uses). gpu_block_s = average bytes * gpu_byte_s + gpu_layer_fixed_s.
+  double gpu_byte_s(const cluster::Gpu& gpu) const;
+  double gpu_layer_fixed_s(bool remote) const;
+  double cpu_byte_s(const cluster::Worker& main, std::uint32_t threads) const;
+  double cpu_layer_fixed_s() const;
+  const std::vector<double>& block_read_bytes() const { return block_read_bytes_; }
 
  private:
   double block_bytes_ = 0;  // average weights read per block and token
+  double head_bytes_ = 0;   // weights read per token by the output head
+  double logits_bytes_ = 0;
+  std::vector<double> block_read_bytes_;
   Constants c_;
 };
 

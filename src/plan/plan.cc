@@ -112,6 +112,33 @@ class Search {
     const estimate::Estimate e = estimate::estimate(m, cpu_only);  // validates the options
     kv_block_bytes_ = blocks_ > 0 ? static_cast<double>(e.host.kv_bytes) / blocks_ : 0;
     host_need_bytes_ = e.host.total_bytes;
+    for (std::size_t d = 0; d < devs_.size(); ++d) devs_of_[devs_[d].worker].push_back(d);
+    // Bounds (fast search): the smallest blocks' weights, so that a device's capacity in blocks
+    // is never underestimated; the cheapest RPC call of any link.
+    std::vector<double> sizes;
+    for (std::uint32_t i = 0; i < blocks_; ++i)
+      sizes.push_back(static_cast<double>(m.layers[i].cuda_bytes));
+    std::sort(sizes.begin(), sizes.end());
+    double sum = 0;
+    for (double b : sizes) smallest_blocks_bytes_.push_back(sum += b);
+    min_rpc_call_s_ = costs_.rpc_call_s(cl.default_link);
+    for (const auto& [pair, link] : cl.links)
+      min_rpc_call_s_ = std::min(min_rpc_call_s_, costs_.rpc_call_s(link));
+    const std::vector<double>& reads = costs_.block_read_bytes();
+    if (!reads.empty()) {
+      min_read_bytes_ = *std::min_element(reads.begin(), reads.end());
+      for (double b : reads) extra_read_bytes_ += b - min_read_bytes_;
+    }
+    for (std::size_t d = 0; d < devs_.size(); ++d) {
+      min_gpu_byte_s_ = std::min(min_gpu_byte_s_, costs_.gpu_byte_s(*devs_[d].gpu));
+      const double cap = capacity_blocks(d);
+      if (cap < 1) continue;
+      remote_by_bound_.push_back({gpu_bound_s(d, true) + min_rpc_call_s_ / cap, cap, d});
+    }
+    std::sort(remote_by_bound_.begin(), remote_by_bound_.end(),
+              [](const BoundItem& a, const BoundItem& b) { return a.cost_s < b.cost_s; });
+    for (const Dev& d : devs_)
+      min_remote_head_s_ = std::min(min_remote_head_s_, costs_.head_gpu_s(*d.gpu, true));
   }
 
   const std::vector<Dev>& devs() const { return devs_; }
@@ -341,12 +368,14 @@ class Search {
   // Evaluates every candidate set for `main`; returns the feasible ones.
   // Evaluates the candidate sets for `main`; returns the feasible ones. `quick`: only the main's
   // own GPUs then remote ones, fastest first, with the default output device.
-  std::vector<Eval> for_main(const cluster::Worker& main, bool quick = false) {
+  // `floor_tg` > 0 (fast search): sets whose bound cannot reach it are not evaluated.
+  std::vector<Eval> for_main(const cluster::Worker& main, bool quick = false, double floor_tg = 0) {
     std::vector<Eval> out;
     std::set<std::vector<std::size_t>> seen;
     auto try_set = [&](std::vector<std::size_t> set) -> bool {  // true: the set holds everything
       std::sort(set.begin(), set.end());
       if (!seen.insert(set).second) return false;
+      if (floor_tg > 0 && 1.0 / set_bound_s(main, set) < floor_tg) return false;
       std::optional<Eval> ev = split(main, set, r_.gpu_layers, quick);
       if (!ev) return false;
       const bool complete = ev->estimate.offloaded_layers == ev->estimate.total_layers;
@@ -415,7 +444,8 @@ class Search {
 
   // Hill climbing from `start`: drop a device, add one, or swap one for another of the pool,
   // while the prediction improves. Returns the best found (`start` if nothing beats it).
-  Eval improve(const Eval& start, int rounds = 8) {
+  // `bounded` (fast search): moves whose set bound cannot beat the best are not evaluated.
+  Eval improve(const Eval& start, bool bounded, int rounds = 8) {
     Eval best = start;
     const cluster::Worker& main = *start.main;
     const std::vector<std::size_t> pool = pool_for(main);
@@ -445,6 +475,7 @@ class Search {
       for (std::vector<std::size_t>& set : moves) {
         std::sort(set.begin(), set.end());
         if (!seen.insert(set).second) continue;
+        if (bounded && 1.0 / set_bound_s(main, set) <= best.tg * 1.0001) continue;
         std::optional<Eval> ev = split(main, set, r_.gpu_layers);
         if (ev && ev->tg > best.tg * 1.0001) {
           best = std::move(*ev);
@@ -484,15 +515,99 @@ class Search {
     return gpu_part + cpu_blocks * cpu_block_s(main);
   }
 
+  // A lower bound on the time per token of any layout with `main` (fast search): the blocks
+  // filled, as a fluid, into the devices cheapest per block first — the main's own GPUs at their
+  // local cost, other workers' at their RPC cost plus the cheapest RPC call shared over as many
+  // blocks as the device could hold at most — and the rest on the main's CPU. Capacities ignore
+  // compute buffers and count every block as small as the smallest, so no layout is faster.
+  // kInf when the blocks cannot all be placed (no CPU offload and too little memory).
+  double main_bound_s(const cluster::Worker& main) const {
+    const auto mine = devs_of_.find(&main);
+    std::vector<BoundItem> local;
+    double byte_s = r_.allow_distributed ? min_gpu_byte_s_ : kInf;
+    if (r_.allow_cpu_offload) byte_s = std::min(byte_s, costs_.cpu_byte_s(main, r_.threads));
+    if (mine != devs_of_.end()) {
+      for (std::size_t d : mine->second) {
+        byte_s = std::min(byte_s, costs_.gpu_byte_s(*devs_[d].gpu));
+        const double cap = capacity_blocks(d);
+        if (cap >= 1) local.push_back({gpu_bound_s(d, false), cap, d});
+      }
+    }
+    std::sort(local.begin(), local.end(),
+              [](const BoundItem& a, const BoundItem& b) { return a.cost_s < b.cost_s; });
+    const double cpu_s = r_.allow_cpu_offload ? cpu_bound_s(main) : kInf;
+    double left = blocks_, total_s = 0;
+    std::size_t li = 0, ri = 0;
+    while (left > 0) {
+      while (r_.allow_distributed && ri < remote_by_bound_.size() &&
+             (devs_[remote_by_bound_[ri].dev].worker == &main ||
+              !cluster::rpc_compatible(main, *devs_[remote_by_bound_[ri].dev].worker)))
+        ++ri;
+      const bool has_remote = r_.allow_distributed && ri < remote_by_bound_.size();
+      const bool has_local = li < local.size();
+      if (!has_local && !has_remote) break;
+      const bool take_local =
+          has_local && (!has_remote || local[li].cost_s <= remote_by_bound_[ri].cost_s);
+      const BoundItem& item = take_local ? local[li++] : remote_by_bound_[ri++];
+      if (item.cost_s >= cpu_s) break;
+      const double n = std::min(left, item.capacity_blocks);
+      total_s += n * item.cost_s;
+      left -= n;
+    }
+    if (left > 0) total_s = cpu_s == kInf ? kInf : total_s + left * cpu_s;
+    // The output head: on one of the main's GPUs, another worker's (logits come back), or its CPU.
+    double head_s = r_.allow_distributed ? min_remote_head_s_ : kInf;
+    if (r_.allow_cpu_offload) head_s = std::min(head_s, costs_.head_cpu_s(main, r_.threads));
+    for (const BoundItem& item : local)
+      head_s = std::min(head_s, costs_.head_gpu_s(*devs_[item.dev].gpu, false));
+    return (total_s + extra_read_bytes_ * byte_s + (head_s == kInf ? 0.0 : head_s)) *
+           (1.0 - kBoundMargin);
+  }
+
+  // The same bound for the layouts on the devices of `set` only (and the main's CPU), with the
+  // RPC call of each device's own link.
+  double set_bound_s(const cluster::Worker& main, const std::vector<std::size_t>& set) const {
+    std::vector<BoundItem> items;
+    double byte_s = r_.allow_cpu_offload ? costs_.cpu_byte_s(main, r_.threads) : kInf;
+    for (std::size_t d : set) {
+      byte_s = std::min(byte_s, costs_.gpu_byte_s(*devs_[d].gpu));
+      const double cap = capacity_blocks(d);
+      if (cap < 1) continue;
+      const double cost =
+          remote(d, main) ? gpu_bound_s(d, true) +
+                                costs_.rpc_call_s(cl_.link(main.name, devs_[d].ref.worker)) / cap
+                          : gpu_bound_s(d, false);
+      items.push_back({cost, cap, d});
+    }
+    std::sort(items.begin(), items.end(),
+              [](const BoundItem& a, const BoundItem& b) { return a.cost_s < b.cost_s; });
+    const double cpu_s = r_.allow_cpu_offload ? cpu_bound_s(main) : kInf;
+    double left = blocks_, total_s = 0;
+    for (const BoundItem& item : items) {
+      if (left <= 0 || item.cost_s >= cpu_s) break;
+      const double n = std::min(left, item.capacity_blocks);
+      total_s += n * item.cost_s;
+      left -= n;
+    }
+    if (left > 0) total_s = cpu_s == kInf ? kInf : total_s + left * cpu_s;
+    double head_s = r_.allow_cpu_offload ? costs_.head_cpu_s(main, r_.threads) : kInf;
+    for (std::size_t d : set)
+      head_s = std::min(head_s, costs_.head_gpu_s(*devs_[d].gpu, remote(d, main)));
+    return (total_s + extra_read_bytes_ * byte_s + (head_s == kInf ? 0.0 : head_s)) *
+           (1.0 - kBoundMargin);
+  }
+
   // Identical resources give identical layouts: evaluate one worker per signature.
   std::string signature(const cluster::Worker& w) const {
     std::ostringstream o;
     o << w.cpu.cores << '/' << w.cpu.memory_bandwidth_bytes_per_s << '/' << w.free_ram_bytes()
       << '/' << w.ram_bytes << '/' << w.llama_build;
-    for (const Dev& d : devs_) {
-      if (d.worker == &w)
+    if (const auto mine = devs_of_.find(&w); mine != devs_of_.end()) {
+      for (std::size_t i : mine->second) {
+        const Dev& d = devs_[i];
         o << '|' << d.gpu->name << '/' << d.free_bytes << '/' << d.gpu->memory_bandwidth_bytes_per_s
           << '/' << d.gpu->fp16_flops;
+      }
     }
     for (const auto& [pair, link] : cl_.links) {
       if (pair.first == w.name || pair.second == w.name) {
@@ -547,6 +662,34 @@ class Search {
   double block_mem_bytes_ = 0, kv_block_bytes_ = 0, output_mem_bytes_ = 0;
   std::uint64_t host_need_bytes_ = 0;
   std::uint64_t evaluated_ = 0;
+  // Room for rounding in the bounds (they ignore the per-token fixed cost, splits, transfers and
+  // the KV cache read, which only add time).
+  static constexpr double kBoundMargin = 0.001;
+  struct BoundItem {
+    double cost_s = 0;           // per block and token, with its share of a call
+    double capacity_blocks = 0;  // at most
+    std::size_t dev = 0;
+  };
+  // Per block on device d (or the main's CPU) for the bounds: the bytes of the block that reads
+  // the least, and the fixed cost of a layer. The bytes the other blocks read beyond it are
+  // added once, at the cheapest rate per byte any device of the layout could have.
+  double gpu_bound_s(std::size_t d, bool over_rpc) const {
+    return min_read_bytes_ * costs_.gpu_byte_s(*devs_[d].gpu) + costs_.gpu_layer_fixed_s(over_rpc);
+  }
+  double cpu_bound_s(const cluster::Worker& main) const {
+    return min_read_bytes_ * costs_.cpu_byte_s(main, r_.threads) + costs_.cpu_layer_fixed_s();
+  }
+  // Blocks device d could hold at most: as many as the smallest blocks fit in its free memory.
+  double capacity_blocks(std::size_t d) const {
+    const auto fits = std::upper_bound(smallest_blocks_bytes_.begin(), smallest_blocks_bytes_.end(),
+                                       static_cast<double>(devs_[d].free_bytes));
+    return static_cast<double>(fits - smallest_blocks_bytes_.begin());
+  }
+  std::map<const cluster::Worker*, std::vector<std::size_t>> devs_of_;
+  std::vector<BoundItem> remote_by_bound_;     // every device, cheapest bound cost first
+  std::vector<double> smallest_blocks_bytes_;  // [k]: the k+1 smallest blocks' weights
+  double min_rpc_call_s_ = 0, min_remote_head_s_ = kInf, min_gpu_byte_s_ = kInf;
+  double min_read_bytes_ = 0, extra_read_bytes_ = 0;
 };
 
 // Picks the winner: the best generation speed, then within the tie tolerance the policy
@@ -688,6 +831,57 @@ struct OneReplica {
   std::uint64_t layouts = 0, mains = 0;
 };
 
+// The fast search over main workers: mains in order of their bound (main_bound_s), none expanded
+// once its bound cannot come within the tie tolerance of the best found; identical workers once;
+// within a main, device sets whose own bound cannot reach that far are skipped. Then, as in the
+// reference search, the full search for the mains whose quick look came near the best.
+void search_fast(Search& s, const Request& r, OneReplica& out) {
+  constexpr std::uint64_t kTieMains = 16;
+  std::vector<std::pair<double, const cluster::Worker*>> order;
+  order.reserve(s.mains().size());
+  for (const cluster::Worker* w : s.mains()) order.emplace_back(s.main_bound_s(*w), w);
+  std::stable_sort(order.begin(), order.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  const auto floor_of = [&](double best_tg) { return best_tg / (1.0 + r.tie_tolerance); };
+  std::map<std::string, std::string> seen;
+  std::vector<std::pair<double, const cluster::Worker*>> quick;
+  double best_tg = 0;
+  for (const auto& [bound, w] : order) {
+    if (bound == kInf) continue;
+    // Sorted by bound: a main that cannot even tie with the best is not expanded. Once
+    // kTieMains mains are expanded, neither is one that could at most tie: the plan is then
+    // within the tolerance of any it would give, and the policy chooses among the ties found.
+    const double reach = 1.0 / bound;
+    if (best_tg > 0 && (reach * (1.0 + r.tie_tolerance) < best_tg ||
+                        (out.mains >= kTieMains && reach <= best_tg * (1.0 + r.tie_tolerance)))) {
+      out.bound_tg[w->name] = reach;
+      continue;
+    }
+    const std::string sig = s.signature(*w);
+    if (const auto it = seen.find(sig); it != seen.end()) {
+      out.copies[w->name] = it->second;
+      continue;
+    }
+    seen[sig] = w->name;
+    ++out.mains;
+    double tg = 0;
+    for (Eval& ev : s.for_main(*w, /*quick=*/true, floor_of(best_tg))) {
+      tg = std::max(tg, ev.tg);
+      out.all.push_back(std::move(ev));
+    }
+    best_tg = std::max(best_tg, tg);
+    quick.emplace_back(tg, w);
+  }
+  std::stable_sort(quick.begin(), quick.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (std::size_t i = 0; i < quick.size(); ++i) {
+    if (i >= 8 && quick[i].first < 0.9 * best_tg) break;
+    if (i >= 32) break;
+    // (No floor here: the hill climbing below starts from these mains' best layouts.)
+    for (Eval& ev : s.for_main(*quick[i].second, false)) out.all.push_back(std::move(ev));
+  }
+}
+
 OneReplica plan_one(const estimate::ModelMemory& m, const cluster::Cluster& cl, const Request& r,
                     const perf::Constants& c) {
   OneReplica out;
@@ -708,6 +902,8 @@ OneReplica plan_one(const estimate::ModelMemory& m, const cluster::Cluster& cl, 
     }
     out.all = explicit_layouts(s, r);
     out.mains = s.mains().size();
+  } else if (r.search == SearchMode::kFast) {
+    search_fast(s, r, out);
   } else {
     // Best bound first; identical workers once.
     std::vector<std::pair<double, const cluster::Worker*>> order;
@@ -760,7 +956,7 @@ OneReplica plan_one(const estimate::ModelMemory& m, const cluster::Cluster& cl, 
     std::sort(tops.begin(), tops.end(), [](const Eval* a, const Eval* b) { return a->tg > b->tg; });
     std::vector<Eval> better;
     for (std::size_t i = 0; i < tops.size() && i < 3; ++i) {
-      Eval e = s.improve(*tops[i]);
+      Eval e = s.improve(*tops[i], r.search == SearchMode::kFast);
       if (e.tg > tops[i]->tg) better.push_back(std::move(e));
     }
     for (Eval& e : better) out.all.push_back(std::move(e));
@@ -990,9 +1186,13 @@ Plan make_plan(const estimate::ModelMemory& m, const cluster::Cluster& cl, const
                                               percent_slower(bm->second, best.tg) + ")"
                                         : ": nothing fits with it as main");
         } else if (const auto bt = one.bound_tg.find(w.name); bt != one.bound_tg.end()) {
-          why = "as main at most " + rate(bt->second) +
-                " tokens/s even with its fastest reachable GPUs (" +
-                percent_slower(bt->second, best.tg) + ")";
+          why = bt->second < best.tg
+                    ? "as main at most " + rate(bt->second) +
+                          " tokens/s even with its fastest reachable GPUs (" +
+                          percent_slower(bt->second, best.tg) + ")"
+                    : "as main at most " + rate(bt->second) +
+                          " tokens/s with its fastest reachable GPUs, within the tie tolerance of "
+                          "the plan: not searched further";
         } else {
           why = "nothing fits with it as main";
         }

@@ -14,9 +14,17 @@
 //      includes RPC costs), up to what fits (each device's free memory minus its compute buffer
 //      and, for the last device, the output layer); the rest to the main's CPU when allowed. The
 //      split is checked with estimate::estimate and trimmed until every device fits.
-//   4. Mains are visited best bound first (all layers at the best per-block cost it could reach)
-//      and workers with identical resources are evaluated once; the search stops when no
-//      remaining main can come within the tie tolerance of the best.
+//   4. Mains are visited best bound first and workers with identical resources are evaluated
+//      once. The bound (a time per token no layout with that main can beat) fills the blocks,
+//      as a fluid, into the devices cheapest per block first — the main's GPUs, other workers'
+//      GPUs with their RPC costs (a call shared over the most blocks the device could hold),
+//      the main's CPU — counting each block as the one that reads least plus the extra bytes
+//      at the cheapest rate, capacities as the smallest blocks, and adds the output head. A main
+//      that cannot tie with the best is not expanded; once 16 mains are, neither is one that
+//      could at most tie (the plan stays within the tie tolerance of anything left). Within a
+//      main, device sets whose own bound cannot reach the best are skipped, and the hill
+//      climbing skips moves that cannot improve. (SearchMode::kReference: the search before
+//      these bounds, for comparisons.)
 //   5. Among layouts within `tie_tolerance` of the best predicted generation speed, the
 //      placement policy decides (spread: least loaded workers; binpack: most loaded), then
 //      fewer GPUs, then prompt speed.
@@ -39,6 +47,11 @@
 namespace ggfleet::plan {
 
 enum class Policy { kSpread, kBinpack };
+
+// kFast: today's search (see above). kReference: the search as it was before main workers were
+// pruned by a per-main bound and grouped into classes (every main gets a quick look); kept to
+// compare the two in tests and benchmarks.
+enum class SearchMode { kFast, kReference };
 
 struct GpuRef {
   std::string worker;
@@ -64,6 +77,7 @@ struct Request {
   std::uint32_t threads = 0;                    // llama.cpp threads on the main; 0 = its cores
   std::uint32_t prompt_tokens = 512;
   double tie_tolerance = 0.02;  // layouts this close to the best tg are ties for the policy
+  SearchMode search = SearchMode::kFast;
   std::uint16_t server_port = 8080;
   std::uint16_t rpc_port_base = 50052;
 };

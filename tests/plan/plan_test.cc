@@ -1,5 +1,6 @@
 // The planner on named scenarios, its quality against an exhaustive search on random small
-// fleets, replicas with spread and binpack, existing claims, and bad requests.
+// fleets and against the reference search on heterogeneous ones, replicas with spread and binpack,
+// existing claims, and bad requests.
 #include "plan/plan.h"
 
 #include <gtest/gtest.h>
@@ -13,6 +14,8 @@
 #include "model/profile.h"
 #include "model/synth.h"
 #include "test_util.h"
+// Generated fleets shared with bench/plan_bench.
+#include "../../bench/fleets.h"
 
 namespace ggfleet::plan {
 namespace {
@@ -437,6 +440,48 @@ TEST(PlanQuality, ReachesTheExhaustiveOptimumOnRandomSmallFleets) {
   std::printf("compared %d fleets (%d where nothing fits); worst plan/exhaustive = %.4f\n",
               compared, both_infeasible, worst);
   EXPECT_GT(compared, fleets / 2);
+}
+
+// The fast search (bounds per main and per device set, search stopped once nothing left can beat
+// the best by more than the tie tolerance) against the reference search on seeded fleets where no
+// two workers are alike: never worse than the reference beyond the tie tolerance.
+TEST(PlanQuality, FastSearchMatchesTheReferenceOnHeterogeneousFleets) {
+  int compared = 0, same_main = 0;
+  std::uint64_t layouts_fast = 0, layouts_reference = 0;
+  double worst = 10;
+  for (const char* preset :
+       {"deepseek-r1-ud-iq2_xxs", "llama3-70b-q4_k_m", "qwen3-30b-a3b-q4_k_m"}) {
+    const estimate::ModelMemory& m = Models::get(preset);
+    for (std::uint32_t seed = 1; seed <= 8; ++seed) {
+      const int gpus = std::vector<int>{16, 40, 96, 128}[seed % 4];
+      const cluster::Cluster cl = bench::heterogeneous_fleet(gpus, seed);
+      Request fast = request(8192);
+      fast.allow_cpu_offload = seed % 3 != 0;
+      Request reference = fast;
+      reference.search = SearchMode::kReference;
+      const Plan a = make_plan(m, cl, fast);
+      const Plan b = make_plan(m, cl, reference);
+      ASSERT_EQ(a.feasible, b.feasible)
+          << preset << " seed " << seed << ": " << a.reason << " / " << b.reason;
+      if (!a.feasible) continue;
+      const double tg_fast = a.replicas[0].chosen.prediction.generation_tokens_per_s;
+      const double tg_ref = b.replicas[0].chosen.prediction.generation_tokens_per_s;
+      worst = std::min(worst, tg_fast / tg_ref);
+      EXPECT_GE(tg_fast * (1.0 + fast.tie_tolerance), tg_ref)
+          << preset << " seed " << seed << " (" << gpus << " GPUs): fast " << tg_fast << " main "
+          << a.replicas[0].chosen.main_worker << ", reference " << tg_ref << " main "
+          << b.replicas[0].chosen.main_worker;
+      layouts_fast += a.layouts_evaluated;
+      layouts_reference += b.layouts_evaluated;
+      same_main += a.replicas[0].chosen.main_worker == b.replicas[0].chosen.main_worker;
+      ++compared;
+    }
+  }
+  std::printf(
+      "compared %d plans; worst fast/reference = %.4f; same main in %d; layouts %llu vs %llu\n",
+      compared, worst, same_main, static_cast<unsigned long long>(layouts_fast),
+      static_cast<unsigned long long>(layouts_reference));
+  EXPECT_GE(compared, 20);
 }
 
 }  // namespace
