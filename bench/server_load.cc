@@ -4,7 +4,12 @@
 // does (GET .../assignments?since=V&wait=5, again at once when it returns).
 //
 //   build/release/bench/server_load [--workers 1000] [--seconds 30] [--clients 4] [--db URL]
-//                                   [--long-poll 0|1]
+//                                   [--long-poll 0|1] [--pending N [--preset P] [--hetero 1]]
+//
+// --pending N: at the start of the load, N deployments of one replica each are created at once
+// (model --preset, default llama3-8b-q4_0); prints how long until the scheduler has placed
+// every instance (none pending), measured from the first POST. --hetero 1 gives the workers
+// heterogeneous resources (five GPU models, used memory drawn per GPU, a few fast CPUs).
 //
 // The server runs as a child process (SQLite in a temp dir unless --db), so its CPU time is its
 // own (/proc/PID/stat); the load generators run in this process.
@@ -21,6 +26,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -74,20 +80,25 @@ struct Latencies {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int workers = 1000, seconds = 30, clients = 4, long_poll = 0;
-  std::string db;
+  int workers = 1000, seconds = 30, clients = 4, long_poll = 0, pending = 0, hetero = 0;
+  std::string db, preset = "llama3-8b-q4_0";
   CLI::App app{"API latency and server CPU under heartbeating (and long-polling) workers"};
   app.add_option("--workers", workers, "simulated workers, each heartbeating every 2 s");
   app.add_option("--seconds", seconds, "length of the load");
   app.add_option("--clients", clients, "API clients deploying, scaling and listing");
   app.add_option("--long-poll", long_poll, "1: every worker also long-polls its assignments");
   app.add_option("--db", db, "postgres:// URL (default: SQLite in a temp dir)");
+  app.add_option("--pending", pending, "deployments created at once; time until all are placed");
+  app.add_option("--preset", preset, "their model (a synth preset)");
+  app.add_option("--hetero", hetero, "1: heterogeneous workers (used memory per GPU, 5 models)");
   CLI11_PARSE(app, argc, argv);
   const std::filesystem::path dir =
       std::filesystem::temp_directory_path() / ("ggfleet-load-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   const std::string model =
       ggfleet::model::synth("llama3-8b-q4_0", (dir / "models").string(), {}).front();
+  const std::string pending_model =
+      pending > 0 ? ggfleet::model::synth(preset, (dir / "models").string(), {}).front() : "";
   const int port = 30000 + getpid() % 2000;  // below the ephemeral range (32768-)
   const pid_t server = fork();
   if (server == 0) {
@@ -108,15 +119,32 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   // Register the workers (1-8 GPUs of a few kinds each).
   const char* kinds[] = {"NVIDIA GeForce RTX 4090", "NVIDIA L40S", "NVIDIA A100 80GB",
-                         "NVIDIA H100 SXM"};
+                         "NVIDIA H100 SXM", "NVIDIA GeForce RTX 3090"};
   std::vector<std::pair<std::string, std::string>> fleet;
+  std::mt19937 draw(7);
   for (int i = 0; i < workers; ++i) {
     json gpus = json::array();
-    for (int g = 0; g < 1 + i % 8; ++g) gpus.push_back({{"name", kinds[(i + g) % 4]}});
+    json cpu = {{"cores", 32}};
+    if (hetero) {
+      // One GPU model per worker, 1/2/4/8 of them, 0-78 GiB used each (idle with p = 0.3).
+      const int n = 1 << (draw() % 4);
+      const std::uint64_t vram_gib[] = {24, 48, 80, 80, 24};
+      const std::size_t k = draw() % 5;
+      for (int g = 0; g < n; ++g) {
+        const std::uint64_t most = std::min<std::uint64_t>(78, vram_gib[k]) << 30;
+        const std::uint64_t used = draw() % 10 < 3 ? 0 : draw() % most;
+        gpus.push_back({{"name", kinds[k]}, {"used", used}});
+      }
+      cpu = draw() % 20 == 0
+                ? json{{"cores", 64}, {"memory_bandwidth", 400e9}}
+                : json{{"cores", 8 + 8 * (draw() % 2)},
+                       {"memory_bandwidth", 40e9 + 1e9 * static_cast<double>(draw() % 40)}};
+    } else {
+      for (int g = 0; g < 1 + i % 8; ++g) gpus.push_back({{"name", kinds[(i + g) % 4]}});
+    }
     const json body = {
         {"name", "w" + std::to_string(i)},
-        {"resources",
-         {{"cpu", {{"cores", 32}}}, {"ram", {{"total", 256ull << 30}}}, {"gpus", gpus}}}};
+        {"resources", {{"cpu", cpu}, {"ram", {{"total", 256ull << 30}}}, {"gpus", gpus}}}};
     httplib::Headers h{{"Authorization", std::string("Bearer ") + kJoin}};
     const auto r = probe.Post("/v1/workers/register", h, body.dump(), "application/json");
     if (!r || r->status != 201) {
@@ -216,6 +244,50 @@ int main(int argc, char** argv) {
       }
     });
   }
+  double placed_after_s = -1, created_after_s = 0;
+  if (pending > 0) {
+    threads.emplace_back([&] {
+      httplib::Client c("127.0.0.1", port);
+      c.set_keep_alive(true);
+      c.set_read_timeout(120);
+      httplib::Headers h{{"Authorization", std::string("Bearer ") + kAdmin}};
+      const auto s = Clock::now();
+      for (int i = 0; i < pending; ++i) {
+        const json body = {{"name", "p" + std::to_string(i)}, {"model", pending_model}};
+        const auto r = c.Post("/v1/deployments", h, body.dump(), "application/json");
+        if (!r || r->status != 201)
+          std::fprintf(stderr, "deployment p%d: %s\n", i, r ? r->body.c_str() : "no answer");
+      }
+      created_after_s = std::chrono::duration<double>(Clock::now() - s).count();
+      long polls_made = 0;  // (progress every 5 s with SERVER_LOAD_VERBOSE)
+      while (Clock::now() - s < std::chrono::seconds(600)) {
+        const auto r = c.Get("/v1/instances", h);
+        if (r && r->status == 200) {
+          int ours = 0, waiting = 0;
+          std::map<std::string, int> states;
+          const json listed = json::parse(r->body);  // (kept alive for the loop below)
+          for (const json& i : listed["instances"]) {
+            if (i.value("deployment", "").rfind("p", 0) != 0) continue;
+            ++ours;
+            waiting += i.value("state", "") == "pending";
+            ++states[i.value("state", "") +
+                     (i.contains("reason") ? " (" + i.value("reason", "") + ")" : "")];
+          }
+          if (std::getenv("SERVER_LOAD_VERBOSE") && ++polls_made % 50 == 0) {
+            std::fprintf(stderr,
+                         "%.1f s:", std::chrono::duration<double>(Clock::now() - s).count());
+            for (const auto& [state, n] : states) std::fprintf(stderr, " %d %s;", n, state.c_str());
+            std::fprintf(stderr, "\n");
+          }
+          if (ours >= pending && waiting == 0) {
+            placed_after_s = std::chrono::duration<double>(Clock::now() - s).count();
+            return;
+          }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+  }
   // The server's CPU over the load window only (long polls still open at its end drain after).
   std::this_thread::sleep_until(until);
   const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -230,6 +302,12 @@ int main(int argc, char** argv) {
     std::printf("long polls: %ld answered, %ld of them early without news\n", polls.load(),
                 quick_polls.load());
   api.print("client API");
+  if (pending > 0)
+    std::printf(
+        "%d deployments of %s (one instance each) created in %.1f s; all placed %.1f s "
+        "after the first POST%s\n",
+        pending, preset.c_str(), created_after_s, placed_after_s,
+        placed_after_s < 0 ? " (NOT all placed within 600 s)" : "");
   std::printf("server CPU: %.1f s in %.1f s = %.0f%% of one core\n", cpu, wall, 100 * cpu / wall);
   kill(server, SIGTERM);
   waitpid(server, nullptr, 0);

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
+#include <optional>
 #include <set>
 #include <stdexcept>
+#include <string_view>
 
 #include "cluster/catalog.h"
 #include "gguf/reader.h"
@@ -19,9 +22,7 @@ using nlohmann::json;
 
 }  // namespace
 
-cluster::Cluster live_cluster(const std::vector<store::WorkerRow>& workers,
-                              const std::vector<store::ClaimRow>& claims,
-                              const std::string& except_instance) {
+cluster::Cluster ready_workers(const std::vector<store::WorkerRow>& workers) {
   cluster::Cluster c;
   for (const store::WorkerRow& row : workers) {
     if (row.status != WorkerStatus::kReady) continue;
@@ -32,19 +33,33 @@ cluster::Cluster live_cluster(const std::vector<store::WorkerRow>& workers,
       continue;  // validated at registration; a row that no longer parses is left out
     }
   }
+  return c;
+}
+
+void apply_claims(cluster::Cluster& c, const std::vector<store::ClaimRow>& claims,
+                  const std::string& except_instance) {
+  std::map<std::string_view, cluster::Worker*> by_name;
+  for (cluster::Worker& w : c.workers) by_name[w.name] = &w;
   for (const store::ClaimRow& claim : claims) {
     if (claim.instance == except_instance) continue;
-    for (cluster::Worker& w : c.workers) {
-      if (w.name != claim.worker) continue;
-      if (claim.gpu < 0) {
-        w.claimed_ram_bytes += static_cast<std::uint64_t>(claim.bytes);
-      } else if (static_cast<std::size_t>(claim.gpu) < w.gpus.size()) {
-        cluster::Gpu& g = w.gpus[static_cast<std::size_t>(claim.gpu)];
-        g.claimed_bytes += static_cast<std::uint64_t>(claim.bytes);
-        if (claim.rpc) g.lent_to = claim.instance;
-      }
+    const auto it = by_name.find(claim.worker);
+    if (it == by_name.end()) continue;
+    cluster::Worker& w = *it->second;
+    if (claim.gpu < 0) {
+      w.claimed_ram_bytes += static_cast<std::uint64_t>(claim.bytes);
+    } else if (static_cast<std::size_t>(claim.gpu) < w.gpus.size()) {
+      cluster::Gpu& g = w.gpus[static_cast<std::size_t>(claim.gpu)];
+      g.claimed_bytes += static_cast<std::uint64_t>(claim.bytes);
+      if (claim.rpc) g.lent_to = claim.instance;
     }
   }
+}
+
+cluster::Cluster live_cluster(const std::vector<store::WorkerRow>& workers,
+                              const std::vector<store::ClaimRow>& claims,
+                              const std::string& except_instance) {
+  cluster::Cluster c = ready_workers(workers);
+  apply_claims(c, claims, except_instance);
   return c;
 }
 
@@ -106,13 +121,14 @@ bool on_worker(const store::InstanceRow& i, const std::vector<store::ClaimRow>& 
 }  // namespace
 
 void Scheduler::place(const store::InstanceRow& instance, const store::DeploymentRow& d,
-                      ReconcileStats& stats) {
+                      const cluster::Cluster& ready, ReconcileStats& stats) {
   std::string reason;
   try {
     const plan::Request request = plan::request_from_options(json::parse(d.options_json), d.model);
     const std::shared_ptr<const estimate::ModelMemory> m = model(d.model);
     const auto t0 = std::chrono::steady_clock::now();
-    cluster::Cluster fleet = live_cluster(store_.workers(), store_.claims(), instance.id);
+    cluster::Cluster fleet = ready;  // the claims as they are now, earlier placements included
+    apply_claims(fleet, store_.claims(), instance.id);
     plan::Request one = request;
     one.replicas = 1;
     one.server_port = static_cast<std::uint16_t>(config_.instance_port_base);
@@ -316,10 +332,14 @@ ReconcileStats Scheduler::reconcile() {
   // 3. Place pending instances, oldest first.
   std::map<std::string, store::DeploymentRow> deployments;
   for (const store::DeploymentRow& d : store_.deployments()) deployments[d.name] = d;
+  // The ready workers are read (and their resources parsed) once per pass, not per instance.
+  std::optional<cluster::Cluster> ready;
   for (const store::InstanceRow& i : store_.instances()) {
     if (i.state != InstanceState::kPending) continue;
     const auto it = deployments.find(i.deployment);
-    if (it != deployments.end()) place(i, it->second, stats);
+    if (it == deployments.end()) continue;
+    if (!ready) ready = ready_workers(store_.workers());
+    place(i, it->second, *ready, stats);
   }
   return stats;
 }

@@ -30,6 +30,11 @@ namespace ggfleet::server {
 cluster::Cluster live_cluster(const std::vector<store::WorkerRow>& workers,
                               const std::vector<store::ClaimRow>& claims,
                               const std::string& except_instance = "");
+// The two halves of live_cluster: the ready workers with their reported resources (no claims),
+// and the claims of every instance except `except_instance` added to them.
+cluster::Cluster ready_workers(const std::vector<store::WorkerRow>& workers);
+void apply_claims(cluster::Cluster& c, const std::vector<store::ClaimRow>& claims,
+                  const std::string& except_instance);
 
 // Returns `instance` to pending for the scheduler to place again: its claims are released, the
 // assignment version bumped and an "instance.replanned" event with `reason` written, in one
@@ -67,8 +72,9 @@ class Scheduler {
   std::shared_ptr<const estimate::ModelMemory> model(const std::string& path);
 
  private:
+  // Plans `instance` on `ready` (ready_workers of this pass) with the claims in the store now.
   void place(const store::InstanceRow& instance, const store::DeploymentRow& d,
-             ReconcileStats& stats);
+             const cluster::Cluster& ready, ReconcileStats& stats);
 
   store::Store& store_;
   SchedulerConfig config_;
