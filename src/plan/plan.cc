@@ -518,9 +518,12 @@ class Search {
   // A lower bound on the time per token of any layout with `main` (fast search): the blocks
   // filled, as a fluid, into the devices cheapest per block first — the main's own GPUs at their
   // local cost, other workers' at their RPC cost plus the cheapest RPC call shared over as many
-  // blocks as the device could hold at most — and the rest on the main's CPU. Capacities ignore
-  // compute buffers and count every block as small as the smallest, so no layout is faster.
-  // kInf when the blocks cannot all be placed (no CPU offload and too little memory).
+  // blocks as the device could hold at most — and the rest on the main's CPU; every block counted
+  // as the one that reads least (gpu_bound_s), the other blocks' extra bytes added once at the
+  // cheapest rate per byte any device of the layout could have, and the output head on its
+  // cheapest device. Capacities ignore compute buffers and count the smallest blocks first, so
+  // no layout is faster. kInf when the blocks cannot all be placed (no CPU offload, too little
+  // memory).
   double main_bound_s(const cluster::Worker& main) const {
     const auto mine = devs_of_.find(&main);
     std::vector<BoundItem> local;
