@@ -834,6 +834,30 @@ struct OneReplica {
   std::uint64_t layouts = 0, mains = 0;
 };
 
+// A main's quick look (its fastest-first sets, the default output device; sets below
+// `floor_tg` skipped when it is > 0): its layouts go to out.all; returns its best speed.
+double quick_look(Search& s, const cluster::Worker& w, double floor_tg, OneReplica& out) {
+  double tg = 0;
+  for (Eval& ev : s.for_main(w, /*quick=*/true, floor_tg)) {
+    tg = std::max(tg, ev.tg);
+    out.all.push_back(std::move(ev));
+  }
+  return tg;
+}
+
+// The full search for the mains whose quick look came near the best (at least 8, at most 32).
+// No floor: the hill climbing after it starts from these mains' best layouts.
+void search_best_mains(Search& s, std::vector<std::pair<double, const cluster::Worker*>> quick,
+                       double best_tg, OneReplica& out) {
+  std::stable_sort(quick.begin(), quick.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (std::size_t i = 0; i < quick.size(); ++i) {
+    if (i >= 8 && quick[i].first < 0.9 * best_tg) break;
+    if (i >= 32) break;
+    for (Eval& ev : s.for_main(*quick[i].second)) out.all.push_back(std::move(ev));
+  }
+}
+
 // The fast search over main workers: mains in order of their bound (main_bound_s), none expanded
 // once its bound cannot come within the tie tolerance of the best found; identical workers once;
 // within a main, device sets whose own bound cannot reach that far are skipped. Then, as in the
@@ -867,22 +891,11 @@ void search_fast(Search& s, const Request& r, OneReplica& out) {
     }
     seen[sig] = w->name;
     ++out.mains;
-    double tg = 0;
-    for (Eval& ev : s.for_main(*w, /*quick=*/true, floor_of(best_tg))) {
-      tg = std::max(tg, ev.tg);
-      out.all.push_back(std::move(ev));
-    }
+    const double tg = quick_look(s, *w, floor_of(best_tg), out);
     best_tg = std::max(best_tg, tg);
     quick.emplace_back(tg, w);
   }
-  std::stable_sort(quick.begin(), quick.end(),
-                   [](const auto& a, const auto& b) { return a.first > b.first; });
-  for (std::size_t i = 0; i < quick.size(); ++i) {
-    if (i >= 8 && quick[i].first < 0.9 * best_tg) break;
-    if (i >= 32) break;
-    // (No floor here: the hill climbing below starts from these mains' best layouts.)
-    for (Eval& ev : s.for_main(*quick[i].second, false)) out.all.push_back(std::move(ev));
-  }
+  search_best_mains(s, std::move(quick), best_tg, out);
 }
 
 OneReplica plan_one(const estimate::ModelMemory& m, const cluster::Cluster& cl, const Request& r,
@@ -931,21 +944,11 @@ OneReplica plan_one(const estimate::ModelMemory& m, const cluster::Cluster& cl, 
       }
       seen[sig] = w->name;
       ++out.mains;
-      double tg = 0;
-      for (Eval& ev : s.for_main(*w, /*quick=*/true)) {
-        tg = std::max(tg, ev.tg);
-        out.all.push_back(std::move(ev));
-      }
+      const double tg = quick_look(s, *w, 0, out);
       best_tg = std::max(best_tg, tg);
       quick.emplace_back(tg, w);
     }
-    std::stable_sort(quick.begin(), quick.end(),
-                     [](const auto& a, const auto& b) { return a.first > b.first; });
-    for (std::size_t i = 0; i < quick.size(); ++i) {
-      if (i >= 8 && quick[i].first < 0.9 * best_tg) break;
-      if (i >= 32) break;
-      for (Eval& ev : s.for_main(*quick[i].second)) out.all.push_back(std::move(ev));
-    }
+    search_best_mains(s, std::move(quick), best_tg, out);
   }
   // Local search from the best layouts of the three best mains.
   if (r.gpus.empty() && !out.all.empty()) {
