@@ -263,19 +263,19 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
   // Host: the input tensors, blocks kept on the CPU, and the output layer if it is not offloaded.
   std::vector<std::uint64_t> span_lo(m.shard_count, ~0ull);
   std::vector<std::uint64_t> span_hi(m.shard_count, 0);
-  for (const TensorMemory& t : m.tensors) {
+  const bool repack = c.cpu_repack && !cuda_first;
+  for (const HostPiece& t : m.host_pieces) {
     const bool on_cpu = t.layer < 0 || where[static_cast<std::size_t>(t.layer)] < 0;
     if (!on_cpu) continue;
     e.host.weights_bytes += t.bytes;
-    if (c.cpu_repack && t.repackable && !cuda_first) {
-      e.host.repack_bytes += t.cpu_bytes;
-      continue;
-    }
-    if (c.mmap) {
-      span_lo[t.shard] = std::min(span_lo[t.shard], t.file_offset);
-      span_hi[t.shard] = std::max(span_hi[t.shard], t.file_offset + t.bytes);
-    } else {
-      e.host.copied_bytes += t.cpu_bytes;
+    if (repack) e.host.repack_bytes += t.repack_cpu_bytes;
+    const std::uint64_t lo = repack ? t.plain_span_lo : t.span_lo;
+    const std::uint64_t hi = repack ? t.plain_span_hi : t.span_hi;
+    if (!c.mmap) {
+      e.host.copied_bytes += repack ? t.plain_cpu_bytes : t.cpu_bytes;
+    } else if (hi > 0) {
+      span_lo[t.shard] = std::min(span_lo[t.shard], lo);
+      span_hi[t.shard] = std::max(span_hi[t.shard], hi);
     }
   }
   for (std::uint32_t s = 0; s < m.shard_count; ++s) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <map>
 #include <string_view>
 
 namespace ggfleet::estimate {
@@ -81,6 +82,24 @@ ModelMemory ModelMemory::from(const gguf::Model& model, model::Profile profile) 
   std::sort(m.tensors.begin(), m.tensors.end(), [](const TensorMemory& a, const TensorMemory& b) {
     return a.shard != b.shard ? a.shard < b.shard : a.file_offset < b.file_offset;
   });
+  std::map<std::pair<std::int32_t, std::uint32_t>, HostPiece> pieces;
+  for (const TensorMemory& t : m.tensors) {
+    HostPiece& p = pieces[{t.layer, t.shard}];
+    p.layer = t.layer;
+    p.shard = t.shard;
+    p.bytes += t.bytes;
+    p.cpu_bytes += t.cpu_bytes;
+    p.span_lo = std::min(p.span_lo, t.file_offset);
+    p.span_hi = std::max(p.span_hi, t.file_offset + t.bytes);
+    if (t.repackable) {
+      p.repack_cpu_bytes += t.cpu_bytes;
+    } else {
+      p.plain_cpu_bytes += t.cpu_bytes;
+      p.plain_span_lo = std::min(p.plain_span_lo, t.file_offset);
+      p.plain_span_hi = std::max(p.plain_span_hi, t.file_offset + t.bytes);
+    }
+  }
+  for (auto& [key, p] : pieces) m.host_pieces.push_back(p);
   return m;
 }
 

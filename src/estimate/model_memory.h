@@ -29,6 +29,22 @@ struct LayerMemory {
   std::uint64_t largest_expert_bytes = 0;  // largest routed-expert tensor (ffn_*_exps)
 };
 
+// What one layer's tensors in one shard cost when the layer stays in host RAM, summed once so
+// that an estimate reads a few dozen of these instead of every tensor. "plain" counts only the
+// tensors CPU_REPACK does not take.
+struct HostPiece {
+  std::int32_t layer = -1;  // as TensorMemory::layer
+  std::uint32_t shard = 0;
+  std::uint64_t bytes = 0;             // ggml_nbytes of all its tensors
+  std::uint64_t cpu_bytes = 0;         // CPU buffer bytes of all its tensors
+  std::uint64_t plain_cpu_bytes = 0;   // ... of the tensors that are not repackable
+  std::uint64_t repack_cpu_bytes = 0;  // ... of the repackable ones
+  std::uint64_t span_lo = ~0ull;       // file span of all its tensors [lo, hi)
+  std::uint64_t span_hi = 0;
+  std::uint64_t plain_span_lo = ~0ull;  // file span of the non-repackable ones (hi 0: none)
+  std::uint64_t plain_span_hi = 0;
+};
+
 struct ModelMemory {
   model::Profile profile;
   std::vector<TensorMemory> tensors;  // in file order (shard, offset)
@@ -37,6 +53,7 @@ struct ModelMemory {
   std::uint64_t tied_output_cpu_bytes = 0;
   std::uint64_t tied_output_cuda_bytes = 0;
   std::uint32_t shard_count = 1;
+  std::vector<HostPiece> host_pieces;  // one per (layer, shard) that has tensors, layer order
 
   // REQUIRES: `profile` was made from `model`.
   static ModelMemory from(const gguf::Model& model, model::Profile profile);
