@@ -245,6 +245,7 @@ int main(int argc, char** argv) {
     });
   }
   double placed_after_s = -1, created_after_s = 0;
+  double planning_s = 0, placements = 0;  // the scheduler's own counters (/metrics)
   if (pending > 0) {
     threads.emplace_back([&] {
       httplib::Client c("127.0.0.1", port);
@@ -281,6 +282,17 @@ int main(int argc, char** argv) {
           }
           if (ours >= pending && waiting == 0) {
             placed_after_s = std::chrono::duration<double>(Clock::now() - s).count();
+            if (const auto m = c.Get("/metrics", h); m && m->status == 200) {
+              std::istringstream lines(m->body);
+              for (std::string line; std::getline(lines, line);) {
+                std::istringstream f(line);
+                std::string metric;
+                double value = 0;
+                f >> metric >> value;
+                if (metric == "ggfleet_planning_seconds_total") planning_s = value;
+                if (metric == "ggfleet_placements_total") placements = value;
+              }
+            }
             return;
           }
         }
@@ -308,6 +320,9 @@ int main(int argc, char** argv) {
         "after the first POST%s\n",
         pending, preset.c_str(), created_after_s, placed_after_s,
         placed_after_s < 0 ? " (NOT all placed within 600 s)" : "");
+  if (placements > 0)
+    std::printf("scheduler: %.0f placements, %.2f s in the planner (%.1f ms each)\n", placements,
+                planning_s, 1000 * planning_s / placements);
   std::printf("server CPU: %.1f s in %.1f s = %.0f%% of one core\n", cpu, wall, 100 * cpu / wall);
   kill(server, SIGTERM);
   waitpid(server, nullptr, 0);

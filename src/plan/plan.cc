@@ -1104,7 +1104,7 @@ Plan make_plan(const estimate::ModelMemory& m, const cluster::Cluster& cl, const
     rep.chosen = detail(*one.chosen, "plan", state, m, r, c);
     rep.launch = launch_for(rep.chosen, state, r);
     rep.commands = commands(rep.launch);
-    if (i == 0) {
+    if (i == 0 && r.explain) {
       const Eval& best = *one.chosen;
       // Alternatives: the same GPUs with another main, the best of each other main, the best on
       // one worker.

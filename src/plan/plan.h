@@ -78,6 +78,7 @@ struct Request {
   std::uint32_t prompt_tokens = 512;
   double tie_tolerance = 0.02;  // layouts this close to the best tg are ties for the policy
   SearchMode search = SearchMode::kFast;
+  bool explain = true;  // fill Plan::alternatives and Plan::rejected (the scheduler needs neither)
   std::uint16_t server_port = 8080;
   std::uint16_t rpc_port_base = 50052;
 };

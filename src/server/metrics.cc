@@ -36,6 +36,12 @@ std::string Metrics::render(store::Store& s) {
   o << "# HELP ggfleet_scheduling_duration_seconds Time of one scheduling pass.\n"
        "# TYPE ggfleet_scheduling_duration_seconds histogram\n";
   render_histogram(o, "ggfleet_scheduling_duration_seconds", "", scheduling_);
+  o << "# HELP ggfleet_placements_total Instances placed by the scheduler.\n"
+       "# TYPE ggfleet_placements_total counter\nggfleet_placements_total "
+    << placements_ << "\n";
+  o << "# HELP ggfleet_planning_seconds_total Time the scheduler spent in the planner.\n"
+       "# TYPE ggfleet_planning_seconds_total counter\nggfleet_planning_seconds_total "
+    << planning_s_ << "\n";
   o << "# HELP ggfleet_api_requests_total API requests.\n# TYPE ggfleet_api_requests_total "
        "counter\n";
   for (const auto& [key, n] : requests_) {

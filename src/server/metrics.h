@@ -31,9 +31,12 @@ class Metrics {
     proxy_tokens_[{deployment, "prompt"}] += prompt_tokens;
     proxy_tokens_[{deployment, "completion"}] += completion_tokens;
   }
-  void scheduling(double seconds) {
+  // One scheduling pass: its duration, the instances it placed and the time it spent planning.
+  void scheduling(double seconds, int placed, double planning_s) {
     std::lock_guard<std::mutex> lock(mu_);
     observe(scheduling_, seconds);
+    placements_ += static_cast<std::uint64_t>(placed);
+    planning_s_ += planning_s;
   }
   // The Prometheus text: these counters and histograms, and fleet gauges read from the store.
   std::string render(store::Store& s);
@@ -41,6 +44,8 @@ class Metrics {
  private:
   static constexpr double kBounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                        0.25,  0.5,    1,     2.5,  5,     10};
+  std::uint64_t placements_ = 0;
+  double planning_s_ = 0;
   struct Histogram {
     std::uint64_t buckets[std::size(kBounds)] = {};
     std::uint64_t count = 0;

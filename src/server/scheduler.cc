@@ -131,6 +131,7 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
     apply_claims(fleet, store_.claims(), instance.id);
     plan::Request one = request;
     one.replicas = 1;
+    one.explain = false;  // an assignment keeps the chosen layout only
     one.server_port = static_cast<std::uint16_t>(config_.instance_port_base);
     one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base);
     // Workers where this instance kept crashing are avoided while anything else fits.

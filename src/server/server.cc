@@ -168,8 +168,9 @@ void Server::schedule_loop() {
   std::int64_t version = -1;
   while (!stopping_) {
     const auto t0 = std::chrono::steady_clock::now();
+    ReconcileStats stats;
     try {
-      scheduler_->reconcile();
+      stats = scheduler_->reconcile();
     } catch (const std::exception& e) {
       std::cerr << "ggfleet server: scheduling pass failed: " << e.what() << std::endl;
       try {
@@ -178,7 +179,8 @@ void Server::schedule_loop() {
       }
     }
     metrics_->scheduling(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), stats.placed,
+        stats.planning_s);
     try {
       const std::int64_t now_version = store_->assignment_version();
       if (now_version != version) {

@@ -119,6 +119,13 @@ TEST(Api, EveryRouteWorks) {
       << metrics->body;
   EXPECT_NE(metrics->body.find("ggfleet_api_request_duration_seconds_bucket"), std::string::npos);
   EXPECT_NE(metrics->body.find("ggfleet_scheduling_duration_seconds_count"), std::string::npos);
+  // "chat" and "other" were placed, each after some time in the planner.
+  auto counter = [&](const std::string& name) {
+    const std::size_t at = metrics->body.find("\n" + name + " ");
+    return at == std::string::npos ? -1.0 : std::stod(metrics->body.substr(at + name.size() + 2));
+  };
+  EXPECT_GE(counter("ggfleet_placements_total"), 2) << metrics->body;
+  EXPECT_GT(counter("ggfleet_planning_seconds_total"), 0) << metrics->body;
   // Drain, remove, delete.
   EXPECT_EQ(api.post("/v1/workers/w2/drain", user, json::object()).body["status"], "draining");
   EXPECT_EQ(api.send("DELETE", "/v1/workers/w2", kAdmin).status, 200);
