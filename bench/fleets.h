@@ -13,20 +13,12 @@
 #include <random>
 #include <string>
 
-#include "cluster/catalog.h"
 #include "cluster/cluster.h"
 
 namespace ggfleet::bench {
 
 inline cluster::Gpu gpu_of(const char* name) {
-  const auto spec = cluster::find_gpu(name);
-  cluster::Gpu gpu;
-  gpu.name = spec->name;
-  gpu.vram_bytes = spec->vram_bytes;
-  gpu.memory_bandwidth_bytes_per_s = spec->memory_bandwidth_bytes_per_s;
-  gpu.fp16_flops = spec->fp16_flops;
-  gpu.int8_ops = spec->int8_ops;
-  return gpu;
+  return cluster::catalog_gpu(name).value();
 }
 
 inline cluster::Cluster mixed_fleet(int gpus) {

@@ -7,7 +7,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "cluster/catalog.h"
+#include "cluster/cluster.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
 #include "model/synth.h"
@@ -101,16 +101,7 @@ void read_file(const std::string& path, const std::string& set,
 
 cluster::Cluster host_cluster(const Host& host, const Measurement& m) {
   cluster::Cluster c;
-  const auto spec = cluster::find_gpu("NVIDIA H200");
-  auto h200 = [&] {
-    cluster::Gpu g;
-    g.name = spec->name;
-    g.vram_bytes = spec->vram_bytes;
-    g.memory_bandwidth_bytes_per_s = spec->memory_bandwidth_bytes_per_s;
-    g.fp16_flops = spec->fp16_flops;
-    g.int8_ops = spec->int8_ops;
-    return g;
-  };
+  auto h200 = [] { return cluster::catalog_gpu("NVIDIA H200").value(); };
   for (const char* name : {"host", "rpc"}) {
     cluster::Worker w;
     w.name = name;

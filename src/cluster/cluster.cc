@@ -120,16 +120,11 @@ class Parser {
 
   Gpu gpu(const YAML::Node& n, const std::string& where) const {
     only_keys(n, {"name", "vram", "used", "memory_bandwidth", "fp16", "int8"}, where);
-    Gpu g;
     if (!n["name"]) fail(n, where + " needs a name");
-    g.name = text(n["name"], where + ".name");
-    const auto spec = find_gpu(g.name);
-    if (spec) {
-      g.vram_bytes = spec->vram_bytes;
-      g.memory_bandwidth_bytes_per_s = spec->memory_bandwidth_bytes_per_s;
-      g.fp16_flops = spec->fp16_flops;
-      g.int8_ops = spec->int8_ops;
-    }
+    const std::string name = text(n["name"], where + ".name");
+    const std::optional<Gpu> spec = catalog_gpu(name);
+    Gpu g = spec.value_or(Gpu{});
+    g.name = name;  // as reported, not the catalog's spelling
     if (n["vram"]) g.vram_bytes = bytes(n["vram"], where + ".vram");
     if (n["used"]) g.used_bytes = bytes(n["used"], where + ".used");
     if (n["memory_bandwidth"])
@@ -368,6 +363,18 @@ const Worker* Cluster::find(const std::string& name) const {
 Link Cluster::link(const std::string& a, const std::string& b) const {
   const auto it = links.find(a < b ? std::make_pair(a, b) : std::make_pair(b, a));
   return it == links.end() ? default_link : it->second;
+}
+
+std::optional<Gpu> catalog_gpu(std::string_view reported_name) {
+  const std::optional<GpuSpec> spec = find_gpu(reported_name);
+  if (!spec) return std::nullopt;
+  Gpu g;
+  g.name = spec->name;
+  g.vram_bytes = spec->vram_bytes;
+  g.memory_bandwidth_bytes_per_s = spec->memory_bandwidth_bytes_per_s;
+  g.fp16_flops = spec->fp16_flops;
+  g.int8_ops = spec->int8_ops;
+  return g;
 }
 
 Cluster parse_cluster(const std::string& yaml_text, const std::string& name) {

@@ -25,6 +25,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ggfleet::cluster {
@@ -90,6 +91,10 @@ struct Cluster {
   // loopback: no latency beyond the default's, memory-speed bandwidth is not assumed.
   Link link(const std::string& a, const std::string& b) const;
 };
+
+// The catalog's GPU of that (NVML) name with its catalog size and speeds, nothing used; nullopt
+// when the catalog does not know it.
+std::optional<Gpu> catalog_gpu(std::string_view reported_name);
 
 // Parses a cluster file. Every problem is a ClusterError naming the file, the line and the
 // field: unknown keys, bad units, negative sizes, duplicate worker names, a GPU that is neither
