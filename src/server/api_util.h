@@ -32,6 +32,7 @@ struct HttpError {
 struct Principal {
   std::optional<KeyRole> role;  // nullopt: an unauthenticated route
   std::string worker;
+  std::string key_id;  // the key's id
 };
 
 extern const std::regex kName;  // names of workers and deployments

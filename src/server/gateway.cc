@@ -493,12 +493,12 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
         for (const ProxyTarget& t : d.targets)
           why += "; " + t.id + " is " + text(t.state) +
                  (t.reason.empty() ? "" : " (" + t.reason + ")");
-        if (hooks.proxied) hooks.proxied(deployment, 503, 0, 0);
+        if (hooks.proxied) hooks.proxied(deployment, denied.key_id, 503, 0, 0);
         co_return co_await reply_error(c, 503, why, keep, config.retry_after_s, true);
       }
       if (d.queue.size() >= config.queue_per_deployment) {
         ++rejected_busy;
-        if (hooks.proxied) hooks.proxied(deployment, 429, 0, 0);
+        if (hooks.proxied) hooks.proxied(deployment, denied.key_id, 429, 0, 0);
         co_return co_await reply_error(
             c, 429, "every slot of " + deployment + " is busy and its queue is full; retry later",
             keep, config.retry_after_s, true);
@@ -506,7 +506,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
       const std::shared_ptr<Waiter> w = co_await wait_in(data, deployments[deployment].queue);
       if (!w->granted) {
         ++rejected_busy;
-        if (hooks.proxied) hooks.proxied(deployment, 429, 0, 0);
+        if (hooks.proxied) hooks.proxied(deployment, denied.key_id, 429, 0, 0);
         co_return co_await reply_error(c, 429,
                                        "every slot of " + deployment + " stayed busy for " +
                                            std::to_string(config.queue_timeout_s) +
@@ -536,7 +536,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     }
     if (!r.upstream_answered) {
       if (hooks.upstream_failed) hooks.upstream_failed();
-      if (hooks.proxied) hooks.proxied(deployment, 502, 0, 0);
+      if (hooks.proxied) hooks.proxied(deployment, denied.key_id, 502, 0, 0);
       co_return co_await reply_error(c, 502, "instance " + chosen->id + " did not answer", keep, 0,
                                      true);
     }
@@ -560,7 +560,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
       prompt = answer["usage"].value("prompt_tokens", 0u);
       completion = answer["usage"].value("completion_tokens", 0u);
     }
-    if (hooks.proxied) hooks.proxied(deployment, r.status, prompt, completion);
+    if (hooks.proxied) hooks.proxied(deployment, denied.key_id, r.status, prompt, completion);
     co_return r.client_ok;
   }
 

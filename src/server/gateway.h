@@ -84,6 +84,7 @@ struct ProxyRoute {
 struct ProxyError {
   int status = 0;  // 0 = allowed
   std::string message;
+  std::string key_id;  // when allowed: the key that was used (usage is counted per key)
 };
 
 // An error as OpenAI's API words it: {"error": {"message", "type", "code", "param"}}, the type
@@ -106,8 +107,9 @@ struct GatewayHooks {
   // Where a deployment's instances listen now.
   std::function<ProxyRoute(const std::string& deployment)> route;
   // After each proxied request (status sent, tokens counted); also for 429 and 503 answers.
-  std::function<void(const std::string& deployment, int status, std::uint64_t prompt_tokens,
-                     std::uint64_t completion_tokens)>
+  // `key_id` is ProxyError::key_id of the request's authorization.
+  std::function<void(const std::string& deployment, const std::string& key_id, int status,
+                     std::uint64_t prompt_tokens, std::uint64_t completion_tokens)>
       proxied;
   // The same two answers when they are at hand without blocking (caches), else nullopt: the
   // proxy's hot path then skips the helper threads.

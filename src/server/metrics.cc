@@ -4,6 +4,20 @@
 
 namespace ggfleet::server {
 
+namespace {
+
+// A Prometheus label value: backslash, double quote and newline escaped.
+std::string label(const std::string& v) {
+  std::string out;
+  for (const char ch : v) {
+    if (ch == '\\' || ch == '"') out += '\\';
+    out += ch == '\n' ? std::string("\\n") : std::string(1, ch);
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string Metrics::render(store::Store& s) {
   std::ostringstream o;
   std::map<WorkerStatus, int> workers_by_state;
@@ -17,6 +31,7 @@ std::string Metrics::render(store::Store& s) {
     for (std::size_t g = 0; g < w.gpus.size(); ++g)
       free_vram += static_cast<double>(w.free_vram_bytes(g));
   }
+  const std::vector<store::KeyRow> keys = s.keys();
   std::map<InstanceState, int> instances_by_state;
   for (const store::InstanceRow& i : s.instances()) ++instances_by_state[i.state];
   o << "# HELP ggfleet_workers Workers by state.\n# TYPE ggfleet_workers gauge\n";
@@ -60,6 +75,25 @@ std::string Metrics::render(store::Store& s) {
   for (const auto& [key, n] : proxy_tokens_) {
     o << "ggfleet_inference_tokens_total{deployment=\"" << key.first << "\",kind=\"" << key.second
       << "\"} " << n << "\n";
+  }
+  // Usage per key, named as the store names them now (a deleted key keeps its id).
+  std::map<std::string, std::string> key_names;
+  for (const store::KeyRow& k : keys) key_names[k.id] = k.name;
+  o << "# HELP ggfleet_key_requests_total OpenAI requests per API key.\n"
+       "# TYPE ggfleet_key_requests_total counter\n";
+  for (const auto& [id, u] : key_usage_) {
+    o << "ggfleet_key_requests_total{key=\"" << id << "\",name=\"" << label(key_names[id]) << "\"} "
+      << u.requests << "\n";
+  }
+  o << "# HELP ggfleet_key_tokens_total Tokens per API key (streamed without usage: one per "
+       "chunk).\n"
+       "# TYPE ggfleet_key_tokens_total counter\n";
+  for (const auto& [id, u] : key_usage_) {
+    for (const auto& [kind, n] :
+         {std::pair{"prompt", u.prompt_tokens}, std::pair{"completion", u.completion_tokens}}) {
+      o << "ggfleet_key_tokens_total{key=\"" << id << "\",name=\"" << label(key_names[id])
+        << "\",kind=\"" << kind << "\"} " << n << "\n";
+    }
   }
   o << "# HELP ggfleet_api_request_duration_seconds API latency.\n"
        "# TYPE ggfleet_api_request_duration_seconds histogram\n";

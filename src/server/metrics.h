@@ -24,12 +24,17 @@ class Metrics {
     ++requests_[{route, method, status}];
     observe(latency_[route], seconds);
   }
-  void proxied(const std::string& deployment, int status, std::uint64_t prompt_tokens,
-               std::uint64_t completion_tokens) {
+  // One proxied request of `deployment` made with the key `key_id`.
+  void proxied(const std::string& deployment, const std::string& key_id, int status,
+               std::uint64_t prompt_tokens, std::uint64_t completion_tokens) {
     std::lock_guard<std::mutex> lock(mu_);
     ++proxy_requests_[{deployment, status}];
     proxy_tokens_[{deployment, "prompt"}] += prompt_tokens;
     proxy_tokens_[{deployment, "completion"}] += completion_tokens;
+    KeyUsage& k = key_usage_[key_id];
+    ++k.requests;
+    k.prompt_tokens += prompt_tokens;
+    k.completion_tokens += completion_tokens;
   }
   // One scheduling pass: its duration, the instances it placed and the time it spent planning.
   void scheduling(double seconds, int placed, double planning_s) {
@@ -44,6 +49,10 @@ class Metrics {
  private:
   static constexpr double kBounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                        0.25,  0.5,    1,     2.5,  5,     10};
+  struct KeyUsage {
+    std::uint64_t requests = 0, prompt_tokens = 0, completion_tokens = 0;
+  };
+  std::map<std::string, KeyUsage> key_usage_;  // by key id
   std::uint64_t placements_ = 0;
   double planning_s_ = 0;
   struct Histogram {

@@ -231,8 +231,7 @@ void Server::publish_assignments() {
   assign_cv_.notify_all();
 }
 
-std::optional<std::pair<std::string, std::string>> Server::cached_principal(
-    const std::string& hash) {
+std::optional<Principal> Server::cached_principal(const std::string& hash) {
   // Valid keys are remembered for a minute (the proxy's hot path must not read the store);
   // deleting a key through this server forgets them all at once, through another server sharing
   // the database within the minute.
@@ -293,13 +292,14 @@ Principal Server::authenticate(const std::string& header) {
     throw HttpError{401, "the Authorization header must be 'Bearer KEY'"};
   const std::string hash = sha256_hex(header.substr(7));
   const auto now = std::chrono::steady_clock::now();
-  if (const auto cached = cached_principal(hash)) return {key_role(cached->first), cached->second};
+  if (const std::optional<Principal> cached = cached_principal(hash)) return *cached;
   const std::optional<store::KeyRow> key = store_->key_by_hash(hash);
   if (!key) throw HttpError{401, "invalid API key"};
+  const Principal p{key_role(key->role), key->worker, key->id};
   std::lock_guard<std::mutex> lock(cache_mu_);
   if (key_cache_.size() > 10000) key_cache_.clear();
-  key_cache_[hash] = {now, {key->role, key->worker}};
-  return {key_role(key->role), key->worker};
+  key_cache_[hash] = {now, p};
+  return p;
 }
 
 std::function<void(const httplib::Request&, httplib::Response&)> Server::handle(
@@ -418,25 +418,29 @@ void Server::routes() {
   // and where a deployment's instances listen.
   hooks_.authorize = [this](const std::string& header) -> ProxyError {
     try {
-      allow(authenticate(header), {KeyRole::kAdmin, KeyRole::kUser});
-      return {};
+      const Principal p = authenticate(header);
+      allow(p, {KeyRole::kAdmin, KeyRole::kUser});
+      return {0, "", p.key_id};
     } catch (const HttpError& e) {
-      return {e.status, e.message};
+      return {e.status, e.message, ""};
     }
   };
   hooks_.route = [this](const std::string& deployment) { return route_of(deployment); };
   hooks_.authorize_cached = [this](const std::string& header) -> std::optional<ProxyError> {
     if (header.rfind("Bearer ", 0) != 0) return std::nullopt;
-    const auto cached = cached_principal(sha256_hex(header.substr(7)));
+    const std::optional<Principal> cached = cached_principal(sha256_hex(header.substr(7)));
     if (!cached) return std::nullopt;
-    if (cached->first != "admin" && cached->first != "user")
-      return ProxyError{403, "a " + cached->first + " key may not do this"};
-    return ProxyError{};
+    try {
+      allow(*cached, {KeyRole::kAdmin, KeyRole::kUser});
+    } catch (const HttpError& e) {
+      return ProxyError{e.status, e.message, ""};
+    }
+    return ProxyError{0, "", cached->key_id};
   };
   hooks_.route_cached = [this](const std::string& deployment) { return cached_route(deployment); };
-  hooks_.proxied = [this](const std::string& deployment, int status, std::uint64_t prompt,
-                          std::uint64_t completion) {
-    metrics_->proxied(deployment, status, prompt, completion);
+  hooks_.proxied = [this](const std::string& deployment, const std::string& key_id, int status,
+                          std::uint64_t prompt, std::uint64_t completion) {
+    metrics_->proxied(deployment, key_id, status, prompt, completion);
   };
   hooks_.upstream_failed = [this] { ++routes_generation_; };
 }

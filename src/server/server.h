@@ -122,8 +122,8 @@ class Server {
   // Where a deployment's instances listen (cached until an instance changes; thread-safe).
   ProxyRoute route_of(const std::string& deployment);
   std::optional<ProxyRoute> cached_route(const std::string& deployment);  // never blocks
-  // (role, worker) of a key hash seen in the last minute; never blocks.
-  std::optional<std::pair<std::string, std::string>> cached_principal(const std::string& hash);
+  // Who holds a key hash seen in the last minute; never blocks.
+  std::optional<Principal> cached_principal(const std::string& hash);
 
   ServerConfig config_;
   std::unique_ptr<store::Store> store_;
@@ -146,9 +146,8 @@ class Server {
   std::atomic<bool> stopping_{false};
   std::string generated_admin_key_, generated_join_token_;
   std::mutex cache_mu_;
-  std::map<std::string,
-           std::pair<std::chrono::steady_clock::time_point, std::pair<std::string, std::string>>>
-      key_cache_;  // key hash -> (when, (role, worker))
+  std::map<std::string, std::pair<std::chrono::steady_clock::time_point, Principal>>
+      key_cache_;  // key hash -> (when, who)
   struct Route {   // where a deployment's instances listen, as of `generation`
     std::chrono::steady_clock::time_point when;
     std::uint64_t generation = 0;

@@ -223,6 +223,29 @@ TEST_F(Recovery, OfficialOpenAiSdkForNode) {
                   "/v1 API_KEY=" + kAdmin + " MODEL=chat timeout 300 node openai_sdk.mjs 2>&1");
   EXPECT_EQ(r.exit_code, 0) << r.output << logs();
   EXPECT_EQ(r.output.find("FAIL"), std::string::npos) << r.output;
+  // Usage is counted per key: a new user key's one request shows under its id and name with the
+  // tokens its answer reported; the SDK's requests stay under the admin key.
+  const Reply key = api_->post("/v1/keys", kAdmin, {{"name", "team-a"}, {"role", "user"}});
+  ASSERT_EQ(key.status, 201) << key.body.dump();
+  const Reply answer = api_->post("/v1/chat/completions", key.body["key"].get<std::string>(),
+                                  {{"model", "chat"},
+                                   {"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                                   {"max_tokens", 3}});
+  ASSERT_EQ(answer.status, 200) << answer.body.dump();
+  httplib::Client scrape("127.0.0.1", port_);
+  scrape.set_bearer_token_auth(kAdmin);
+  const httplib::Result metrics = scrape.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  const std::string labels = "{key=\"" + key.body["id"].get<std::string>() + "\",name=\"team-a\"";
+  for (const std::string& line :
+       {"ggfleet_key_requests_total" + labels + "} 1",
+        "ggfleet_key_tokens_total" + labels + ",kind=\"prompt\"} " +
+            std::to_string(answer.body["usage"]["prompt_tokens"].get<int>()),
+        "ggfleet_key_tokens_total" + labels + ",kind=\"completion\"} " +
+            std::to_string(answer.body["usage"]["completion_tokens"].get<int>())}) {
+    EXPECT_NE(metrics->body.find("\n" + line + "\n"), std::string::npos) << line << "\n"
+                                                                         << metrics->body;
+  }
 }
 
 TEST_F(Recovery, WorkerKilledThenRestartedLeavesNoOrphan) {
