@@ -163,16 +163,32 @@ int run_ls(const ClientOptions& o, const std::string& what) {
         rows,
         {{"NAME", "name"}, {"MODEL", "model"}, {"REPLICAS", "replicas"}, {"INSTANCES", "states"}});
   } else {
+    // Generation and prompt tokens/s: the plan's, and llama-server's own timings of the
+    // single-stream requests served so far (their number in parentheses).
+    const auto speeds = [](const json& speed) {
+      const auto one = [&](const char* key) {
+        const auto it = speed.find(key);
+        if (it == speed.end() || !it->is_number()) return std::string("-");
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.1f", it->get<double>());
+        return std::string(buf);
+      };
+      return one("generation_tokens_per_s") + " tg / " + one("prompt_tokens_per_s") + " pp";
+    };
     for (json& r : rows) {
-      char tps[32];
-      std::snprintf(tps, sizeof tps, "%.2f", r["predicted_tokens_per_s"].get<double>());
-      r["tps"] = tps;
+      r["predicted_text"] = speeds(r.value("predicted", json::object()));
+      const json measured = r.value("measured", json());
+      r["measured_text"] =
+          measured.is_object()
+              ? speeds(measured) + " (" + std::to_string(measured.value("samples", 0)) + ")"
+              : std::string("-");
     }
     print_table(rows, {{"ID", "id"},
                        {"DEPLOYMENT", "deployment"},
                        {"STATE", "state"},
                        {"MAIN", "main_worker"},
-                       {"PREDICTED T/S", "tps"},
+                       {"PREDICTED", "predicted_text"},
+                       {"MEASURED", "measured_text"},
                        {"REASON", "reason"}});
   }
   return 0;

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <iostream>
 #include <limits>
 #include <list>
 #include <map>
@@ -64,6 +65,27 @@ bool worker_path(const std::string& path) {
   if (path == "/v1/workers/register") return true;
   if (path.rfind("/v1/workers/", 0) != 0) return false;
   return path.ends_with("/heartbeat") || path.ends_with("/assignments");
+}
+
+// The object `key` of a relayed answer: the JSON answer's, else the last event of the stream's
+// tail that has one; null when neither has it.
+json object_in(const json& answer, const std::string& stream_tail, const char* key) {
+  if (answer.is_object() && answer.contains(key) && answer[key].is_object()) return answer[key];
+  for (std::size_t at = stream_tail.rfind("data:"); at != std::string::npos;
+       at = at == 0 ? std::string::npos : stream_tail.rfind("data:", at - 1)) {
+    const std::size_t end = stream_tail.find('\n', at);
+    const json event = json::parse(
+        stream_tail.substr(at + 5, end == std::string::npos ? std::string::npos : end - at - 5),
+        nullptr, false);
+    if (event.is_object() && event.contains(key) && event[key].is_object()) return event[key];
+  }
+  return nullptr;
+}
+
+// A non-negative number field of `j`, else 0.
+double number_in(const json& j, const char* key) {
+  const auto it = j.find(key);
+  return it != j.end() && it->is_number() && it->get<double>() > 0 ? it->get<double>() : 0;
 }
 
 // A request waiting for capacity: woken (timer cancelled) with `granted` set, or by its deadline.
@@ -126,7 +148,12 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
 
   // Only touched on the data loop.
   std::map<std::string, Deployment> deployments;
-  std::map<std::string, int> in_flight;  // instance -> requests forwarded now
+  struct Load {
+    int in_flight = 0;           // requests forwarded now
+    std::uint64_t overlaps = 0;  // times a request started while another was in flight
+  };
+  std::map<std::string, Load> load;                     // by instance; no entry for an idle one
+  std::atomic<std::int64_t> last_failure_logged_ms{0};  // steady clock
   // Only touched on the front loop.
   int api_active = 0;
   std::deque<std::shared_ptr<Waiter>> api_queue;
@@ -377,22 +404,24 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     for (const ProxyTarget& t : d.targets) {
       if (t.state != InstanceState::kRunning || t.host.empty() || t.port <= 0) continue;
       const int cap = std::max(1, static_cast<int>(t.slots * config.slots_multiple + 0.5));
-      const auto at = in_flight.find(t.id);  // (no entry for an idle instance)
-      const int load = at == in_flight.end() ? 0 : at->second;
-      if (load >= cap) continue;
-      if (!best || load < best_load) {
+      const auto at = load.find(t.id);
+      const int busy = at == load.end() ? 0 : at->second.in_flight;
+      if (busy >= cap) continue;
+      if (!best || busy < best_load) {
         best = &t;
-        best_load = load;
+        best_load = busy;
       }
     }
     return best;
   }
   void take(const ProxyTarget& t) {
-    ++in_flight[t.id];
+    Load& l = load[t.id];
+    if (l.in_flight > 0) ++l.overlaps;
+    ++l.in_flight;
     ++proxied_in_flight;
   }
   void release(const std::string& deployment, const std::string& instance) {
-    if (--in_flight[instance] <= 0) in_flight.erase(instance);
+    if (--load[instance].in_flight <= 0) load.erase(instance);
     --proxied_in_flight;
     grant_waiting(deployment);
   }
@@ -529,10 +558,14 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
       }
     };
     Relayed r;
+    bool alone = false;  // no other request ran on the instance at any time during this one
     {
       Slot slot{*this, deployment, chosen->id};
+      const bool busy_at_start = load[chosen->id].in_flight > 1;
+      const std::uint64_t overlaps_at_start = load[chosen->id].overlaps;
       r = co_await relay(data, c, std::move(req), chosen->host, chosen->port, keep,
                          config.upstream_timeout_s);
+      alone = !busy_at_start && load[chosen->id].overlaps == overlaps_at_start;
     }
     if (!r.upstream_answered) {
       if (hooks.upstream_failed) hooks.upstream_failed();
@@ -544,23 +577,25 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     std::uint64_t prompt = 0, completion = r.chunks;
     // Usage: the JSON answer's, or the stream's last event that carries one
     // (stream_options.include_usage); else the number of events stands for the tokens.
-    json answer =
+    // llama-server's own `timings` arrive the same ways (in a stream, with its last token).
+    const json answer =
         json::parse(r.captured.empty() ? std::string("null") : r.captured, nullptr, false);
-    for (std::size_t at = r.stream_tail.rfind("data:");
-         at != std::string::npos && !answer.is_object();
-         at = at == 0 ? std::string::npos : r.stream_tail.rfind("data:", at - 1)) {
-      const std::size_t end = r.stream_tail.find('\n', at);
-      const json event = json::parse(
-          r.stream_tail.substr(at + 5, end == std::string::npos ? std::string::npos : end - at - 5),
-          nullptr, false);
-      if (event.is_object() && event.contains("usage") && event["usage"].is_object())
-        answer = event;
-    }
-    if (answer.is_object() && answer.contains("usage") && answer["usage"].is_object()) {
-      prompt = answer["usage"].value("prompt_tokens", 0u);
-      completion = answer["usage"].value("completion_tokens", 0u);
+    const json usage = object_in(answer, r.stream_tail, "usage");
+    if (usage.is_object()) {
+      prompt = usage.value("prompt_tokens", 0u);
+      completion = usage.value("completion_tokens", 0u);
     }
     if (hooks.proxied) hooks.proxied(deployment, denied.key_id, r.status, prompt, completion);
+    const json timings = object_in(answer, r.stream_tail, "timings");
+    if (hooks.measured && r.status == 200 && timings.is_object()) {
+      Timings t;
+      t.prompt_tokens = number_in(timings, "prompt_n");
+      t.prompt_s = number_in(timings, "prompt_ms") / 1000;
+      t.generated_tokens = number_in(timings, "predicted_n");
+      t.generation_s = number_in(timings, "predicted_ms") / 1000;
+      t.alone = alone;
+      hooks.measured(chosen->id, t);
+    }
     co_return r.client_ok;
   }
 
@@ -738,8 +773,17 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
         }
         if (!again) break;
       }
-    } catch (const std::exception&) {
-      // A failure of this connection only (resolver, socket): it is closed below.
+    } catch (const std::exception& e) {
+      // A failure of this connection only: it is closed below, and said once per second at most.
+      const std::int64_t now_ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
+              .count();
+      std::int64_t last_ms = last_failure_logged_ms.load();
+      if (now_ms - last_ms > 1000 &&
+          last_failure_logged_ms.compare_exchange_strong(last_ms, now_ms)) {
+        std::cerr << "ggfleet gateway: a connection from " << c.address
+                  << " closed after an error: " << e.what() << std::endl;
+      }
     }
     if (&loop != &data) unmark_pending(loop, c);
     if (!moved) {

@@ -101,6 +101,15 @@ nlohmann::json openai_error(int status, const std::string& message);
 std::string check_openai_body(const std::string& path, nlohmann::json& body,
                               bool* rewritten = nullptr);
 
+// What llama-server's `timings` said about one answered request.
+struct Timings {
+  double prompt_tokens = 0;  // prompt tokens it processed (the cached ones not counted)
+  double prompt_s = 0;
+  double generated_tokens = 0;
+  double generation_s = 0;
+  bool alone = false;  // no other request ran on the instance at any time during this one
+};
+
 struct GatewayHooks {
   // The Authorization header of an OpenAI request: status 0 if it may use the proxy.
   std::function<ProxyError(const std::string& authorization)> authorize;
@@ -115,6 +124,8 @@ struct GatewayHooks {
   // proxy's hot path then skips the helper threads.
   std::function<std::optional<ProxyError>(const std::string& authorization)> authorize_cached;
   std::function<std::optional<ProxyRoute>(const std::string& deployment)> route_cached;
+  // After each answered (200) request whose answer carried llama-server's timings.
+  std::function<void(const std::string& instance, const Timings& timings)> measured;
   // An instance did not answer: routes should be read again.
   std::function<void()> upstream_failed;
 };

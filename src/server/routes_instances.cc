@@ -4,6 +4,7 @@
 
 #include <regex>
 #include <set>
+#include <sstream>
 
 #include "plan/report.h"
 #include "server/api_util.h"
@@ -13,6 +14,53 @@ namespace ggfleet::server {
 
 using nlohmann::json;
 
+namespace {
+
+// The plan's prediction of an instance: generation and prompt tokens/s.
+json predicted_json(const store::InstanceRow& i) {
+  const json a = parse_or(i.assignment_json, json::object());
+  json prediction = a.is_object() && a.contains("plan") && a["plan"].is_object()
+                        ? a["plan"].value("prediction", json::object())
+                        : json::object();
+  if (!prediction.is_object()) prediction = json::object();
+  return {{"generation_tokens_per_s", i.predicted_tokens_per_s},
+          {"prompt_tokens_per_s", prediction.value("prompt_tokens_per_s", 0.0)}};
+}
+
+}  // namespace
+
+json Server::instance_view(const store::InstanceRow& i, bool with_assignment) {
+  json j = instance_json(i, with_assignment);
+  j["predicted"] = predicted_json(i);
+  j["measured"] = measurements_->view(i.id);  // null until a request was answered
+  return j;
+}
+
+std::string Server::render_speeds() {
+  std::ostringstream o;
+  o << "# HELP ggfleet_instance_predicted_tokens_per_second The plan's prediction.\n"
+       "# TYPE ggfleet_instance_predicted_tokens_per_second gauge\n"
+       "# HELP ggfleet_instance_measured_tokens_per_second llama-server's timings of "
+       "single-stream requests.\n"
+       "# TYPE ggfleet_instance_measured_tokens_per_second gauge\n";
+  for (const store::InstanceRow& i : store_->instances()) {
+    if (i.state != InstanceState::kRunning) continue;
+    const json predicted = predicted_json(i);
+    const json measured = measurements_->view(i.id);
+    for (const char* kind : {"generation", "prompt"}) {
+      const std::string key = std::string(kind) + "_tokens_per_s";
+      const std::string labels =
+          "{instance=\"" + i.id + "\",deployment=\"" + i.deployment + "\",kind=\"" + kind + "\"} ";
+      o << "ggfleet_instance_predicted_tokens_per_second" << labels << predicted[key].get<double>()
+        << "\n";
+      if (measured.is_object() && measured[key].is_number())
+        o << "ggfleet_instance_measured_tokens_per_second" << labels << measured[key].get<double>()
+          << "\n";
+    }
+  }
+  return o.str();
+}
+
 void Server::instance_routes() {
   httplib::Server& s = *http_;
   // Instances.
@@ -21,7 +69,7 @@ void Server::instance_routes() {
           allow(p, {KeyRole::kAdmin, KeyRole::kUser});
           json list = json::array();
           for (const store::InstanceRow& i : store_->instances(req.get_param_value("deployment"))) {
-            list.push_back(instance_json(i, false));
+            list.push_back(instance_view(i, false));
           }
           reply(res, {{"instances", list}});
         }));
@@ -30,7 +78,7 @@ void Server::instance_routes() {
           allow(p, {KeyRole::kAdmin, KeyRole::kUser});
           const std::optional<store::InstanceRow> i = store_->instance(req.matches[1]);
           if (!i) throw HttpError{404, "no instance " + std::string(req.matches[1])};
-          reply(res, instance_json(*i, true));
+          reply(res, instance_view(*i, true));
         }));
   s.Get(R"(/v1/instances/([a-z0-9-]+)/logs)",
         handle("/v1/instances/{id}/logs", true,

@@ -48,7 +48,9 @@ std::string env_or(const std::string& given, const char* var) {
 }  // namespace
 
 Server::Server(ServerConfig config)
-    : config_(std::move(config)), metrics_(std::make_unique<Metrics>()) {}
+    : config_(std::move(config)),
+      metrics_(std::make_unique<Metrics>()),
+      measurements_(std::make_unique<Measurements>()) {}
 
 Server::~Server() {
   stop();
@@ -177,6 +179,11 @@ void Server::schedule_loop() {
         store_->event("scheduler.error", "scheduler", e.what());
       } catch (...) {
       }
+    }
+    try {
+      measurements_->flush(*store_);
+    } catch (const std::exception& e) {
+      std::cerr << "ggfleet server: writing measurements failed: " << e.what() << std::endl;
     }
     metrics_->scheduling(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), stats.placed,
@@ -379,6 +386,7 @@ void Server::routes() {
           allow(p, {KeyRole::kAdmin, KeyRole::kUser});
           std::string text = metrics_->render(*store_);
           if (gateway_) text += render_gateway(gateway_->stats());
+          text += render_speeds();
           res.set_content(text, "text/plain; version=0.0.4");
         }));
   worker_routes();
@@ -443,6 +451,9 @@ void Server::routes() {
     metrics_->proxied(deployment, key_id, status, prompt, completion);
   };
   hooks_.upstream_failed = [this] { ++routes_generation_; };
+  hooks_.measured = [this](const std::string& instance, const Timings& t) {
+    measurements_->record(instance, t);
+  };
 }
 
 }  // namespace ggfleet::server

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "server/gateway.h"
+#include "server/measurements.h"
 #include "server/scheduler.h"
 #include "store/store.h"
 
@@ -114,6 +115,10 @@ class Server {
   // The model's header as the planner reads it; 400 if it cannot be read, 403 outside the roots.
   std::shared_ptr<const estimate::ModelMemory> checked_model(const std::string& model);
   void schedule_loop();
+  // An instance as the API shows it: instance_json with its prediction and measurements.
+  nlohmann::json instance_view(const store::InstanceRow& i, bool with_assignment);
+  // Prometheus gauges of predicted and measured speed per instance.
+  std::string render_speeds();
   // Reads every worker's assignments from the store into assignments_, marks the workers whose
   // own list changed, wakes the long polls and makes the proxy read its routes again.
   void publish_assignments();
@@ -132,6 +137,7 @@ class Server {
   GatewayHooks hooks_;                     // set by routes()
   std::unique_ptr<Gateway> gateway_;       // the public front and the data plane
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<Measurements> measurements_;
   std::thread http_thread_, schedule_thread_;
   std::mutex mu_;
   std::condition_variable wake_cv_, assign_cv_;

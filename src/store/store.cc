@@ -33,6 +33,10 @@ const std::vector<std::string> kMigrations = {
     // planned for one, so a change rolls (new instances first, old ones after).
     R"(ALTER TABLE deployments ADD COLUMN generation BIGINT NOT NULL DEFAULT 1;
        ALTER TABLE instances ADD COLUMN generation BIGINT NOT NULL DEFAULT 1)",
+    // 3: what each instance really delivers (the truth loop): one row per instance, a JSON
+    // summary of llama-server's timings, deleted with the instance.
+    R"(CREATE TABLE measurements (instance TEXT PRIMARY KEY, body TEXT NOT NULL,
+         updated_ms BIGINT NOT NULL))",
 };
 
 // Splits a migration into statements (libpq and sqlite3_prepare take one at a time).
@@ -256,6 +260,10 @@ bool Store::delete_deployment(const std::string& name) {
     db_->exec(
         "DELETE FROM claims WHERE instance IN (SELECT id FROM instances WHERE deployment = $1)",
         {name});
+    db_->exec(
+        "DELETE FROM measurements WHERE instance IN (SELECT id FROM instances WHERE deployment = "
+        "$1)",
+        {name});
     db_->exec("DELETE FROM instances WHERE deployment = $1", {name});
     deleted = db_->exec("DELETE FROM deployments WHERE name = $1", {name}).affected > 0;
   });
@@ -309,9 +317,29 @@ bool Store::delete_instance(const std::string& id) {
   bool deleted = false;
   transaction([&] {
     db_->exec("DELETE FROM claims WHERE instance = $1", {id});
+    db_->exec("DELETE FROM measurements WHERE instance = $1", {id});
     deleted = db_->exec("DELETE FROM instances WHERE id = $1", {id}).affected > 0;
   });
   return deleted;
+}
+
+void Store::put_measurement(const std::string& instance, const std::string& body) {
+  transaction([&] {
+    // Only for an instance that still exists (it may have been deleted since it was measured).
+    if (db_->exec("SELECT 1 FROM instances WHERE id = $1", {instance}).rows.empty()) return;
+    db_->exec("DELETE FROM measurements WHERE instance = $1", {instance});
+    db_->exec("INSERT INTO measurements (instance, body, updated_ms) VALUES ($1, $2, $3)",
+              {instance, body, now_ms()});
+  });
+}
+
+std::map<std::string, std::string> Store::measurements() {
+  return locked([&](Db& db) {
+    const Rows r = db.exec("SELECT instance, body FROM measurements");
+    std::map<std::string, std::string> out;
+    for (std::size_t i = 0; i < r.rows.size(); ++i) out[r.text(i, 0)] = r.text(i, 1);
+    return out;
+  });
 }
 
 void Store::set_claims(const std::string& instance, const std::vector<ClaimRow>& claims) {

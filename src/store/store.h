@@ -118,6 +118,11 @@ class Store {
   std::vector<ClaimRow> claims();
   std::string next_id(const std::string& counter);  // "1", "2", ... per counter, never reused
 
+  // Measurements: one JSON body per instance (written only while the instance exists; deleted
+  // with it), all of them by instance id.
+  void put_measurement(const std::string& instance, const std::string& body);
+  std::map<std::string, std::string> measurements();
+
   // API keys.
   void put_key(const KeyRow& k);
   std::optional<KeyRow> key_by_hash(const std::string& hash);

@@ -248,6 +248,67 @@ TEST_F(Recovery, OfficialOpenAiSdkForNode) {
   }
 }
 
+// The truth loop's first half: every answered request's llama-server timings are kept per
+// instance and shown next to the prediction. The worker declares an H100 that it is not (its GPU
+// is llama.cpp's CPU backend), so the measured speed stays far from the predicted one and the
+// deviation event fires after 20 single-stream requests.
+TEST_F(Recovery, MeasuredSpeedIsShownNextToThePrediction) {
+  start(26000, 1, {"--declare-gpu", "NVIDIA H100 SXM:80GiB"});
+  deploy();
+  const std::string id = instance()["id"];
+  for (int k = 0; k < 20; ++k) ASSERT_EQ(chat().status, 200) << logs();
+  // One streamed request with a longer prompt: a prompt sample, and timings from the stream.
+  std::string prompt;
+  for (int k = 0; k < 40; ++k) prompt += "word" + std::to_string(k) + " ";
+  httplib::Client raw("127.0.0.1", port_);
+  raw.set_bearer_token_auth(kAdmin);
+  const json streamed = {{"model", "chat"},
+                         {"messages", {{{"role", "user"}, {"content", prompt}}}},
+                         {"max_tokens", 4},
+                         {"stream", true}};
+  const httplib::Result s = raw.Post("/v1/chat/completions", streamed.dump(), "application/json");
+  ASSERT_TRUE(s && s->status == 200) << (s ? s->body : "no answer");
+  ASSERT_TRUE(wait_for(
+      [&] {
+        const json m = instance()["measured"];
+        return m.is_object() && m.value("samples", 0.0) >= 21;
+      },
+      30))
+      << instance().dump() << logs();
+  const json i = instance();
+  const json& measured = i["measured"];
+  EXPECT_EQ(measured["samples"].get<int>(), 21) << i.dump();  // one request at a time
+  EXPECT_EQ(measured["concurrent"]["samples"].get<int>(), 0) << i.dump();
+  EXPECT_GE(measured["generation_samples"].get<int>(), 20) << i.dump();
+  EXPECT_GE(measured["prompt_samples"].get<int>(), 1) << i.dump();
+  EXPECT_GT(measured["generation_tokens_per_s"].get<double>(), 0) << i.dump();
+  EXPECT_GT(measured["prompt_tokens_per_s"].get<double>(), 0) << i.dump();
+  const double predicted = i["predicted"]["generation_tokens_per_s"].get<double>();
+  EXPECT_GT(predicted, 0) << i.dump();
+  EXPECT_GT(i["predicted"]["prompt_tokens_per_s"].get<double>(), 0) << i.dump();
+  // The deviation: H100 speed predicted, a CPU's measured.
+  EXPECT_LT(measured["recent_generation_tokens_per_s"].get<double>(), 0.75 * predicted) << i.dump();
+  EXPECT_TRUE(wait_for([&] { return has_event("instance.speed_deviation", id); }, 10)) << logs();
+  // Prometheus: both gauges of the running instance.
+  const httplib::Result metrics = raw.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  for (const char* gauge : {"ggfleet_instance_predicted_tokens_per_second",
+                            "ggfleet_instance_measured_tokens_per_second"}) {
+    EXPECT_NE(metrics->body.find(std::string(gauge) + "{instance=\"" + id +
+                                 "\",deployment=\"chat\",kind=\"generation\"} "),
+              std::string::npos)
+        << gauge << "\n"
+        << metrics->body;
+  }
+  // ... and the CLI's list.
+  const CommandResult ls =
+      run_command(std::string(GGFLEET_BINARY) + " ls instances --server http://127.0.0.1:" +
+                  std::to_string(port_) + " --key " + kAdmin + " 2>&1");
+  EXPECT_NE(ls.output.find("PREDICTED"), std::string::npos) << ls.output;
+  EXPECT_NE(ls.output.find("MEASURED"), std::string::npos) << ls.output;
+  EXPECT_NE(ls.output.find("(21)"), std::string::npos) << ls.output;  // the samples
+}
+
 TEST_F(Recovery, WorkerKilledThenRestartedLeavesNoOrphan) {
   start(23100, 1);
   deploy();

@@ -25,11 +25,11 @@ class StoreTest : public ::testing::TestWithParam<std::string> {
 
 TEST_P(StoreTest, MigratesOnceAndReopens) {
   EXPECT_EQ(store_->backend(), GetParam());
-  EXPECT_EQ(store_->schema_version(), 2);
+  EXPECT_EQ(store_->schema_version(), 3);
   store_->put_worker({"w1", "10.0.0.1", "{}", WorkerStatus::kReady, "{}", 5, 1});
   store_.reset();
   Store again(db_->target());  // the same data, no second migration
-  EXPECT_EQ(again.schema_version(), 2);
+  EXPECT_EQ(again.schema_version(), 3);
   ASSERT_TRUE(again.worker("w1").has_value());
   EXPECT_EQ(again.worker("w1")->address, "10.0.0.1");
 }
@@ -68,10 +68,17 @@ TEST_P(StoreTest, WorkersDeploymentsInstancesClaims) {
   EXPECT_DOUBLE_EQ(store_->instance(i.id)->predicted_tokens_per_s, 12.5);
   EXPECT_EQ(store_->instance(i.id)->generation, 2);
   EXPECT_NE(store_->next_id("instances"), store_->next_id("instances"));
+  // A measurement is kept per existing instance, replaced by the next one.
+  store_->put_measurement(i.id, R"({"samples":1})");
+  store_->put_measurement(i.id, R"({"samples":2})");
+  store_->put_measurement("no-such-instance", R"({"samples":1})");
+  EXPECT_EQ(store_->measurements(),
+            (std::map<std::string, std::string>{{i.id, R"({"samples":2})"}}));
 
-  EXPECT_TRUE(store_->delete_deployment("chat"));  // instances and claims go with it
+  EXPECT_TRUE(store_->delete_deployment("chat"));  // instances, claims, measurements go with it
   EXPECT_TRUE(store_->instances().empty());
   EXPECT_TRUE(store_->claims().empty());
+  EXPECT_TRUE(store_->measurements().empty());
   EXPECT_THROW(store_->put_instance(i), StoreError);  // no deployment any more
   // Claims exist only with their instance: the schema refuses anything else.
   EXPECT_THROW(store_->set_claims("no-such-instance", {{"no-such-instance", "w1", 0, 1, false}}),

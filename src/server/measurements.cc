@@ -1,0 +1,197 @@
+#include "server/measurements.h"
+
+#include <cmath>
+#include <cstdio>
+#include <set>
+
+namespace ggfleet::server {
+
+using nlohmann::json;
+
+namespace {
+
+// tokens / seconds, or null without samples.
+json rate(double tokens, double seconds) {
+  return seconds > 0 && tokens > 0 ? json(tokens / seconds) : json(nullptr);
+}
+
+std::string fixed1(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", v);
+  return buf;
+}
+
+std::int64_t count(double n) {
+  return static_cast<std::int64_t>(n);
+}
+
+double number(const json& j, const char* key) {
+  const auto it = j.find(key);
+  return it != j.end() && it->is_number() ? it->get<double>() : 0;
+}
+
+}  // namespace
+
+void Measurements::add(Sums& s, const Timings& t) {
+  ++s.requests;
+  if (t.generated_tokens >= kMinGeneratedTokens && t.generation_s > 0) {
+    ++s.generation_samples;
+    s.generated_tokens += t.generated_tokens;
+    s.generation_s += t.generation_s;
+  }
+  if (t.prompt_tokens >= kMinPromptTokens && t.prompt_s > 0) {
+    ++s.prompt_samples;
+    s.prompt_tokens += t.prompt_tokens;
+    s.prompt_s += t.prompt_s;
+  }
+}
+
+void Measurements::record(const std::string& instance, const Timings& t) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto [it, fresh] = mine_.try_emplace(instance);
+  Summary& s = it->second;
+  if (fresh) {  // continue what was stored (by this server before a restart, or another)
+    if (const auto st = from_store_.find(instance); st != from_store_.end()) {
+      s = summary_from(st->second);
+      from_store_.erase(st);
+    }
+  }
+  add(t.alone ? s.alone : s.shared, t);
+  if (t.alone && t.generated_tokens >= kMinGeneratedTokens && t.generation_s > 0) {
+    s.recent.emplace_back(t.generated_tokens, t.generation_s);
+    if (s.recent.size() > kWindow) s.recent.pop_front();
+  }
+  s.dirty = true;
+}
+
+json Measurements::sums_json(const Sums& s) {
+  return {{"requests", s.requests},
+          {"generation_samples", s.generation_samples},
+          {"generated_tokens", s.generated_tokens},
+          {"generation_s", s.generation_s},
+          {"prompt_samples", s.prompt_samples},
+          {"prompt_tokens", s.prompt_tokens},
+          {"prompt_s", s.prompt_s}};
+}
+
+Measurements::Sums Measurements::sums_from(const json& j) {
+  Sums s;
+  if (!j.is_object()) return s;
+  s.requests = number(j, "requests");
+  s.generation_samples = number(j, "generation_samples");
+  s.generated_tokens = number(j, "generated_tokens");
+  s.generation_s = number(j, "generation_s");
+  s.prompt_samples = number(j, "prompt_samples");
+  s.prompt_tokens = number(j, "prompt_tokens");
+  s.prompt_s = number(j, "prompt_s");
+  return s;
+}
+
+json Measurements::summary_json(const Summary& s) {
+  json recent = json::array();
+  for (const auto& [tokens, seconds] : s.recent) recent.push_back({tokens, seconds});
+  return {{"alone", sums_json(s.alone)},
+          {"shared", sums_json(s.shared)},
+          {"recent", recent},
+          {"deviating", s.deviating}};
+}
+
+Measurements::Summary Measurements::summary_from(const json& j) {
+  Summary s;
+  if (!j.is_object()) return s;
+  s.alone = sums_from(j.value("alone", json::object()));
+  s.shared = sums_from(j.value("shared", json::object()));
+  for (const json& r : j.value("recent", json::array())) {
+    if (r.is_array() && r.size() == 2 && r[0].is_number() && r[1].is_number())
+      s.recent.emplace_back(r[0].get<double>(), r[1].get<double>());
+  }
+  s.deviating = j.value("deviating", false);
+  return s;
+}
+
+json Measurements::view(const std::string& instance) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Summary s;
+  if (const auto it = mine_.find(instance); it != mine_.end()) {
+    s = it->second;
+  } else if (const auto st = from_store_.find(instance); st != from_store_.end()) {
+    s = summary_from(st->second);
+  } else {
+    return nullptr;
+  }
+  double recent_tokens = 0, recent_s = 0;
+  for (const auto& [tokens, seconds] : s.recent) {
+    recent_tokens += tokens;
+    recent_s += seconds;
+  }
+  return {{"generation_tokens_per_s", rate(s.alone.generated_tokens, s.alone.generation_s)},
+          {"prompt_tokens_per_s", rate(s.alone.prompt_tokens, s.alone.prompt_s)},
+          {"samples", count(s.alone.requests)},
+          {"generation_samples", count(s.alone.generation_samples)},
+          {"prompt_samples", count(s.alone.prompt_samples)},
+          {"recent_generation_tokens_per_s", rate(recent_tokens, recent_s)},
+          {"recent_samples", s.recent.size()},
+          {"concurrent",
+           {{"generation_tokens_per_s", rate(s.shared.generated_tokens, s.shared.generation_s)},
+            {"prompt_tokens_per_s", rate(s.shared.prompt_tokens, s.shared.prompt_s)},
+            {"samples", count(s.shared.requests)}}}};
+}
+
+void Measurements::flush(store::Store& store) {
+  // The store is read and written outside the lock: record() runs on the proxy's loop.
+  std::set<std::string> alive;
+  for (const store::InstanceRow& i : store.instances()) alive.insert(i.id);
+  std::map<std::string, Summary> changed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = mine_.begin(); it != mine_.end();) {
+      if (!alive.count(it->first)) {
+        it = mine_.erase(it);  // deleted: its row went with it
+        continue;
+      }
+      if (it->second.dirty) {
+        changed[it->first] = it->second;
+        it->second.dirty = false;
+      }
+      ++it;
+    }
+  }
+  std::map<std::string, bool> deviating;  // instance -> its new state, where it changed
+  for (auto& [id, s] : changed) {
+    const std::optional<store::InstanceRow> row = store.instance(id);
+    if (!row) continue;
+    double tokens = 0, seconds = 0;
+    for (const auto& [t, sec] : s.recent) {
+      tokens += t;
+      seconds += sec;
+    }
+    const double predicted = row->predicted_tokens_per_s;
+    if (s.recent.size() >= kWindow && seconds > 0 && predicted > 0) {
+      const double measured = tokens / seconds;
+      const double off = measured / predicted - 1;
+      const bool now = std::abs(off) > kDeviation;
+      if (now != s.deviating) {
+        s.deviating = now;
+        deviating[id] = now;
+        store.event(now ? "instance.speed_deviation" : "instance.speed_ok", id,
+                    "measured " + fixed1(measured) + " tokens/s over the last " +
+                        std::to_string(s.recent.size()) + " single-stream requests, predicted " +
+                        fixed1(predicted) + " (" + (off >= 0 ? "+" : "") + fixed1(100 * off) +
+                        " %)");
+      }
+    }
+    store.put_measurement(id, summary_json(s).dump());
+  }
+  const std::map<std::string, std::string> stored = store.measurements();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, now] : deviating) {
+    if (const auto it = mine_.find(id); it != mine_.end()) it->second.deviating = now;
+  }
+  // The other rows: written by other servers, or by this one before a restart.
+  from_store_.clear();
+  for (const auto& [id, body] : stored) {
+    if (!mine_.count(id)) from_store_[id] = json::parse(body, nullptr, false);
+  }
+}
+
+}  // namespace ggfleet::server

@@ -1,0 +1,69 @@
+// The measured side of every prediction: what each instance really delivers, summed from
+// llama-server's own `timings` of the requests the proxy relayed. Requests that ran alone on
+// their instance (single-stream, as the planner predicts) are kept apart from those that shared
+// it with others. Summaries live in memory (the proxy's hot path never waits for the store) and
+// are written to the store, one row per instance, by flush().
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "server/gateway.h"
+#include "store/store.h"
+
+namespace ggfleet::server {
+
+class Measurements {
+ public:
+  // Generation speed counts requests that generated at least this many tokens; prompt speed,
+  // requests that processed at least this many prompt tokens (shorter ones are mostly fixed
+  // cost, and the planner predicts a 512-token prompt).
+  static constexpr double kMinGeneratedTokens = 2;
+  static constexpr double kMinPromptTokens = 32;
+  // The deviation event: the last kWindow single-stream requests together more than
+  // kDeviation away from the predicted generation speed.
+  static constexpr std::size_t kWindow = 20;
+  static constexpr double kDeviation = 0.25;
+
+  // One answered request of `instance`. Never blocks on I/O.
+  void record(const std::string& instance, const Timings& t);
+
+  // What the API shows as an instance's "measured": generation and prompt tokens/s of
+  // single-stream requests and their sample counts, the same for concurrent ones, and the
+  // recent single-stream window. Null when nothing was measured.
+  nlohmann::json view(const std::string& instance) const;
+
+  // Writes the summaries that changed to the store, forgets instances that are gone, reads
+  // those written by other servers, and records an event when an instance's recent
+  // single-stream generation speed moves more than kDeviation away from its prediction
+  // (instance.speed_deviation) or back within it (instance.speed_ok).
+  void flush(store::Store& store);
+
+ private:
+  struct Sums {
+    double requests = 0;  // every request counted here
+    double generation_samples = 0, generated_tokens = 0, generation_s = 0;
+    double prompt_samples = 0, prompt_tokens = 0, prompt_s = 0;
+  };
+  struct Summary {
+    Sums alone, shared;
+    std::deque<std::pair<double, double>> recent;  // (tokens, seconds) of the last kWindow alone
+    bool deviating = false;                        // the event was raised and not yet cleared
+    bool dirty = false;                            // changed since the last flush
+  };
+  static void add(Sums& s, const Timings& t);
+  static nlohmann::json sums_json(const Sums& s);
+  static Sums sums_from(const nlohmann::json& j);
+  static nlohmann::json summary_json(const Summary& s);
+  static Summary summary_from(const nlohmann::json& j);
+
+  mutable std::mutex mu_;
+  std::map<std::string, Summary> mine_;               // measured by this server's proxy
+  std::map<std::string, nlohmann::json> from_store_;  // other servers' summaries
+};
+
+}  // namespace ggfleet::server
