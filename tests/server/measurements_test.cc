@@ -1,0 +1,96 @@
+// The measured side of predictions (src/server/measurements.h) on a real store: what counts as
+// a sample, single-stream apart from concurrent, the deviation event and its end, and a
+// server restart that continues the stored summary.
+#include "server/measurements.h"
+
+#include <gtest/gtest.h>
+
+#include "store/test_db.h"
+
+namespace ggfleet::server {
+namespace {
+
+using nlohmann::json;
+
+class MeasurementsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    store_ = std::make_unique<store::Store>(db_.target());
+    ASSERT_TRUE(store_->create_deployment({"chat", "/m.gguf", "{}", 1, 1, 1}));
+    store::InstanceRow i;
+    i.id = "chat-1";
+    i.deployment = "chat";
+    i.state = InstanceState::kRunning;
+    i.predicted_tokens_per_s = 100;
+    store_->put_instance(i);
+  }
+  std::vector<std::string> events() {
+    std::vector<std::string> out;
+    for (const store::EventRow& e : store_->events()) out.push_back(e.kind + ": " + e.message);
+    return out;
+  }
+  test::TestDb db_{"sqlite"};
+  std::unique_ptr<store::Store> store_;
+};
+
+Timings timing(double generated, double seconds, bool alone, double prompt = 0,
+               double prompt_s = 0) {
+  Timings t;
+  t.generated_tokens = generated;
+  t.generation_s = seconds;
+  t.prompt_tokens = prompt;
+  t.prompt_s = prompt_s;
+  t.alone = alone;
+  return t;
+}
+
+TEST_F(MeasurementsTest, SamplesDeviationAndRestart) {
+  Measurements m;
+  EXPECT_TRUE(m.view("chat-1").is_null());
+  m.record("chat-1", timing(1, 0.01, true, 10, 0.1));  // one token, short prompt: no speed
+  m.record("chat-1", timing(50, 1.0, false));          // shared: apart
+  json v = m.view("chat-1");
+  EXPECT_EQ(v["samples"], 1);
+  EXPECT_TRUE(v["generation_tokens_per_s"].is_null()) << v.dump();
+  EXPECT_TRUE(v["prompt_tokens_per_s"].is_null()) << v.dump();
+  EXPECT_EQ(v["concurrent"]["samples"], 1);
+  EXPECT_DOUBLE_EQ(v["concurrent"]["generation_tokens_per_s"].get<double>(), 50);
+  // 19 more single-stream requests at 50 tokens/s (prediction 100): not yet 20 in the window.
+  for (int k = 0; k < 19; ++k) m.record("chat-1", timing(10, 0.2, true, 64, 0.5));
+  m.flush(*store_);
+  for (const std::string& e : events()) EXPECT_EQ(e.find("speed"), std::string::npos) << e;
+  m.record("chat-1", timing(10, 0.2, true));
+  m.flush(*store_);
+  v = m.view("chat-1");
+  EXPECT_EQ(v["samples"], 21);
+  EXPECT_EQ(v["generation_samples"], 20);
+  EXPECT_EQ(v["prompt_samples"], 19);
+  EXPECT_DOUBLE_EQ(v["generation_tokens_per_s"].get<double>(), 50);
+  EXPECT_DOUBLE_EQ(v["prompt_tokens_per_s"].get<double>(), 128);
+  ASSERT_EQ(events().size(), 1u);
+  EXPECT_EQ(events()[0],
+            "instance.speed_deviation: measured 50.0 tokens/s over the last 20 single-stream "
+            "requests, predicted 100.0 (-50.0 %)");
+  m.flush(*store_);  // nothing new: no second event
+  EXPECT_EQ(events().size(), 1u);
+
+  // A restarted server continues the stored summary; back within 25 %: the event's end.
+  Measurements after;
+  after.flush(*store_);
+  EXPECT_EQ(after.view("chat-1")["samples"], 21);
+  for (int k = 0; k < 20; ++k) after.record("chat-1", timing(19, 0.2, true));
+  after.flush(*store_);
+  EXPECT_EQ(after.view("chat-1")["samples"], 41);
+  ASSERT_EQ(events().size(), 2u);
+  EXPECT_EQ(events()[1].rfind("instance.speed_ok: measured 95.0 tokens/s", 0), 0u) << events()[1];
+
+  // Deleted with its instance; a late record of a deleted instance is not stored.
+  EXPECT_TRUE(store_->delete_instance("chat-1"));
+  after.record("chat-1", timing(10, 0.2, true));
+  after.flush(*store_);
+  EXPECT_TRUE(store_->measurements().empty());
+  EXPECT_TRUE(after.view("chat-1").is_null());
+}
+
+}  // namespace
+}  // namespace ggfleet::server
