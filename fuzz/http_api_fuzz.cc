@@ -22,10 +22,12 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -47,6 +49,7 @@ struct Answer {
   double elapsed_s = 0;
   std::string content_type;
   std::string body;
+  std::string ended;  // how reading ended: "closed" (FIN), or the error of send/recv
 };
 
 // One request on a fresh connection; reads until the server closes it (Connection: close).
@@ -70,14 +73,24 @@ Answer round_trip_once(int port, const std::string& request) {
   std::size_t sent = 0;
   while (sent < request.size()) {
     const ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) break;  // the server may answer (413, 400) before reading everything
+    if (n < 0 && errno == EINTR) continue;  // libFuzzer's timer signal
+    if (n <= 0) {  // the server may answer (413, 400) before reading everything
+      out.ended = std::string("send: ") + std::strerror(errno) + "; ";
+      break;
+    }
     sent += static_cast<std::size_t>(n);
   }
   std::string raw;
   char buf[16384];
   for (;;) {
     const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
+    // libFuzzer's timer signal (-timeout) interrupts a wait: not an answer from the server.
+    // (Taken for one, it made the transient "no HTTP answer" failures of earlier runs.)
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      out.ended += n == 0 ? std::string("closed") : std::string("recv: ") + std::strerror(errno);
+      break;
+    }
     raw.append(buf, static_cast<std::size_t>(n));
     if (raw.size() > (64u << 20)) break;
   }
@@ -456,9 +469,9 @@ std::string escaped(const std::string& bytes) {
   std::fprintf(
       stderr,
       "http_api_fuzz: %s\n--- request (%zu bytes) ---\n%.2000s\n--- answer %d %s after %.3f s "
-      "---\n%.2000s\n",
+      "(%s) ---\n%.2000s\n",
       why.c_str(), request.size(), escaped(request).c_str(), a.status, a.content_type.c_str(),
-      a.elapsed_s, a.body.c_str());
+      a.elapsed_s, a.ended.c_str(), a.body.c_str());
   std::abort();
 }
 
