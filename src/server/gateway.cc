@@ -582,8 +582,8 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
         json::parse(r.captured.empty() ? std::string("null") : r.captured, nullptr, false);
     const json usage = object_in(answer, r.stream_tail, "usage");
     if (usage.is_object()) {
-      prompt = usage.value("prompt_tokens", 0u);
-      completion = usage.value("completion_tokens", 0u);
+      prompt = static_cast<std::uint64_t>(number_in(usage, "prompt_tokens"));
+      completion = static_cast<std::uint64_t>(number_in(usage, "completion_tokens"));
     }
     if (hooks.proxied) hooks.proxied(deployment, denied.key_id, r.status, prompt, completion);
     const json timings = object_in(answer, r.stream_tail, "timings");
