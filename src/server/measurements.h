@@ -5,6 +5,7 @@
 // are written to the store, one row per instance, by flush().
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -64,6 +65,7 @@ class Measurements {
   mutable std::mutex mu_;
   std::map<std::string, Summary> mine_;               // measured by this server's proxy
   std::map<std::string, nlohmann::json> from_store_;  // other servers' summaries
+  std::chrono::steady_clock::time_point last_read_;   // of the store's rows, by flush()
 };
 
 }  // namespace ggfleet::server

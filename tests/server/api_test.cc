@@ -328,7 +328,11 @@ TEST(Api, InstancesOfASilentWorkerAreReplanned) {
       f.api().post("/v1/deployments", kAdmin, {{"name", "chat"}, {"model", f.model()}}).status,
       201);
   std::string main;
+  // Both heartbeat until the instance is placed (a slow build may take longer than the 600 ms
+  // timeout to place it, and would then find both workers silent).
   ASSERT_TRUE(f.eventually([&] {
+    f.api().post("/v1/workers/a/heartbeat", a, json::object());
+    f.api().post("/v1/workers/b/heartbeat", b, json::object());
     const Reply r = f.api().get("/v1/instances", kAdmin);
     if (r.body["instances"].empty() || r.body["instances"][0]["state"] != "assigned") return false;
     main = r.body["instances"][0]["main_worker"];
