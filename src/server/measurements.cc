@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <set>
 
 namespace ggfleet::server {
 
@@ -150,8 +149,8 @@ void Measurements::flush(store::Store& store) {
     last_read_ = started;
   }
   // The store is read and written outside the lock: record() runs on the proxy's loop.
-  std::set<std::string> alive;
-  for (const store::InstanceRow& i : store.instances()) alive.insert(i.id);
+  std::map<std::string, double> alive;  // instance -> its predicted generation tokens/s
+  for (const store::InstanceRow& i : store.instances()) alive[i.id] = i.predicted_tokens_per_s;
   std::map<std::string, Summary> changed;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -169,14 +168,12 @@ void Measurements::flush(store::Store& store) {
   }
   std::map<std::string, bool> deviating;  // instance -> its new state, where it changed
   for (auto& [id, s] : changed) {
-    const std::optional<store::InstanceRow> row = store.instance(id);
-    if (!row) continue;
     double tokens = 0, seconds = 0;
     for (const auto& [t, sec] : s.recent) {
       tokens += t;
       seconds += sec;
     }
-    const double predicted = row->predicted_tokens_per_s;
+    const double predicted = alive[id];
     if (s.recent.size() >= kWindow && seconds > 0 && predicted > 0) {
       const double measured = tokens / seconds;
       const double off = measured / predicted - 1;
