@@ -114,7 +114,7 @@ cluster::Cluster host_cluster(const Host& host, const Measurement& m) {
   // rpc-server on the same host, over loopback (plus the relay and its delay when used).
   const double latency_s =
       host.loopback_latency_s + (m.via_proxy ? host.proxy_latency_s + m.added_latency_s : 0.0);
-  c.links[{"host", "rpc"}] = cluster::Link{20e9, latency_s};
+  c.links[{"host", "rpc"}] = cluster::Link{20e9, latency_s, 1};
   return c;
 }
 

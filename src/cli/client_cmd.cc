@@ -8,6 +8,8 @@
 #include <csignal>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 
 namespace ggfleet::cli {
@@ -204,6 +206,30 @@ int run_scale(const ClientOptions& o, const std::string& deployment, std::int64_
   const json j =
       call(o, "PATCH", "/v1/deployments/" + percent_encoded(deployment), {{"replicas", replicas}});
   std::cout << (o.json ? j.dump(2) : deployment + " scaled to " + std::to_string(replicas)) << "\n";
+  return 0;
+}
+
+int run_calibration_export(const ClientOptions& o, const std::string& output) {
+  const json j = call(o, "GET", "/v1/calibration");
+  const json file = j.value("calibration", json::object());
+  if (output.empty() || output == "-") {
+    std::cout << file.dump(2) << "\n";
+    return 0;
+  }
+  // Written beside the target and renamed: a failed write leaves no half file behind.
+  const std::string tmp = output + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << file.dump(2) << "\n";
+    out.close();
+    if (!out) {
+      std::filesystem::remove(tmp);
+      throw std::runtime_error("cannot write " + output);
+    }
+  }
+  std::filesystem::rename(tmp, output);
+  std::cout << "wrote " << file.value("factors", json::array()).size() << " factor(s) to " << output
+            << "\n";
   return 0;
 }
 

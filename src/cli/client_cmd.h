@@ -34,5 +34,8 @@ struct EventsQuery {
 };
 // Events as a table (ID, TIME in UTC, KIND, SUBJECT, MESSAGE) or JSON.
 int run_events(const ClientOptions& o, const EventsQuery& q);
+// `ggfleet calibration export`: the factors the server learned (GET /v1/calibration), as the file
+// `ggfleet plan --calibration` reads; to stdout when `output` is "" or "-".
+int run_calibration_export(const ClientOptions& o, const std::string& output);
 
 }  // namespace ggfleet::cli

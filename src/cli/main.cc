@@ -233,6 +233,8 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   planc->add_option("--tie-tolerance", plr.tie_tolerance,
                     "Layouts this close in tokens/s are ties (0.02 = 2%)");
+  planc->add_option("--calibration", plr.calibration_file,
+                    "Learned speed factors (`ggfleet calibration export`) applied to the cluster");
   planc
       ->add_option("--extra-arg", plr.extra_args,
                    "Argument passed to llama-server as is (repeatable)")
@@ -331,6 +333,15 @@ int main(int argc, char** argv) {
   eventsc->add_option("--subject", events_query.subject,
                       "Only events about this instance, deployment or worker");
   client_flags(eventsc);
+
+  std::string calibration_output;
+  CLI::App* calibrationc =
+      app.add_subcommand("calibration", "The speed factors the fleet learned from measurements");
+  calibrationc->require_subcommand(1);
+  CLI::App* exportc = calibrationc->add_subcommand(
+      "export", "Write the learned factors as a file for `ggfleet plan --calibration`");
+  exportc->add_option("--output,-o", calibration_output, "File to write (default: stdout)");
+  client_flags(exportc);
 
   worker::AgentConfig wc;
   std::string reserve_vram, reserve_ram;
@@ -460,6 +471,7 @@ int main(int argc, char** argv) {
     if (rmc->parsed()) return cli::run_rm(co, rm_name);
     if (scalec->parsed()) return cli::run_scale(co, scale_name, scale_n);
     if (eventsc->parsed()) return cli::run_events(co, events_query);
+    if (exportc->parsed()) return cli::run_calibration_export(co, calibration_output);
     if (planc->parsed()) {
       apply(plan_flags, plr.options);
       return cli::run_plan(plr);

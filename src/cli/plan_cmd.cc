@@ -1,6 +1,7 @@
 #include "cli/plan_cmd.h"
 
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <set>
 #include <sstream>
@@ -8,6 +9,8 @@
 #include "cli/predict_cmd.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
+#include "perf/corrections.h"
+#include "plan/calibrated.h"
 #include "plan/options.h"
 #include "plan/report.h"
 
@@ -126,16 +129,46 @@ std::string plan_text(const plan::Plan& p, const cluster::Cluster& cluster,
   return o.str();
 }
 
+perf::Corrections load_calibration(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot read calibration file " + path);
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded()) throw std::runtime_error(path + ": not JSON");
+  try {
+    return perf::corrections_from_json(j);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(path + ": " + e.what());
+  }
+}
+
 int run_plan(const PlanRequest& r) {
   const cluster::Cluster cluster = cluster::load_cluster(r.cluster_file);
   const plan::Request q = build_request(r);
   const gguf::Model model = gguf::Model::open(r.options.model);
   const estimate::ModelMemory memory = estimate::ModelMemory::from(model, model::profile(model));
-  const plan::Plan p = plan::make_plan(memory, cluster, q);
+  plan::Plan p;
+  if (r.calibration_file.empty()) {
+    p = plan::make_plan(memory, cluster, q);
+    if (r.options.json) {
+      std::cout << plan::plan_json(p, cluster).dump(2) << "\n";
+    } else {
+      std::cout << plan_text(p, cluster, r.prompt_tokens);
+    }
+    return p.feasible ? 0 : 3;
+  }
+  const perf::Corrections corrections = load_calibration(r.calibration_file);
+  const plan::CalibrationNote note = plan::plan_calibrated(memory, cluster, corrections, q, p);
+  const cluster::Cluster fixed = perf::corrected(cluster, corrections);
   if (r.options.json) {
-    std::cout << plan::plan_json(p, cluster).dump(2) << "\n";
+    nlohmann::json j = plan::plan_json(p, fixed);
+    j["calibration"] = plan::calibration_note_json(note);
+    std::cout << j.dump(2) << "\n";
   } else {
-    std::cout << plan_text(p, cluster, r.prompt_tokens);
+    std::cout << "calibration " << r.calibration_file << ":\n";
+    for (const std::string& f : note.factors) std::cout << "  " << f << "\n";
+    if (note.factors.empty()) std::cout << "  (no factor has enough requests behind it yet)\n";
+    if (!note.sentence.empty()) std::cout << note.sentence << "\n";
+    std::cout << plan_text(p, fixed, r.prompt_tokens);
   }
   return p.feasible ? 0 : 3;
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cli/estimate_cmd.h"
+#include "perf/corrections.h"
 #include "plan/plan.h"
 
 namespace ggfleet::cli {
@@ -24,6 +25,7 @@ struct PlanRequest {
   std::uint32_t threads = 0;
   std::uint32_t prompt_tokens = 512;
   double tie_tolerance = 0.02;
+  std::string calibration_file;  // learned factors (`ggfleet calibration export`); "" = none
 };
 
 // The deployment options (plan/options.h) the flags ask for, only those that differ from the
@@ -36,6 +38,10 @@ plan::Request build_request(const PlanRequest& r);
 
 std::string plan_text(const plan::Plan& p, const cluster::Cluster& cluster,
                       std::uint32_t prompt_tokens);
+
+// The factors of a calibration file (perf::corrections_from_json). Throws std::runtime_error
+// naming the file and what is wrong.
+perf::Corrections load_calibration(const std::string& path);
 
 // Runs the command; returns 0 when every replica was placed, 3 when the model does not fit (the
 // reason is printed), and throws on bad input.

@@ -45,11 +45,19 @@ struct Gpu {
   std::uint64_t claimed_bytes = 0;  // held by instances ggfleet placed (claims)
   std::string lent_to;              // instance this GPU is lent to over RPC ("" = none): an
                                     // rpc-server serves one client, so nothing else may use it
+  // Learned from the fleet's own measurements (perf/corrections.h); 1 = as the catalog says.
+  // The measured time of this GPU model's bandwidth-bound generation work, and of its prompt
+  // matrix products, divided by what the catalog's numbers predict (2 = twice as slow).
+  double generation_time_factor = 1;
+  double prompt_time_factor = 1;
 };
 
 struct Cpu {
   std::uint32_t cores = 0;
   double memory_bandwidth_bytes_per_s = 0;
+  // Learned, as for Gpu: this worker's CPU layers' measured time over the predicted one.
+  double generation_time_factor = 1;
+  double prompt_time_factor = 1;
 };
 
 struct Worker {
@@ -79,11 +87,14 @@ bool rpc_compatible(const Worker& a, const Worker& b);
 struct Link {
   double bandwidth_bytes_per_s = 0;
   double latency_s = 0;
+  // Learned, as for Gpu: the measured fixed cost of an RPC call over this link (round trip and
+  // llama.cpp's per-call work) over the predicted one.
+  double call_time_factor = 1;
 };
 
 struct Cluster {
   std::vector<Worker> workers;
-  Link default_link{10e9 / 8, 0.2e-3};
+  Link default_link{10e9 / 8, 0.2e-3, 1};
   std::map<std::pair<std::string, std::string>, Link> links;  // key: names in sorted order
 
   const Worker* find(const std::string& name) const;

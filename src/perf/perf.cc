@@ -10,7 +10,7 @@ namespace {
 constexpr double kActivationBytes = 4;            // f32 hidden state per value
 constexpr std::uint32_t kOpOffloadMinBatch = 32;  // llama.cpp offloads CPU matmuls from this batch
 // A worker to itself (an rpc-server on the main's own host): loopback TCP.
-constexpr cluster::Link kLoopback{20e9, 10e-6};
+constexpr cluster::Link kLoopback{20e9, 10e-6, 1};
 
 struct LayerCost {
   double active_bytes = 0;   // weights read per token (routed experts: only the used ones)
@@ -75,9 +75,14 @@ double attention_flops(const model::Profile& p, double n, double depth) {
   return per_pair * n * (depth + n / 2.0);
 }
 
+// The main's CPU bandwidth for its layers as the model has it, before the learned factor.
 double cpu_bandwidth(const cluster::Worker& w, std::uint32_t threads, const Constants& c) {
   const double thread_bw = threads * c.cpu_thread_bandwidth_bytes_per_s;
   return 1.0 / (1.0 / thread_bw + 1.0 / w.cpu.memory_bandwidth_bytes_per_s);
+}
+
+std::string link_factor(const std::string& a, const std::string& b) {
+  return a < b ? "link:" + a + "|" + b : "link:" + b + "|" + a;
 }
 
 struct Segment {
@@ -164,6 +169,7 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
   std::vector<PartTime> dev_parts(n_dev);
   PartTime cpu_part;
   cpu_part.worker = main->name;
+  cpu_part.factor = "cpu:" + main->name;
 
   // Work per device: the layers it holds.
   for (const Segment& seg : segments) {
@@ -183,20 +189,28 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     if (seg.device >= 0) {
       const auto d = static_cast<std::size_t>(seg.device);
       PartTime& part = dev_parts[d];
-      const double bw = gpus[d]->memory_bandwidth_bytes_per_s * c.gpu_bandwidth_efficiency;
+      const cluster::Gpu& g = *gpus[d];
+      const double bw = g.memory_bandwidth_bytes_per_s * c.gpu_bandwidth_efficiency;
+      const double read_s = read / bw;
+      const double matmul_s =
+          n_ubatches * flops / (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
       part.layers += layers;
       part.read_bytes += read;
-      part.bandwidth_bytes_per_s = bw;
-      part.generation_s += read / bw + layers * c.gpu_layer_s;
-      part.prompt_s +=
-          n_ubatches * (flops / (gpus[d]->fp16_flops * c.gpu_matmul_efficiency * width_efficiency) +
-                        layers * c.gpu_layer_prompt_s);
+      part.bandwidth_bytes_per_s = bw / g.generation_time_factor;
+      part.generation_s += read_s * g.generation_time_factor + layers * c.gpu_layer_s;
+      part.prompt_s += matmul_s * g.prompt_time_factor + n_ubatches * layers * c.gpu_layer_prompt_s;
+      part.factor = "gpu:" + g.name;
+      part.scaled_generation_s += read_s;
+      part.scaled_prompt_s += matmul_s;
+      part.generation_factor = g.generation_time_factor;
+      part.prompt_factor = g.prompt_time_factor;
     } else {
       const double bw = cpu_bandwidth(*main, threads, c);
+      const double read_s = read / bw;
       cpu_part.layers += layers;
       cpu_part.read_bytes += read;
-      cpu_part.bandwidth_bytes_per_s = bw;
-      cpu_part.generation_s += read / bw + layers * c.cpu_layer_s;
+      cpu_part.bandwidth_bytes_per_s = bw / main->cpu.generation_time_factor;
+      cpu_part.generation_s += read_s * main->cpu.generation_time_factor + layers * c.cpu_layer_s;
       double per_ubatch;
       if (main_gpu >= 0 && ubatch >= kOpOffloadMinBatch) {
         const cluster::Gpu& g = *gpus[static_cast<std::size_t>(main_gpu)];
@@ -205,7 +219,12 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
       } else {
         per_ubatch = flops / (threads * c.cpu_thread_flops);
       }
-      cpu_part.prompt_s += n_ubatches * (per_ubatch + layers * c.cpu_layer_s);
+      cpu_part.prompt_s +=
+          n_ubatches * (per_ubatch * main->cpu.prompt_time_factor + layers * c.cpu_layer_s);
+      cpu_part.scaled_generation_s += read_s;
+      cpu_part.scaled_prompt_s += n_ubatches * per_ubatch;
+      cpu_part.generation_factor = main->cpu.generation_time_factor;
+      cpu_part.prompt_factor = main->cpu.prompt_time_factor;
     }
   }
 
@@ -224,14 +243,14 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     if (seg.device < 0) continue;
     const auto d = static_cast<std::size_t>(seg.device);
     if (!layout.devices[d].remote) continue;
-    const cluster::Link link = s.places[d].worker == s.main_worker
-                                   ? kLoopback
-                                   : cl.link(s.main_worker, s.places[d].worker);
+    const bool loopback = s.places[d].worker == s.main_worker;
+    const cluster::Link link = loopback ? kLoopback : cl.link(s.main_worker, s.places[d].worker);
     const double transfer_bw =
         1.0 / (1.0 / link.bandwidth_bytes_per_s + 1.0 / c.rpc_transfer_bandwidth_bytes_per_s);
     const std::uint32_t layers = seg.last - seg.first + 1;
     const bool has_output = seg.last == blocks;
-    const double fixed = 2 * link.latency_s + c.rpc_call_s + layers * c.rpc_layer_s;
+    const double call_s = 2 * link.latency_s + c.rpc_call_s;
+    const double fixed = call_s * link.call_time_factor + layers * c.rpc_layer_s;
     // In: the hidden state from the previous device (or the embeddings from the host).
     // Out: the hidden state for the next device, or the logits of the outputs.
     const double gen_bytes = hidden_bytes + (has_output ? logits_bytes : hidden_bytes);
@@ -242,6 +261,12 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     hop.layers = layers;
     hop.generation_s = fixed + gen_bytes / transfer_bw;
     hop.prompt_s = n_ubatches * (fixed + prompt_bytes / transfer_bw);
+    if (!loopback) {
+      hop.factor = link_factor(s.main_worker, s.places[d].worker);
+      hop.scaled_generation_s = call_s;
+      hop.scaled_prompt_s = n_ubatches * call_s;
+      hop.generation_factor = hop.prompt_factor = link.call_time_factor;
+    }
     hop_gen += hop.generation_s;
     hop_prompt += hop.prompt_s;
     if (detail) {
@@ -326,13 +351,13 @@ LayerCosts::LayerCosts(const model::Profile& p, const Constants& c) : c_(c) {
 }
 
 double LayerCosts::head_gpu_s(const cluster::Gpu& gpu, bool remote) const {
-  return head_bytes_ / (gpu.memory_bandwidth_bytes_per_s * c_.gpu_bandwidth_efficiency) +
-         c_.gpu_layer_s +
+  return head_bytes_ * gpu_byte_s(gpu) + c_.gpu_layer_s +
          (remote ? c_.rpc_layer_s + logits_bytes_ / c_.rpc_transfer_bandwidth_bytes_per_s : 0.0);
 }
 
 double LayerCosts::gpu_byte_s(const cluster::Gpu& gpu) const {
-  return 1.0 / (gpu.memory_bandwidth_bytes_per_s * c_.gpu_bandwidth_efficiency);
+  return gpu.generation_time_factor /
+         (gpu.memory_bandwidth_bytes_per_s * c_.gpu_bandwidth_efficiency);
 }
 
 double LayerCosts::gpu_layer_fixed_s(bool remote) const {
@@ -340,7 +365,8 @@ double LayerCosts::gpu_layer_fixed_s(bool remote) const {
 }
 
 double LayerCosts::cpu_byte_s(const cluster::Worker& main, std::uint32_t threads) const {
-  return 1.0 / cpu_bandwidth(main, threads > 0 ? threads : std::max(1u, main.cpu.cores), c_);
+  return main.cpu.generation_time_factor /
+         cpu_bandwidth(main, threads > 0 ? threads : std::max(1u, main.cpu.cores), c_);
 }
 
 double LayerCosts::cpu_layer_fixed_s() const {
@@ -348,24 +374,19 @@ double LayerCosts::cpu_layer_fixed_s() const {
 }
 
 double LayerCosts::head_cpu_s(const cluster::Worker& main, std::uint32_t threads) const {
-  return head_bytes_ /
-             cpu_bandwidth(main, threads > 0 ? threads : std::max(1u, main.cpu.cores), c_) +
-         c_.cpu_layer_s;
+  return head_bytes_ * cpu_byte_s(main, threads) + c_.cpu_layer_s;
 }
 
 double LayerCosts::gpu_block_s(const cluster::Gpu& gpu, bool remote) const {
-  return block_bytes_ / (gpu.memory_bandwidth_bytes_per_s * c_.gpu_bandwidth_efficiency) +
-         c_.gpu_layer_s + (remote ? c_.rpc_layer_s : 0.0);
+  return block_bytes_ * gpu_byte_s(gpu) + c_.gpu_layer_s + (remote ? c_.rpc_layer_s : 0.0);
 }
 
 double LayerCosts::cpu_block_s(const cluster::Worker& main, std::uint32_t threads) const {
-  return block_bytes_ /
-             cpu_bandwidth(main, threads > 0 ? threads : std::max(1u, main.cpu.cores), c_) +
-         c_.cpu_layer_s;
+  return block_bytes_ * cpu_byte_s(main, threads) + c_.cpu_layer_s;
 }
 
 double LayerCosts::rpc_call_s(const cluster::Link& link) const {
-  return 2 * link.latency_s + c_.rpc_call_s;
+  return (2 * link.latency_s + c_.rpc_call_s) * link.call_time_factor;
 }
 
 std::pair<double, double> predict_rates(const estimate::ModelMemory& model,

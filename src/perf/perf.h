@@ -55,6 +55,15 @@ struct PartTime {
   double bandwidth_bytes_per_s = 0;  // generation: effective bandwidth used
   double generation_s = 0;           // per generated token
   double prompt_s = 0;               // for the whole prompt
+  // The share of this part that a learned correction scales (perf/corrections.h), at factor 1:
+  // "gpu:NAME" (a GPU model's bandwidth-bound reads and prompt matmuls), "cpu:WORKER" (the main's
+  // CPU layers), "link:A|B" (fixed cost of the RPC calls between two workers, names sorted);
+  // "" for parts no factor scales (per-layer and per-token fixed costs, transfers).
+  std::string factor;
+  double scaled_generation_s = 0;  // generation_s = scaled_generation_s * generation_factor + rest
+  double scaled_prompt_s = 0;      // prompt_s = scaled_prompt_s * prompt_factor + rest
+  double generation_factor = 1;    // the factors this prediction applied
+  double prompt_factor = 1;
 };
 
 struct Prediction {

@@ -604,18 +604,20 @@ class Search {
   std::string signature(const cluster::Worker& w) const {
     std::ostringstream o;
     o << w.cpu.cores << '/' << w.cpu.memory_bandwidth_bytes_per_s << '/' << w.free_ram_bytes()
-      << '/' << w.ram_bytes << '/' << w.llama_build;
+      << '/' << w.ram_bytes << '/' << w.llama_build << '/' << w.cpu.generation_time_factor << '/'
+      << w.cpu.prompt_time_factor;
     if (const auto mine = devs_of_.find(&w); mine != devs_of_.end()) {
       for (std::size_t i : mine->second) {
         const Dev& d = devs_[i];
         o << '|' << d.gpu->name << '/' << d.free_bytes << '/' << d.gpu->memory_bandwidth_bytes_per_s
-          << '/' << d.gpu->fp16_flops;
+          << '/' << d.gpu->fp16_flops << '/' << d.gpu->generation_time_factor << '/'
+          << d.gpu->prompt_time_factor;
       }
     }
     for (const auto& [pair, link] : cl_.links) {
       if (pair.first == w.name || pair.second == w.name) {
         o << "|L" << (pair.first == w.name ? pair.second : pair.first) << '/'
-          << link.bandwidth_bytes_per_s << '/' << link.latency_s;
+          << link.bandwidth_bytes_per_s << '/' << link.latency_s << '/' << link.call_time_factor;
       }
     }
     return o.str();

@@ -28,13 +28,19 @@ nlohmann::json prediction_json(const estimate::Layout& layout,
   }
   nlohmann::json parts = nlohmann::json::array();
   for (const perf::PartTime& part : p.parts) {
-    parts.push_back({{"part", part.what},
-                     {"worker", part.worker},
-                     {"layers", part.layers},
-                     {"read_bytes", part.read_bytes},
-                     {"bandwidth_bytes_per_s", part.bandwidth_bytes_per_s},
-                     {"generation_s", part.generation_s},
-                     {"prompt_s", part.prompt_s}});
+    nlohmann::json pj = {{"part", part.what},
+                         {"worker", part.worker},
+                         {"layers", part.layers},
+                         {"read_bytes", part.read_bytes},
+                         {"bandwidth_bytes_per_s", part.bandwidth_bytes_per_s},
+                         {"generation_s", part.generation_s},
+                         {"prompt_s", part.prompt_s}};
+    if (!part.factor.empty()) {
+      pj["factor"] = part.factor;
+      pj["generation_factor"] = part.generation_factor;
+      pj["prompt_factor"] = part.prompt_factor;
+    }
+    parts.push_back(std::move(pj));
   }
   nlohmann::json j;
   j["layout"] = {{"devices", devices},

@@ -94,7 +94,8 @@ json Measurements::summary_json(const Summary& s) {
   return {{"alone", sums_json(s.alone)},
           {"shared", sums_json(s.shared)},
           {"recent", recent},
-          {"deviating", s.deviating}};
+          {"deviating", s.deviating},
+          {"placement", s.placement}};
 }
 
 Measurements::Summary Measurements::summary_from(const json& j) {
@@ -107,7 +108,30 @@ Measurements::Summary Measurements::summary_from(const json& j) {
       s.recent.emplace_back(r[0].get<double>(), r[1].get<double>());
   }
   s.deviating = j.value("deviating", false);
+  const auto placement = j.find("placement");
+  if (placement != j.end() && placement->is_string()) s.placement = placement->get<std::string>();
   return s;
+}
+
+std::string Measurements::placement_of(const std::string& assignment_json) {
+  const json a = json::parse(assignment_json, nullptr, false);
+  if (!a.is_object()) return "";
+  const auto it = a.find("placement");
+  if (it == a.end()) return "";
+  return it->is_string() ? it->get<std::string>() : it->dump();
+}
+
+std::map<std::string, Measurements::Delivered> Measurements::delivered() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<std::string, Delivered> out;
+  auto put = [&](const std::string& id, const Summary& s) {
+    out[id] = {s.placement,          s.alone.generation_samples, s.alone.generated_tokens,
+               s.alone.generation_s, s.alone.prompt_samples,     s.alone.prompt_tokens,
+               s.alone.prompt_s};
+  };
+  for (const auto& [id, body] : from_store_) put(id, summary_from(body));
+  for (const auto& [id, s] : mine_) put(id, s);
+  return out;
 }
 
 json Measurements::view(const std::string& instance) const {
@@ -150,7 +174,11 @@ void Measurements::flush(store::Store& store) {
   }
   // The store is read and written outside the lock: record() runs on the proxy's loop.
   std::map<std::string, double> alive;  // instance -> its predicted generation tokens/s
-  for (const store::InstanceRow& i : store.instances()) alive[i.id] = i.predicted_tokens_per_s;
+  std::map<std::string, std::string> assignments;
+  for (const store::InstanceRow& i : store.instances()) {
+    alive[i.id] = i.predicted_tokens_per_s;
+    assignments[i.id] = i.assignment_json;
+  }
   std::map<std::string, Summary> changed;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -166,8 +194,19 @@ void Measurements::flush(store::Store& store) {
       ++it;
     }
   }
-  std::map<std::string, bool> deviating;  // instance -> its new state, where it changed
+  std::map<std::string, bool> deviating;      // instance -> its new state, where it changed
+  std::map<std::string, std::string> placed;  // instance -> placement, where it changed
   for (auto& [id, s] : changed) {
+    const std::string placement = placement_of(assignments[id]);
+    if (placement != s.placement) {
+      if (!s.placement.empty()) {  // placed anew: the numbers so far were another layout's
+        Summary fresh;
+        fresh.placement = placement;
+        s = fresh;
+      }
+      s.placement = placement;
+      placed[id] = placement;
+    }
     double tokens = 0, seconds = 0;
     for (const auto& [t, sec] : s.recent) {
       tokens += t;
@@ -194,6 +233,20 @@ void Measurements::flush(store::Store& store) {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [id, now] : deviating) {
     if (const auto it = mine_.find(id); it != mine_.end()) it->second.deviating = now;
+  }
+  for (const auto& [id, placement] : placed) {
+    const auto it = mine_.find(id);
+    if (it == mine_.end()) continue;
+    if (!it->second.placement.empty() && it->second.placement != placement) {
+      // Placed anew: the restarted summary replaces this one (requests recorded while this
+      // flush ran go with the old numbers: they cannot be told apart).
+      const Summary& flushed = changed[id];
+      it->second.alone = flushed.alone;
+      it->second.shared = flushed.shared;
+      it->second.recent = flushed.recent;
+      it->second.deviating = flushed.deviating;
+    }
+    it->second.placement = placement;
   }
   // The other rows: written by other servers, or by this one before a restart.
   from_store_.clear();

@@ -38,7 +38,19 @@ class Measurements {
   // recent single-stream window. Null when nothing was measured.
   nlohmann::json view(const std::string& instance) const;
 
-  // Writes the summaries that changed to the store, forgets instances that are gone, reads
+  // Per instance: the placement its sums belong to (the assignment's "placement"; a new
+  // placement starts them again) and its single-stream sums. What the learner fits.
+  struct Delivered {
+    std::string placement;
+    double generation_samples = 0, generated_tokens = 0, generation_s = 0;
+    double prompt_samples = 0, prompt_tokens = 0, prompt_s = 0;
+  };
+  std::map<std::string, Delivered> delivered() const;
+  // An assignment's "placement" (unique per placement); "" when it has none.
+  static std::string placement_of(const std::string& assignment_json);
+
+  // Writes the summaries that changed to the store (a summary whose instance was placed anew since
+  // starts again: its numbers belonged to the old layout), forgets instances that are gone, reads
   // those written by other servers, and records an event when an instance's recent
   // single-stream generation speed moves more than kDeviation away from its prediction
   // (instance.speed_deviation) or back within it (instance.speed_ok).
@@ -55,6 +67,7 @@ class Measurements {
     std::deque<std::pair<double, double>> recent;  // (tokens, seconds) of the last kWindow alone
     bool deviating = false;                        // the event was raised and not yet cleared
     bool dirty = false;                            // changed since the last flush
+    std::string placement;                         // of the instance when last flushed
   };
   static void add(Sums& s, const Timings& t);
   static nlohmann::json sums_json(const Sums& s);

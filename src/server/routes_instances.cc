@@ -1,11 +1,12 @@
-// Routes of /v1/instances (list, get, logs), POST /v1/plan (the planner on the live fleet) and
-// /v1/events.
+// Routes of /v1/instances (list, get, logs), POST /v1/plan (the planner on the live fleet, with
+// the learned factors), GET /v1/calibration and /v1/events.
 #include <httplib.h>
 
 #include <regex>
 #include <set>
 #include <sstream>
 
+#include "plan/calibrated.h"
 #include "plan/report.h"
 #include "server/api_util.h"
 #include "server/server.h"
@@ -90,23 +91,35 @@ void Server::instance_routes() {
                }));
 
   // A dry run of the planner on the live fleet.
-  s.Post("/v1/plan",
-         handle("/v1/plan", true, [this](const auto& req, auto& res, const Principal& p) {
-           allow(p, {KeyRole::kAdmin, KeyRole::kUser});
-           const json b = parse_body(req);
-           only(b, {"model", "options", "replicas"});
-           const std::string model = required_string(b, "model");
-           plan::Request r = plan::request_from_options(b.value("options", json::object()), model);
-           if (b.contains("replicas"))
-             r.replicas = static_cast<std::uint32_t>(integer_in(b, "replicas", 1, 1000));
-           const std::shared_ptr<const estimate::ModelMemory> m = checked_model(model);
-           const cluster::Cluster fleet = live_cluster(store_->workers(), store_->claims());
-           try {
-             reply(res, plan::plan_json(plan::make_plan(*m, fleet, r), fleet));
-           } catch (const plan::PlanError& e) {
-             throw HttpError{400, e.what()};
-           }
-         }));
+  s.Post(
+      "/v1/plan", handle("/v1/plan", true, [this](const auto& req, auto& res, const Principal& p) {
+        allow(p, {KeyRole::kAdmin, KeyRole::kUser});
+        const json b = parse_body(req);
+        only(b, {"model", "options", "replicas"});
+        const std::string model = required_string(b, "model");
+        plan::Request r = plan::request_from_options(b.value("options", json::object()), model);
+        if (b.contains("replicas"))
+          r.replicas = static_cast<std::uint32_t>(integer_in(b, "replicas", 1, 1000));
+        const std::shared_ptr<const estimate::ModelMemory> m = checked_model(model);
+        const cluster::Cluster fleet = live_cluster(store_->workers(), store_->claims());
+        const perf::Corrections corrections = learner_->corrections();
+        try {
+          plan::Plan made;
+          const plan::CalibrationNote note = plan::plan_calibrated(*m, fleet, corrections, r, made);
+          json j = plan::plan_json(made, perf::corrected(fleet, corrections));
+          j["calibration"] = plan::calibration_note_json(note);
+          reply(res, j);
+        } catch (const plan::PlanError& e) {
+          throw HttpError{400, e.what()};
+        }
+      }));
+
+  // What the fleet learned from its measurements: the file `ggfleet plan --calibration` reads.
+  s.Get("/v1/calibration",
+        handle("/v1/calibration", true, [this](const auto&, auto& res, const Principal& p) {
+          allow(p, {KeyRole::kAdmin, KeyRole::kUser});
+          reply(res, learner_->view());
+        }));
 
   s.Get("/v1/events",
         handle("/v1/events", true, [this](const auto& req, auto& res, const Principal& p) {

@@ -138,6 +138,7 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
     json avoid = json::parse(instance.assignment_json, nullptr, false);
     avoid = avoid.is_object() ? avoid.value("avoid", json::array()) : json::array();
     plan::Plan p;
+    std::int64_t n = 0;  // the placement's number
     if (avoid.is_array() && !avoid.empty()) {
       cluster::Cluster others = fleet;
       std::erase_if(others.workers, [&](const cluster::Worker& w) {
@@ -151,7 +152,7 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
       // Fresh ports for every placement (a re-placed instance must not wait for the old sockets'
       // TIME_WAIT on a shared host); unique among the last 500 placements. The counter moves only
       // for placements that are made.
-      const std::int64_t n = std::stoll(store_.next_id("placements"));
+      n = std::stoll(store_.next_id("placements"));
       one.server_port = static_cast<std::uint16_t>(config_.instance_port_base + n % 500);
       one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base + (n % 500) * 16);
       plan::Replica& first = p.replicas.front();
@@ -176,7 +177,11 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
       assignment["model"] = d.model;
       assignment["server_port"] = one.server_port;
       assignment["rpc_port_base"] = one.rpc_port_base;
-      assignment["slots"] = one.context.parallel;  // the proxy forwards this many at once
+      assignment["slots"] = one.context.parallel;   // the proxy forwards this many at once
+      assignment["placement"] = std::to_string(n);  // measurements belong to one placement
+      // The prediction split by what learned factors scale: what its measurements teach.
+      assignment["basis"] =
+          perf::basis_json(perf::basis_of(rep.chosen.prediction, one.prompt_tokens));
       // llama-server's own key, fresh per placement: only the proxy (and the main worker, which
       // starts it) know it, so the instance's port serves nobody who bypasses ggfleet's keys.
       assignment["instance_key"] = new_secret("ggi_");
@@ -339,10 +344,86 @@ ReconcileStats Scheduler::reconcile() {
     if (i.state != InstanceState::kPending) continue;
     const auto it = deployments.find(i.deployment);
     if (it == deployments.end()) continue;
-    if (!ready) ready = ready_workers(store_.workers());
+    if (!ready) ready = perf::corrected(ready_workers(store_.workers()), corrections());
     place(i, it->second, *ready, stats);
   }
   return stats;
+}
+
+void Scheduler::set_corrections(perf::Corrections c) {
+  std::lock_guard<std::mutex> lock(corrections_mu_);
+  corrections_ = std::move(c);
+}
+
+perf::Corrections Scheduler::corrections() const {
+  std::lock_guard<std::mutex> lock(corrections_mu_);
+  return corrections_;
+}
+
+namespace {
+
+std::string rate_text(double tokens_per_s) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.2f tokens/s", tokens_per_s);
+  return buf;
+}
+
+}  // namespace
+
+int Scheduler::suggest_replans() {
+  const perf::Corrections c = corrections();
+  if (c.empty()) return 0;
+  const std::map<std::string, double> factors = c.generation_values();
+  std::map<std::string, store::DeploymentRow> deployments;
+  for (const store::DeploymentRow& d : store_.deployments()) deployments[d.name] = d;
+  const std::vector<store::ClaimRow> claims = store_.claims();
+  std::optional<cluster::Cluster> ready;
+  int suggested = 0;
+  for (const store::InstanceRow& i : store_.instances()) {
+    if (i.state != InstanceState::kRunning) continue;
+    const auto d = deployments.find(i.deployment);
+    if (d == deployments.end()) continue;
+    const json a = json::parse(i.assignment_json, nullptr, false);
+    if (!a.is_object() || !a.contains("basis")) continue;
+    try {
+      const double now_s = perf::basis_from_json(a["basis"]).generation.seconds(factors);
+      if (now_s <= 0) continue;
+      const double now_tps = 1 / now_s;
+      if (!ready) ready = perf::corrected(ready_workers(store_.workers()), c);
+      cluster::Cluster fleet = *ready;
+      apply_claims(fleet, claims, i.id);  // as if this instance were placed anew
+      plan::Request r =
+          plan::request_from_options(json::parse(d->second.options_json), d->second.model);
+      r.replicas = 1;
+      r.explain = false;
+      const plan::Plan p = plan::make_plan(*model(d->second.model), fleet, r);
+      if (!p.feasible || p.replicas.empty()) continue;
+      const plan::Candidate& best = p.replicas.front().chosen;
+      const double best_tps = best.prediction.generation_tokens_per_s;
+      if (best_tps <= kSuggestReplan * now_tps) {
+        suggested_.erase(i.id);
+        continue;
+      }
+      const std::string what = best.main_worker + "/" + std::to_string(best.places.size()) + "/" +
+                               std::to_string(best.cpu_layers());
+      if (suggested_[i.id] == what) continue;  // said already
+      suggested_[i.id] = what;
+      char pct[32];
+      std::snprintf(pct, sizeof pct, "%.0f", 100 * (best_tps / now_tps - 1));
+      store_.event("instance.replan_suggested", i.id,
+                   "with the learned factors, main " + best.main_worker + " (" +
+                       std::to_string(best.places.size()) + " GPU(s), " +
+                       std::to_string(best.cpu_layers()) + " CPU layer(s)) is predicted " +
+                       rate_text(best_tps) + " against " + rate_text(now_tps) +
+                       " for this layout on main " + i.main_worker + " (+" + pct +
+                       " %; planned at " + rate_text(i.predicted_tokens_per_s) +
+                       "); not moved: scale or redeploy to take it");
+      ++suggested;
+    } catch (const std::exception&) {
+      continue;  // a model or options that no longer plan: nothing to suggest
+    }
+  }
+  return suggested;
 }
 
 }  // namespace ggfleet::server

@@ -19,6 +19,7 @@
 
 #include "cluster/cluster.h"
 #include "estimate/model_memory.h"
+#include "perf/corrections.h"
 #include "plan/options.h"
 #include "plan/plan.h"
 #include "store/store.h"
@@ -71,6 +72,18 @@ class Scheduler {
   // The model's memory facts, read once per path (thread-safe). Throws on unreadable files.
   std::shared_ptr<const estimate::ModelMemory> model(const std::string& path);
 
+  // The learned factors later placements are planned with (thread-safe).
+  void set_corrections(perf::Corrections c);
+  perf::Corrections corrections() const;
+
+  // For each running instance: when, with the learned factors, a placement made now would be
+  // predicted more than kSuggestReplan times faster than the instance's own layout (both
+  // corrected), an "instance.replan_suggested" event with both predictions — once per instance
+  // and suggested layout; nothing is moved. Returns the number of events. Call from the
+  // scheduling loop's thread.
+  static constexpr double kSuggestReplan = 1.2;
+  int suggest_replans();
+
  private:
   // Plans `instance` on `ready` (ready_workers of this pass) with the claims in the store now.
   void place(const store::InstanceRow& instance, const store::DeploymentRow& d,
@@ -79,6 +92,9 @@ class Scheduler {
   store::Store& store_;
   SchedulerConfig config_;
   std::int64_t started_ms_;  // when this scheduler was made
+  mutable std::mutex corrections_mu_;
+  perf::Corrections corrections_;
+  std::map<std::string, std::string> suggested_;  // instance -> the layout last suggested
   std::mutex models_mu_;
   std::map<std::string, std::shared_ptr<const estimate::ModelMemory>> models_;
 };

@@ -50,7 +50,8 @@ std::string env_or(const std::string& given, const char* var) {
 Server::Server(ServerConfig config)
     : config_(std::move(config)),
       metrics_(std::make_unique<Metrics>()),
-      measurements_(std::make_unique<Measurements>()) {}
+      measurements_(std::make_unique<Measurements>()),
+      learner_(std::make_unique<Learner>()) {}
 
 Server::~Server() {
   stop();
@@ -182,6 +183,12 @@ void Server::schedule_loop() {
     }
     try {
       measurements_->flush(*store_);
+      // What the measurements teach: factors for the next placements, and the suggestions
+      // they make for the running ones.
+      if (learner_->update(*store_, *measurements_)) {
+        scheduler_->set_corrections(learner_->corrections());
+        scheduler_->suggest_replans();
+      }
     } catch (const std::exception& e) {
       std::cerr << "ggfleet server: writing measurements failed: " << e.what() << std::endl;
     }

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "server/gateway.h"
+#include "server/learning.h"
 #include "server/measurements.h"
 #include "server/scheduler.h"
 #include "store/store.h"
@@ -138,6 +139,7 @@ class Server {
   std::unique_ptr<Gateway> gateway_;       // the public front and the data plane
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Measurements> measurements_;
+  std::unique_ptr<Learner> learner_;
   std::thread http_thread_, schedule_thread_;
   std::mutex mu_;
   std::condition_variable wake_cv_, assign_cv_;

@@ -37,6 +37,10 @@ const std::vector<std::string> kMigrations = {
     // summary of llama-server's timings, deleted with the instance.
     R"(CREATE TABLE measurements (instance TEXT PRIMARY KEY, body TEXT NOT NULL,
          updated_ms BIGINT NOT NULL))",
+    // 4: what the fleet learned from them (perf/corrections.h): named JSON documents that
+    // outlive instances ("fleet": the observations and the fitted factors).
+    R"(CREATE TABLE calibration (name TEXT PRIMARY KEY, body TEXT NOT NULL,
+         updated_ms BIGINT NOT NULL))",
 };
 
 // Splits a migration into statements (libpq and sqlite3_prepare take one at a time).
@@ -339,6 +343,22 @@ std::map<std::string, std::string> Store::measurements() {
     std::map<std::string, std::string> out;
     for (std::size_t i = 0; i < r.rows.size(); ++i) out[r.text(i, 0)] = r.text(i, 1);
     return out;
+  });
+}
+
+void Store::put_calibration(const std::string& name, const std::string& body) {
+  transaction([&] {
+    db_->exec("DELETE FROM calibration WHERE name = $1", {name});
+    db_->exec("INSERT INTO calibration (name, body, updated_ms) VALUES ($1, $2, $3)",
+              {name, body, now_ms()});
+  });
+}
+
+std::optional<std::string> Store::calibration(const std::string& name) {
+  return locked([&](Db& db) -> std::optional<std::string> {
+    const Rows r = db.exec("SELECT body FROM calibration WHERE name = $1", {name});
+    if (r.rows.empty()) return std::nullopt;
+    return r.text(0, 0);
   });
 }
 

@@ -122,6 +122,9 @@ class Store {
   // with it), all of them by instance id.
   void put_measurement(const std::string& instance, const std::string& body);
   std::map<std::string, std::string> measurements();
+  // Calibration: named JSON documents of what the fleet learned (they outlive instances).
+  void put_calibration(const std::string& name, const std::string& body);  // replaces
+  std::optional<std::string> calibration(const std::string& name);
 
   // API keys.
   void put_key(const KeyRow& k);

@@ -7,6 +7,7 @@
 //   CrashLoopIsReplannedElsewhere         restarts reset when healthy; exhausted → other worker
 //   OverloadIsQueuedNeverDown             200 concurrent streams on a one-slot CPU instance
 //   InstancePortRefusesDirectAccess       a client on the workers' network skips ggfleet's keys
+//   LearnedFactorChangesTheNextPlan       a declared GPU far slower than its catalog numbers
 // and, on the same live fleet, OfficialOpenAiSdkForNode: the official SDK as a user's program.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -18,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -51,14 +53,7 @@ class Recovery : public ::testing::Test {
     llama_ = llama_cpp_dir() + "/bin";
     GGFLEET_REQUIRE_PATH(llama_ + "/llama-server");
     ports_ = port_block;
-    server_.start({GGFLEET_BINARY, "server", "--data-dir", dir_.file("server"), "--listen",
-                   "127.0.0.1:0", "--admin-key", kAdmin, "--join-token", kJoin,
-                   "--heartbeat-timeout", "3000", "--replan-grace", "2000", "--instance-ports",
-                   std::to_string(port_block), "--rpc-ports", std::to_string(port_block + 500)},
-                  {}, dir_.file("server.log"));
-    port_ = listening_port(dir_.file("server.log"));
-    ASSERT_GT(port_, 0) << tail_file(dir_.file("server.log"));
-    api_ = std::make_unique<Api>(port_);
+    start_server();
     worker_flags_ = worker_flags;
     for (int i = 0; i < workers; ++i) {
       workers_.push_back(std::make_unique<worker::Process>());
@@ -76,12 +71,26 @@ class Recovery : public ::testing::Test {
     o.vocab = 32000;
     model_ = model::synth("llama3-8b-q4_0", dir_.file("models"), o).front();
   }
+  // The server on the data directory of this test (again after a stop: the same state).
+  void start_server(const std::string& log = "server.log") {
+    server_.start({GGFLEET_BINARY, "server", "--data-dir", dir_.file("server"), "--listen",
+                   "127.0.0.1:0", "--admin-key", kAdmin, "--join-token", kJoin,
+                   "--heartbeat-timeout", "3000", "--replan-grace", "2000", "--instance-ports",
+                   std::to_string(ports_), "--rpc-ports", std::to_string(ports_ + 500)},
+                  {}, dir_.file(log));
+    port_ = listening_port(dir_.file(log));
+    ASSERT_GT(port_, 0) << tail_file(dir_.file(log));
+    api_ = std::make_unique<Api>(port_);
+  }
   void start_worker(int i) {
     const std::string name = "w" + std::to_string(i);
+    const std::string gpu = static_cast<std::size_t>(i) < declared_.size()
+                                ? declared_[static_cast<std::size_t>(i)]
+                                : "NVIDIA GeForce RTX 4090:2GiB";
     std::vector<std::string> argv = {
         GGFLEET_BINARY,   "worker",    "--server",      "http://127.0.0.1:" + std::to_string(port_),
         "--join-token",   kJoin,       "--name",        name,
-        "--address",      "127.0.0.1", "--declare-gpu", "NVIDIA GeForce RTX 4090:2GiB",
+        "--address",      "127.0.0.1", "--declare-gpu", gpu,
         "--llama",        llama_,      "--data-dir",    dir_.file(name),
         "--heartbeat-ms", "500"};
     argv.insert(argv.end(), worker_flags_.begin(), worker_flags_.end());
@@ -147,6 +156,7 @@ class Recovery : public ::testing::Test {
   worker::Process server_;
   std::vector<std::unique_ptr<worker::Process>> workers_;
   std::vector<std::string> worker_flags_;
+  std::vector<std::string> declared_;  // per worker; default: an RTX 4090 of 2 GiB
   std::unique_ptr<Api> api_;
 };
 
@@ -315,6 +325,103 @@ TEST_F(Recovery, MeasuredSpeedIsShownNextToThePrediction) {
   EXPECT_NE(ls.output.find("MEASURED"), std::string::npos) << ls.output;
   EXPECT_NE(ls.output.find("(" + std::to_string(sent + 1) + ")"), std::string::npos)
       << ls.output;  // the samples
+}
+
+// The truth loop closed: w0 declares an H100, w1 an L4, both served by this machine's CPU. The
+// planner puts the instance on w0 (the H100 on paper); its measured speed is far below the
+// prediction, the fleet learns the H100's factor, stores it, and the next plan for the model
+// chooses w1 with both predictions in its explanation — and the running instance gets a
+// suggestion (never a move).
+TEST_F(Recovery, LearnedFactorChangesTheNextPlan) {
+  declared_ = {"NVIDIA H100 SXM:2GiB", "NVIDIA L4:2GiB"};
+  start(27000, 2);
+  deploy();
+  const json first = instance();
+  const std::string id = first["id"];
+  ASSERT_EQ(first.value("main_worker", ""), "w0") << first.dump();
+  int enough = 0;
+  for (int sent = 0; sent < 80 && enough < 25; ++sent) {
+    ASSERT_EQ(chat().status, 200) << logs();
+    const json m = instance()["measured"];
+    enough = m.is_object() ? m.value("generation_samples", 0) : 0;
+  }
+  ASSERT_GE(enough, 25) << instance().dump();
+  // Measured next to predicted, and far from it.
+  const json i = instance();
+  const double predicted = i["predicted"]["generation_tokens_per_s"].get<double>();
+  const double measured = i["measured"]["generation_tokens_per_s"].get<double>();
+  EXPECT_LT(measured, 0.75 * predicted) << i.dump();
+  EXPECT_TRUE(wait_for([&] { return has_event("instance.speed_deviation", id); }, 10)) << logs();
+  // The factor is learned and stored: the H100 is slower than its catalog numbers; the L4, never
+  // measured, keeps them.
+  json calibration;
+  ASSERT_TRUE(wait_for(
+      [&] {
+        calibration = api_->get("/v1/calibration", kAdmin).body;
+        for (const json& f : calibration["calibration"].value("factors", json::array())) {
+          if (f.value("key", "") == "gpu:NVIDIA H100 SXM" && f.value("kind", "") == "generation")
+            return true;
+        }
+        return false;
+      },
+      15))
+      << calibration.dump() << logs();
+  for (const json& f : calibration["calibration"]["factors"]) {
+    EXPECT_NE(f["key"], "gpu:NVIDIA L4") << calibration.dump();
+    if (f["key"] == "gpu:NVIDIA H100 SXM" && f["kind"] == "generation") {
+      EXPECT_GT(f["value"].get<double>(), 1.5) << calibration.dump();
+    }
+  }
+  EXPECT_TRUE(has_event("calibration.updated")) << logs();
+  // The next plan for the same model chooses the other worker and says both predictions.
+  const Reply next =
+      api_->post("/v1/plan", kAdmin, {{"model", model_}, {"options", {{"context", 1024}}}});
+  ASSERT_EQ(next.status, 200) << next.body.dump();
+  EXPECT_EQ(next.body["layout"].value("main_worker", ""), "w1") << next.body.dump();
+  const json& note = next.body["calibration"];
+  EXPECT_EQ(note["model_alone"].value("main_worker", ""), "w0") << note.dump();
+  EXPECT_LT(note["model_alone"]["corrected_generation_tokens_per_s"].get<double>(),
+            note["generation_tokens_per_s"].get<double>())
+      << note.dump();
+  EXPECT_NE(note.value("explanation", "").find("alone would choose main w0"), std::string::npos)
+      << note.dump();
+  std::cout << "[figures] predicted " << predicted << " tokens/s, measured " << measured
+            << "; factors " << calibration["explanation"].dump() << "; next plan "
+            << note.value("explanation", "") << std::endl;
+  // The running instance is told, not moved.
+  EXPECT_TRUE(wait_for([&] { return has_event("instance.replan_suggested", id); }, 10)) << logs();
+  EXPECT_EQ(instance().value("main_worker", ""), "w0");
+  // Exported, the factors plan the same offline.
+  const std::string file = dir_.file("calibration.json");
+  const CommandResult exported =
+      run_command(std::string(GGFLEET_BINARY) + " calibration export --server http://127.0.0.1:" +
+                  std::to_string(port_) + " --key " + kAdmin + " -o " + file + " 2>&1");
+  ASSERT_EQ(exported.exit_code, 0) << exported.output;
+  {
+    std::ofstream cluster(dir_.file("cluster.yaml"));
+    cluster << "workers:\n"
+               "  - {name: w0, cpu: {cores: 2}, gpus: [{name: NVIDIA H100 SXM, vram: 2GiB}]}\n"
+               "  - {name: w1, cpu: {cores: 2}, gpus: [{name: NVIDIA L4, vram: 2GiB}]}\n";
+  }
+  const std::string plan_cmd = std::string(GGFLEET_BINARY) + " plan " + model_ + " --cluster " +
+                               dir_.file("cluster.yaml") + " -c 1024 --json";
+  const CommandResult alone = run_command(plan_cmd + " 2>&1");
+  const CommandResult learned = run_command(plan_cmd + " --calibration " + file + " 2>&1");
+  ASSERT_EQ(alone.exit_code, 0) << alone.output;
+  ASSERT_EQ(learned.exit_code, 0) << learned.output;
+  EXPECT_EQ(json::parse(alone.output)["layout"].value("main_worker", ""), "w0") << alone.output;
+  EXPECT_EQ(json::parse(learned.output)["layout"].value("main_worker", ""), "w1") << learned.output;
+  // Stored: a restarted server plans with what was learned before.
+  server_.stop();
+  start_server("server2.log");
+  ASSERT_TRUE(wait_for(
+      [&] {
+        const Reply again =
+            api_->post("/v1/plan", kAdmin, {{"model", model_}, {"options", {{"context", 1024}}}});
+        return again.status == 200 && again.body["layout"].value("main_worker", "") == "w1";
+      },
+      15))
+      << api_->get("/v1/calibration", kAdmin).body.dump() << tail_file(dir_.file("server2.log"));
 }
 
 TEST_F(Recovery, WorkerKilledThenRestartedLeavesNoOrphan) {

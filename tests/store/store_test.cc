@@ -25,11 +25,11 @@ class StoreTest : public ::testing::TestWithParam<std::string> {
 
 TEST_P(StoreTest, MigratesOnceAndReopens) {
   EXPECT_EQ(store_->backend(), GetParam());
-  EXPECT_EQ(store_->schema_version(), 3);
+  EXPECT_EQ(store_->schema_version(), 4);
   store_->put_worker({"w1", "10.0.0.1", "{}", WorkerStatus::kReady, "{}", 5, 1});
   store_.reset();
   Store again(db_->target());  // the same data, no second migration
-  EXPECT_EQ(again.schema_version(), 3);
+  EXPECT_EQ(again.schema_version(), 4);
   ASSERT_TRUE(again.worker("w1").has_value());
   EXPECT_EQ(again.worker("w1")->address, "10.0.0.1");
 }
@@ -75,7 +75,12 @@ TEST_P(StoreTest, WorkersDeploymentsInstancesClaims) {
   EXPECT_EQ(store_->measurements(),
             (std::map<std::string, std::string>{{i.id, R"({"samples":2})"}}));
 
+  // Calibration documents are named, replaced, and outlive the instances they came from.
+  EXPECT_FALSE(store_->calibration("fleet").has_value());
+  store_->put_calibration("fleet", R"({"v":1})");
+  store_->put_calibration("fleet", R"({"v":2})");
   EXPECT_TRUE(store_->delete_deployment("chat"));  // instances, claims, measurements go with it
+  EXPECT_EQ(store_->calibration("fleet").value_or(""), R"({"v":2})");
   EXPECT_TRUE(store_->instances().empty());
   EXPECT_TRUE(store_->claims().empty());
   EXPECT_TRUE(store_->measurements().empty());
