@@ -169,7 +169,6 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
   std::vector<PartTime> dev_parts(n_dev);
   PartTime cpu_part;
   cpu_part.worker = main->name;
-  cpu_part.factor = "cpu:" + main->name;
 
   // Work per device: the layers it holds.
   for (const Segment& seg : segments) {
@@ -199,7 +198,6 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
       part.bandwidth_bytes_per_s = bw / g.generation_time_factor;
       part.generation_s += read_s * g.generation_time_factor + layers * c.gpu_layer_s;
       part.prompt_s += matmul_s * g.prompt_time_factor + n_ubatches * layers * c.gpu_layer_prompt_s;
-      part.factor = "gpu:" + g.name;
       part.scaled_generation_s += read_s;
       part.scaled_prompt_s += matmul_s;
       part.generation_factor = g.generation_time_factor;
@@ -262,7 +260,7 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     hop.generation_s = fixed + gen_bytes / transfer_bw;
     hop.prompt_s = n_ubatches * (fixed + prompt_bytes / transfer_bw);
     if (!loopback) {
-      hop.factor = link_factor(s.main_worker, s.places[d].worker);
+      if (detail) hop.factor = link_factor(s.main_worker, s.places[d].worker);
       hop.scaled_generation_s = call_s;
       hop.scaled_prompt_s = n_ubatches * call_s;
       hop.generation_factor = hop.prompt_factor = link.call_time_factor;
@@ -301,10 +299,12 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     part.worker = s.places[d].worker;
     part.what = layout.devices[d].name + " (" + s.places[d].worker + " GPU " +
                 std::to_string(s.places[d].gpu) + ", " + gpus[d]->name + ")";
+    if (part.layers > 0) part.factor = "gpu:" + gpus[d]->name;
     out.parts.push_back(part);
   }
   if (cpu_part.layers > 0) {
     cpu_part.what = "CPU of " + main->name + " (" + std::to_string(threads) + " threads)";
+    cpu_part.factor = "cpu:" + main->name;
     out.parts.push_back(cpu_part);
   }
   for (PartTime& hop : hop_parts) out.parts.push_back(std::move(hop));

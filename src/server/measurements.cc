@@ -65,6 +65,73 @@ void Measurements::record(const std::string& instance, const Timings& t) {
   s.dirty = true;
 }
 
+void Measurements::memory(const std::string& instance, const std::string& what, double bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto [it, fresh] = mine_.try_emplace(instance);
+  Summary& s = it->second;
+  if (fresh) {
+    if (const auto st = from_store_.find(instance); st != from_store_.end()) {
+      s = summary_from(st->second);
+      from_store_.erase(st);
+    }
+  }
+  auto [m, added] = s.memory.try_emplace(what, bytes, bytes);
+  const double before = m->second.first;
+  m->second.first = bytes;
+  // Written when it moves (a new peak, or 1 % from what was written), not every heartbeat.
+  if (added || bytes > m->second.second || std::abs(bytes - before) > 0.01 * before) s.dirty = true;
+  m->second.second = std::max(m->second.second, bytes);
+}
+
+std::vector<std::pair<std::string, double>> Measurements::estimates(const json& assignment) {
+  std::vector<std::pair<std::string, double>> out;
+  if (!assignment.is_object() || !assignment.contains("plan")) return out;
+  const json layout = assignment["plan"].value("layout", json::object());
+  for (const json& d : layout.value("devices", json::array())) {
+    out.emplace_back(d.value("worker", "") + ":" + std::to_string(d.value("gpu", 0)),
+                     d.value("vram_bytes", 0.0));
+  }
+  const std::string main = layout.value("main_worker", "");
+  if (!main.empty())
+    out.emplace_back(main + ":host",
+                     layout.value("host", json::object()).value("total_bytes", 0.0));
+  return out;
+}
+
+json Measurements::memory_view(const std::string& instance, const json& assignment) const {
+  std::map<std::string, std::pair<double, double>> measured;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (const auto it = mine_.find(instance); it != mine_.end()) {
+      measured = it->second.memory;
+    } else if (const auto st = from_store_.find(instance); st != from_store_.end()) {
+      measured = summary_from(st->second).memory;
+    }
+  }
+  json names = json::object();  // "WORKER:GPU" -> the device's name in llama.cpp's order
+  if (assignment.is_object() && assignment.contains("plan")) {
+    for (const json& d : assignment["plan"]["layout"].value("devices", json::array()))
+      names[d.value("worker", "") + ":" + std::to_string(d.value("gpu", 0))] = d.value("name", "");
+  }
+  json out = json::array();
+  for (const auto& [what, estimated] : estimates(assignment)) {
+    const auto colon = what.rfind(':');
+    const bool host = what.compare(colon + 1, std::string::npos, "host") == 0;
+    json row = {{"device", host ? "host" : names.value(what, what)},
+                {"worker", what.substr(0, colon)},
+                {"estimated_bytes", estimated},
+                {"measured_bytes", nullptr},
+                {"peak_bytes", nullptr}};
+    if (!host) row["gpu"] = std::stoi(what.substr(colon + 1));
+    if (const auto m = measured.find(what); m != measured.end()) {
+      row["measured_bytes"] = m->second.first;
+      row["peak_bytes"] = m->second.second;
+    }
+    out.push_back(std::move(row));
+  }
+  return out;
+}
+
 json Measurements::sums_json(const Sums& s) {
   return {{"requests", s.requests},
           {"generation_samples", s.generation_samples},
@@ -91,11 +158,11 @@ Measurements::Sums Measurements::sums_from(const json& j) {
 json Measurements::summary_json(const Summary& s) {
   json recent = json::array();
   for (const auto& [tokens, seconds] : s.recent) recent.push_back({tokens, seconds});
-  return {{"alone", sums_json(s.alone)},
-          {"shared", sums_json(s.shared)},
-          {"recent", recent},
-          {"deviating", s.deviating},
-          {"placement", s.placement}};
+  json memory = json::object();
+  for (const auto& [what, m] : s.memory) memory[what] = {m.first, m.second};
+  return {{"alone", sums_json(s.alone)}, {"shared", sums_json(s.shared)}, {"recent", recent},
+          {"deviating", s.deviating},    {"placement", s.placement},      {"memory", memory},
+          {"memory_over", s.memory_over}};
 }
 
 Measurements::Summary Measurements::summary_from(const json& j) {
@@ -110,6 +177,16 @@ Measurements::Summary Measurements::summary_from(const json& j) {
   s.deviating = j.value("deviating", false);
   const auto placement = j.find("placement");
   if (placement != j.end() && placement->is_string()) s.placement = placement->get<std::string>();
+  const json memory = j.value("memory", json::object());
+  if (memory.is_object()) {
+    for (const auto& [what, m] : memory.items()) {
+      if (m.is_array() && m.size() == 2 && m[0].is_number() && m[1].is_number())
+        s.memory[what] = {m[0].get<double>(), m[1].get<double>()};
+    }
+  }
+  for (const json& d : j.value("memory_over", json::array())) {
+    if (d.is_string()) s.memory_over.push_back(d.get<std::string>());
+  }
   return s;
 }
 
@@ -196,6 +273,7 @@ void Measurements::flush(store::Store& store) {
   }
   std::map<std::string, bool> deviating;      // instance -> its new state, where it changed
   std::map<std::string, std::string> placed;  // instance -> placement, where it changed
+  std::map<std::string, std::vector<std::string>> over;  // instance -> devices newly announced
   for (auto& [id, s] : changed) {
     const std::string placement = placement_of(assignments[id]);
     if (placement != s.placement) {
@@ -227,12 +305,38 @@ void Measurements::flush(store::Store& store) {
                         " %)");
       }
     }
+    if (!s.memory.empty()) {
+      const json a = json::parse(assignments[id], nullptr, false);
+      for (const auto& [what, estimated] : estimates(a)) {
+        const auto m = s.memory.find(what);
+        if (m == s.memory.end() || estimated <= 0 ||
+            m->second.second <= (1 + kMemoryOver) * estimated ||
+            std::find(s.memory_over.begin(), s.memory_over.end(), what) != s.memory_over.end())
+          continue;
+        s.memory_over.push_back(what);
+        over[id].push_back(what);
+        char msg[256];
+        std::snprintf(msg, sizeof msg, "%s: measured %.1f MiB, estimated %.1f MiB (+%.1f %%)",
+                      what.c_str(), m->second.second / 1048576.0, estimated / 1048576.0,
+                      100 * (m->second.second / estimated - 1));
+        store.event("instance.memory_over_estimate", id, msg);
+      }
+    }
     store.put_measurement(id, summary_json(s).dump());
   }
   const std::map<std::string, std::string> stored = store.measurements();
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [id, now] : deviating) {
     if (const auto it = mine_.find(id); it != mine_.end()) it->second.deviating = now;
+  }
+  for (const auto& [id, devices] : over) {
+    if (const auto it = mine_.find(id); it != mine_.end()) {
+      for (const std::string& d : devices) {
+        if (std::find(it->second.memory_over.begin(), it->second.memory_over.end(), d) ==
+            it->second.memory_over.end())
+          it->second.memory_over.push_back(d);
+      }
+    }
   }
   for (const auto& [id, placement] : placed) {
     const auto it = mine_.find(id);
@@ -245,6 +349,8 @@ void Measurements::flush(store::Store& store) {
       it->second.shared = flushed.shared;
       it->second.recent = flushed.recent;
       it->second.deviating = flushed.deviating;
+      it->second.memory = flushed.memory;
+      it->second.memory_over = flushed.memory_over;
     }
     it->second.placement = placement;
   }

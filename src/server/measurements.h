@@ -12,6 +12,8 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "server/gateway.h"
 #include "store/store.h"
@@ -37,6 +39,18 @@ class Measurements {
   // single-stream requests and their sample counts, the same for concurrent ones, and the
   // recent single-stream window. Null when nothing was measured.
   nlohmann::json view(const std::string& instance) const;
+
+  // Memory a worker measured for `instance`'s processes there: `what` is "WORKER:GPU" (a GPU as
+  // the plan numbers it) or "WORKER:host" (llama-server's RAM). Keeps the latest and the peak.
+  void memory(const std::string& instance, const std::string& what, double bytes);
+
+  // The API's "memory": per device of the plan (and the main's host) the estimate, the latest
+  // measured bytes and the peak (null until measured). `assignment` is the instance's.
+  nlohmann::json memory_view(const std::string& instance, const nlohmann::json& assignment) const;
+
+  // A device whose measured peak exceeds its estimate by more than this share gets the event
+  // instance.memory_over_estimate (once per placement and device).
+  static constexpr double kMemoryOver = 0.05;
 
   // Per instance: the placement its sums belong to (the assignment's "placement"; a new
   // placement starts them again) and its single-stream sums. What the learner fits.
@@ -68,7 +82,11 @@ class Measurements {
     bool deviating = false;                        // the event was raised and not yet cleared
     bool dirty = false;                            // changed since the last flush
     std::string placement;                         // of the instance when last flushed
+    std::map<std::string, std::pair<double, double>> memory;  // "WORKER:GPU" -> (latest, peak)
+    std::vector<std::string> memory_over;                     // devices whose excess was announced
   };
+  // (what, estimated bytes) of every device of an assignment's plan and of its main's host.
+  static std::vector<std::pair<std::string, double>> estimates(const nlohmann::json& assignment);
   static void add(Sums& s, const Timings& t);
   static nlohmann::json sums_json(const Sums& s);
   static Sums sums_from(const nlohmann::json& j);

@@ -34,6 +34,7 @@ json Server::instance_view(const store::InstanceRow& i, bool with_assignment) {
   json j = instance_json(i, with_assignment);
   j["predicted"] = predicted_json(i);
   j["measured"] = measurements_->view(i.id);  // null until a request was answered
+  j["memory"] = measurements_->memory_view(i.id, parse_or(i.assignment_json, json::object()));
   return j;
 }
 

@@ -115,123 +115,161 @@ void Server::worker_routes() {
       }));
   s.Post(
       R"(/v1/workers/([a-z0-9-]+)/heartbeat)",
-      handle("/v1/workers/{name}/heartbeat", true,
-             [this](const auto& req, auto& res, const Principal& p) {
-               const std::string name = req.matches[1];
-               self_or(p, name);
-               if (p.role == KeyRole::kUser)
-                 throw HttpError{403, "only the worker itself reports its status"};
-               const json b = parse_body(req);
-               only(b, {"resources", "instances"});
-               std::optional<store::WorkerRow> w = store_->worker(name);
-               if (!w) throw HttpError{404, "no worker named " + name};
-               if (b.contains("resources")) {
-                 checked_resources(name, w->address, parse_or(w->labels_json, json::object()),
-                                   b["resources"]);
-                 w->resources_json = b["resources"].dump();
-               }
-               struct Report {
-                 std::string id, reason, log;
-                 InstanceState state = InstanceState::kStarting;
-                 std::int64_t restarts = -1;
-                 std::int64_t port = -1;  // the placement it is about (its llama-server port)
-                 std::int64_t listen_port = -1;  // where llama-server really listens
-                 bool gave_up = false;           // restarts exhausted on this worker
-               };
-               std::vector<Report> reports;
-               if (b.contains("instances")) {
-                 if (!b["instances"].is_array())
-                   throw HttpError{400, "'instances' must be an array"};
-                 for (const json& i : b["instances"]) {
-                   if (!i.is_object())
-                     throw HttpError{400, "each instance report must be an object"};
-                   only(i, {"id", "state", "reason", "log_tail", "restarts", "port", "listen_port",
-                            "gave_up"});
-                   Report r;
-                   r.id = required_string(i, "id");
-                   const std::string word = required_string(i, "state");
-                   const std::optional<InstanceState> state = instance_state(word);
-                   // What an agent reports: never pending or assigned (the server's own).
-                   if (!state || *state == InstanceState::kPending ||
-                       *state == InstanceState::kAssigned)
-                     throw HttpError{400, "unknown instance state '" + word + "'"};
-                   r.state = *state;
-                   if (i.contains("reason")) {
-                     if (!i["reason"].is_string())
-                       throw HttpError{400, "'reason' must be a string"};
-                     r.reason = valid_utf8(i["reason"].get<std::string>(), 4096);
-                   }
-                   if (i.contains("log_tail")) {
-                     if (!i["log_tail"].is_string())
-                       throw HttpError{400, "'log_tail' must be a string"};
-                     r.log = valid_utf8(i["log_tail"].get<std::string>(), 65536);
-                   }
-                   if (i.contains("port")) r.port = integer_in(i, "port", 0, 65535);
-                   if (i.contains("listen_port"))
-                     r.listen_port = integer_in(i, "listen_port", 1, 65535);
-                   if (i.contains("gave_up")) {
-                     if (!i["gave_up"].is_boolean())
-                       throw HttpError{400, "'gave_up' must be true or false"};
-                     r.gave_up = i["gave_up"].get<bool>();
-                   }
-                   if (i.contains("restarts")) r.restarts = integer_in(i, "restarts", 0, 1000000);
-                   reports.push_back(r);
-                 }
-               }
-               const bool was_unreachable = w->status == WorkerStatus::kUnreachable;
-               bool any_changed = false, replanned = false;
-               store_->transaction([&] {
-                 w->last_heartbeat_ms = store::now_ms();
-                 if (was_unreachable) {
-                   w->status = WorkerStatus::kReady;
-                   store_->event("worker.ready", name, "heartbeats again");
-                 }
-                 store_->put_worker(*w);
-                 for (const Report& r : reports) {
-                   std::optional<store::InstanceRow> i = store_->instance(r.id);
-                   if (!i || i->main_worker != name || i->state == InstanceState::kPending)
-                     continue;  // not (or no longer) its own
-                   if (r.port >= 0 &&
-                       r.port !=
-                           parse_or(i->assignment_json, json::object()).value("server_port", -1)) {
-                     continue;  // about an earlier placement of this instance
-                   }
-                   if (r.state == InstanceState::kStopped) continue;
-                   if (r.gave_up) {
-                     // Crashed too often here: plan it again, away from this worker.
-                     replan(*store_, *i,
-                            "llama-server failed " + std::to_string(r.restarts) + " times on " +
-                                name + " (" + r.reason + "); re-planning elsewhere",
-                            name);
-                     any_changed = true;
-                     replanned = true;
-                     continue;
-                   }
-                   json assignment = parse_or(i->assignment_json, json::object());
-                   if (r.listen_port > 0 && assignment.value("listen_port", -1) != r.listen_port) {
-                     assignment["listen_port"] = r.listen_port;  // the proxy connects there
-                     i->assignment_json = dump(assignment);
-                     any_changed = true;
-                   }
-                   const bool changed = i->state != r.state ||
-                                        (r.state == InstanceState::kError && i->reason != r.reason);
-                   i->state = r.state;
-                   if (!r.reason.empty() || r.state == InstanceState::kRunning)
-                     i->reason = r.reason;
-                   if (!r.log.empty()) i->log_tail = r.log;
-                   if (r.restarts >= 0) i->restarts = r.restarts;
-                   i->updated_ms = store::now_ms();
-                   store_->put_instance(*i);
-                   if (changed)
-                     store_->event("instance." + text(r.state), i->id,
-                                   r.reason.empty() ? text(r.state) : r.reason);
-                   any_changed = any_changed || changed;
-                 }
-               });
-               if (any_changed) ++routes_generation_;
-               if (was_unreachable || replanned) wake_scheduler();
-               reply(res, {{"assignment_version", store_->assignment_version()}});
-             }));
+      handle(
+          "/v1/workers/{name}/heartbeat", true,
+          [this](const auto& req, auto& res, const Principal& p) {
+            const std::string name = req.matches[1];
+            self_or(p, name);
+            if (p.role == KeyRole::kUser)
+              throw HttpError{403, "only the worker itself reports its status"};
+            const json b = parse_body(req);
+            only(b, {"resources", "instances", "memory"});
+            std::optional<store::WorkerRow> w = store_->worker(name);
+            if (!w) throw HttpError{404, "no worker named " + name};
+            if (b.contains("resources")) {
+              checked_resources(name, w->address, parse_or(w->labels_json, json::object()),
+                                b["resources"]);
+              w->resources_json = b["resources"].dump();
+            }
+            struct Report {
+              std::string id, reason, log;
+              InstanceState state = InstanceState::kStarting;
+              std::int64_t restarts = -1;
+              std::int64_t port = -1;         // the placement it is about (its llama-server port)
+              std::int64_t listen_port = -1;  // where llama-server really listens
+              bool gave_up = false;           // restarts exhausted on this worker
+            };
+            std::vector<Report> reports;
+            if (b.contains("instances")) {
+              if (!b["instances"].is_array()) throw HttpError{400, "'instances' must be an array"};
+              for (const json& i : b["instances"]) {
+                if (!i.is_object()) throw HttpError{400, "each instance report must be an object"};
+                only(i, {"id", "state", "reason", "log_tail", "restarts", "port", "listen_port",
+                         "gave_up"});
+                Report r;
+                r.id = required_string(i, "id");
+                const std::string word = required_string(i, "state");
+                const std::optional<InstanceState> state = instance_state(word);
+                // What an agent reports: never pending or assigned (the server's own).
+                if (!state || *state == InstanceState::kPending ||
+                    *state == InstanceState::kAssigned)
+                  throw HttpError{400, "unknown instance state '" + word + "'"};
+                r.state = *state;
+                if (i.contains("reason")) {
+                  if (!i["reason"].is_string()) throw HttpError{400, "'reason' must be a string"};
+                  r.reason = valid_utf8(i["reason"].get<std::string>(), 4096);
+                }
+                if (i.contains("log_tail")) {
+                  if (!i["log_tail"].is_string())
+                    throw HttpError{400, "'log_tail' must be a string"};
+                  r.log = valid_utf8(i["log_tail"].get<std::string>(), 65536);
+                }
+                if (i.contains("port")) r.port = integer_in(i, "port", 0, 65535);
+                if (i.contains("listen_port"))
+                  r.listen_port = integer_in(i, "listen_port", 1, 65535);
+                if (i.contains("gave_up")) {
+                  if (!i["gave_up"].is_boolean())
+                    throw HttpError{400, "'gave_up' must be true or false"};
+                  r.gave_up = i["gave_up"].get<bool>();
+                }
+                if (i.contains("restarts")) r.restarts = integer_in(i, "restarts", 0, 1000000);
+                reports.push_back(r);
+              }
+            }
+            // Memory its processes hold, per instance: {id, port, host_bytes, devices:
+            // [{gpu, bytes}]} (the port names the placement, as for the reports).
+            struct Held {
+              std::string id;
+              std::int64_t port = -1;
+              std::vector<std::pair<std::string, double>> bytes;  // "WORKER:GPU|host", bytes
+            };
+            std::vector<Held> held;
+            if (b.contains("memory")) {
+              if (!b["memory"].is_array()) throw HttpError{400, "'memory' must be an array"};
+              for (const json& m : b["memory"]) {
+                if (!m.is_object()) throw HttpError{400, "each memory report must be an object"};
+                only(m, {"id", "port", "host_bytes", "devices"});
+                Held h;
+                h.id = required_string(m, "id");
+                if (m.contains("port")) h.port = integer_in(m, "port", 0, 65535);
+                if (m.contains("host_bytes")) {
+                  h.bytes.emplace_back(
+                      name + ":host",
+                      static_cast<double>(integer_in(m, "host_bytes", 0, std::int64_t{1} << 50)));
+                }
+                const json devices = m.value("devices", json::array());
+                if (!devices.is_array()) throw HttpError{400, "'devices' must be an array"};
+                for (const json& d : devices) {
+                  if (!d.is_object()) throw HttpError{400, "each device must be an object"};
+                  only(d, {"gpu", "bytes"});
+                  h.bytes.emplace_back(
+                      name + ":" + std::to_string(integer_in(d, "gpu", 0, 4096)),
+                      static_cast<double>(integer_in(d, "bytes", 0, std::int64_t{1} << 50)));
+                }
+                held.push_back(std::move(h));
+              }
+            }
+            for (const Held& h : held) {
+              const std::optional<store::InstanceRow> i = store_->instance(h.id);
+              if (!i || i->state == InstanceState::kPending) continue;
+              if (h.port >= 0 &&
+                  h.port != parse_or(i->assignment_json, json::object()).value("server_port", -1))
+                continue;  // an earlier placement's
+              for (const auto& [what, bytes] : h.bytes) measurements_->memory(h.id, what, bytes);
+            }
+            const bool was_unreachable = w->status == WorkerStatus::kUnreachable;
+            bool any_changed = false, replanned = false;
+            store_->transaction([&] {
+              w->last_heartbeat_ms = store::now_ms();
+              if (was_unreachable) {
+                w->status = WorkerStatus::kReady;
+                store_->event("worker.ready", name, "heartbeats again");
+              }
+              store_->put_worker(*w);
+              for (const Report& r : reports) {
+                std::optional<store::InstanceRow> i = store_->instance(r.id);
+                if (!i || i->main_worker != name || i->state == InstanceState::kPending)
+                  continue;  // not (or no longer) its own
+                if (r.port >= 0 &&
+                    r.port !=
+                        parse_or(i->assignment_json, json::object()).value("server_port", -1)) {
+                  continue;  // about an earlier placement of this instance
+                }
+                if (r.state == InstanceState::kStopped) continue;
+                if (r.gave_up) {
+                  // Crashed too often here: plan it again, away from this worker.
+                  replan(*store_, *i,
+                         "llama-server failed " + std::to_string(r.restarts) + " times on " + name +
+                             " (" + r.reason + "); re-planning elsewhere",
+                         name);
+                  any_changed = true;
+                  replanned = true;
+                  continue;
+                }
+                json assignment = parse_or(i->assignment_json, json::object());
+                if (r.listen_port > 0 && assignment.value("listen_port", -1) != r.listen_port) {
+                  assignment["listen_port"] = r.listen_port;  // the proxy connects there
+                  i->assignment_json = dump(assignment);
+                  any_changed = true;
+                }
+                const bool changed = i->state != r.state ||
+                                     (r.state == InstanceState::kError && i->reason != r.reason);
+                i->state = r.state;
+                if (!r.reason.empty() || r.state == InstanceState::kRunning) i->reason = r.reason;
+                if (!r.log.empty()) i->log_tail = r.log;
+                if (r.restarts >= 0) i->restarts = r.restarts;
+                i->updated_ms = store::now_ms();
+                store_->put_instance(*i);
+                if (changed)
+                  store_->event("instance." + text(r.state), i->id,
+                                r.reason.empty() ? text(r.state) : r.reason);
+                any_changed = any_changed || changed;
+              }
+            });
+            if (any_changed) ++routes_generation_;
+            if (was_unreachable || replanned) wake_scheduler();
+            reply(res, {{"assignment_version", store_->assignment_version()}});
+          }));
   s.Get(R"(/v1/workers/([a-z0-9-]+)/assignments)",
         handle("/v1/workers/{name}/assignments", true,
                [this](const auto& req, auto& res, const Principal& p) {

@@ -86,7 +86,9 @@ struct Agent::Instance {
   std::vector<std::unique_ptr<Process>>
       rpc;  // rpc-servers (lent GPUs, or the main's simulated ones)
   std::vector<plan::RpcServerLaunch> rpc_launches;  // one per rpc process, GPUs as physical indices
-  std::unique_ptr<Process> server;                  // llama-server (main)
+  std::vector<std::uint32_t> rpc_planned;     // per rpc process: the GPU as the plan numbers it
+  std::vector<std::uint32_t> server_planned;  // llama-server's own GPUs as the plan numbers them
+  std::unique_ptr<Process> server;            // llama-server (main)
   std::optional<plan::ServerLaunch> server_launch;  // as it will run here (RPC endpoints included)
   InstanceState state = InstanceState::kStarting;
   std::string reason;
@@ -152,6 +154,24 @@ std::uint32_t Agent::physical_gpu(std::uint32_t planned) const {
              : planned;
 }
 
+std::vector<Agent::Holder> Agent::memory_holders() {
+  std::vector<Holder> out;
+  for (const auto& [id, i] : instances_) {
+    const int port = i->assignment.value("server_port", 0);
+    for (std::size_t k = 0; k < i->rpc.size() && k < i->rpc_planned.size(); ++k) {
+      if (i->rpc[k] && i->rpc[k]->running())
+        out.push_back({id, port, static_cast<int>(i->rpc[k]->pid()),
+                       static_cast<std::int64_t>(i->rpc_planned[k])});
+    }
+    if (i->server && i->server->running()) {
+      const int pid = static_cast<int>(i->server->pid());
+      out.push_back({id, port, pid, -1});
+      for (std::uint32_t g : i->server_planned) out.push_back({id, port, pid, g});
+    }
+  }
+  return out;
+}
+
 json Agent::instance_reports() {
   json list = json::array();
   for (const auto& [id, i] : instances_) {
@@ -175,7 +195,33 @@ json Agent::heartbeat_body() {
   json body = {{"resources", resources(gpus())}};
   std::lock_guard<std::mutex> lock(reports_mu_);
   body["instances"] = reports_;
+  body["memory"] = memory_;
   return body;
+}
+
+json Agent::measure_memory(const std::vector<Holder>& holders) const {
+  const auto on_gpus = simulated_ ? decltype(nvml_process_bytes()){} : nvml_process_bytes();
+  std::map<std::string, json> by_instance;
+  for (const Holder& h : holders) {
+    json& r = by_instance[h.instance];
+    if (r.is_null()) r = {{"id", h.instance}, {"port", h.port}, {"devices", json::array()}};
+    std::uint64_t bytes = 0;
+    if (h.gpu < 0 || simulated_) {
+      bytes = process_resident_bytes(h.pid);  // the host's RAM, or a CPU-backed simulated GPU
+    } else {
+      const auto it = on_gpus.find({physical_gpu(static_cast<std::uint32_t>(h.gpu)), h.pid});
+      if (it != on_gpus.end()) bytes = it->second;
+    }
+    if (bytes == 0) continue;  // not started, or gone
+    if (h.gpu < 0) {
+      r["host_bytes"] = bytes;
+    } else {
+      r["devices"].push_back({{"gpu", h.gpu}, {"bytes", bytes}});
+    }
+  }
+  json out = json::array();
+  for (auto& [id, r] : by_instance) out.push_back(std::move(r));
+  return out;
 }
 
 void Agent::reconcile(const json& assignments) {
@@ -211,6 +257,7 @@ void Agent::reconcile(const json& assignments) {
     try {
       for (const json& r : a.value("rpc_servers", json::array())) {
         plan::RpcServerLaunch launch = plan::rpc_server_launch_from_json(r);
+        inst->rpc_planned.push_back(launch.gpu.value_or(0));
         if (simulated_) {
           launch.gpu.reset();  // CPU backend: no CUDA device to select
         } else if (launch.gpu) {
@@ -227,10 +274,12 @@ void Agent::reconcile(const json& assignments) {
           std::uint16_t port = static_cast<std::uint16_t>(a.value("rpc_port_base", 21000) + 12);
           for (std::size_t d = 0; d < s.gpus.size(); ++d, ++port) {
             inst->rpc_launches.push_back({config_.name, "127.0.0.1", port, std::nullopt, true});
+            inst->rpc_planned.push_back(s.gpus[d]);
             s.rpc.push_back({"127.0.0.1", port});
           }
           s.gpus.clear();  // and every real GPU hidden
         } else {
+          inst->server_planned = s.gpus;
           for (std::uint32_t& g : s.gpus) g = physical_gpu(g);
         }
         inst->server_launch = std::move(s);
@@ -544,16 +593,28 @@ void Agent::run(const std::atomic<bool>& stop) {
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   });
+  Clock::time_point measured_at{};
   while (!stop) {
     json reports;
+    std::vector<Holder> holders;
+    const bool measure =
+        Clock::now() - measured_at >= std::chrono::milliseconds(config_.heartbeat_ms);
     {
       std::lock_guard<std::mutex> lock(mu_);
       for (auto& [id, i] : instances_) supervise(*i);
       reports = instance_reports();
+      if (measure) holders = memory_holders();
+    }
+    // Read outside the lock: NVML and /proc take their time.
+    json memory;
+    if (measure) {
+      measured_at = Clock::now();
+      memory = measure_memory(holders);
     }
     {
       std::lock_guard<std::mutex> lock(reports_mu_);
       reports_ = reports;
+      if (measure) memory_ = std::move(memory);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
   }

@@ -71,6 +71,18 @@ class Agent {
   // A client for `url` (http or https; https verified against config_.ca_cert when given).
   std::unique_ptr<httplib::Client> client(const std::string& url) const;
   nlohmann::json heartbeat_body();
+  // A process of an instance and what it holds: a GPU as the plan numbers it, or -1 for the
+  // host's RAM (llama-server).
+  struct Holder {
+    std::string instance;
+    int port = 0;  // the placement's server port: the server ignores reports of older ones
+    int pid = 0;
+    std::int64_t gpu = -1;
+  };
+  std::vector<Holder> memory_holders();  // REQUIRES: mu_ held
+  // Heartbeat "memory": [{id, port, host_bytes, devices: [{gpu, bytes}]}], from /proc (the host,
+  // and simulated GPUs served by CPU rpc-servers) and NVML per process (real GPUs).
+  nlohmann::json measure_memory(const std::vector<Holder>& holders) const;
   nlohmann::json instance_reports();  // REQUIRES: mu_ held
   std::string binary(const std::string& name) const;
   std::vector<GpuInfo> gpus(std::string* why = nullptr) const;
@@ -95,6 +107,7 @@ class Agent {
   std::map<std::string, std::unique_ptr<Instance>> instances_;
   std::mutex reports_mu_;
   nlohmann::json reports_ = nlohmann::json::array();  // the last states, for heartbeats
+  nlohmann::json memory_ = nlohmann::json::array();   // the last memory measured, likewise
 };
 
 }  // namespace ggfleet::worker

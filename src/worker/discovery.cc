@@ -3,8 +3,10 @@
 #include <dlfcn.h>
 
 #include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 #include "cluster/catalog.h"
 #include "cluster/units.h"
@@ -20,6 +22,18 @@ struct NvmlMemory {
 };
 struct NvmlUtilization {
   unsigned int gpu, memory;
+};
+
+// nvmlProcessInfo_t of nvmlDeviceGetComputeRunningProcesses_v3 (and _v2), and of the first
+// version (no instance ids).
+struct NvmlProcess {
+  unsigned int pid;
+  unsigned long long used_bytes;
+  unsigned int gpu_instance, compute_instance;
+};
+struct NvmlProcessV1 {
+  unsigned int pid;
+  unsigned long long used_bytes;
 };
 
 std::uint64_t meminfo(const std::string& text, const std::string& key) {
@@ -73,6 +87,53 @@ std::vector<GpuInfo> nvml_gpus(std::string* why) {
     out.push_back(g);
   }
   if (shutdown) shutdown();
+  dlclose(lib);
+  return out;
+}
+
+std::uint64_t process_resident_bytes(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  return text.empty() ? 0 : meminfo(text, "RssAnon") + meminfo(text, "RssShmem");
+}
+
+std::map<std::pair<std::uint32_t, int>, std::uint64_t> nvml_process_bytes() {
+  std::map<std::pair<std::uint32_t, int>, std::uint64_t> out;
+  void* lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (lib == nullptr) return out;
+  auto sym = [&](const char* name) { return dlsym(lib, name); };
+  auto init = reinterpret_cast<nvmlReturn_t (*)()>(sym("nvmlInit_v2"));
+  auto shutdown = reinterpret_cast<nvmlReturn_t (*)()>(sym("nvmlShutdown"));
+  auto count = reinterpret_cast<nvmlReturn_t (*)(unsigned int*)>(sym("nvmlDeviceGetCount_v2"));
+  auto handle = reinterpret_cast<nvmlReturn_t (*)(unsigned int, nvmlDevice_t*)>(
+      sym("nvmlDeviceGetHandleByIndex_v2"));
+  using List = nvmlReturn_t (*)(nvmlDevice_t, unsigned int*, void*);
+  auto v3 = reinterpret_cast<List>(sym("nvmlDeviceGetComputeRunningProcesses_v3"));
+  auto v1 = reinterpret_cast<List>(sym("nvmlDeviceGetComputeRunningProcesses"));
+  unsigned int n = 0;
+  if (init && count && handle && (v3 || v1) && init() == 0 && count(&n) == 0) {
+    for (unsigned int g = 0; g < n; ++g) {
+      nvmlDevice_t dev = nullptr;
+      if (handle(g, &dev) != 0) continue;
+      unsigned int len = 64;
+      if (v3) {
+        std::vector<NvmlProcess> list(len);
+        if (v3(dev, &len, list.data()) != 0) continue;
+        for (unsigned int k = 0; k < len && k < list.size(); ++k) {
+          if (list[k].used_bytes != ~0ull)
+            out[{g, static_cast<int>(list[k].pid)}] += list[k].used_bytes;
+        }
+      } else {
+        std::vector<NvmlProcessV1> list(len);
+        if (v1(dev, &len, list.data()) != 0) continue;
+        for (unsigned int k = 0; k < len && k < list.size(); ++k) {
+          if (list[k].used_bytes != ~0ull)
+            out[{g, static_cast<int>(list[k].pid)}] += list[k].used_bytes;
+        }
+      }
+    }
+  }
+  if (shutdown && init) shutdown();
   dlclose(lib);
   return out;
 }

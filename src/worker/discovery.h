@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -24,6 +25,13 @@ std::vector<GpuInfo> nvml_gpus(std::string* why = nullptr);
 
 // "NVIDIA L40S:48GiB" (or "NVIDIA L40S", size from the catalog). Throws std::invalid_argument.
 GpuInfo parse_declared_gpu(const std::string& text);
+
+// Memory a process holds that the kernel cannot take back (/proc/PID/status RssAnon + RssShmem:
+// its allocations, not the page cache of files it maps); 0 when the process is gone.
+std::uint64_t process_resident_bytes(int pid);
+
+// GPU memory of each compute process, by (NVML GPU index, pid); empty without a driver.
+std::map<std::pair<std::uint32_t, int>, std::uint64_t> nvml_process_bytes();
 
 struct HostInfo {
   std::uint32_t cores = 0;

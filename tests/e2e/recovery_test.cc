@@ -306,6 +306,28 @@ TEST_F(Recovery, MeasuredSpeedIsShownNextToThePrediction) {
   // The deviation: H100 speed predicted, a CPU's measured.
   EXPECT_LT(measured["recent_generation_tokens_per_s"].get<double>(), 0.75 * predicted) << i.dump();
   EXPECT_TRUE(wait_for([&] { return has_event("instance.speed_deviation", id); }, 10)) << logs();
+  // Memory per device next to its estimate: the (CPU-backed) GPU's rpc-server and the main's
+  // llama-server, as the worker measured them.
+  json memory;
+  EXPECT_TRUE(wait_for(
+      [&] {
+        memory = instance()["memory"];
+        if (!memory.is_array() || memory.empty()) return false;
+        for (const json& d : memory) {
+          if (!d["measured_bytes"].is_number() || d["measured_bytes"].get<double>() <= 0)
+            return false;
+        }
+        return true;
+      },
+      10))
+      << memory.dump() << logs();
+  bool host = false;
+  for (const json& d : memory) {
+    EXPECT_GT(d["estimated_bytes"].get<double>(), 0) << memory.dump();
+    host = host || d["device"] == "host";
+  }
+  EXPECT_TRUE(host) << memory.dump();
+  std::cout << "[figures] memory " << memory.dump() << std::endl;
   // Prometheus: both gauges of the running instance.
   const httplib::Result metrics = raw.Get("/metrics");
   ASSERT_TRUE(metrics);

@@ -94,3 +94,68 @@ TEST_F(MeasurementsTest, SamplesDeviationAndRestart) {
 
 }  // namespace
 }  // namespace ggfleet::server
+
+namespace ggfleet::server {
+namespace {
+
+// An instance placed on w0's GPU 0 (1000 MiB estimated) with 200 MiB on its main's host.
+std::string assignment(const std::string& placement) {
+  const json a = {
+      {"placement", placement},
+      {"plan",
+       {{"layout",
+         {{"main_worker", "w0"},
+          {"devices",
+           {{{"name", "RPC0"}, {"worker", "w0"}, {"gpu", 0}, {"vram_bytes", 1000.0 * 1048576}}}},
+          {"host", {{"total_bytes", 200.0 * 1048576}}}}}}}};
+  return a.dump();
+}
+
+TEST_F(MeasurementsTest, MemoryNextToTheEstimateAndANewPlacementStartsAgain) {
+  store::InstanceRow i = *store_->instance("chat-1");
+  i.assignment_json = assignment("7");
+  store_->put_instance(i);
+  Measurements m;
+  const json a = json::parse(i.assignment_json);
+  json view = m.memory_view("chat-1", a);
+  ASSERT_EQ(view.size(), 2u);  // the GPU and the host, not measured yet
+  EXPECT_EQ(view[0]["device"], "RPC0");
+  EXPECT_TRUE(view[0]["measured_bytes"].is_null());
+  m.memory("chat-1", "w0:0", 1020.0 * 1048576);  // within 5 %: no event
+  m.memory("chat-1", "w0:host", 150.0 * 1048576);
+  m.record("chat-1", timing(10, 0.1, true));
+  m.flush(*store_);
+  EXPECT_TRUE(events().empty());
+  m.memory("chat-1", "w0:0", 1100.0 * 1048576);  // +10 %: the event, once
+  m.memory("chat-1", "w0:0", 900.0 * 1048576);   // the peak stays
+  m.flush(*store_);
+  m.memory("chat-1", "w0:0", 1101.0 * 1048576);
+  m.flush(*store_);
+  const std::vector<std::string> e = events();
+  ASSERT_EQ(e.size(), 1u) << ::testing::PrintToString(e);
+  EXPECT_NE(e[0].find("instance.memory_over_estimate: w0:0: measured 1100.0 MiB, estimated "
+                      "1000.0 MiB (+10.0 %)"),
+            std::string::npos)
+      << e[0];
+  view = m.memory_view("chat-1", a);
+  EXPECT_DOUBLE_EQ(view[0]["measured_bytes"].get<double>(), 1101.0 * 1048576);
+  EXPECT_DOUBLE_EQ(view[0]["peak_bytes"].get<double>(), 1101.0 * 1048576);
+  EXPECT_EQ(view[1]["device"], "host");
+  EXPECT_DOUBLE_EQ(view[1]["measured_bytes"].get<double>(), 150.0 * 1048576);
+  // A restarted server shows what was stored.
+  Measurements again;
+  again.flush(*store_);
+  EXPECT_DOUBLE_EQ(again.memory_view("chat-1", a)[0]["peak_bytes"].get<double>(), 1101.0 * 1048576);
+  EXPECT_EQ(again.delivered().at("chat-1").placement, "7");
+  // Placed anew: speed and memory of the old layout are gone from the instance's view.
+  i.assignment_json = assignment("8");
+  store_->put_instance(i);
+  m.record("chat-1", timing(10, 0.1, true));
+  m.flush(*store_);
+  EXPECT_TRUE(m.memory_view("chat-1", a)[0]["measured_bytes"].is_null());
+  EXPECT_EQ(m.delivered().at("chat-1").placement, "8");
+  EXPECT_EQ(m.view("chat-1")["samples"], 0);
+}
+
+}  // namespace
+}  // namespace ggfleet::server
