@@ -352,6 +352,16 @@ ReconcileStats Scheduler::reconcile() {
 
 void Scheduler::set_corrections(perf::Corrections c) {
   std::lock_guard<std::mutex> lock(corrections_mu_);
+  // The generation factors that moved: only instances whose prediction they scale are looked at.
+  const std::map<std::string, double> before = corrections_.generation_values();
+  const std::map<std::string, double> after = c.generation_values();
+  for (const auto& [key, v] : after) {
+    const auto it = before.find(key);
+    if (it == before.end() || it->second != v) changed_keys_.insert(key);
+  }
+  for (const auto& [key, v] : before) {
+    if (!after.count(key)) changed_keys_.insert(key);
+  }
   corrections_ = std::move(c);
 }
 
@@ -371,22 +381,39 @@ std::string rate_text(double tokens_per_s) {
 }  // namespace
 
 int Scheduler::suggest_replans() {
-  const perf::Corrections c = corrections();
-  if (c.empty()) return 0;
+  perf::Corrections c;
+  std::set<std::string> changed;
+  {
+    std::lock_guard<std::mutex> lock(corrections_mu_);
+    c = corrections_;
+    changed.swap(changed_keys_);
+  }
+  if (c.empty() || changed.empty()) return 0;
   const std::map<std::string, double> factors = c.generation_values();
+  int planned = 0;
   std::map<std::string, store::DeploymentRow> deployments;
   for (const store::DeploymentRow& d : store_.deployments()) deployments[d.name] = d;
   const std::vector<store::ClaimRow> claims = store_.claims();
   std::optional<cluster::Cluster> ready;
   int suggested = 0;
-  for (const store::InstanceRow& i : store_.instances()) {
+  const std::vector<store::InstanceRow> instances = store_.instances();
+  std::erase_if(suggested_, [&](const auto& kv) {
+    return std::none_of(instances.begin(), instances.end(),
+                        [&](const store::InstanceRow& i) { return i.id == kv.first; });
+  });
+  for (const store::InstanceRow& i : instances) {
     if (i.state != InstanceState::kRunning) continue;
     const auto d = deployments.find(i.deployment);
     if (d == deployments.end()) continue;
     const json a = json::parse(i.assignment_json, nullptr, false);
     if (!a.is_object() || !a.contains("basis")) continue;
     try {
-      const double now_s = perf::basis_from_json(a["basis"]).generation.seconds(factors);
+      const perf::PredictionBasis basis = perf::basis_from_json(a["basis"]);
+      if (std::none_of(basis.generation.parts_s.begin(), basis.generation.parts_s.end(),
+                       [&](const auto& part) { return changed.count(part.first) > 0; }))
+        continue;                                // none of its parts' factors moved
+      if (planned++ == kMaxSuggestPlans) break;  // the scheduling loop is not held up longer
+      const double now_s = basis.generation.seconds(factors);
       if (now_s <= 0) continue;
       const double now_tps = 1 / now_s;
       if (!ready) ready = perf::corrected(ready_workers(store_.workers()), c);

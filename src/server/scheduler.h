@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -81,7 +82,10 @@ class Scheduler {
   // corrected), an "instance.replan_suggested" event with both predictions — once per instance
   // and suggested layout; nothing is moved. Returns the number of events. Call from the
   // scheduling loop's thread.
+  // Only instances whose prediction a factor changed since the last call scales are looked at,
+  // at most kMaxSuggestPlans of them per call (each costs a plan).
   static constexpr double kSuggestReplan = 1.2;
+  static constexpr int kMaxSuggestPlans = 32;
   int suggest_replans();
 
  private:
@@ -94,6 +98,7 @@ class Scheduler {
   std::int64_t started_ms_;  // when this scheduler was made
   mutable std::mutex corrections_mu_;
   perf::Corrections corrections_;
+  std::set<std::string> changed_keys_;            // factors changed since suggest_replans last ran
   std::map<std::string, std::string> suggested_;  // instance -> the layout last suggested
   std::mutex models_mu_;
   std::map<std::string, std::shared_ptr<const estimate::ModelMemory>> models_;
