@@ -1,10 +1,12 @@
 // The measured side of predictions (src/server/measurements.h) on a real store: what counts as
-// a sample, single-stream apart from concurrent, the deviation event and its end, and a
-// server restart that continues the stored summary.
+// a sample, single-stream apart from concurrent, the deviation event and its end, a server
+// restart that continues the stored summary, memory next to the estimate, and the learner
+// (src/server/learning.h) that turns measured placements into stored factors.
 #include "server/measurements.h"
 
 #include <gtest/gtest.h>
 
+#include "server/learning.h"
 #include "store/test_db.h"
 
 namespace ggfleet::server {
@@ -155,6 +157,52 @@ TEST_F(MeasurementsTest, MemoryNextToTheEstimateAndANewPlacementStartsAgain) {
   EXPECT_TRUE(m.memory_view("chat-1", a)[0]["measured_bytes"].is_null());
   EXPECT_EQ(m.delivered().at("chat-1").placement, "8");
   EXPECT_EQ(m.view("chat-1")["samples"], 0);
+}
+
+}  // namespace
+}  // namespace ggfleet::server
+
+namespace ggfleet::server {
+namespace {
+
+// The learner on a real store: a measured placement becomes an observation of its basis, the
+// factor is stored and announced, and a restarted server starts with it.
+TEST_F(MeasurementsTest, LearnerStoresFactorsAndARestartStartsWithThem) {
+  perf::PredictionBasis basis;  // predicted 10 ms per token: 8 ms of H100 reads, 2 ms fixed
+  basis.generation.parts_s["gpu:NVIDIA H100 SXM"] = 0.008;
+  basis.generation.rest_s = 0.002;
+  basis.prompt.rest_s = 0.001;
+  store::InstanceRow i = *store_->instance("chat-1");
+  i.assignment_json = json{{"placement", "3"}, {"basis", perf::basis_json(basis)}}.dump();
+  store_->put_instance(i);
+  Measurements m;
+  Learner learner({}, 0);
+  m.flush(*store_);
+  EXPECT_FALSE(learner.update(*store_, m));  // nothing measured, nothing stored
+  for (int k = 0; k < 19; ++k) m.record("chat-1", timing(10, 0.26, true));  // 26 ms per token
+  m.flush(*store_);
+  EXPECT_FALSE(learner.update(*store_, m));  // 19 requests: not enough
+  EXPECT_TRUE(learner.corrections().empty());
+  for (int k = 0; k < 11; ++k) m.record("chat-1", timing(10, 0.26, true));
+  m.flush(*store_);
+  ASSERT_TRUE(learner.update(*store_, m));
+  const perf::Corrections c = learner.corrections();
+  ASSERT_EQ(c.generation.size(), 1u);
+  // (26 - 2) / 8 = 3, pulled a little toward 1 by the prior.
+  const double f = c.generation.at("gpu:NVIDIA H100 SXM").value;
+  EXPECT_GT(f, 2.5);
+  EXPECT_LT(f, 3.0);
+  EXPECT_FALSE(learner.update(*store_, m));  // nothing new
+  bool announced = false;
+  for (const std::string& e : events())
+    announced = announced || e.rfind("calibration.updated: learned from 1 placement", 0) == 0;
+  EXPECT_TRUE(announced) << ::testing::PrintToString(events());
+  EXPECT_EQ(learner.view()["observations"], 1);
+  // A restarted server: the stored factors are news on its first pass.
+  Learner again({}, 0);
+  Measurements fresh;
+  EXPECT_TRUE(again.update(*store_, fresh));
+  EXPECT_DOUBLE_EQ(again.corrections().generation.at("gpu:NVIDIA H100 SXM").value, f);
 }
 
 }  // namespace
