@@ -184,7 +184,7 @@ bool Learner::update(store::Store& store, const Measurements& m) {
     for (std::size_t i = 0; i < news.size(); ++i) message += (i ? "; " : "") + news[i];
     store.event("calibration.updated", "fleet", message);
   }
-  return changed;
+  return changed || first;  // on the first pass the scheduler has no factors yet
 }
 
 }  // namespace ggfleet::server

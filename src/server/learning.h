@@ -31,8 +31,8 @@ class Learner {
 
   // At most once per period: turns the measured placements of `m` into observations, merges
   // them with the stored ones, refits and stores the result. Returns true when the factors
-  // changed (then a "calibration.updated" event names them), and on the first call when the
-  // store already held factors.
+  // changed (then a "calibration.updated" event names them), and on the first call when there
+  // are factors (stored ones, or learned then).
   bool update(store::Store& store, const Measurements& m);
 
   // The factors in force (the stored ones until the first update).

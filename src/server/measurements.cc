@@ -83,18 +83,32 @@ void Measurements::memory(const std::string& instance, const std::string& what, 
   m->second.second = std::max(m->second.second, bytes);
 }
 
+namespace {
+
+// An assignment's plan.layout; an empty object when it has none.
+json layout_of(const json& assignment) {
+  if (!assignment.is_object()) return json::object();
+  const auto plan = assignment.find("plan");
+  if (plan == assignment.end() || !plan->is_object()) return json::object();
+  const auto layout = plan->find("layout");
+  return layout != plan->end() && layout->is_object() ? *layout : json::object();
+}
+
+}  // namespace
+
 std::vector<std::pair<std::string, double>> Measurements::estimates(const json& assignment) {
   std::vector<std::pair<std::string, double>> out;
-  if (!assignment.is_object() || !assignment.contains("plan")) return out;
-  const json layout = assignment["plan"].value("layout", json::object());
-  for (const json& d : layout.value("devices", json::array())) {
+  const json layout = layout_of(assignment);
+  const json devices = layout.value("devices", json::array());
+  for (const json& d : devices.is_array() ? devices : json::array()) {
+    if (!d.is_object()) continue;
     out.emplace_back(d.value("worker", "") + ":" + std::to_string(d.value("gpu", 0)),
                      d.value("vram_bytes", 0.0));
   }
   const std::string main = layout.value("main_worker", "");
-  if (!main.empty())
-    out.emplace_back(main + ":host",
-                     layout.value("host", json::object()).value("total_bytes", 0.0));
+  const json host = layout.value("host", json::object());
+  if (!main.empty() && host.is_object())
+    out.emplace_back(main + ":host", host.value("total_bytes", 0.0));
   return out;
 }
 
@@ -109,8 +123,9 @@ json Measurements::memory_view(const std::string& instance, const json& assignme
     }
   }
   json names = json::object();  // "WORKER:GPU" -> the device's name in llama.cpp's order
-  if (assignment.is_object() && assignment.contains("plan")) {
-    for (const json& d : assignment["plan"]["layout"].value("devices", json::array()))
+  const json devices = layout_of(assignment).value("devices", json::array());
+  for (const json& d : devices.is_array() ? devices : json::array()) {
+    if (d.is_object())
       names[d.value("worker", "") + ":" + std::to_string(d.value("gpu", 0))] = d.value("name", "");
   }
   json out = json::array();
