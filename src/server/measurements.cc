@@ -206,7 +206,10 @@ Measurements::Summary Measurements::summary_from(const json& j) {
 }
 
 std::string Measurements::placement_of(const std::string& assignment_json) {
-  const json a = json::parse(assignment_json, nullptr, false);
+  return placement_in(json::parse(assignment_json, nullptr, false));
+}
+
+std::string Measurements::placement_in(const json& a) {
   if (!a.is_object()) return "";
   const auto it = a.find("placement");
   if (it == a.end()) return "";
@@ -266,10 +269,11 @@ void Measurements::flush(store::Store& store) {
   }
   // The store is read and written outside the lock: record() runs on the proxy's loop.
   std::map<std::string, double> alive;  // instance -> its predicted generation tokens/s
-  std::map<std::string, std::string> assignments;
-  for (const store::InstanceRow& i : store.instances()) {
+  const std::vector<store::InstanceRow> instances = store.instances();
+  std::map<std::string, const std::string*> assignments;  // read only for changed summaries
+  for (const store::InstanceRow& i : instances) {
     alive[i.id] = i.predicted_tokens_per_s;
-    assignments[i.id] = i.assignment_json;
+    assignments[i.id] = &i.assignment_json;
   }
   std::map<std::string, Summary> changed;
   {
@@ -290,7 +294,8 @@ void Measurements::flush(store::Store& store) {
   std::map<std::string, std::string> placed;  // instance -> placement, where it changed
   std::map<std::string, std::vector<std::string>> over;  // instance -> devices newly announced
   for (auto& [id, s] : changed) {
-    const std::string placement = placement_of(assignments[id]);
+    const json assignment = json::parse(*assignments[id], nullptr, false);
+    const std::string placement = placement_in(assignment);
     if (placement != s.placement) {
       if (!s.placement.empty()) {  // placed anew: the numbers so far were another layout's
         Summary fresh;
@@ -321,8 +326,7 @@ void Measurements::flush(store::Store& store) {
       }
     }
     if (!s.memory.empty()) {
-      const json a = json::parse(assignments[id], nullptr, false);
-      for (const auto& [what, estimated] : estimates(a)) {
+      for (const auto& [what, estimated] : estimates(assignment)) {
         const auto m = s.memory.find(what);
         if (m == s.memory.end() || estimated <= 0 ||
             m->second.second <= (1 + kMemoryOver) * estimated ||

@@ -62,6 +62,7 @@ class Measurements {
   std::map<std::string, Delivered> delivered() const;
   // An assignment's "placement" (unique per placement); "" when it has none.
   static std::string placement_of(const std::string& assignment_json);
+  static std::string placement_in(const nlohmann::json& assignment);  // the same, parsed
 
   // Writes the summaries that changed to the store (a summary whose instance was placed anew since
   // starts again: its numbers belonged to the old layout), forgets instances that are gone, reads

@@ -41,38 +41,68 @@ std::uint64_t meminfo(const std::string& text, const std::string& key) {
   return pos == std::string::npos ? 0 : std::stoull(text.substr(pos + key.size() + 1)) * 1024;
 }
 
+// libnvidia-ml.so.1 opened and initialised, with the entry points every use needs; closed (and
+// NVML shut down) on destruction. ok() is false without a driver or when NVML does not start.
+class Nvml {
+ public:
+  Nvml() : lib_(dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL)) {
+    if (lib_ == nullptr) return;
+    auto init = reinterpret_cast<nvmlReturn_t (*)()>(sym("nvmlInit_v2"));
+    shutdown_ = reinterpret_cast<nvmlReturn_t (*)()>(sym("nvmlShutdown"));
+    auto count = reinterpret_cast<nvmlReturn_t (*)(unsigned int*)>(sym("nvmlDeviceGetCount_v2"));
+    handle_ = reinterpret_cast<nvmlReturn_t (*)(unsigned int, nvmlDevice_t*)>(
+        sym("nvmlDeviceGetHandleByIndex_v2"));
+    started_ = init && count && handle_ && init() == 0;
+    ok_ = started_ && count(&count_) == 0;
+  }
+  ~Nvml() {
+    if (started_ && shutdown_) shutdown_();
+    if (lib_) dlclose(lib_);
+  }
+  Nvml(const Nvml&) = delete;
+  Nvml& operator=(const Nvml&) = delete;
+  bool loaded() const { return lib_ != nullptr; }
+  bool ok() const { return ok_; }
+  unsigned int count() const { return count_; }
+  void* sym(const char* name) const { return lib_ ? dlsym(lib_, name) : nullptr; }
+  // The device of index `i`, nullptr when NVML refuses.
+  nvmlDevice_t device(unsigned int i) const {
+    nvmlDevice_t dev = nullptr;
+    return handle_(i, &dev) == 0 ? dev : nullptr;
+  }
+
+ private:
+  void* lib_;
+  nvmlReturn_t (*shutdown_)() = nullptr;
+  nvmlReturn_t (*handle_)(unsigned int, nvmlDevice_t*) = nullptr;
+  bool started_ = false, ok_ = false;
+  unsigned int count_ = 0;
+};
+
 }  // namespace
 
 std::vector<GpuInfo> nvml_gpus(std::string* why) {
   std::vector<GpuInfo> out;
-  void* lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (lib == nullptr) {
+  const Nvml nvml;
+  if (!nvml.loaded()) {
     if (why) *why = "no NVIDIA driver (libnvidia-ml.so.1 not found)";
     return out;
   }
-  auto sym = [&](const char* name) { return dlsym(lib, name); };
-  auto init = reinterpret_cast<nvmlReturn_t (*)()>(sym("nvmlInit_v2"));
-  auto shutdown = reinterpret_cast<nvmlReturn_t (*)()>(sym("nvmlShutdown"));
-  auto count = reinterpret_cast<nvmlReturn_t (*)(unsigned int*)>(sym("nvmlDeviceGetCount_v2"));
-  auto handle = reinterpret_cast<nvmlReturn_t (*)(unsigned int, nvmlDevice_t*)>(
-      sym("nvmlDeviceGetHandleByIndex_v2"));
   auto name = reinterpret_cast<nvmlReturn_t (*)(nvmlDevice_t, char*, unsigned int)>(
-      sym("nvmlDeviceGetName"));
+      nvml.sym("nvmlDeviceGetName"));
   auto uuid = reinterpret_cast<nvmlReturn_t (*)(nvmlDevice_t, char*, unsigned int)>(
-      sym("nvmlDeviceGetUUID"));
-  auto memory =
-      reinterpret_cast<nvmlReturn_t (*)(nvmlDevice_t, NvmlMemory*)>(sym("nvmlDeviceGetMemoryInfo"));
+      nvml.sym("nvmlDeviceGetUUID"));
+  auto memory = reinterpret_cast<nvmlReturn_t (*)(nvmlDevice_t, NvmlMemory*)>(
+      nvml.sym("nvmlDeviceGetMemoryInfo"));
   auto util = reinterpret_cast<nvmlReturn_t (*)(nvmlDevice_t, NvmlUtilization*)>(
-      sym("nvmlDeviceGetUtilizationRates"));
-  unsigned int n = 0;
-  if (!init || !count || !handle || !name || !memory || init() != 0 || count(&n) != 0) {
+      nvml.sym("nvmlDeviceGetUtilizationRates"));
+  if (!nvml.ok() || !name || !memory) {
     if (why) *why = "NVML did not initialise";
-    dlclose(lib);
     return out;
   }
-  for (unsigned int i = 0; i < n; ++i) {
-    nvmlDevice_t dev = nullptr;
-    if (handle(i, &dev) != 0) continue;
+  for (unsigned int i = 0; i < nvml.count(); ++i) {
+    const nvmlDevice_t dev = nvml.device(i);
+    if (dev == nullptr) continue;
     GpuInfo g;
     char buf[96] = {};
     if (name(dev, buf, sizeof buf) == 0) g.name = buf;
@@ -86,8 +116,6 @@ std::vector<GpuInfo> nvml_gpus(std::string* why) {
     if (util && util(dev, &u) == 0) g.utilisation_pct = u.gpu;
     out.push_back(g);
   }
-  if (shutdown) shutdown();
-  dlclose(lib);
   return out;
 }
 
@@ -99,42 +127,31 @@ std::uint64_t process_resident_bytes(int pid) {
 
 std::map<std::pair<std::uint32_t, int>, std::uint64_t> nvml_process_bytes() {
   std::map<std::pair<std::uint32_t, int>, std::uint64_t> out;
-  void* lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (lib == nullptr) return out;
-  auto sym = [&](const char* name) { return dlsym(lib, name); };
-  auto init = reinterpret_cast<nvmlReturn_t (*)()>(sym("nvmlInit_v2"));
-  auto shutdown = reinterpret_cast<nvmlReturn_t (*)()>(sym("nvmlShutdown"));
-  auto count = reinterpret_cast<nvmlReturn_t (*)(unsigned int*)>(sym("nvmlDeviceGetCount_v2"));
-  auto handle = reinterpret_cast<nvmlReturn_t (*)(unsigned int, nvmlDevice_t*)>(
-      sym("nvmlDeviceGetHandleByIndex_v2"));
+  const Nvml nvml;
   using List = nvmlReturn_t (*)(nvmlDevice_t, unsigned int*, void*);
-  auto v3 = reinterpret_cast<List>(sym("nvmlDeviceGetComputeRunningProcesses_v3"));
-  auto v1 = reinterpret_cast<List>(sym("nvmlDeviceGetComputeRunningProcesses"));
-  unsigned int n = 0;
-  if (init && count && handle && (v3 || v1) && init() == 0 && count(&n) == 0) {
-    for (unsigned int g = 0; g < n; ++g) {
-      nvmlDevice_t dev = nullptr;
-      if (handle(g, &dev) != 0) continue;
-      unsigned int len = 64;
-      if (v3) {
-        std::vector<NvmlProcess> list(len);
-        if (v3(dev, &len, list.data()) != 0) continue;
-        for (unsigned int k = 0; k < len && k < list.size(); ++k) {
-          if (list[k].used_bytes != ~0ull)
-            out[{g, static_cast<int>(list[k].pid)}] += list[k].used_bytes;
-        }
-      } else {
-        std::vector<NvmlProcessV1> list(len);
-        if (v1(dev, &len, list.data()) != 0) continue;
-        for (unsigned int k = 0; k < len && k < list.size(); ++k) {
-          if (list[k].used_bytes != ~0ull)
-            out[{g, static_cast<int>(list[k].pid)}] += list[k].used_bytes;
-        }
-      }
+  auto v3 = reinterpret_cast<List>(nvml.sym("nvmlDeviceGetComputeRunningProcesses_v3"));
+  auto v1 = reinterpret_cast<List>(nvml.sym("nvmlDeviceGetComputeRunningProcesses"));
+  if (!nvml.ok() || (!v3 && !v1)) return out;
+  // Both layouts start with the pid and the bytes; only their size differs.
+  auto add = [&](unsigned int gpu, unsigned int pid, unsigned long long bytes) {
+    if (bytes != ~0ull) out[{gpu, static_cast<int>(pid)}] += bytes;
+  };
+  for (unsigned int g = 0; g < nvml.count(); ++g) {
+    const nvmlDevice_t dev = nvml.device(g);
+    if (dev == nullptr) continue;
+    unsigned int len = 64;
+    if (v3) {
+      std::vector<NvmlProcess> list(len);
+      if (v3(dev, &len, list.data()) != 0) continue;
+      for (unsigned int k = 0; k < len && k < list.size(); ++k)
+        add(g, list[k].pid, list[k].used_bytes);
+    } else {
+      std::vector<NvmlProcessV1> list(len);
+      if (v1(dev, &len, list.data()) != 0) continue;
+      for (unsigned int k = 0; k < len && k < list.size(); ++k)
+        add(g, list[k].pid, list[k].used_bytes);
     }
   }
-  if (shutdown && init) shutdown();
-  dlclose(lib);
   return out;
 }
 
