@@ -222,6 +222,7 @@ int main(int argc, char** argv) {
   planc->add_option("--selector", plr.selector,
                     "Worker label KEY=VALUE that must match (repeatable)");
   planc->add_option("--gpus", plr.gpus, "Use exactly these GPUs, WORKER:INDEX")->delimiter(',');
+  planc->add_option("--main", plr.main_worker, "The worker that must run llama-server");
   planc->add_option("--ngl", plr.options.gpu_layers,
                     "Layers to offload (-1 = all); default: planned");
   planc
@@ -300,6 +301,7 @@ int main(int argc, char** argv) {
   deployc->add_option("--max-rpc-servers", dp.max_rpc_servers, "Most remote GPUs in one layout");
   deployc->add_option("--selector", dp.selector, "Worker label KEY=VALUE (repeatable)");
   deployc->add_option("--gpus", dp.gpus, "Use exactly these GPUs, WORKER:INDEX")->delimiter(',');
+  deployc->add_option("--main", dp.main_worker, "The worker that must run llama-server");
   deployc->add_option("--ngl", dp.options.gpu_layers, "Layers to offload (-1 = all)");
   deployc
       ->add_option("--tensor-split", dp.options.tensor_split,

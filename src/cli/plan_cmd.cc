@@ -51,6 +51,7 @@ nlohmann::json options_json(const PlanRequest& r) {
     o["selector"][kv.substr(0, eq)] = kv.substr(eq + 1);
   }
   if (!r.gpus.empty()) o["gpus"] = r.gpus;
+  if (!r.main_worker.empty()) o["main"] = r.main_worker;
   if (r.options.gpu_layers != kFitGpuLayers) o["ngl"] = r.options.gpu_layers;
   if (!r.options.tensor_split.empty()) o["tensor_split"] = r.options.tensor_split;
   if (!r.extra_args.empty()) o["extra_args"] = r.extra_args;

@@ -21,6 +21,7 @@ struct PlanRequest {
   std::uint32_t max_rpc_servers = 16;
   std::vector<std::string> selector;  // key=value
   std::vector<std::string> gpus;      // worker:gpu
+  std::string main_worker;            // fixed main, "" = the planner's choice
   std::vector<std::string> extra_args;
   std::uint32_t threads = 0;
   std::uint32_t prompt_tokens = 512;

@@ -61,6 +61,7 @@ Request request_from_options(const json& o, const std::string& model) {
                                               "max_rpc_servers",
                                               "selector",
                                               "gpus",
+                                              "main",
                                               "ngl",
                                               "tensor_split",
                                               "extra_args",
@@ -140,6 +141,10 @@ Request request_from_options(const json& o, const std::string& model) {
       if (!a) throw std::invalid_argument("gpus: '" + g.dump() + "' is not \"worker:index\"");
       r.gpus.push_back({a->worker, a->gpu});
     }
+  }
+  if (o.contains("main")) {
+    r.main_worker = string_field(o, "main");
+    if (r.main_worker.empty()) throw std::invalid_argument("main must name a worker");
   }
   if (o.contains("ngl")) {
     if (!o["ngl"].is_number_integer() || o["ngl"].get<std::int64_t>() < -1 ||

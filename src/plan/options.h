@@ -21,6 +21,7 @@ namespace ggfleet::plan {
 //   tie_tolerance                                number in [0, 1)
 //   selector                                     object of strings (worker labels)
 //   gpus                                         ["worker:index", ...]
+//   main                                         the worker that must run llama-server
 //   ngl                                          -1 (all) or a layer count
 //   tensor_split                                 [number >= 0, ...], one per explicit GPU
 //   extra_args                                   [string, ...] passed to llama-server

@@ -86,6 +86,8 @@ class Search {
         devs_.push_back(d);
       }
     }
+    if (!r.main_worker.empty())
+      std::erase_if(mains_, [&](const cluster::Worker* w) { return w->name != r.main_worker; });
     if (!r.gpus.empty()) {
       // Only workers owning an explicit GPU can be the main.
       std::erase_if(mains_, [&](const cluster::Worker* w) {
@@ -765,6 +767,17 @@ void validate(const estimate::ModelMemory& m, const cluster::Cluster& cl, const 
     if (std::count(r.gpus.begin(), r.gpus.end(), g) > 1)
       throw PlanError("GPU " + gpu_label(g) + " is listed twice");
   }
+  if (!r.main_worker.empty()) {
+    const cluster::Worker* w = cl.find(r.main_worker);
+    if (w == nullptr) throw PlanError("main " + r.main_worker + ": no worker of that name");
+    if (!selected(*w, r.selector))
+      throw PlanError("main " + r.main_worker + " is a worker the selector excludes");
+    if (!r.gpus.empty() && std::none_of(r.gpus.begin(), r.gpus.end(), [&](const GpuRef& g) {
+          return g.worker == r.main_worker;
+        })) {
+      throw PlanError("main " + r.main_worker + " owns none of the requested GPUs");
+    }
+  }
   if (!r.tensor_split.empty() && r.gpus.empty())
     throw PlanError("a tensor split needs explicit GPUs (--gpus)");
   if (!r.tensor_split.empty() && r.tensor_split.size() != r.gpus.size()) {
@@ -1174,6 +1187,8 @@ Plan make_plan(const estimate::ModelMemory& m, const cluster::Cluster& cl, const
           why = "excluded by the label selector";
         } else if (!r.gpus.empty()) {
           why = "not among the requested GPUs";
+        } else if (!r.main_worker.empty() && best_as_main.count(w.name) == 0) {
+          why = "the main is fixed to " + r.main_worker;
         } else if (!cluster::rpc_compatible(w, *best.main)) {
           why = "its llama.cpp build (" + w.llama_build + ") differs from main " + best.main->name +
                 "'s (" + best.main->llama_build +

@@ -71,6 +71,7 @@ struct Request {
   std::uint32_t max_rpc_servers = 16;
   std::map<std::string, std::string> selector;  // worker labels that must match
   std::vector<GpuRef> gpus;                     // explicit GPUs (any order); empty = any
+  std::string main_worker;                      // the worker that must be the main; empty = any
   std::int32_t gpu_layers = kAutoGpuLayers;     // explicit -ngl (-1 = all)
   std::vector<double> tensor_split;             // explicit, one per explicit GPU, same order
   std::vector<std::string> extra_args;          // passed to llama-server as they are

@@ -290,6 +290,31 @@ TEST(Plan, ExplicitChoicesAreHonoured) {
             main1 ? std::vector<double>({1, 3}) : std::vector<double>({3, 1}));
 }
 
+TEST(Plan, AFixedMainIsTheMainAndTheOthersSaySo) {
+  const cluster::Cluster cl =
+      cluster::load_cluster(std::string(GGFLEET_SOURCE_DIR) + "/tests/fixtures/seed-cluster.yaml");
+  Request r = request(8192);
+  r.main_worker = "worker2";
+  const Plan p = make_plan(Models::get("deepseek-r1-ud-iq2_xxs"), cl, r);
+  ASSERT_TRUE(p.feasible) << p.reason;
+  const Candidate& c = p.replicas[0].chosen;
+  EXPECT_EQ(c.main_worker, "worker2");
+  // The planner's own choice (worker1) is faster; with worker2 fixed, worker1 only lends GPUs.
+  const Plan free = make_plan(Models::get("deepseek-r1-ud-iq2_xxs"), cl, request(8192));
+  EXPECT_LT(c.prediction.generation_tokens_per_s,
+            free.replicas[0].chosen.prediction.generation_tokens_per_s);
+  EXPECT_EQ(p.replicas[0].launch.server.rpc.size(), 2u);  // worker1's two L40S
+  // Small enough for one GPU: a worker whose GPU is not needed says the main is fixed.
+  r.context.context_tokens = 4096;
+  const Plan small = make_plan(Models::get("llama3-8b-q4_0"), cl, r);
+  ASSERT_TRUE(small.feasible);
+  EXPECT_EQ(small.replicas[0].chosen.main_worker, "worker2");
+  ASSERT_EQ(small.rejected.size(), 1u);
+  EXPECT_EQ(small.rejected[0].worker, "worker1");
+  EXPECT_EQ(small.rejected[0].reason.rfind("the main is fixed to worker2", 0), 0u)
+      << small.rejected[0].reason;
+}
+
 TEST(Plan, BadRequestsAreErrors) {
   const cluster::Cluster cl =
       cluster::load_cluster(std::string(GGFLEET_SOURCE_DIR) + "/tests/fixtures/seed-cluster.yaml");
@@ -313,6 +338,12 @@ TEST(Plan, BadRequestsAreErrors) {
   r = request();
   r.tensor_split = {1, 1};
   fails(r, "needs explicit GPUs");
+  r = request();
+  r.main_worker = "worker7";
+  fails(r, "main worker7: no worker of that name");
+  r.main_worker = "worker2";
+  r.gpus = {{"worker1", 0}};
+  fails(r, "main worker2 owns none of the requested GPUs");
   r = request();
   r.gpu_layers = 40;
   fails(r, "-ngl 40 is larger than the model's 33 layers");
