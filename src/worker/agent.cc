@@ -138,7 +138,16 @@ std::vector<GpuInfo> Agent::gpus(std::string* why) const {
   return mine;
 }
 
-json Agent::resources(const std::vector<GpuInfo>& list) const {
+json Agent::resources(const std::vector<GpuInfo>& found) const {
+  std::vector<GpuInfo> list = found;
+  if (!simulated_) {
+    std::lock_guard<std::mutex> lock(own_mu_);
+    for (std::size_t k = 0; k < list.size(); ++k) {
+      const auto own = own_gpu_bytes_.find(physical_gpu(static_cast<std::uint32_t>(k)));
+      list[k] = offered_gpu(list[k], own != own_gpu_bytes_.end() ? own->second : 0,
+                            config_.vram_limit_bytes);
+    }
+  }
   json r = resources_json(host_info(), list, simulated_, config_.cpu_bandwidth_bytes_per_s);
   if (!llama_build_.empty()) r["llama"] = {{"build", llama_build_}};
   if (config_.reserved_vram_bytes > 0 || config_.reserved_ram_bytes > 0) {
@@ -199,9 +208,10 @@ json Agent::heartbeat_body() {
   return body;
 }
 
-json Agent::measure_memory(const std::vector<Holder>& holders) const {
+json Agent::measure_memory(const std::vector<Holder>& holders) {
   const auto on_gpus = simulated_ ? decltype(nvml_process_bytes()){} : nvml_process_bytes();
   std::map<std::string, json> by_instance;
+  std::map<std::uint32_t, std::uint64_t> own;
   for (const Holder& h : holders) {
     json& r = by_instance[h.instance];
     if (r.is_null()) r = {{"id", h.instance}, {"port", h.port}, {"devices", json::array()}};
@@ -209,8 +219,10 @@ json Agent::measure_memory(const std::vector<Holder>& holders) const {
     if (h.gpu < 0 || simulated_) {
       bytes = process_resident_bytes(h.pid);  // the host's RAM, or a CPU-backed simulated GPU
     } else {
-      const auto it = on_gpus.find({physical_gpu(static_cast<std::uint32_t>(h.gpu)), h.pid});
+      const std::uint32_t physical = physical_gpu(static_cast<std::uint32_t>(h.gpu));
+      const auto it = on_gpus.find({physical, h.pid});
       if (it != on_gpus.end()) bytes = it->second;
+      own[physical] += bytes;
     }
     if (bytes == 0) continue;  // not started, or gone
     if (h.gpu < 0) {
@@ -218,6 +230,10 @@ json Agent::measure_memory(const std::vector<Holder>& holders) const {
     } else {
       r["devices"].push_back({{"gpu", h.gpu}, {"bytes", bytes}});
     }
+  }
+  {
+    std::lock_guard<std::mutex> lock(own_mu_);
+    own_gpu_bytes_ = std::move(own);
   }
   json out = json::array();
   for (auto& [id, r] : by_instance) out.push_back(std::move(r));

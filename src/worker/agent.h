@@ -45,6 +45,7 @@ struct AgentConfig {
   double cpu_bandwidth_bytes_per_s = 0;   // from `ggfleet probe`, 0 = catalog default
   std::vector<int> gpu_indices;           // NVML GPUs this worker manages (empty = all)
   std::uint64_t reserved_vram_bytes = 0;  // per GPU, kept free for others
+  std::uint64_t vram_limit_bytes = 0;     // per GPU, offered at most (a slice); 0 = all
   std::uint64_t reserved_ram_bytes = 0;
 };
 
@@ -81,8 +82,9 @@ class Agent {
   };
   std::vector<Holder> memory_holders();  // REQUIRES: mu_ held
   // Heartbeat "memory": [{id, port, host_bytes, devices: [{gpu, bytes}]}], from /proc (the host,
-  // and simulated GPUs served by CPU rpc-servers) and NVML per process (real GPUs).
-  nlohmann::json measure_memory(const std::vector<Holder>& holders) const;
+  // and simulated GPUs served by CPU rpc-servers) and NVML per process (real GPUs). Also keeps
+  // each real GPU's total held by them (own_gpu_bytes_), which resources() leaves out of "used".
+  nlohmann::json measure_memory(const std::vector<Holder>& holders);
   nlohmann::json instance_reports();  // REQUIRES: mu_ held
   std::string binary(const std::string& name) const;
   std::vector<GpuInfo> gpus(std::string* why = nullptr) const;
@@ -108,6 +110,9 @@ class Agent {
   std::mutex reports_mu_;
   nlohmann::json reports_ = nlohmann::json::array();  // the last states, for heartbeats
   nlohmann::json memory_ = nlohmann::json::array();   // the last memory measured, likewise
+  mutable std::mutex own_mu_;
+  // Guarded by own_mu_: GPU memory this worker's processes hold, by NVML index (last measured).
+  std::map<std::uint32_t, std::uint64_t> own_gpu_bytes_;
 };
 
 }  // namespace ggfleet::worker

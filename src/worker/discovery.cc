@@ -1,6 +1,9 @@
 #include "worker/discovery.h"
 
 #include <dlfcn.h>
+#include <sched.h>
+
+#include <algorithm>
 
 #include <fstream>
 #include <iterator>
@@ -176,9 +179,25 @@ GpuInfo parse_declared_gpu(const std::string& text) {
   return g;
 }
 
+GpuInfo offered_gpu(const GpuInfo& gpu, std::uint64_t own_bytes, std::uint64_t limit_bytes) {
+  GpuInfo g = gpu;
+  const std::uint64_t free_bytes = g.vram_bytes > g.used_bytes ? g.vram_bytes - g.used_bytes : 0;
+  if (limit_bytes > 0) g.vram_bytes = std::min(g.vram_bytes, limit_bytes);
+  // What this worker could still hold of its offer: the free memory plus its own, at most it.
+  const std::uint64_t reachable = free_bytes + own_bytes;
+  g.used_bytes = g.vram_bytes > reachable ? g.vram_bytes - reachable : 0;
+  return g;
+}
+
 HostInfo host_info() {
   HostInfo h;
-  h.cores = std::max(1u, std::thread::hardware_concurrency());
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  // taskset / cgroup cpusets: count the cores llama.cpp may really use.
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+    h.cores = static_cast<std::uint32_t>(CPU_COUNT(&set));
+  else
+    h.cores = std::max(1u, std::thread::hardware_concurrency());
   std::ifstream in("/proc/meminfo");
   const std::string text((std::istreambuf_iterator<char>(in)), {});
   h.ram_total_bytes = meminfo(text, "MemTotal");

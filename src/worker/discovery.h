@@ -33,8 +33,14 @@ std::uint64_t process_resident_bytes(int pid);
 // GPU memory of each compute process, by (NVML GPU index, pid); empty without a driver.
 std::map<std::pair<std::uint32_t, int>, std::uint64_t> nvml_process_bytes();
 
+// What a worker offers of a GPU that its own processes use `own_bytes` of. `used_bytes` becomes
+// the memory used by others (NVML counts ggfleet's processes too, and the server counts them
+// again as claims). With `limit_bytes` > 0 the worker offers a slice of a shared GPU: at most
+// that much, and others' use counts only where it leaves less than the slice free.
+GpuInfo offered_gpu(const GpuInfo& gpu, std::uint64_t own_bytes, std::uint64_t limit_bytes);
+
 struct HostInfo {
-  std::uint32_t cores = 0;
+  std::uint32_t cores = 0;  // the cores this process may run on (its CPU affinity)
   std::uint64_t ram_total_bytes = 0;
   std::uint64_t ram_used_bytes = 0;  // total - available
 };
