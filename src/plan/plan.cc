@@ -1040,6 +1040,7 @@ OneReplica plan_one(const estimate::ModelMemory& m, const cluster::Cluster& cl, 
 Launch launch_for(const Candidate& c, const cluster::Cluster& cl, const Request& r) {
   Launch out;
   ServerLaunch& s = out.server;
+  // Ports count per host: workers that share an address (several on one machine) share its ports.
   std::map<std::string, std::uint16_t> next_port;
   for (std::size_t i = 0; i < c.layout.devices.size(); ++i) {
     const perf::DevicePlace& p = c.places[i];
@@ -1048,7 +1049,8 @@ Launch launch_for(const Candidate& c, const cluster::Cluster& cl, const Request&
       continue;
     }
     const cluster::Worker& w = *cl.find(p.worker);
-    auto [it, inserted] = next_port.try_emplace(p.worker, r.rpc_port_base);
+    auto [it, inserted] =
+        next_port.try_emplace(w.address.empty() ? p.worker : w.address, r.rpc_port_base);
     RpcServerLaunch rpc;
     rpc.worker = p.worker;
     rpc.host = w.address;

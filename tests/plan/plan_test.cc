@@ -315,6 +315,24 @@ TEST(Plan, AFixedMainIsTheMainAndTheOthersSaySo) {
       << small.rejected[0].reason;
 }
 
+TEST(Plan, WorkersOnOneHostLendGpusOnDistinctPorts) {
+  // Three workers on one machine (one address), each with a slice too small for the model alone.
+  const cluster::Cluster cl = cluster::parse_cluster(R"(
+workers:
+  - {name: a, address: 10.0.0.5, cpu: {cores: 8}, ram: {total: 64GiB}, gpus: [{name: NVIDIA L40S, vram: 2GiB}]}
+  - {name: b, address: 10.0.0.5, cpu: {cores: 2}, ram: {total: 64GiB}, gpus: [{name: NVIDIA L40S, vram: 2GiB}]}
+  - {name: c, address: 10.0.0.5, cpu: {cores: 2}, ram: {total: 64GiB}, gpus: [{name: NVIDIA L40S, vram: 2GiB}]}
+)");
+  Request r = request(4096);
+  r.allow_cpu_offload = false;
+  const Plan p = make_plan(Models::get("llama3-8b-q4_0"), cl, r);
+  ASSERT_TRUE(p.feasible) << p.reason;
+  const Launch& l = p.replicas[0].launch;
+  ASSERT_EQ(l.rpc_servers.size(), 2u);
+  EXPECT_EQ(l.rpc_servers[0].host, l.rpc_servers[1].host);
+  EXPECT_NE(l.rpc_servers[0].port, l.rpc_servers[1].port);
+}
+
 TEST(Plan, BadRequestsAreErrors) {
   const cluster::Cluster cl =
       cluster::load_cluster(std::string(GGFLEET_SOURCE_DIR) + "/tests/fixtures/seed-cluster.yaml");
