@@ -346,7 +346,7 @@ int main(int argc, char** argv) {
   client_flags(exportc);
 
   worker::AgentConfig wc;
-  std::string reserve_vram, reserve_ram, vram_limit;
+  std::string reserve_vram, reserve_ram, vram_limit, cpu_bandwidth;
   CLI::App* workerc =
       app.add_subcommand("worker", "Join a server and run the llama.cpp processes it assigns");
   workerc->add_option("--server", wc.server, "Server URL")->default_val("http://127.0.0.1:8080");
@@ -382,6 +382,9 @@ int main(int argc, char** argv) {
   workerc->add_option("--gpus", wc.gpu_indices, "Only these GPUs (NVML indices), e.g. 0,1")
       ->delimiter(',');
   workerc->add_option("--reserve-vram", reserve_vram, "VRAM per GPU kept free, e.g. 1GiB");
+  workerc->add_option("--cpu-bandwidth", cpu_bandwidth,
+                      "This machine's CPU memory bandwidth as `ggfleet probe` measured it, e.g. "
+                      "40GB/s (default: the catalog's)");
   workerc->add_option("--vram-limit", vram_limit,
                       "Offer at most this much of each GPU (a slice of a shared GPU), e.g. 24GiB");
   workerc->add_option("--reserve-ram", reserve_ram, "RAM kept free, e.g. 2GiB");
@@ -450,6 +453,8 @@ int main(int argc, char** argv) {
       if (!reserve_vram.empty()) wc.reserved_vram_bytes = cluster::parse_bytes(reserve_vram);
       if (!reserve_ram.empty()) wc.reserved_ram_bytes = cluster::parse_bytes(reserve_ram);
       if (!vram_limit.empty()) wc.vram_limit_bytes = cluster::parse_bytes(vram_limit);
+      if (!cpu_bandwidth.empty())
+        wc.cpu_bandwidth_bytes_per_s = cluster::parse_bandwidth(cpu_bandwidth);
       return cli::run_worker(wc);
     }
     if (startc->parsed()) return cli::run_start(so_start);

@@ -1,5 +1,7 @@
 #include "worker/probe.h"
 
+#include "worker/discovery.h"
+
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -32,12 +34,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-std::uint64_t meminfo_bytes(const std::string& text, const std::string& key) {
-  const auto pos = text.find(key + ":");
-  if (pos == std::string::npos) return 0;
-  return std::stoull(text.substr(pos + key.size() + 1)) * 1024;  // values are in kB
 }
 
 // Runs a command, returns its stdout and exit code.
@@ -123,15 +119,11 @@ std::string format_rate(double bytes_per_s) {
 
 CpuMeasurement measure_cpu(std::uint64_t buffer_bytes, std::uint32_t threads, double seconds) {
   CpuMeasurement m;
-  m.cores = std::max(1u, std::thread::hardware_concurrency());
+  const HostInfo host = host_info();  // cores of this process's affinity (taskset)
+  m.cores = host.cores;
   m.threads_used = threads > 0 ? threads : m.cores;
-  {
-    std::ifstream in("/proc/meminfo");
-    const std::string text((std::istreambuf_iterator<char>(in)), {});
-    m.ram_total_bytes = meminfo_bytes(text, "MemTotal");
-    const std::uint64_t available = meminfo_bytes(text, "MemAvailable");
-    m.ram_used_bytes = m.ram_total_bytes > available ? m.ram_total_bytes - available : 0;
-  }
+  m.ram_total_bytes = host.ram_total_bytes;
+  m.ram_used_bytes = host.ram_used_bytes;
   const std::size_t words =
       static_cast<std::size_t>(std::max<std::uint64_t>(buffer_bytes, 64ull << 20) / 8);
   std::vector<std::uint64_t> data(words);
