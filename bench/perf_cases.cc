@@ -158,7 +158,7 @@ Dataset::Dataset(std::vector<Measurement> measurements, const std::string& model
       while (std::getline(ss, dev, '/')) {
         const bool remote = dev.rfind("RPC", 0) == 0;
         const auto index = static_cast<std::uint32_t>(std::stoul(dev.substr(remote ? 3 : 4)));
-        l.devices.push_back({dev, estimate::Backend::kCuda, remote, 140ull << 30});
+        l.devices.push_back({dev, estimate::Backend::kCuda, remote, 140ull << 30, 0});
         places.push_back({remote ? "rpc" : "host", index});
       }
     }

@@ -35,11 +35,12 @@ estimate::Layout build_layout(const EstimateRequest& r) {
   for (const std::string& g : r.gpus) {
     layout.devices.push_back(
         {(backend == estimate::Backend::kCuda ? "CUDA" : "GPU") + std::to_string(i++), backend,
-         false, cluster::parse_bytes(g)});
+         false, cluster::parse_bytes(g), 0});
   }
   i = 0;
   for (const std::string& g : r.rpc_gpus)
-    layout.devices.push_back({"RPC" + std::to_string(i++), backend, true, cluster::parse_bytes(g)});
+    layout.devices.push_back(
+        {"RPC" + std::to_string(i++), backend, true, cluster::parse_bytes(g), 0});
   estimate::to_llama_order(layout.devices.begin(), layout.devices.end(),
                            [](const estimate::Device& d) { return d.remote; });
   layout.tensor_split = r.tensor_split;

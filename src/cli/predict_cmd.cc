@@ -86,7 +86,8 @@ PlacedLayout place_devices(const cluster::Cluster& cluster, const std::string& m
       const cluster::Worker& w = *cluster.find(en.place.worker);
       out.layout.devices.push_back(
           {remote ? "RPC" + std::to_string(rpc++) : "CUDA" + std::to_string(local++),
-           estimate::Backend::kCuda, remote, w.free_vram_bytes(en.place.gpu)});
+           estimate::Backend::kCuda, remote, w.free_vram_bytes(en.place.gpu),
+           w.gpus[en.place.gpu].runtime_bytes});
       out.places.push_back(en.place);
       if (!split.empty()) out.layout.tensor_split.push_back(en.split);
     }
@@ -102,8 +103,9 @@ std::string prediction_text(const PlacedLayout& placed, const cluster::Cluster& 
   o << "layout: " << e.offloaded_layers << "/" << e.total_layers << " layers on GPUs, "
     << (e.total_layers - e.offloaded_layers) << " on the main's CPU, n_ctx " << e.context_tokens
     << (e.pipeline_parallel ? ", pipeline parallel" : "") << "\n";
-  std::snprintf(line, sizeof line, "  %-6s %-28s %6s %-10s %10s %10s %10s %10s %10s\n", "device",
-                "where", "layers", "blocks", "weights", "kv", "compute", "total", "free");
+  std::snprintf(line, sizeof line, "  %-6s %-28s %6s %-10s %10s %10s %10s %10s %10s %10s\n",
+                "device", "where", "layers", "blocks", "weights", "kv", "compute", "runtime",
+                "total", "free");
   o << line;
   for (std::size_t i = 0; i < e.devices.size(); ++i) {
     const estimate::DeviceUsage& d = e.devices[i];
@@ -114,18 +116,19 @@ std::string prediction_text(const PlacedLayout& placed, const cluster::Cluster& 
         d.first_block < 0 ? "-"
                           : std::to_string(d.first_block) + ".." + std::to_string(d.last_block);
     std::snprintf(
-        line, sizeof line, "  %-6s %-28s %6u %-10s %10s %10s %10s %10s %10s\n", d.name.c_str(),
+        line, sizeof line, "  %-6s %-28s %6u %-10s %10s %10s %10s %10s %10s %10s\n", d.name.c_str(),
         where.c_str(), d.layers, (blocks + (d.has_output ? "+out" : "")).c_str(),
         cluster::format_bytes(d.weights_bytes).c_str(), cluster::format_bytes(d.kv_bytes).c_str(),
         cluster::format_bytes(d.compute_bytes).c_str(),
-        cluster::format_bytes(d.total_bytes).c_str(), cluster::format_bytes(d.free_bytes).c_str());
+        cluster::format_bytes(d.runtime_bytes).c_str(), cluster::format_bytes(d.total_bytes).c_str(),
+        cluster::format_bytes(d.free_bytes).c_str());
     o << line;
   }
-  std::snprintf(line, sizeof line, "  %-6s %-28s %6u %-10s %10s %10s %10s %10s\n", "host",
+  std::snprintf(line, sizeof line, "  %-6s %-28s %6u %-10s %10s %10s %10s %10s %10s\n", "host",
                 "main's RAM", e.total_layers - e.offloaded_layers, "",
                 cluster::format_bytes(e.host.weights_bytes).c_str(),
                 cluster::format_bytes(e.host.kv_bytes).c_str(),
-                cluster::format_bytes(e.host.compute_bytes).c_str(),
+                cluster::format_bytes(e.host.compute_bytes).c_str(), "",
                 cluster::format_bytes(e.host.total_bytes).c_str());
   o << line;
   o << "\npredicted: " << fixed(p.generation_tokens_per_s, 2) << " tokens/s generation, "

@@ -119,7 +119,7 @@ class Parser {
   }
 
   Gpu gpu(const YAML::Node& n, const std::string& where) const {
-    only_keys(n, {"name", "vram", "used", "memory_bandwidth", "fp16", "int8"}, where);
+    only_keys(n, {"name", "vram", "used", "memory_bandwidth", "fp16", "int8", "runtime"}, where);
     if (!n["name"]) fail(n, where + " needs a name");
     const std::string name = text(n["name"], where + ".name");
     const std::optional<Gpu> spec = catalog_gpu(name);
@@ -127,6 +127,7 @@ class Parser {
     g.name = name;  // as reported, not the catalog's spelling
     if (n["vram"]) g.vram_bytes = bytes(n["vram"], where + ".vram");
     if (n["used"]) g.used_bytes = bytes(n["used"], where + ".used");
+    if (n["runtime"]) g.runtime_bytes = bytes(n["runtime"], where + ".runtime");
     if (n["memory_bandwidth"])
       g.memory_bandwidth_bytes_per_s =
           bandwidth(n["memory_bandwidth"], where + ".memory_bandwidth");
@@ -307,7 +308,9 @@ Worker worker_from_json(const std::string& name, const std::string& address,
   if (!resources.is_object())
     throw ClusterError("worker " + name + ": resources must be an object");
   nlohmann::json w = resources;
-  w.erase("simulated");       // how the agent found its GPUs; nothing the planner uses
+  // GPUs a worker simulates on its CPU have no CUDA runtime of their own to make room for.
+  const bool simulated = w.value("simulated", false);
+  w.erase("simulated");
   if (w.contains("llama")) {  // {"build": "..."}: what its llama-server --version says
     const nlohmann::json llama = w["llama"];
     w.erase("llama");
@@ -325,7 +328,11 @@ Worker worker_from_json(const std::string& name, const std::string& address,
   w["name"] = name;
   if (!address.empty()) w["address"] = address;
   if (labels.is_object() && !labels.empty()) w["labels"] = labels;
-  return Parser("worker " + name, true).worker(to_yaml(w), "resources");
+  Worker out = Parser("worker " + name, true).worker(to_yaml(w), "resources");
+  if (simulated) {
+    for (Gpu& g : out.gpus) g.runtime_bytes = 0;
+  }
+  return out;
 }
 
 bool rpc_compatible(const Worker& a, const Worker& b) {

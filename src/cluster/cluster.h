@@ -35,6 +35,11 @@ class ClusterError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A CUDA process's own memory on a GPU it drives, beyond llama.cpp's buffers. Measured with NVML
+// per process on an H200 (driver 580, CUDA 13, llama.cpp of node-llama-cpp 3.22.1): 589 MiB for
+// each ggml-rpc-server, 676 MiB for llama-server on its local GPU (bench/data/gpu-layouts).
+constexpr std::uint64_t kCudaRuntimeBytes = 640ull << 20;
+
 struct Gpu {
   std::string name;  // as NVML reports it
   std::uint64_t vram_bytes = 0;
@@ -42,6 +47,10 @@ struct Gpu {
   double memory_bandwidth_bytes_per_s = 0;
   double fp16_flops = 0;
   double int8_ops = 0;
+  // Taken by each process that drives it, outside llama.cpp's buffers (CUDA context, kernels,
+  // cuBLAS workspace): kCudaRuntimeBytes unless the cluster file says `runtime`; 0 for GPUs a
+  // worker simulates on its CPU.
+  std::uint64_t runtime_bytes = kCudaRuntimeBytes;
   std::uint64_t claimed_bytes = 0;  // held by instances ggfleet placed (claims)
   std::string lent_to;              // instance this GPU is lent to over RPC ("" = none): an
                                     // rpc-server serves one client, so nothing else may use it

@@ -402,7 +402,8 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
   e.fits = true;
   for (std::size_t d = 0; d < n_dev; ++d) {
     DeviceUsage& u = e.devices[d];
-    u.total_bytes = u.weights_bytes + u.kv_bytes + u.compute_bytes;
+    u.runtime_bytes = layout.devices[d].runtime_bytes;
+    u.total_bytes = u.weights_bytes + u.kv_bytes + u.compute_bytes + u.runtime_bytes;
     u.fits = u.total_bytes <= u.free_bytes;
     e.fits = e.fits && u.fits;
   }

@@ -34,7 +34,8 @@ struct DeviceUsage {
   std::uint64_t weights_bytes = 0;
   std::uint64_t kv_bytes = 0;
   std::uint64_t compute_bytes = 0;
-  std::uint64_t total_bytes = 0;
+  std::uint64_t runtime_bytes = 0;  // the driving process's own use (Device::runtime_bytes)
+  std::uint64_t total_bytes = 0;    // weights + kv + compute + runtime
   std::uint64_t free_bytes = 0;
   bool fits = true;
 };

@@ -18,7 +18,10 @@ struct Device {
   std::string name;  // as llama.cpp names it: "RPC0", "RPC1", "CUDA0", ...
   Backend backend = Backend::kCuda;
   bool remote = false;           // reached through an RPC server
-  std::uint64_t free_bytes = 0;  // memory llama.cpp may use on it
+  std::uint64_t free_bytes = 0;  // memory free on it before the process that drives it starts
+  // What that process takes of it outside llama.cpp's buffers: its CUDA context, kernels and
+  // library workspaces (cluster::kCudaRuntimeBytes on a real GPU; 0 where it is not counted).
+  std::uint64_t runtime_bytes = 0;
 };
 
 enum class FlashAttention { kAuto, kOn, kOff };

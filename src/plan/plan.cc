@@ -20,8 +20,9 @@ struct Dev {
   GpuRef ref;
   const cluster::Worker* worker = nullptr;
   const cluster::Gpu* gpu = nullptr;
-  std::uint64_t free_bytes = 0;
-  double local_block_s = 0;   // per block and token when on the main
+  std::uint64_t free_bytes = 0;     // room for llama.cpp's buffers (free less runtime_bytes)
+  std::uint64_t runtime_bytes = 0;  // the driving process's own use (cluster::Gpu)
+  double local_block_s = 0;         // per block and token when on the main
   double remote_block_s = 0;  // per block and token over RPC
 };
 
@@ -75,12 +76,16 @@ class Search {
         if (!r.gpus.empty() && std::find(r.gpus.begin(), r.gpus.end(), ref) == r.gpus.end())
           continue;
         const cluster::Gpu& gpu = w.gpus[g];
-        if (!gpu.lent_to.empty() || w.free_vram_bytes(g) == 0) continue;
+        // Room for llama.cpp's buffers: what is free less the process's own use of the GPU.
+        const std::uint64_t room =
+            w.free_vram_bytes(g) > gpu.runtime_bytes ? w.free_vram_bytes(g) - gpu.runtime_bytes : 0;
+        if (!gpu.lent_to.empty() || room == 0) continue;
         Dev d;
         d.ref = ref;
         d.worker = &w;
         d.gpu = &gpu;
-        d.free_bytes = w.free_vram_bytes(g);
+        d.free_bytes = room;
+        d.runtime_bytes = gpu.runtime_bytes;
         d.local_block_s = costs_.gpu_block_s(gpu, false);
         d.remote_block_s = costs_.gpu_block_s(gpu, true);
         devs_.push_back(d);
@@ -183,7 +188,8 @@ class Search {
       const bool is_remote = remote(d, main);
       ev.layout.devices.push_back(
           {is_remote ? "RPC" + std::to_string(rpc++) : "CUDA" + std::to_string(local++),
-           estimate::Backend::kCuda, is_remote, devs_[d].free_bytes});
+           estimate::Backend::kCuda, is_remote, devs_[d].free_bytes + devs_[d].runtime_bytes,
+           devs_[d].runtime_bytes});
       ev.places.push_back({devs_[d].ref.worker, devs_[d].ref.gpu});
       ev.remote_devices += is_remote ? 1 : 0;
     }

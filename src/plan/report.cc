@@ -22,6 +22,7 @@ nlohmann::json prediction_json(const estimate::Layout& layout,
                        {"weights_bytes", d.weights_bytes},
                        {"kv_bytes", d.kv_bytes},
                        {"compute_bytes", d.compute_bytes},
+                       {"runtime_bytes", d.runtime_bytes},
                        {"vram_bytes", d.total_bytes},
                        {"free_bytes", d.free_bytes},
                        {"fits", d.fits}});

@@ -26,8 +26,9 @@ std::vector<GpuInfo> nvml_gpus(std::string* why = nullptr);
 // "NVIDIA L40S:48GiB" (or "NVIDIA L40S", size from the catalog). Throws std::invalid_argument.
 GpuInfo parse_declared_gpu(const std::string& text);
 
-// Memory a process holds that the kernel cannot take back (/proc/PID/status RssAnon + RssShmem:
-// its allocations, not the page cache of files it maps); 0 when the process is gone.
+// Memory a process holds resident (/proc/PID/status RssAnon + RssFile + RssShmem): its
+// allocations and the pages of files it maps that are in memory — with mmap, the weights of the
+// layers llama.cpp keeps on the CPU, which the estimate counts too; 0 when the process is gone.
 std::uint64_t process_resident_bytes(int pid);
 
 // GPU memory of each compute process, by (NVML GPU index, pid); empty without a driver.

@@ -189,7 +189,7 @@ std::vector<GpuMeasurement> measure_gpus(const std::string& llama_bin_dir,
   const gguf::Model file = gguf::Model::open(path);
   const estimate::ModelMemory memory = estimate::ModelMemory::from(file, model::profile(file));
   estimate::Layout layout;
-  layout.devices.push_back({"CUDA0", estimate::Backend::kCuda, false, 1ull << 40});
+  layout.devices.push_back({"CUDA0", estimate::Backend::kCuda, false, 1ull << 40, 0});
   layout.context.context_tokens = 256;
   const estimate::Estimate e = estimate::estimate(memory, layout);
   for (GpuMeasurement& g : gpus) {

@@ -143,7 +143,7 @@ TEST_F(PerfModel, ImpossiblePlacementsAreErrors) {
   EXPECT_THROW(run(*dense_, {{"a", 2}}), PlacementError);
   EXPECT_THROW(run(*dense_, {{"a", 0}, {"a", 0}}), PlacementError);
   estimate::Layout l;
-  l.devices.push_back({"CUDA0", estimate::Backend::kCuda, false, 40ull << 30});
+  l.devices.push_back({"CUDA0", estimate::Backend::kCuda, false, 40ull << 30, 0});
   const estimate::Estimate e = estimate::estimate(*dense_, l);
   Scenario s;
   s.cluster = &cluster_;
