@@ -224,6 +224,8 @@ def main():
     other = max(others, key=lambda a: a["prediction"]["generation_tokens_per_s"])["layout"]["main_worker"]
     layouts = [("choice", base), ("main", dict(base, main=other)),
                ("single", dict(base, allow_distributed=False))]
+    only = os.environ.get("ONLY", "").split(",")  # e.g. ONLY=single: those layouts alone
+    layouts = [(t, o) for t, o in layouts if only == [""] or t in only]
     results = []
     for tag, options in layouts:
         try:
