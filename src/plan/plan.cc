@@ -10,14 +10,11 @@
 
 #include "cluster/units.h"
 #include "plan/eval.h"
+#include "plan/filter.h"
 #include "plan/search.h"
 
 namespace ggfleet::plan {
 namespace {
-
-std::string gpu_label(const GpuRef& r) {
-  return r.worker + ":" + std::to_string(r.gpu);
-}
 
 std::string rate(double tps) {
   char buf[32];
@@ -29,14 +26,6 @@ std::string percent_slower(double tg, double best) {
   char buf[48];
   std::snprintf(buf, sizeof buf, "%.0f%% slower", 100.0 * (1.0 - tg / best));
   return buf;
-}
-
-bool selected(const cluster::Worker& w, const std::map<std::string, std::string>& selector) {
-  for (const auto& [k, v] : selector) {
-    const auto it = w.labels.find(k);
-    if (it == w.labels.end() || it->second != v) return false;
-  }
-  return true;
 }
 
 // Picks the winner: the best generation speed, then within the tie tolerance the policy
@@ -96,50 +85,6 @@ Candidate detail(const Eval& ev, const std::string& label, const cluster::Cluste
   return out;
 }
 
-void validate(const estimate::ModelMemory& m, const cluster::Cluster& cl, const Request& r) {
-  for (const GpuRef& g : r.gpus) {
-    const cluster::Worker* w = cl.find(g.worker);
-    if (w == nullptr) throw PlanError("GPU " + gpu_label(g) + ": no worker named " + g.worker);
-    if (g.gpu >= w->gpus.size()) {
-      throw PlanError("GPU " + gpu_label(g) + ": " + g.worker + " has " +
-                      std::to_string(w->gpus.size()) + " GPU(s)");
-    }
-    if (std::count(r.gpus.begin(), r.gpus.end(), g) > 1)
-      throw PlanError("GPU " + gpu_label(g) + " is listed twice");
-  }
-  if (!r.main_worker.empty()) {
-    const cluster::Worker* w = cl.find(r.main_worker);
-    if (w == nullptr) throw PlanError("main " + r.main_worker + ": no worker of that name");
-    if (!selected(*w, r.selector))
-      throw PlanError("main " + r.main_worker + " is a worker the selector excludes");
-    if (!r.gpus.empty() && std::none_of(r.gpus.begin(), r.gpus.end(), [&](const GpuRef& g) {
-          return g.worker == r.main_worker;
-        })) {
-      throw PlanError("main " + r.main_worker + " owns none of the requested GPUs");
-    }
-  }
-  if (!r.tensor_split.empty() && r.gpus.empty())
-    throw PlanError("a tensor split needs explicit GPUs (--gpus)");
-  if (!r.tensor_split.empty() && r.tensor_split.size() != r.gpus.size()) {
-    throw PlanError("the tensor split has " + std::to_string(r.tensor_split.size()) +
-                    " entries for " + std::to_string(r.gpus.size()) + " GPUs");
-  }
-  const auto layers = static_cast<std::int32_t>(m.blocks() + 1);
-  if (r.gpu_layers > layers) {
-    throw PlanError("-ngl " + std::to_string(r.gpu_layers) + " is larger than the model's " +
-                    std::to_string(layers) + " layers (" + std::to_string(m.blocks()) +
-                    " blocks and the output)");
-  }
-  if (r.gpu_layers < kAutoGpuLayers) throw PlanError("-ngl must be -1 (all) or at least 0");
-  if (!r.allow_cpu_offload && r.gpu_layers >= 0 && r.gpu_layers < layers) {
-    throw PlanError("-ngl " + std::to_string(r.gpu_layers) +
-                    " leaves layers on the CPU, but CPU offload is off");
-  }
-  if (r.replicas == 0) throw PlanError("replicas must be at least 1");
-  if (!(r.tie_tolerance >= 0 && r.tie_tolerance < 1))
-    throw PlanError("the tie tolerance must be in [0, 1)");
-}
-
 struct OneReplica {
   std::optional<Eval> chosen;
   std::vector<Eval> all;                      // every feasible evaluation kept for explanations
@@ -149,24 +94,11 @@ struct OneReplica {
   std::uint64_t layouts = 0, mains = 0;
 };
 
-OneReplica plan_one(const estimate::ModelMemory& m, const cluster::Cluster& cl, const Request& r,
-                    const perf::Constants& c) {
+OneReplica plan_one(Search& s, const Filter& filter, const Request& r) {
   OneReplica out;
-  Search s(m, cl, r, c);
   if (!r.gpus.empty()) {
-    for (const GpuRef& g : r.gpus) {
-      const cluster::Worker* w = cl.find(g.worker);
-      if (!selected(*w, r.selector))
-        throw PlanError("GPU " + gpu_label(g) + " is on a worker the selector excludes");
-      if (!w->gpus[g.gpu].lent_to.empty()) {
-        out.why_not = "GPU " + gpu_label(g) + " is lent to instance " + w->gpus[g.gpu].lent_to;
-        return out;
-      }
-      if (w->free_vram_bytes(g.gpu) == 0) {
-        out.why_not = "GPU " + gpu_label(g) + " has no free memory";
-        return out;
-      }
-    }
+    out.why_not = filter.requested_gpus_drop();
+    if (!out.why_not.empty()) return out;
   }
   SearchResult found = search_layouts(s, r);
   out.all = std::move(found.all);
@@ -293,11 +225,13 @@ cluster::Cluster with_claims(const cluster::Cluster& cl, const Candidate& c,
 
 Plan make_plan(const estimate::ModelMemory& m, const cluster::Cluster& cl, const Request& r,
                const perf::Constants& c) {
-  validate(m, cl, r);
+  validate_request(m, cl, r);
   Plan plan;
   cluster::Cluster state = cl;
   for (std::uint32_t i = 0; i < r.replicas; ++i) {
-    OneReplica one = plan_one(m, state, r, c);
+    const Filter filter(state, r);
+    Search s(m, state, r, c, filter);
+    OneReplica one = plan_one(s, filter, r);
     plan.layouts_evaluated += one.layouts;
     plan.mains_evaluated += one.mains;
     if (!one.chosen) {
@@ -331,7 +265,6 @@ Plan make_plan(const estimate::ModelMemory& m, const cluster::Cluster& cl, const
         auto& slot = best_of_main[e.main->name];
         if (slot == nullptr || e.tg > slot->tg) slot = &e;
       }
-      Search s(m, state, r, c);
       std::set<std::string> owners;
       for (const perf::DevicePlace& p : best.places) owners.insert(p.worker);
       std::vector<Eval> swapped;
@@ -430,8 +363,9 @@ Plan make_plan(const estimate::ModelMemory& m, const cluster::Cluster& cl, const
 
 std::optional<Candidate> brute_force(const estimate::ModelMemory& m, const cluster::Cluster& cl,
                                      const Request& r, const perf::Constants& c) {
-  validate(m, cl, r);
-  Search s(m, cl, r, c);
+  validate_request(m, cl, r);
+  const Filter filter(cl, r);
+  Search s(m, cl, r, c, filter);
   const std::size_t n = s.devs().size();
   if (n > 6) throw PlanError("brute force is for at most 6 GPUs");
   const std::uint32_t blocks = s.blocks();

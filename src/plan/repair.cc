@@ -10,6 +10,8 @@
 #include <tuple>
 #include <utility>
 
+#include "plan/filter.h"
+
 namespace ggfleet::plan {
 namespace {
 
@@ -116,7 +118,7 @@ std::optional<Eval> SplitRepair::split(const cluster::Worker& main,
   }
   // llama.cpp's RPC protocol holds between equal builds only.
   for (std::size_t d : set) {
-    if (!cluster::rpc_compatible(main, *devs_[d].worker)) return std::nullopt;
+    if (!Filter::may_lend(main, *devs_[d].worker)) return std::nullopt;
   }
   const std::vector<std::size_t> order = ordered(main, set);
   const bool any_local =

@@ -14,46 +14,28 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // the KV cache read, which only add time).
 constexpr double kBoundMargin = 0.001;
 
-bool selected(const cluster::Worker& w, const std::map<std::string, std::string>& selector) {
-  for (const auto& [k, v] : selector) {
-    const auto it = w.labels.find(k);
-    if (it == w.labels.end() || it->second != v) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 Search::Search(const estimate::ModelMemory& m, const cluster::Cluster& cl, const Request& r,
-               const perf::Constants& c)
-    : m_(m), cl_(cl), r_(r), costs_(m.profile, c), repair_(m, cl, r, c, costs_, devs_) {
+               const perf::Constants& c, const Filter& filter)
+    : m_(m),
+      cl_(cl),
+      r_(r),
+      costs_(m.profile, c),
+      repair_(m, cl, r, c, costs_, devs_),
+      mains_(filter.mains()) {
   blocks_ = m.profile.blocks;
-  for (const cluster::Worker& w : cl.workers) {
-    if (!selected(w, r.selector)) continue;
-    mains_.push_back(&w);
-    for (std::uint32_t g = 0; g < w.gpus.size(); ++g) {
-      const GpuRef ref{w.name, g};
-      if (!r.gpus.empty() && std::find(r.gpus.begin(), r.gpus.end(), ref) == r.gpus.end()) continue;
-      const cluster::Gpu& gpu = w.gpus[g];
-      if (!gpu.lent_to.empty() || w.free_vram_bytes(g) == 0) continue;
-      Dev d;
-      d.ref = ref;
-      d.worker = &w;
-      d.gpu = &gpu;
-      d.free_bytes = w.free_vram_bytes(g);
-      d.local_block_s = costs_.gpu_block_s(gpu, false);
-      d.remote_block_s = costs_.gpu_block_s(gpu, true);
-      devs_.push_back(d);
-    }
-  }
-  if (!r.main_worker.empty())
-    std::erase_if(mains_, [&](const cluster::Worker* w) { return w->name != r.main_worker; });
-  if (!r.gpus.empty()) {
-    // Only workers owning an explicit GPU can be the main.
-    std::erase_if(mains_, [&](const cluster::Worker* w) {
-      return std::none_of(r.gpus.begin(), r.gpus.end(),
-                          [&](const GpuRef& g) { return g.worker == w->name; });
-    });
+  devs_.reserve(filter.gpus().size());
+  for (const UsableGpu& u : filter.gpus()) {
+    const cluster::Gpu& gpu = u.worker->gpus[u.gpu];
+    Dev d;
+    d.ref = GpuRef{u.worker->name, u.gpu};
+    d.worker = u.worker;
+    d.gpu = &gpu;
+    d.free_bytes = u.worker->free_vram_bytes(u.gpu);
+    d.local_block_s = costs_.gpu_block_s(gpu, false);
+    d.remote_block_s = costs_.gpu_block_s(gpu, true);
+    devs_.push_back(d);
   }
   by_remote_cost_.resize(devs_.size());
   std::iota(by_remote_cost_.begin(), by_remote_cost_.end(), 0);
@@ -146,7 +128,7 @@ std::vector<std::size_t> Search::pool_for(const cluster::Worker& main) const {
   if (r_.allow_distributed) {
     for (std::size_t d : by_remote_cost_) {
       if (remote_pool.size() >= r_.max_rpc_servers + 8) break;
-      if (devs_[d].worker != &main && cluster::rpc_compatible(main, *devs_[d].worker))
+      if (devs_[d].worker != &main && Filter::may_lend(main, *devs_[d].worker))
         remote_pool.push_back(d);
     }
     auto adjusted = [&](std::size_t d) {
@@ -215,7 +197,7 @@ double Search::bound_s(const cluster::Worker& main) const {
   if (r_.allow_distributed) {
     for (std::size_t d : by_remote_cost_) {
       if (remote_taken >= r_.max_rpc_servers) break;
-      if (devs_[d].worker == &main || !cluster::rpc_compatible(main, *devs_[d].worker)) continue;
+      if (devs_[d].worker == &main || !Filter::may_lend(main, *devs_[d].worker)) continue;
       if (remote_taken++ == 0) best = std::min(best, devs_[d].remote_block_s);
       capacity += static_cast<double>(devs_[d].free_bytes);
     }
@@ -249,7 +231,7 @@ double Search::main_bound_s(const cluster::Worker& main) const {
   while (left > 0) {
     while (r_.allow_distributed && ri < remote_by_bound_.size() &&
            (devs_[remote_by_bound_[ri].dev].worker == &main ||
-            !cluster::rpc_compatible(main, *devs_[remote_by_bound_[ri].dev].worker)))
+            !Filter::may_lend(main, *devs_[remote_by_bound_[ri].dev].worker)))
       ++ri;
     const bool has_remote = r_.allow_distributed && ri < remote_by_bound_.size();
     const bool has_local = li < local.size();

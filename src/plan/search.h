@@ -29,6 +29,7 @@
 #include "estimate/model_memory.h"
 #include "perf/perf.h"
 #include "plan/eval.h"
+#include "plan/filter.h"
 #include "plan/plan.h"
 #include "plan/repair.h"
 
@@ -36,8 +37,9 @@ namespace ggfleet::plan {
 
 class Search {
  public:
+  // The devices are the GPUs `filter` lets through, in its order; the mains are its mains.
   Search(const estimate::ModelMemory& model, const cluster::Cluster& cluster,
-         const Request& request, const perf::Constants& constants);
+         const Request& request, const perf::Constants& constants, const Filter& filter);
   Search(const Search&) = delete;
   Search& operator=(const Search&) = delete;
 
