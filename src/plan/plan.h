@@ -130,13 +130,6 @@ Plan make_plan(const estimate::ModelMemory& model, const cluster::Cluster& clust
                const Request& request,
                const perf::Constants& constants = perf::calibrated_constants());
 
-// Exhaustive search of the same space for small fleets (at most 6 usable GPUs): every main,
-// every number of layers on every GPU and the CPU, every choice of the device holding the
-// output. For tests. Returns nullopt when nothing fits. Throws PlanError above 6 GPUs.
-std::optional<Candidate> brute_force(
-    const estimate::ModelMemory& model, const cluster::Cluster& cluster, const Request& request,
-    const perf::Constants& constants = perf::calibrated_constants());
-
 // The cluster after a replica's claims: its devices' memory (and RPC GPUs lent to `instance`),
 // and the main's RAM.
 cluster::Cluster with_claims(const cluster::Cluster& cluster, const Candidate& c,

@@ -16,6 +16,8 @@
 #include "test_util.h"
 // Generated fleets shared with bench/plan_bench.
 #include "../../bench/fleets.h"
+// The exhaustive search the planner is measured against.
+#include "brute_force.h"
 
 namespace ggfleet::plan {
 namespace {
