@@ -19,9 +19,16 @@ std::string rate(double tps) {
   return buf;
 }
 
-std::string percent_slower(double tg, double best) {
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "%.0f%% slower", 100.0 * (1.0 - tg / best));
+// How a speed compares with the plan's: "12% slower"; faster only within the tie tolerance,
+// where the placement policy chose.
+std::string compared(double tg, double best, const Request& r) {
+  char buf[96];
+  if (tg > best) {
+    std::snprintf(buf, sizeof buf, "%.0f%% faster, within the tie tolerance: the %s policy chose",
+                  100.0 * (tg / best - 1.0), r.policy == Policy::kSpread ? "spread" : "binpack");
+  } else {
+    std::snprintf(buf, sizeof buf, "%.0f%% slower", 100.0 * (1.0 - tg / best));
+  }
   return buf;
 }
 
@@ -109,66 +116,62 @@ std::vector<Candidate> alternatives(const Eval& best, const SearchResult& found,
   return out;
 }
 
-std::vector<Rejection> rejections(const Eval& best, const SearchResult& found,
-                                  const Filter& /*filter*/, const cluster::Cluster& cl,
-                                  const Request& r) {
+std::vector<Rejection> rejections(const Eval& best, const SearchResult& found, const Filter& filter,
+                                  const cluster::Cluster& cl, const Request& r) {
   std::vector<Rejection> out;
   std::set<std::string> used = owners_of(best);
   used.insert(best.main->name);
   std::map<std::string, double> best_as_main;
   for (const Eval& e : found.all)
     best_as_main[e.main->name] = std::max(best_as_main[e.main->name], e.tg);
+  // What the search found with `w` as the main.
+  auto as_main = [&](const cluster::Worker& w) -> std::string {
+    if (const auto it = best_as_main.find(w.name); it != best_as_main.end())
+      return "as main at best " + rate(it->second) + " tokens/s (" +
+             compared(it->second, best.tg, r) + ")";
+    if (const auto cp = found.copies.find(w.name); cp != found.copies.end()) {
+      const auto bm = best_as_main.find(cp->second);
+      return "same resources as " + cp->second +
+             (bm != best_as_main.end() ? ": as main at best " + rate(bm->second) + " tokens/s (" +
+                                             compared(bm->second, best.tg, r) + ")"
+                                       : ": nothing fits with it as main");
+    }
+    if (const auto bt = found.bound_tg.find(w.name); bt != found.bound_tg.end()) {
+      return bt->second < best.tg
+                 ? "as main at most " + rate(bt->second) +
+                       " tokens/s even with its fastest reachable GPUs (" +
+                       compared(bt->second, best.tg, r) + ")"
+                 : "as main at most " + rate(bt->second) +
+                       " tokens/s with its fastest reachable GPUs, within the tie tolerance of "
+                       "the plan: not searched further";
+    }
+    return "nothing fits with it as main";
+  };
   for (const cluster::Worker& w : cl.workers) {
     if (used.count(w.name)) continue;
-    std::string why;
-    if (!selected(w, r.selector)) {
-      why = "excluded by the label selector";
-    } else if (!r.gpus.empty()) {
-      why = "not among the requested GPUs";
-    } else if (!r.main_worker.empty() && best_as_main.count(w.name) == 0) {
-      why = "the main is fixed to " + r.main_worker;
-    } else if (!cluster::rpc_compatible(w, *best.main)) {
-      why = "its llama.cpp build (" + w.llama_build + ") differs from main " + best.main->name +
-            "'s (" + best.main->llama_build +
-            "): llama.cpp's RPC protocol holds between equal builds only";
-    } else if (!w.gpus.empty() &&
-               std::all_of(w.gpus.begin(), w.gpus.end(),
-                           [](const cluster::Gpu& g) { return !g.lent_to.empty(); })) {
-      why =
-          "its GPUs are lent to " + w.gpus.front().lent_to + " (an rpc-server serves one instance)";
-    } else if (const auto it = best_as_main.find(w.name); it != best_as_main.end()) {
-      why = "as main at best " + rate(it->second) + " tokens/s (" +
-            percent_slower(it->second, best.tg) + ")";
-    } else if (const auto cp = found.copies.find(w.name); cp != found.copies.end()) {
-      const auto bm = best_as_main.find(cp->second);
-      why = "same resources as " + cp->second +
-            (bm != best_as_main.end() ? ": as main at best " + rate(bm->second) + " tokens/s (" +
-                                            percent_slower(bm->second, best.tg) + ")"
-                                      : ": nothing fits with it as main");
-    } else if (const auto bt = found.bound_tg.find(w.name); bt != found.bound_tg.end()) {
-      why = bt->second < best.tg
-                ? "as main at most " + rate(bt->second) +
-                      " tokens/s even with its fastest reachable GPUs (" +
-                      percent_slower(bt->second, best.tg) + ")"
-                : "as main at most " + rate(bt->second) +
-                      " tokens/s with its fastest reachable GPUs, within the tie tolerance of "
-                      "the plan: not searched further";
-    } else {
-      why = "nothing fits with it as main";
+    const WorkerVerdict& v = filter.verdict(w);
+    if (!v.drop.empty()) {  // dropped by the filter as a whole: its reasons
+      out.push_back({w.name, v.drop});
+      continue;
     }
-    bool has_free_gpu = false;
-    for (std::size_t g = 0; g < w.gpus.size(); ++g)
-      has_free_gpu |= w.gpus[g].lent_to.empty() && w.free_vram_bytes(g) > 0;
-    if (has_free_gpu && selected(w, r.selector) && r.gpus.empty()) {
-      why += r.allow_distributed ? "; its GPUs would not speed up the plan over RPC"
-                                 : "; distribution across workers is off";
+    // Let through as the main, as a lender of GPUs, or both: what the search found, and what
+    // the filter says of its GPUs for the plan's main.
+    std::string why = v.main_drop.empty() ? as_main(w) : v.main_drop;
+    if (const std::optional<std::string> gpus = filter.gpus_drop(w, *best.main)) {
+      why += "; " + *gpus;
+    } else if (!w.gpus.empty()) {
+      const std::string some = filter.some_gpus_drop(w);
+      const std::size_t usable = w.gpus.size() - v.dropped.size();
+      why += some.empty() ? "; its GPUs would not speed up the plan over RPC"
+                          : "; " + some + (usable == 1 ? "; its other GPU" : "; its other GPUs") +
+                                " would not speed up the plan over RPC";
     }
     out.push_back({w.name, why});
   }
   return out;
 }
 
-std::string why_nothing_fits(const Search& s, const Filter& /*filter*/, const Request& r) {
+std::string why_nothing_fits(const Search& s, const Filter& filter, const Request& r) {
   std::uint64_t best_gap = std::numeric_limits<std::uint64_t>::max();
   std::string best_text;
   for (const cluster::Worker* w : s.mains()) {
@@ -200,11 +203,14 @@ std::string why_nothing_fits(const Search& s, const Filter& /*filter*/, const Re
   }
   if (s.mains().empty())
     return "does not fit: no worker matches the request (selector or explicit GPUs)";
+  // No GPU left at all (full, lent): that first.
+  const std::string no_gpu = filter.all_gpus_drop();
+  const std::string head = "does not fit: " + (no_gpu.empty() ? "" : no_gpu + "; ");
   if (best_gap > 0) {
-    return "does not fit: the closest option is " + best_text + " (lacks " +
+    return head + "the closest option is " + best_text + " (lacks " +
            cluster::format_bytes(best_gap) + ")";
   }
-  return "does not fit: the closest option is " + best_text +
+  return head + "the closest option is " + best_text +
          ", but no split fits each device's memory (per-device buffers and the output layer)" +
          (r.allow_cpu_offload ? "" : "; allowing CPU offload may help");
 }

@@ -73,8 +73,8 @@ std::string summarize(const std::vector<Drop>& drops, std::size_t total, bool fl
         std::string names;
         for (const std::string& i : instances) names += (names.empty() ? "" : ", ") + i;
         const std::string many = fleet ? "all " + count + " GPUs " : "its GPUs are ";
-        add((whole ? (n == 1 ? std::string(one) : many) : part) + "lent to " + names +
-            kOneInstance);
+        add((whole ? (n == 1 ? std::string(one) : many) : part) + "lent to instance" +
+            (instances.size() > 1 ? "s " : " ") + names + kOneInstance);
         break;
       }
       case GpuDrop::kFull: {
