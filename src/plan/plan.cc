@@ -1,7 +1,6 @@
 #include "plan/plan.h"
 
 #include <algorithm>
-#include <cmath>
 #include <optional>
 #include <string>
 #include <vector>
@@ -9,49 +8,11 @@
 #include "plan/eval.h"
 #include "plan/explain.h"
 #include "plan/filter.h"
+#include "plan/score.h"
 #include "plan/search.h"
 
 namespace ggfleet::plan {
 namespace {
-
-// Picks the winner: the best generation speed, then within the tie tolerance the policy
-// (spread: lowest load; binpack: highest), fewer GPUs, faster prompts, the main's name.
-const Eval* pick(const std::vector<const Eval*>& evals, const Request& r) {
-  if (evals.empty()) return nullptr;
-  double best_tg = 0;
-  for (const Eval* e : evals) best_tg = std::max(best_tg, e->tg);
-  const Eval* winner = nullptr;
-  for (const Eval* e : evals) {
-    if (e->tg * (1.0 + r.tie_tolerance) < best_tg) continue;
-    if (winner == nullptr) {
-      winner = e;
-      continue;
-    }
-    const double dl = e->load - winner->load;
-    if (std::abs(dl) > 0.02) {  // a clearly different load: the policy decides
-      if ((r.policy == Policy::kSpread) == (dl < 0)) winner = e;
-      continue;
-    }
-    if (e->devs.size() != winner->devs.size()) {
-      if (e->devs.size() < winner->devs.size()) winner = e;
-      continue;
-    }
-    if (e->remote_devices != winner->remote_devices) {  // fewer rpc-servers, quicker start
-      if (e->remote_devices < winner->remote_devices) winner = e;
-      continue;
-    }
-    if (std::abs(e->tg - winner->tg) > 1e-9 * winner->tg) {
-      if (e->tg > winner->tg) winner = e;
-      continue;
-    }
-    if (std::abs(e->pp - winner->pp) > 1e-9 * winner->pp) {
-      if (e->pp > winner->pp) winner = e;
-      continue;
-    }
-    if (e->main->name < winner->main->name) winner = e;
-  }
-  return winner;
-}
 
 // One replica: what the search found and the layout the score picked, or why nothing fits.
 struct OneReplica {
@@ -70,7 +31,7 @@ OneReplica plan_one(Search& s, const Filter& filter, const Request& r) {
   std::vector<const Eval*> ptrs;
   ptrs.reserve(out.found.all.size());
   for (const Eval& e : out.found.all) ptrs.push_back(&e);
-  if (const Eval* w = pick(ptrs, r)) {
+  if (const Eval* w = pick_layout(ptrs, r)) {
     out.chosen = *w;
     return out;
   }
