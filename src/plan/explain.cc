@@ -1,6 +1,7 @@
 #include "plan/explain.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <limits>
 #include <map>
@@ -19,15 +20,19 @@ std::string rate(double tps) {
   return buf;
 }
 
-// How a speed compares with the plan's: "12% slower"; faster only within the tie tolerance,
-// where the placement policy chose.
+// How a speed compares with the plan's: "12% slower". Faster or as fast only as a tie (within
+// the tie tolerance), where the score decided (score.h).
 std::string compared(double tg, double best, const Request& r) {
-  char buf[96];
-  if (tg > best) {
-    std::snprintf(buf, sizeof buf, "%.0f%% faster, within the tie tolerance: the %s policy chose",
-                  100.0 * (tg / best - 1.0), r.policy == Policy::kSpread ? "spread" : "binpack");
+  const double percent = 100.0 * (tg / best - 1.0);
+  const bool tie = tg * (1.0 + r.tie_tolerance) >= best;
+  char buf[128];
+  if (tie && percent > -0.5) {
+    std::snprintf(
+        buf, sizeof buf, "%s, a tie: the %s policy, fewer GPUs and prompt speed decided",
+        percent >= 0.5 ? (std::to_string(std::lround(percent)) + "% faster").c_str() : "as fast",
+        r.policy == Policy::kSpread ? "spread" : "binpack");
   } else {
-    std::snprintf(buf, sizeof buf, "%.0f%% slower", 100.0 * (1.0 - tg / best));
+    std::snprintf(buf, sizeof buf, -percent >= 1 ? "%.0f%% slower" : "%.1f%% slower", -percent);
   }
   return buf;
 }

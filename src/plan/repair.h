@@ -1,15 +1,17 @@
 // Split repair: the layout of the model's blocks over one set of devices and the main's CPU
 // (internal to src/plan and its tests).
 //
-// Promises: split(main, set) returns the fastest layout it builds on exactly the devices of `set`
-// that fit — every device holds its layers, buffers and (the last) the output layer by
-// estimate::estimate, and the main's free RAM holds the host part — or nullopt. It builds one
-// split per candidate output device (the three fastest that can hold the output, the roomiest,
-// llama.cpp's default last): blocks go to the cheapest device per block first, up to what fits
-// after its compute buffer, the rest to the main's CPU when allowed; then, with the real
-// estimate, a block leaves an overflowing device for the cheapest device where it still fits (else
-// the CPU), blocks on the CPU move to cheaper devices where they fit, and devices left empty are
-// dropped and the smaller set split again. Deterministic; counts every estimate it makes.
+// Promises: split(main, set) returns the fastest layout it builds on the devices of `set` (less
+// those left without a block) and the main's CPU that fits — every device holds its layers,
+// buffers and (the last) the output layer by estimate::estimate, and the main's free RAM holds
+// the host part — or nullopt (nothing fits, or a device's worker may not lend to the main:
+// Filter::may_lend). It builds one split per candidate output device (the three fastest that can
+// hold the output, the roomiest, llama.cpp's default last): blocks go to the cheapest device per
+// block first, up to what fits after its compute buffer, the rest to the main's CPU when allowed;
+// then, with the real estimate, a block leaves an overflowing device for the cheapest device
+// where it still fits (else the CPU), blocks on the CPU move to cheaper devices where they fit,
+// and devices left empty are dropped and the smaller set split again. Deterministic; counts
+// every estimate it makes (evaluated()).
 #pragma once
 
 #include <cstddef>

@@ -1,12 +1,13 @@
 // The search: which layouts of one replica get evaluated (internal to src/plan and its tests).
 //
-// Promises: search_layouts() returns every feasible layout it evaluated, for the workers and
-// GPUs the filter let through, built by the split repair (repair.h); the best predicted
-// generation speed among them is that of the best layout the search can reach (the reference
-// search's, within the tie tolerance: no main, device set or move is skipped unless its bound
-// shows it cannot come within the tie tolerance of the best found). It also says, for the mains
-// it did not expand, why: the bound they could at most reach, or the identical worker evaluated
-// instead. Deterministic for the same input; no I/O.
+// Promises: search_layouts() returns every feasible layout it evaluated, with the mains and GPUs
+// the filter let through only, each layout built and checked by the split repair (repair.h), and
+// for each main it did not expand, why: the best its bound allows, or the identical worker it
+// evaluated instead. The fast search skips a main, a device set or a hill-climbing move only when
+// its bound (a time per token nothing there can beat) shows it cannot come within the tie
+// tolerance of the best found (a move: cannot improve on it), or, once 16 mains are expanded,
+// could at most tie; what the pruning skips cannot beat the result by more than the tie
+// tolerance. Deterministic for the same input; no I/O.
 //
 // Steps (plan.h has the overview):
 //   - per main, candidate device sets (for_main): prefixes of its own GPUs then remote ones
