@@ -155,18 +155,18 @@ std::vector<Rejection> rejections(const Eval& best, const SearchResult& found, c
   for (const cluster::Worker& w : cl.workers) {
     if (used.count(w.name)) continue;
     const WorkerVerdict& v = filter.verdict(w);
-    if (!v.drop.empty()) {  // dropped by the filter as a whole: its reasons
-      out.push_back({w.name, v.drop});
+    if (v.dropped_whole) {  // dropped by the filter as a whole: its reasons
+      out.push_back({w.name, filter.drop(w)});
       continue;
     }
     // Let through as the main, as a lender of GPUs, or both: what the search found, and what
     // the filter says of its GPUs for the plan's main.
-    std::string why = v.main_drop.empty() ? as_main(w) : v.main_drop;
+    std::string why = v.main_drop == MainDrop::kNone ? as_main(w) : filter.main_drop(w);
     if (const std::optional<std::string> gpus = filter.gpus_drop(w, *best.main)) {
       why += "; " + *gpus;
     } else if (!w.gpus.empty()) {
       const std::string some = filter.some_gpus_drop(w);
-      const std::size_t usable = w.gpus.size() - v.dropped.size();
+      const std::size_t usable = w.gpus.size() - v.dropped_count;
       why += some.empty() ? "; its GPUs would not speed up the plan over RPC"
                           : "; " + some + (usable == 1 ? "; its other GPU" : "; its other GPUs") +
                                 " would not speed up the plan over RPC";

@@ -158,43 +158,74 @@ Filter::Filter(const cluster::Cluster& cl, const Request& r) : cluster_(cl), req
         r.gpus.empty() || std::any_of(r.gpus.begin(), r.gpus.end(),
                                       [&](const GpuRef& g) { return g.worker == w.name; });
     if (!is_selected) {
-      v.main_drop = "excluded by the label selector";
+      v.main_drop = MainDrop::kSelector;
     } else if (!owns_requested) {
-      v.main_drop = "not among the requested GPUs";
+      v.main_drop = MainDrop::kNotRequested;
     } else if (!r.main_worker.empty() && w.name != r.main_worker) {
-      v.main_drop = "the main is fixed to " + r.main_worker;
+      v.main_drop = MainDrop::kFixedMain;
     } else {
       mains_.push_back(&w);
     }
+    v.first_dropped = static_cast<std::uint32_t>(dropped_.size());
     for (std::uint32_t g = 0; g < w.gpus.size(); ++g) {
-      const cluster::Gpu& gpu = w.gpus[g];
-      auto drop = [&](GpuDrop rule, std::string reason) {
-        v.dropped.push_back({g, rule, std::move(reason)});
-      };
       if (!is_selected) {
-        drop(GpuDrop::kSelector, "on a worker the selector excludes");
+        dropped_.push_back({g, GpuDrop::kSelector});
       } else if (!r.gpus.empty() &&
                  std::find(r.gpus.begin(), r.gpus.end(), GpuRef{w.name, g}) == r.gpus.end()) {
-        drop(GpuDrop::kNotRequested, "not among the requested GPUs");
-      } else if (!gpu.lent_to.empty()) {
-        drop(GpuDrop::kLent, "lent to instance " + gpu.lent_to + kOneInstance);
+        dropped_.push_back({g, GpuDrop::kNotRequested});
+      } else if (!w.gpus[g].lent_to.empty()) {
+        dropped_.push_back({g, GpuDrop::kLent});
       } else if (w.free_vram_bytes(g) == 0) {
-        drop(GpuDrop::kFull, "full: " + memory_figures({{&w, g}}));
+        dropped_.push_back({g, GpuDrop::kFull});
       } else {
         gpus_.push_back({&w, g});
       }
     }
-    if (!v.main_drop.empty() && v.dropped.size() == w.gpus.size()) {
-      // Not the main and no GPU left: dropped as a whole. The selector and the explicit GPUs
-      // drop its GPUs for the same reason as the worker; a fixed main does not.
-      v.drop = v.main_drop;
-      if (is_selected && owns_requested && !w.gpus.empty()) {
-        std::vector<Drop> drops;
-        for (const DroppedGpu& d : v.dropped) drops.emplace_back(&w, &d);
-        v.drop += "; " + summarize(drops, w.gpus.size(), false);
-      }
-    }
+    v.dropped_count = static_cast<std::uint32_t>(dropped_.size()) - v.first_dropped;
+    v.dropped_whole = v.main_drop != MainDrop::kNone && v.dropped_count == w.gpus.size();
   }
+}
+
+std::string Filter::main_drop(const cluster::Worker& w) const {
+  switch (verdict(w).main_drop) {
+    case MainDrop::kNone:
+      return "";
+    case MainDrop::kSelector:
+      return "excluded by the label selector";
+    case MainDrop::kNotRequested:
+      return "not among the requested GPUs";
+    case MainDrop::kFixedMain:
+      return "the main is fixed to " + request_.main_worker;
+  }
+  return "";
+}
+
+std::string Filter::gpu_drop(const cluster::Worker& w, const DroppedGpu& d) const {
+  switch (d.rule) {
+    case GpuDrop::kSelector:
+      return "on a worker the selector excludes";
+    case GpuDrop::kNotRequested:
+      return "not among the requested GPUs";
+    case GpuDrop::kLent:
+      return "lent to instance " + w.gpus[d.gpu].lent_to + kOneInstance;
+    case GpuDrop::kFull:
+      return "full: " + memory_figures({{&w, d.gpu}});
+  }
+  return "";
+}
+
+std::string Filter::drop(const cluster::Worker& w) const {
+  const WorkerVerdict& v = verdict(w);
+  if (!v.dropped_whole) return "";
+  // The selector and the explicit GPUs drop its GPUs for the same reason as the worker; a fixed
+  // main does not.
+  std::string out = main_drop(w);
+  if (v.main_drop == MainDrop::kFixedMain && !w.gpus.empty()) {
+    std::vector<Drop> drops;
+    for (const DroppedGpu& d : dropped(w)) drops.emplace_back(&w, &d);
+    out += "; " + summarize(drops, w.gpus.size(), false);
+  }
+  return out;
 }
 
 std::string Filter::lend_drop(const cluster::Worker& main, const cluster::Worker& lender) const {
@@ -210,14 +241,13 @@ std::string Filter::lend_drop(const cluster::Worker& main, const cluster::Worker
 std::optional<std::string> Filter::gpus_drop(const cluster::Worker& w,
                                              const cluster::Worker& main) const {
   if (w.gpus.empty()) return std::nullopt;
-  const WorkerVerdict& v = verdict(w);
   std::string lend;
-  if (v.dropped.size() < w.gpus.size()) {
+  if (verdict(w).dropped_count < w.gpus.size()) {
     lend = lend_drop(main, w);
     if (lend.empty()) return std::nullopt;
   }
   std::vector<Drop> drops;
-  for (const DroppedGpu& d : v.dropped) drops.emplace_back(&w, &d);
+  for (const DroppedGpu& d : dropped(w)) drops.emplace_back(&w, &d);
   std::string out = summarize(drops, w.gpus.size(), false);
   if (!lend.empty()) out += (out.empty() ? "" : "; ") + lend;
   return out;
@@ -225,17 +255,16 @@ std::optional<std::string> Filter::gpus_drop(const cluster::Worker& w,
 
 std::string Filter::some_gpus_drop(const cluster::Worker& w) const {
   std::vector<Drop> drops;
-  for (const DroppedGpu& d : verdict(w).dropped) drops.emplace_back(&w, &d);
+  for (const DroppedGpu& d : dropped(w)) drops.emplace_back(&w, &d);
   return drops.empty() ? "" : summarize(drops, w.gpus.size(), false);
 }
 
 std::string Filter::all_gpus_drop() const {
   if (!gpus_.empty()) return "";
   std::vector<Drop> drops;
-  for (std::size_t i = 0; i < cluster_.workers.size(); ++i) {
-    for (const DroppedGpu& d : verdicts_[i].dropped) {
-      if (d.rule == GpuDrop::kLent || d.rule == GpuDrop::kFull)
-        drops.emplace_back(&cluster_.workers[i], &d);
+  for (const cluster::Worker& w : cluster_.workers) {
+    for (const DroppedGpu& d : dropped(w)) {
+      if (d.rule == GpuDrop::kLent || d.rule == GpuDrop::kFull) drops.emplace_back(&w, &d);
     }
   }
   return drops.empty() ? "" : summarize(drops, drops.size(), true);
@@ -244,11 +273,11 @@ std::string Filter::all_gpus_drop() const {
 std::string Filter::requested_gpus_drop() const {
   for (const GpuRef& g : request_.gpus) {
     const cluster::Worker* w = cluster_.find(g.worker);
-    for (const DroppedGpu& d : verdict(*w).dropped) {
+    for (const DroppedGpu& d : dropped(*w)) {
       if (d.gpu != g.gpu) continue;
       if (d.rule == GpuDrop::kSelector)
         throw PlanError("GPU " + gpu_label(g) + " is on a worker the selector excludes");
-      return "GPU " + gpu_label(g) + " is " + d.reason;
+      return "GPU " + gpu_label(g) + " is " + gpu_drop(*w, d);
     }
   }
   return "";

@@ -2,7 +2,8 @@
 // replica may use (internal to src/plan and its tests).
 //
 // Promises: every worker it does not let be the main and every GPU it does not let through has
-// its reason, recorded as it is dropped, by the first rule that drops it:
+// its reason, recorded as it is dropped (the rule; the words, with the figures of the cluster,
+// when asked), by the first rule that drops it:
 //   a worker as the main: excluded by the label selector; owns none of the requested GPUs
 //     (explicit GPUs); the main is fixed to another worker (Request::main_worker);
 //   a GPU: its worker is excluded by the selector; not among the requested GPUs; lent to another
@@ -19,6 +20,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -41,20 +43,24 @@ bool selected(const cluster::Worker& worker, const std::map<std::string, std::st
 // "worker:index".
 std::string gpu_label(const GpuRef& gpu);
 
-// Why the filter dropped a GPU, by the rule that dropped it (the first that applies).
+// Why the filter dropped a GPU: the first rule that applies.
 enum class GpuDrop { kSelector, kNotRequested, kLent, kFull };
+
+// Why the filter does not let a worker be the main: the first rule that applies.
+enum class MainDrop { kNone, kSelector, kNotRequested, kFixedMain };
 
 struct DroppedGpu {
   std::uint32_t gpu = 0;  // index among its worker's GPUs
   GpuDrop rule = GpuDrop::kFull;
-  std::string reason;  // what follows "GPU worker:index is ": "lent to instance x (...)", ...
 };
 
-// What the filter decided about one worker.
+// What the filter decided about one worker: the rules, recorded as it applies them (the words
+// are the Filter's: main_drop(), gpu_drop(), drop()).
 struct WorkerVerdict {
-  std::string main_drop;            // why it may not be the main; "" = it may
-  std::vector<DroppedGpu> dropped;  // its GPUs the filter dropped, by index
-  std::string drop;  // why it is dropped as a whole (not the main, no GPU left); "" = it is not
+  MainDrop main_drop = MainDrop::kNone;
+  std::uint32_t first_dropped = 0;  // its dropped GPUs: [first_dropped, + dropped_count) of the
+  std::uint32_t dropped_count = 0;  // filter's list, by index
+  bool dropped_whole = false;       // may not be the main and has no GPU left
 };
 
 // A GPU the filter let through.
@@ -75,6 +81,21 @@ class Filter {
   const WorkerVerdict& verdict(const cluster::Worker& worker) const {
     return verdicts_[static_cast<std::size_t>(&worker - cluster_.workers.data())];
   }
+  // The GPUs of `worker` the filter dropped, by index.
+  std::span<const DroppedGpu> dropped(const cluster::Worker& worker) const {
+    const WorkerVerdict& v = verdict(worker);
+    return std::span<const DroppedGpu>(dropped_).subspan(v.first_dropped, v.dropped_count);
+  }
+  // Why `worker` may not be the main ("excluded by the label selector", "not among the
+  // requested GPUs", "the main is fixed to w2"); "" when it may.
+  std::string main_drop(const cluster::Worker& worker) const;
+  // Why the filter dropped a GPU of `worker`, as it follows "GPU worker:index is ": "lent to
+  // instance x (...)", "full: 0 B free of 24.00 GiB (20.00 GiB used, 4.00 GiB claimed)", ...
+  std::string gpu_drop(const cluster::Worker& worker, const DroppedGpu& gpu) const;
+  // Why `worker` is dropped as a whole: its main_drop() and, unless the selector or the
+  // explicit GPUs drop both, its GPUs' reasons summed up ("the main is fixed to w2; all 2 GPUs
+  // full: ..."); "" when it is not.
+  std::string drop(const cluster::Worker& worker) const;
 
   // Whether `main` may use `lender`'s GPUs over RPC: llama.cpp's RPC protocol holds between
   // equal builds only (a worker that does not say its build is taken as equal).
@@ -106,6 +127,7 @@ class Filter {
   std::vector<const cluster::Worker*> mains_;
   std::vector<UsableGpu> gpus_;
   std::vector<WorkerVerdict> verdicts_;  // one per worker, the cluster's order
+  std::vector<DroppedGpu> dropped_;      // every dropped GPU, the cluster's order
 };
 
 }  // namespace ggfleet::plan

@@ -14,29 +14,44 @@
 namespace ggfleet::plan {
 namespace {
 
-// One replica: what the search found and the layout the score picked, or why nothing fits.
-struct OneReplica {
-  std::optional<Eval> chosen;
-  SearchResult found;
+// Places replica `i` on `state`: filter, search, score, and for the first replica (when asked)
+// the explanation. Appends the replica to plan.replicas and returns true, or sets plan.reason and
+// returns false when nothing fits. Its filter and search are gone when it returns, before the
+// caller copies the cluster for the claims.
+bool place_replica(std::uint32_t i, const estimate::ModelMemory& m, const cluster::Cluster& state,
+                   const Request& r, const perf::Constants& c, Plan& plan) {
+  const Filter filter(state, r);
+  Search s(m, state, r, c, filter);
   std::string why_not;
-};
-
-OneReplica plan_one(Search& s, const Filter& filter, const Request& r) {
-  OneReplica out;
-  if (!r.gpus.empty()) {
-    out.why_not = filter.requested_gpus_drop();
-    if (!out.why_not.empty()) return out;
+  if (!r.gpus.empty()) why_not = filter.requested_gpus_drop();
+  SearchResult found;
+  const Eval* chosen = nullptr;
+  if (why_not.empty()) {
+    found = search_layouts(s, r);
+    std::vector<const Eval*> layouts;
+    layouts.reserve(found.all.size());
+    for (const Eval& e : found.all) layouts.push_back(&e);
+    chosen = pick_layout(layouts, r);
+    if (chosen == nullptr) why_not = why_nothing_fits(s, filter, r);
   }
-  out.found = search_layouts(s, r);
-  std::vector<const Eval*> ptrs;
-  ptrs.reserve(out.found.all.size());
-  for (const Eval& e : out.found.all) ptrs.push_back(&e);
-  if (const Eval* w = pick_layout(ptrs, r)) {
-    out.chosen = *w;
-    return out;
+  plan.layouts_evaluated += found.layouts;
+  plan.mains_evaluated += found.mains;
+  if (chosen == nullptr) {
+    plan.reason = i == 0 ? why_not
+                         : "placed " + std::to_string(i) + " of " + std::to_string(r.replicas) +
+                               " replicas; then " + why_not;
+    return false;
   }
-  out.why_not = why_nothing_fits(s, filter, r);
-  return out;
+  Replica rep;
+  rep.chosen = candidate_of(*chosen, "plan", state, m, r, c);
+  rep.launch = launch_for(rep.chosen, state, r);
+  rep.commands = commands(rep.launch);
+  if (i == 0 && r.explain) {
+    plan.alternatives = alternatives(*chosen, found, s, state, m, r, c);
+    plan.rejected = rejections(*chosen, found, filter, state, r);
+  }
+  plan.replicas.push_back(std::move(rep));
+  return true;
 }
 
 }  // namespace
@@ -64,26 +79,7 @@ Plan make_plan(const estimate::ModelMemory& m, const cluster::Cluster& cl, const
   Plan plan;
   cluster::Cluster state = cl;
   for (std::uint32_t i = 0; i < r.replicas; ++i) {
-    const Filter filter(state, r);
-    Search s(m, state, r, c, filter);
-    OneReplica one = plan_one(s, filter, r);
-    plan.layouts_evaluated += one.found.layouts;
-    plan.mains_evaluated += one.found.mains;
-    if (!one.chosen) {
-      plan.reason = i == 0 ? one.why_not
-                           : "placed " + std::to_string(i) + " of " + std::to_string(r.replicas) +
-                                 " replicas; then " + one.why_not;
-      break;
-    }
-    Replica rep;
-    rep.chosen = candidate_of(*one.chosen, "plan", state, m, r, c);
-    rep.launch = launch_for(rep.chosen, state, r);
-    rep.commands = commands(rep.launch);
-    if (i == 0 && r.explain) {
-      plan.alternatives = alternatives(*one.chosen, one.found, s, state, m, r, c);
-      plan.rejected = rejections(*one.chosen, one.found, filter, state, r);
-    }
-    plan.replicas.push_back(std::move(rep));
+    if (!place_replica(i, m, state, r, c, plan)) break;
     state = with_claims(state, plan.replicas.back().chosen, "replica-" + std::to_string(i));
   }
   plan.feasible = plan.replicas.size() == r.replicas;

@@ -362,20 +362,21 @@ claims:
   ASSERT_EQ(f.gpus().size(), 1u);
   EXPECT_EQ(f.gpus()[0].worker, &a);
   EXPECT_EQ(f.gpus()[0].gpu, 0u);
-  EXPECT_EQ(f.verdict(b).main_drop, "excluded by the label selector");
-  EXPECT_EQ(f.verdict(b).drop, "excluded by the label selector");
-  ASSERT_EQ(f.verdict(b).dropped.size(), 1u);
-  EXPECT_EQ(f.verdict(b).dropped[0].rule, GpuDrop::kSelector);
-  const WorkerVerdict& va = f.verdict(a);
-  EXPECT_EQ(va.main_drop, "");
-  EXPECT_EQ(va.drop, "");
-  ASSERT_EQ(va.dropped.size(), 2u);
-  EXPECT_EQ(va.dropped[0].gpu, 1u);
-  EXPECT_EQ(va.dropped[0].rule, GpuDrop::kLent);
-  EXPECT_EQ(va.dropped[0].reason, "lent to instance big (an rpc-server serves one instance)");
-  EXPECT_EQ(va.dropped[1].gpu, 2u);
-  EXPECT_EQ(va.dropped[1].rule, GpuDrop::kFull);
-  EXPECT_EQ(va.dropped[1].reason, "full: 0 B free of 24.00 GiB (24.00 GiB used)");
+  EXPECT_EQ(f.main_drop(b), "excluded by the label selector");
+  EXPECT_EQ(f.drop(b), "excluded by the label selector");
+  ASSERT_EQ(f.dropped(b).size(), 1u);
+  EXPECT_EQ(f.dropped(b)[0].rule, GpuDrop::kSelector);
+  EXPECT_EQ(f.gpu_drop(b, f.dropped(b)[0]), "on a worker the selector excludes");
+  EXPECT_EQ(f.main_drop(a), "");
+  EXPECT_EQ(f.drop(a), "");
+  const std::span<const DroppedGpu> da = f.dropped(a);
+  ASSERT_EQ(da.size(), 2u);
+  EXPECT_EQ(da[0].gpu, 1u);
+  EXPECT_EQ(da[0].rule, GpuDrop::kLent);
+  EXPECT_EQ(f.gpu_drop(a, da[0]), "lent to instance big (an rpc-server serves one instance)");
+  EXPECT_EQ(da[1].gpu, 2u);
+  EXPECT_EQ(da[1].rule, GpuDrop::kFull);
+  EXPECT_EQ(f.gpu_drop(a, da[1]), "full: 0 B free of 24.00 GiB (24.00 GiB used)");
   EXPECT_EQ(f.some_gpus_drop(a),
             "1 of 3 GPUs lent to instance big (an rpc-server serves one instance); 1 of 3 GPUs "
             "full: 0 B free of 24.00 GiB (24.00 GiB used)");
@@ -390,16 +391,16 @@ claims:
   r.main_worker = "c";
   const Filter fixed(cl, r);
   EXPECT_EQ(fixed.mains(), (std::vector<const cluster::Worker*>{&c}));
-  EXPECT_EQ(fixed.verdict(a).main_drop, "the main is fixed to c");
-  EXPECT_EQ(fixed.verdict(a).drop, "");
+  EXPECT_EQ(fixed.main_drop(a), "the main is fixed to c");
+  EXPECT_EQ(fixed.drop(a), "");
   // Explicit GPUs: the others are not among them, b (no requested GPU) may not be the main.
   Request e = request();
   e.gpus = {{"a", 2}};
   const Filter explicit_gpus(cl, e);
   EXPECT_EQ(explicit_gpus.mains(), (std::vector<const cluster::Worker*>{&a}));
-  EXPECT_EQ(explicit_gpus.verdict(b).drop, "not among the requested GPUs");
-  EXPECT_EQ(explicit_gpus.verdict(c).drop, "not among the requested GPUs");
-  EXPECT_EQ(explicit_gpus.verdict(a).dropped[0].reason, "not among the requested GPUs");
+  EXPECT_EQ(explicit_gpus.drop(b), "not among the requested GPUs");
+  EXPECT_EQ(explicit_gpus.drop(c), "not among the requested GPUs");
+  EXPECT_EQ(explicit_gpus.gpu_drop(a, explicit_gpus.dropped(a)[0]), "not among the requested GPUs");
   EXPECT_EQ(explicit_gpus.all_gpus_drop(),
             "the only GPU is full: 0 B free of 24.00 GiB (24.00 GiB used)");
   EXPECT_EQ(explicit_gpus.requested_gpus_drop(),
