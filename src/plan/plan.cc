@@ -1,8 +1,8 @@
 #include "plan/plan.h"
 
-#include <algorithm>
-#include <optional>
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "plan/eval.h"
