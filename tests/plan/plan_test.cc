@@ -13,12 +13,12 @@
 #include "gguf/reader.h"
 #include "model/profile.h"
 #include "model/synth.h"
+#include "plan/filter.h"
 #include "test_util.h"
 // Generated fleets shared with bench/plan_bench.
 #include "../../bench/fleets.h"
 // The exhaustive search the planner is measured against.
 #include "brute_force.h"
-#include "plan/filter.h"
 
 namespace ggfleet::plan {
 namespace {
