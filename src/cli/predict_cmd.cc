@@ -120,8 +120,8 @@ std::string prediction_text(const PlacedLayout& placed, const cluster::Cluster& 
         where.c_str(), d.layers, (blocks + (d.has_output ? "+out" : "")).c_str(),
         cluster::format_bytes(d.weights_bytes).c_str(), cluster::format_bytes(d.kv_bytes).c_str(),
         cluster::format_bytes(d.compute_bytes).c_str(),
-        cluster::format_bytes(d.runtime_bytes).c_str(), cluster::format_bytes(d.total_bytes).c_str(),
-        cluster::format_bytes(d.free_bytes).c_str());
+        cluster::format_bytes(d.runtime_bytes).c_str(),
+        cluster::format_bytes(d.total_bytes).c_str(), cluster::format_bytes(d.free_bytes).c_str());
     o << line;
   }
   std::snprintf(line, sizeof line, "  %-6s %-28s %6u %-10s %10s %10s %10s %10s %10s\n", "host",

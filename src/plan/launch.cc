@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "plan/plan.h"
+
 namespace ggfleet::plan {
 namespace {
 
@@ -213,6 +215,54 @@ Launch launch_from_json(const json& j) {
   if (!j.contains("server")) throw std::invalid_argument("launch: no server");
   l.server = server_launch_from_json(j["server"]);
   return l;
+}
+
+Launch launch_for(const Candidate& c, const cluster::Cluster& cl, const Request& r) {
+  Launch out;
+  ServerLaunch& s = out.server;
+  // Ports count per host: workers that share an address (several on one machine) share its ports.
+  std::map<std::string, std::uint16_t> next_port;
+  for (std::size_t i = 0; i < c.layout.devices.size(); ++i) {
+    const perf::DevicePlace& p = c.places[i];
+    if (!c.layout.devices[i].remote) {
+      s.gpus.push_back(p.gpu);
+      continue;
+    }
+    const cluster::Worker& w = *cl.find(p.worker);
+    auto [it, inserted] =
+        next_port.try_emplace(w.address.empty() ? p.worker : w.address, r.rpc_port_base);
+    RpcServerLaunch rpc;
+    rpc.worker = p.worker;
+    rpc.host = w.address;
+    rpc.port = it->second++;
+    rpc.gpu = p.gpu;
+    s.rpc.push_back({rpc.host, rpc.port});
+    out.rpc_servers.push_back(std::move(rpc));
+  }
+  s.worker = c.main_worker;
+  s.model = r.model_path;
+  s.host = cl.find(c.main_worker)->address;
+  s.port = r.server_port;
+  s.gpu_layers = static_cast<std::int32_t>(c.estimate.offloaded_layers);
+  if (c.layout.devices.size() > 1) {
+    for (const estimate::DeviceUsage& d : c.estimate.devices)
+      s.layers_per_device.push_back(d.layers);
+  }
+  const estimate::ContextOptions& o = r.context;
+  s.context_tokens = c.estimate.context_tokens;
+  s.parallel = o.parallel;
+  s.flash_attention = c.estimate.flash_attention;
+  s.cache_type_k = std::string(gguf::traits(o.cache_type_k).name);
+  s.cache_type_v = std::string(gguf::traits(o.cache_type_v).name);
+  s.batch_tokens = o.batch_tokens;
+  s.ubatch_tokens = o.ubatch_tokens;
+  s.kv_unified = o.kv_unified;
+  s.kv_offload = o.kv_offload;
+  s.swa_full = o.swa_full;
+  s.mmap = o.mmap;
+  s.threads = r.threads;
+  s.extra_args = r.extra_args;
+  return out;
 }
 
 }  // namespace ggfleet::plan

@@ -3,31 +3,41 @@
 // RPC), how the layers are split, how many stay on the main's CPU — with the alternatives it beat
 // and why each unused worker was not chosen.
 //
-// Search (per replica):
-//   1. Filter: workers matching the label selector, GPUs not lent to another instance and with
-//      free memory (total - used - reserved - claims), explicit GPUs when given.
-//   2. For each main worker, candidate device sets: prefixes of its own GPUs (fastest first),
-//      then its GPUs plus prefixes of the fastest remote GPUs (at most max_rpc_servers), and
-//      prefixes of all of them merged by speed; CPU-only when allowed. A set stops growing once
-//      it holds the whole model.
-//   3. For a set, layers go to the cheapest device per block first (a device's per-block time
-//      includes RPC costs), up to what fits (each device's free memory minus its compute buffer
-//      and, for the last device, the output layer); the rest to the main's CPU when allowed. The
-//      split is checked with estimate::estimate and trimmed until every device fits.
-//   4. Mains are visited best bound first and workers with identical resources are evaluated
-//      once. The bound (a time per token no layout with that main can beat) fills the blocks,
-//      as a fluid, into the devices cheapest per block first — the main's GPUs, other workers'
-//      GPUs with their RPC costs (a call shared over the most blocks the device could hold),
-//      the main's CPU — counting each block as the one that reads least plus the extra bytes
-//      at the cheapest rate, capacities as the smallest blocks, and adds the output head. A main
-//      that cannot tie with the best is not expanded; once 16 mains are, neither is one that
-//      could at most tie (the plan stays within the tie tolerance of anything left). Within a
-//      main, device sets whose own bound cannot reach the best are skipped, and the hill
-//      climbing skips moves that cannot improve. (SearchMode::kReference: the search before
-//      these bounds, for comparisons.)
-//   5. Among layouts within `tie_tolerance` of the best predicted generation speed, the
-//      placement policy decides (spread: least loaded workers; binpack: most loaded), then
-//      fewer GPUs, then prompt speed.
+// Per replica, in parts, each its own file under src/plan/ (internal to the planner), run by
+// make_plan (plan.cc):
+//   1. filter.h: the workers that may be the main (matching the label selector, owning an
+//      explicit GPU when GPUs are given, the fixed main when Request::main_worker is set) and the
+//      GPUs that may be used (selected, explicit when given, not lent to another instance, with
+//      free memory: total - used - reserved - claims), each dropped one with its reason.
+//   2. search.h: for each main worker, candidate device sets: prefixes of its own GPUs (fastest
+//      first), then its GPUs plus prefixes of the fastest remote GPUs (at most max_rpc_servers,
+//      equal llama.cpp builds only), and prefixes of all of them merged by speed; CPU-only when
+//      allowed. A set stops growing once it holds the whole model. Mains are visited best bound
+//      first and workers with identical resources are evaluated once. The bound (a time per
+//      token no layout with that main can beat) fills the blocks, as a fluid, into the devices
+//      cheapest per block first — the main's GPUs, other workers' GPUs with their RPC costs (a
+//      call shared over the most blocks the device could hold), the main's CPU — counting each
+//      block as the one that reads least plus the extra bytes at the cheapest rate, capacities
+//      as the smallest blocks, and adds the output head. A main that cannot tie with the best
+//      is not expanded; once 16 mains are, neither is one that could at most tie (the plan
+//      stays within the tie tolerance of anything left). Within a main, device sets whose own
+//      bound cannot reach the best are skipped, and the hill climbing from the three best
+//      mains' layouts skips moves that cannot improve. (SearchMode::kReference: the search
+//      before these bounds, for comparisons.)
+//   3. repair.h: for a set, layers go to the cheapest device per block first (a device's
+//      per-block time includes RPC costs), up to what fits (each device's free memory minus its
+//      compute buffer and, for the last device, the output layer); the rest to the main's CPU
+//      when allowed. The split is checked with estimate::estimate and trimmed until every
+//      device fits.
+//   4. score.h: among layouts within `tie_tolerance` of the best predicted generation speed, a
+//      total order (the winner does not depend on the evaluation order): the placement policy
+//      (spread: least loaded workers; binpack: most loaded; loads within 0.02 count as equal),
+//      then fewer GPUs, fewer RPC servers, prompt speed, generation speed, the load itself, and
+//      the main's name and devices.
+//   5. explain.h: the alternatives the plan beat and, for each unused worker, why: the filter's
+//      reasons for a worker it dropped, what the search found with it as the main (and what
+//      its GPUs would give) for one it let through; when nothing fits, the closest option.
+// launch.h turns the chosen candidate into what the workers run.
 // Pure: no I/O, deterministic for the same input.
 #pragma once
 
@@ -129,13 +139,6 @@ struct Plan {
 Plan make_plan(const estimate::ModelMemory& model, const cluster::Cluster& cluster,
                const Request& request,
                const perf::Constants& constants = perf::calibrated_constants());
-
-// Exhaustive search of the same space for small fleets (at most 6 usable GPUs): every main,
-// every number of layers on every GPU and the CPU, every choice of the device holding the
-// output. For tests. Returns nullopt when nothing fits. Throws PlanError above 6 GPUs.
-std::optional<Candidate> brute_force(
-    const estimate::ModelMemory& model, const cluster::Cluster& cluster, const Request& request,
-    const perf::Constants& constants = perf::calibrated_constants());
 
 // The cluster after a replica's claims: its devices' memory (and RPC GPUs lent to `instance`),
 // and the main's RAM.

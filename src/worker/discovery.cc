@@ -125,9 +125,9 @@ std::vector<GpuInfo> nvml_gpus(std::string* why) {
 std::uint64_t process_resident_bytes(int pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   const std::string text((std::istreambuf_iterator<char>(in)), {});
-  return text.empty() ? 0
-                      : meminfo(text, "RssAnon") + meminfo(text, "RssFile") +
-                            meminfo(text, "RssShmem");
+  return text.empty()
+             ? 0
+             : meminfo(text, "RssAnon") + meminfo(text, "RssFile") + meminfo(text, "RssShmem");
 }
 
 std::map<std::pair<std::uint32_t, int>, std::uint64_t> nvml_process_bytes() {

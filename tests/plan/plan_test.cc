@@ -1,6 +1,6 @@
 // The planner on named scenarios, its quality against an exhaustive search on random small
 // fleets and against the reference search on heterogeneous ones, replicas with spread and binpack,
-// existing claims, and bad requests.
+// existing claims, full GPUs and the filter's reasons, and bad requests.
 #include "plan/plan.h"
 
 #include <gtest/gtest.h>
@@ -13,9 +13,12 @@
 #include "gguf/reader.h"
 #include "model/profile.h"
 #include "model/synth.h"
+#include "plan/filter.h"
 #include "test_util.h"
 // Generated fleets shared with bench/plan_bench.
 #include "../../bench/fleets.h"
+// The exhaustive search the planner is measured against.
+#include "brute_force.h"
 
 namespace ggfleet::plan {
 namespace {
@@ -261,7 +264,7 @@ TEST(Plan, ExistingClaimsAndLentGpusAreRespected) {
   EXPECT_EQ(p.replicas[0].chosen.main_worker, "w3");  // w1 is loaded (spread), w2's GPU is lent
   bool lent_reason = false;
   for (const Rejection& rj : p.rejected)
-    lent_reason |= rj.worker == "w2" && rj.reason.find("lent to big") != std::string::npos;
+    lent_reason |= rj.worker == "w2" && rj.reason.find("lent to instance big") != std::string::npos;
   EXPECT_TRUE(lent_reason);
   // Asking for the lent GPU explicitly: not placed, and the reason says why.
   Request r = request(4096);
@@ -269,6 +272,142 @@ TEST(Plan, ExistingClaimsAndLentGpusAreRespected) {
   const Plan lent = make_plan(Models::get("llama3-8b-q4_0"), cl, r);
   EXPECT_FALSE(lent.feasible);
   EXPECT_NE(lent.reason.find("lent to instance big"), std::string::npos) << lent.reason;
+}
+
+// Full GPUs: the filter drops them with their figures, the worker's rejection says so, and a
+// fleet with no free GPU says that first; a requested GPU that is full says it too.
+TEST(Plan, FullGpusSayWhatTheirMemoryHolds) {
+  const char* const fleet = R"(
+workers:
+  - name: w1
+    ram: {total: 64GiB}
+    gpus:
+      - {name: NVIDIA GeForce RTX 4090, vram: 24GiB, used: 20GiB}
+      - {name: NVIDIA GeForce RTX 4090, vram: 24GiB, used: 20GiB}
+  - name: w2
+    ram: {total: 64GiB}
+    gpus: [{name: NVIDIA GeForce RTX 4090, vram: 24GiB, used: W2_USED}]
+claims:
+  - {instance: a, worker: w1, gpu: 0, vram: 4GiB}
+  - {instance: a, worker: w1, gpu: 1, vram: 4GiB}
+)";
+  auto with_w2_used = [&](const std::string& used) {
+    std::string text = fleet;
+    text.replace(text.find("W2_USED"), 7, used);
+    return cluster::parse_cluster(text);
+  };
+  const estimate::ModelMemory& m = Models::get("llama3-8b-q4_0");
+  const std::string w1_full =
+      "all 2 GPUs full: 0 B free of 48.00 GiB (40.00 GiB used, 8.00 GiB claimed)";
+  const Plan p = make_plan(m, with_w2_used("0GiB"), request(4096));
+  ASSERT_TRUE(p.feasible) << p.reason;
+  EXPECT_EQ(p.replicas[0].chosen.main_worker, "w2");
+  ASSERT_EQ(p.rejected.size(), 1u);
+  EXPECT_EQ(p.rejected[0].worker, "w1");
+  EXPECT_EQ(p.rejected[0].reason.rfind("as main at ", 0), 0u) << p.rejected[0].reason;
+  EXPECT_NE(p.rejected[0].reason.find("; " + w1_full), std::string::npos) << p.rejected[0].reason;
+  // With the main fixed to w2, w1 can neither be the main nor lend a GPU: the filter drops it.
+  Request fixed = request(4096);
+  fixed.main_worker = "w2";
+  const Plan f = make_plan(m, with_w2_used("0GiB"), fixed);
+  ASSERT_TRUE(f.feasible) << f.reason;
+  ASSERT_EQ(f.rejected.size(), 1u);
+  EXPECT_EQ(f.rejected[0].reason, "the main is fixed to w2; " + w1_full);
+  // Every GPU full and no CPU offload: nothing fits, and the reason says why first.
+  Request gpu_only = request(4096);
+  gpu_only.allow_cpu_offload = false;
+  const Plan none = make_plan(m, with_w2_used("24GiB"), gpu_only);
+  EXPECT_FALSE(none.feasible);
+  EXPECT_EQ(none.reason.rfind("does not fit: all 3 GPUs full: 0 B free of 72.00 GiB (64.00 GiB "
+                              "used, 8.00 GiB claimed); the closest option is main ",
+                              0),
+            0u)
+      << none.reason;
+  // A requested GPU that is full.
+  Request explicit_gpu = request(4096);
+  explicit_gpu.gpus = {{"w1", 1}};
+  const Plan e = make_plan(m, with_w2_used("0GiB"), explicit_gpu);
+  EXPECT_FALSE(e.feasible);
+  EXPECT_EQ(e.reason, "GPU w1:1 is full: 0 B free of 24.00 GiB (20.00 GiB used, 4.00 GiB claimed)");
+}
+
+// The filter on its own: each dropped worker and GPU with the rule that dropped it, in the
+// cluster's order; the build rule per main.
+TEST(PlanFilter, EveryDroppedWorkerAndGpuHasItsReason) {
+  const cluster::Cluster cl = cluster::parse_cluster(R"(
+workers:
+  - name: a
+    labels: {zone: x}
+    llama_build: b1
+    gpus:
+      - {name: NVIDIA GeForce RTX 4090, vram: 24GiB}
+      - {name: NVIDIA GeForce RTX 4090, vram: 24GiB}
+      - {name: NVIDIA GeForce RTX 4090, vram: 24GiB, used: 24GiB}
+  - name: b
+    labels: {zone: y}
+    gpus: [{name: NVIDIA GeForce RTX 4090, vram: 24GiB}]
+  - name: c
+    labels: {zone: x}
+    llama_build: b2
+claims:
+  - {instance: big, worker: a, gpu: 1, vram: 2GiB, rpc: true}
+)");
+  const cluster::Worker& a = cl.workers[0];
+  const cluster::Worker& b = cl.workers[1];
+  const cluster::Worker& c = cl.workers[2];
+  Request r = request();
+  r.selector = {{"zone", "x"}};
+  const Filter f(cl, r);
+  EXPECT_EQ(f.mains(), (std::vector<const cluster::Worker*>{&a, &c}));
+  ASSERT_EQ(f.gpus().size(), 1u);
+  EXPECT_EQ(f.gpus()[0].worker, &a);
+  EXPECT_EQ(f.gpus()[0].gpu, 0u);
+  EXPECT_EQ(f.main_drop(b), "excluded by the label selector");
+  EXPECT_EQ(f.drop(b), "excluded by the label selector");
+  ASSERT_EQ(f.dropped(b).size(), 1u);
+  EXPECT_EQ(f.dropped(b)[0].rule, GpuDrop::kSelector);
+  EXPECT_EQ(f.gpu_drop(b, f.dropped(b)[0]), "on a worker the selector excludes");
+  EXPECT_EQ(f.main_drop(a), "");
+  EXPECT_EQ(f.drop(a), "");
+  const std::span<const DroppedGpu> da = f.dropped(a);
+  ASSERT_EQ(da.size(), 2u);
+  EXPECT_EQ(da[0].gpu, 1u);
+  EXPECT_EQ(da[0].rule, GpuDrop::kLent);
+  EXPECT_EQ(f.gpu_drop(a, da[0]), "lent to instance big (an rpc-server serves one instance)");
+  EXPECT_EQ(da[1].gpu, 2u);
+  EXPECT_EQ(da[1].rule, GpuDrop::kFull);
+  EXPECT_EQ(f.gpu_drop(a, da[1]), "full: 0 B free of 24.00 GiB (24.00 GiB used)");
+  EXPECT_EQ(f.some_gpus_drop(a),
+            "1 of 3 GPUs lent to instance big (an rpc-server serves one instance); 1 of 3 GPUs "
+            "full: 0 B free of 24.00 GiB (24.00 GiB used)");
+  EXPECT_EQ(f.all_gpus_drop(), "");  // a:0 is usable
+  // The build rule is the main's: c may not use a's GPU.
+  EXPECT_FALSE(Filter::may_lend(c, a));
+  EXPECT_EQ(f.gpus_drop(a, c),
+            "1 of 3 GPUs lent to instance big (an rpc-server serves one instance); 1 of 3 GPUs "
+            "full: 0 B free of 24.00 GiB (24.00 GiB used); its llama.cpp build (b1) differs from "
+            "main c's (b2): llama.cpp's RPC protocol holds between equal builds only");
+  // The main fixed to c: a may not be the main, but is not dropped as a whole (a GPU is left).
+  r.main_worker = "c";
+  const Filter fixed(cl, r);
+  EXPECT_EQ(fixed.mains(), (std::vector<const cluster::Worker*>{&c}));
+  EXPECT_EQ(fixed.main_drop(a), "the main is fixed to c");
+  EXPECT_EQ(fixed.drop(a), "");
+  // Explicit GPUs: the others are not among them, b (no requested GPU) may not be the main.
+  Request e = request();
+  e.gpus = {{"a", 2}};
+  const Filter explicit_gpus(cl, e);
+  EXPECT_EQ(explicit_gpus.mains(), (std::vector<const cluster::Worker*>{&a}));
+  EXPECT_EQ(explicit_gpus.drop(b), "not among the requested GPUs");
+  EXPECT_EQ(explicit_gpus.drop(c), "not among the requested GPUs");
+  EXPECT_EQ(explicit_gpus.gpu_drop(a, explicit_gpus.dropped(a)[0]), "not among the requested GPUs");
+  EXPECT_EQ(explicit_gpus.all_gpus_drop(),
+            "the only GPU is full: 0 B free of 24.00 GiB (24.00 GiB used)");
+  EXPECT_EQ(explicit_gpus.requested_gpus_drop(),
+            "GPU a:2 is full: 0 B free of 24.00 GiB (24.00 GiB used)");
+  e.selector = {{"zone", "y"}};
+  e.gpus = {{"a", 0}};
+  EXPECT_THROW(Filter(cl, e).requested_gpus_drop(), PlanError);
 }
 
 TEST(Plan, ExplicitChoicesAreHonoured) {
