@@ -348,29 +348,30 @@ void search_best_mains(Search& s, std::vector<std::pair<double, const cluster::W
   }
 }
 
-// The fast search over main workers: mains in order of their bound (main_bound_s), none expanded
-// once its bound cannot come within the tie tolerance of the best found; identical workers once;
-// within a main, device sets whose own bound cannot reach that far are skipped. Then, as in the
-// reference search, the full search for the mains whose quick look came near the best.
-void search_fast(Search& s, const Request& r, SearchResult& out) {
+// Both searches over main workers: mains in order of their bound (`fast`: main_bound_s, else
+// bound_s), identical workers once, a quick look at each main not pruned, then the full search
+// for the mains whose quick look came near the best. Pruned: a main whose bound cannot even tie
+// with the best found; in the fast search also, once kTieMains mains are expanded, one that could
+// at most tie (the plan is then within the tolerance of any it would give, and the policy chooses
+// among the ties found), and within a main the device sets whose own bound cannot reach the
+// best's tie floor.
+void search_mains(Search& s, const Request& r, bool fast, SearchResult& out) {
   constexpr std::uint64_t kTieMains = 16;
   std::vector<std::pair<double, const cluster::Worker*>> order;
   order.reserve(s.mains().size());
-  for (const cluster::Worker* w : s.mains()) order.emplace_back(s.main_bound_s(*w), w);
+  for (const cluster::Worker* w : s.mains())
+    order.emplace_back(fast ? s.main_bound_s(*w) : s.bound_s(*w), w);
   std::stable_sort(order.begin(), order.end(),
                    [](const auto& a, const auto& b) { return a.first < b.first; });
-  const auto floor_of = [&](double best_tg) { return best_tg / (1.0 + r.tie_tolerance); };
+  const double tie = 1.0 + r.tie_tolerance;
   std::map<std::string, std::string> seen;
   std::vector<std::pair<double, const cluster::Worker*>> quick;
   double best_tg = 0;
   for (const auto& [bound, w] : order) {
     if (bound == kInf) continue;
-    // Sorted by bound: a main that cannot even tie with the best is not expanded. Once
-    // kTieMains mains are expanded, neither is one that could at most tie: the plan is then
-    // within the tolerance of any it would give, and the policy chooses among the ties found.
     const double reach = 1.0 / bound;
-    if (best_tg > 0 && (reach * (1.0 + r.tie_tolerance) < best_tg ||
-                        (out.mains >= kTieMains && reach <= best_tg * (1.0 + r.tie_tolerance)))) {
+    if (best_tg > 0 &&
+        (reach * tie < best_tg || (fast && out.mains >= kTieMains && reach <= best_tg * tie))) {
       out.bound_tg[w->name] = reach;
       continue;
     }
@@ -381,38 +382,7 @@ void search_fast(Search& s, const Request& r, SearchResult& out) {
     }
     seen[sig] = w->name;
     ++out.mains;
-    const double tg = quick_look(s, *w, floor_of(best_tg), out);
-    best_tg = std::max(best_tg, tg);
-    quick.emplace_back(tg, w);
-  }
-  search_best_mains(s, std::move(quick), best_tg, out);
-}
-
-// The reference search: mains best bound (bound_s) first, identical workers once. Phase 1: a
-// quick look at every main (its fastest-first sets, the default output device). Phase 2: the
-// full search for the mains whose quick result is near the best.
-void search_reference(Search& s, const Request& r, SearchResult& out) {
-  std::vector<std::pair<double, const cluster::Worker*>> order;
-  for (const cluster::Worker* w : s.mains()) order.emplace_back(s.bound_s(*w), w);
-  std::stable_sort(order.begin(), order.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
-  std::map<std::string, std::string> seen;
-  std::vector<std::pair<double, const cluster::Worker*>> quick;
-  double best_tg = 0;
-  for (const auto& [bound, w] : order) {
-    if (bound == kInf) continue;
-    if (best_tg > 0 && 1.0 / bound * (1.0 + r.tie_tolerance) < best_tg) {
-      out.bound_tg[w->name] = 1.0 / bound;
-      continue;
-    }
-    const std::string sig = s.signature(*w);
-    if (const auto it = seen.find(sig); it != seen.end()) {
-      out.copies[w->name] = it->second;
-      continue;
-    }
-    seen[sig] = w->name;
-    ++out.mains;
-    const double tg = quick_look(s, *w, 0, out);
+    const double tg = quick_look(s, *w, fast ? best_tg / tie : 0, out);
     best_tg = std::max(best_tg, tg);
     quick.emplace_back(tg, w);
   }
@@ -486,10 +456,8 @@ SearchResult search_layouts(Search& s, const Request& r) {
   if (!r.gpus.empty()) {
     out.all = explicit_layouts(s, r);
     out.mains = s.mains().size();
-  } else if (r.search == SearchMode::kFast) {
-    search_fast(s, r, out);
   } else {
-    search_reference(s, r, out);
+    search_mains(s, r, r.search == SearchMode::kFast, out);
   }
   if (r.gpus.empty() && !out.all.empty()) improve_best(s, r, out);
   out.layouts = s.evaluated();
