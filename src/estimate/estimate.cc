@@ -136,21 +136,25 @@ std::uint64_t kv_layer_bytes(const model::Profile& p, const ContextOptions& c, c
 // keeps live (the residual stream, inputs), which the callers add.
 // `dequant_bytes_per_cell`: CUDA's flash attention reads a quantized cache through f16 copies of
 // the layer's K and V, this many bytes per cell (0 otherwise).
+// `ffn_tokens`: the rows that reach the feed-forward part. The last block gathers only the rows
+// whose logits are wanted before its FFN (llama-server reserves one per sequence), so there it is
+// far fewer than `tokens`.
 std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
-                                     std::uint64_t tokens, bool fa, std::uint64_t kv_cells,
-                                     std::uint64_t dequant_bytes_per_cell) {
+                                     std::uint64_t tokens, std::uint64_t ffn_tokens, bool fa,
+                                     std::uint64_t kv_cells, std::uint64_t dequant_bytes_per_cell) {
   const model::Attention& a = p.attention;
-  const std::uint64_t f32 = 4 * tokens;
+  const std::uint64_t row = 4 * ffn_tokens;  // one f32 element per FFN row
   std::uint64_t ffn = 0;
   const bool moe = p.experts.count > 0 && il >= p.experts.leading_dense_blocks;
   if (moe) {
     const std::uint64_t used = p.experts.used;
-    ffn = 2 * p.experts.count * f32 + 3 * p.experts.feed_forward_length * used * f32 +
-          p.embedding_length * used * f32 +
-          3 * p.experts.feed_forward_length * p.experts.shared * f32;
+    ffn = 2 * p.experts.count * row + 3 * p.experts.feed_forward_length * used * row +
+          p.embedding_length * used * row +
+          3 * p.experts.feed_forward_length * p.experts.shared * row;
   } else {
-    ffn = 3 * p.feed_forward_length * f32;
+    ffn = 3 * p.feed_forward_length * row;
   }
+  const std::uint64_t f32 = 4 * tokens;
   std::uint64_t attn = 0;
   if (a.is_mla()) {
     attn = std::uint64_t{a.head_count} *
@@ -303,18 +307,25 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
   const std::uint64_t tokens =
       std::min<std::uint64_t>(kv.n_ctx, std::min(c.ubatch_tokens, c.batch_tokens));
   const std::uint64_t hidden = p.embedding_length * tokens * 4;  // one residual-stream tensor
-  bool has_global = false;
-  bool has_swa = false;
-  for (std::uint32_t il = 0; il < blocks; ++il) {
-    if (p.attention.head_count_kv_per_block[il] == 0) continue;
-    const bool swa =
-        !p.attention.sliding_window_blocks.empty() && p.attention.sliding_window_blocks[il];
-    (swa ? has_swa : has_global) = true;
-  }
+  // The attention masks the blocks chosen by `pick` read: one over the whole cache for global
+  // attention, one over the window for sliding-window attention. A device receives only those
+  // its own blocks use; the host builds them all.
   const std::uint64_t mask_elem = e.flash_attention ? 2 : 4;
-  const std::uint64_t mask =
-      ((has_global ? kv.cells : 0) + (has_swa ? kv.swa_cells : 0)) * tokens * mask_elem;
+  auto mask_of = [&](auto pick) {
+    bool global = false;
+    bool window = false;
+    for (std::uint32_t il = 0; il < blocks; ++il) {
+      if (!pick(il) || p.attention.head_count_kv_per_block[il] == 0) continue;
+      const bool swa =
+          !p.attention.sliding_window_blocks.empty() && p.attention.sliding_window_blocks[il];
+      (swa ? window : global) = true;
+    }
+    return ((global ? kv.cells : 0) + (window ? kv.swa_cells : 0)) * tokens * mask_elem;
+  };
+  const std::uint64_t mask = mask_of([](std::uint32_t) { return true; });
   const std::uint64_t logits = p.vocab_size * 4 * c.parallel;
+  // llama-server reserves the graph for one output row per sequence (n_outputs_max = -np).
+  const std::uint64_t output_rows = std::min<std::uint64_t>(tokens, std::max(1u, c.parallel));
   const bool quantized_kv =
       gguf::traits(c.cache_type_k).quantized || gguf::traits(c.cache_type_v).quantized;
   auto peak_of = [&](auto pick, bool cuda) {
@@ -327,8 +338,9 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
       const std::uint64_t per_cell =
           p.attention.key_length + (p.attention.is_mla() ? 0 : p.attention.value_length);
       const std::uint64_t dequant = cuda && quantized_kv ? 2 * heads_kv * per_cell : 0;
+      const std::uint64_t ffn_tokens = il + 1 == blocks ? output_rows : tokens;
       peak = std::max(peak,
-                      block_activation_bytes(p, il, tokens, e.flash_attention,
+                      block_activation_bytes(p, il, tokens, ffn_tokens, e.flash_attention,
                                              swa ? kv.swa_cells : kv.cells, dequant * kv.streams));
     }
     return peak;
@@ -341,25 +353,6 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
       cpu_expert_peak = std::max(cpu_expert_peak, m.layers[il].largest_expert_bytes);
     }
   }
-  bool first_with_blocks = true;
-  for (std::size_t d = 0; d < n_dev; ++d) {
-    DeviceUsage& u = e.devices[d];
-    std::uint64_t bytes = 0;
-    if (u.first_block >= 0) {
-      const bool cuda = layout.devices[d].backend == Backend::kCuda;
-      bytes = peak_of([&](std::uint32_t il) { return where[il] == static_cast<std::int32_t>(d); },
-                      cuda) +
-              3 * hidden + mask;
-      if (e.pipeline_parallel) {
-        // Four copies of every input that crosses into the device; the first device also keeps
-        // one more hidden state (measured on CPU-backed RPC and CUDA).
-        bytes += (kPipelineCopies - 1) * (hidden + mask) + (first_with_blocks ? hidden : 0);
-      }
-      first_with_blocks = false;
-    }
-    if (u.has_output) bytes += logits;
-    u.compute_bytes = bytes;
-  }
   // Op offload: with layers left on the CPU, a local CUDA GPU runs their large matrix products,
   // so the host only prepares inputs, and the first GPU holds the weights it is handed: for MoE
   // blocks the largest expert tensor, for dense blocks about one hidden state (measured on H200).
@@ -369,6 +362,29 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
       offload_gpu = static_cast<std::int32_t>(d);
   }
   const bool op_offload = cpu_has_blocks && offload_gpu >= 0 && tokens >= 32;
+  bool first_with_blocks = true;
+  for (std::size_t d = 0; d < n_dev; ++d) {
+    DeviceUsage& u = e.devices[d];
+    std::uint64_t bytes = 0;
+    if (u.first_block >= 0) {
+      const bool cuda = layout.devices[d].backend == Backend::kCuda;
+      // The GPU that runs the CPU layers' products sizes its buffer for those blocks too.
+      const bool runs_cpu_blocks = op_offload && static_cast<std::int32_t>(d) == offload_gpu;
+      auto on_device = [&](std::uint32_t il) {
+        return where[il] == static_cast<std::int32_t>(d) || (runs_cpu_blocks && where[il] < 0);
+      };
+      const std::uint64_t device_mask = mask_of(on_device);
+      bytes = peak_of(on_device, cuda) + 3 * hidden + device_mask;
+      if (e.pipeline_parallel) {
+        // Four copies of every input that crosses into the device; the first device also keeps
+        // one more hidden state (measured on CPU-backed RPC and CUDA).
+        bytes += (kPipelineCopies - 1) * (hidden + device_mask) + (first_with_blocks ? hidden : 0);
+      }
+      first_with_blocks = false;
+    }
+    if (u.has_output) bytes += logits;
+    u.compute_bytes = bytes;
+  }
   if (op_offload) {
     DeviceUsage& g = e.devices[static_cast<std::size_t>(offload_gpu)];
     // Expert products are offloaded only when each expert sees at least 32 tokens on average.

@@ -172,8 +172,12 @@ std::optional<Eval> SplitRepair::split_with_last(const cluster::Worker& main,
     double room = static_cast<double>(devs_[order[i]].free_bytes) -
                   static_cast<double>(pe.devices[i].compute_bytes);
     if (i + 1 == order.size()) room -= output_mem_bytes_;
-    if (room < 0) return std::nullopt;  // cannot even hold its buffers (or the output)
-    cap[i] = static_cast<std::uint32_t>(std::min<double>(blocks_, std::floor(room / per_block)));
+    // The probe's compute buffers are those of devices with blocks: one without (dropped below,
+    // or the last holding the output alone) may still fit, as the repair's estimates will say.
+    cap[i] =
+        room <= 0
+            ? 0
+            : static_cast<std::uint32_t>(std::min<double>(blocks_, std::floor(room / per_block)));
   }
   const bool auto_layers = gpu_layers == kAutoGpuLayers;
   const bool cpu_allowed = r_.allow_cpu_offload && auto_layers;
@@ -230,6 +234,8 @@ std::optional<Eval> SplitRepair::split_with_last(const cluster::Worker& main,
   }
   if (!fits_with(on).fits) return std::nullopt;
   while (cpu_blocks > 0 && cpu_allowed && place_one(on, order.size(), cpu_cost)) --cpu_blocks;
+  // A device the split left empty may still hold the last block, whose compute buffer is smaller.
+  if (std::find(on.begin(), on.end() - 1, 0u) != on.end() - 1) climb(main, order, on, cpu_allowed);
   // Devices that got nothing are left out (the last one holds the output); without them the
   // others may have room for more, so the smaller set is split again.
   std::vector<std::size_t> kept;
@@ -242,6 +248,44 @@ std::optional<Eval> SplitRepair::split_with_last(const cluster::Worker& main,
   }
   if (kept.size() < order.size()) return split_with_last(main, kept, gpu_layers);
   return realize(main, kept, kept_on);
+}
+
+void SplitRepair::climb(const cluster::Worker& main, const std::vector<std::size_t>& order,
+                        std::vector<std::uint32_t>& on, bool cpu_allowed) {
+  std::optional<Eval> current = realize(main, order, on);
+  if (!current) return;
+  const std::size_t cpu = order.size();  // stands for the main's CPU
+  auto blocks_at = [&](std::size_t i) {
+    return i == cpu ? blocks_ - std::accumulate(on.begin(), on.end(), 0u) : on[i];
+  };
+  // Each round keeps the first move that helps; a move is one block, so rounds are few. Only
+  // moves to or from the device with the last block: the first split already ranked the others
+  // by their per-block cost, and the last block is what that ranking cannot see.
+  for (std::size_t round = 0; round < 2 * order.size() + 2; ++round) {
+    std::size_t tail = cpu;
+    for (std::size_t i = 0; i < order.size(); ++i) {
+      if (on[i] > 0) tail = i;
+    }
+    if (tail == cpu) return;
+    bool moved = false;
+    for (std::size_t other = 0; other <= cpu && !moved; ++other) {
+      if (other == tail || (other == cpu && !cpu_allowed)) continue;
+      for (const auto& [from, to] : {std::pair{tail, other}, std::pair{other, tail}}) {
+        if (blocks_at(from) == 0) continue;
+        std::vector<std::uint32_t> next = on;
+        if (from != cpu) --next[from];
+        if (to != cpu) ++next[to];
+        std::optional<Eval> ev = realize(main, order, next);
+        if (ev && ev->tg > current->tg * (1 + 1e-9)) {
+          on = std::move(next);
+          current = std::move(ev);
+          moved = true;
+          break;
+        }
+      }
+    }
+    if (!moved) break;
+  }
 }
 
 double SplitRepair::load_after(const Eval& ev) const {

@@ -10,8 +10,9 @@
 // block first, up to what fits after its compute buffer, the rest to the main's CPU when allowed;
 // then, with the real estimate, a block leaves an overflowing device for the cheapest device
 // where it still fits (else the CPU), blocks on the CPU move to cheaper devices where they fit,
-// and devices left empty are dropped and the smaller set split again. Deterministic; counts
-// every estimate it makes (evaluated()).
+// single blocks move to and from the device with the last block while that makes the layout
+// faster and it still fits, and devices left empty are dropped and the smaller set split again.
+// Deterministic; counts every estimate it makes (evaluated()).
 #pragma once
 
 #include <cstddef>
@@ -77,6 +78,14 @@ class SplitRepair {
   std::optional<Eval> split_with_last(const cluster::Worker& main,
                                       const std::vector<std::size_t>& order,
                                       std::int32_t gpu_layers);
+  // Moves single blocks to and from the device that holds the last block (from and to the other
+  // devices of `order`, and the main's CPU when `cpu_allowed`), keeping each move after which the
+  // layout fits and is predicted faster; `on` must fit. The
+  // per-block capacities of the first split treat blocks alike, the estimate does not: the device
+  // with the last block passes only the output rows through its feed-forward part, so a small
+  // device may hold that block where it could hold no other.
+  void climb(const cluster::Worker& main, const std::vector<std::size_t>& order,
+             std::vector<std::uint32_t>& on, bool cpu_allowed);
   // Highest utilisation (used / total memory) among the workers an evaluation uses, after it.
   double load_after(const Eval& ev) const;
 

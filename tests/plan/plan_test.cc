@@ -557,11 +557,12 @@ cluster::Cluster random_fleet(std::mt19937& rng) {
       gpu.fp16_flops = 1e14;
       gpu.vram_bytes = static_cast<std::uint64_t>(
           free_gib[static_cast<std::size_t>(pick(rng)) % free_gib.size()] * (1ull << 30));
-      // The sizes above are room for llama.cpp's buffers, 1 to 9 blocks per GPU, as when this
-      // test was written. Known gap: with cluster::kCudaRuntimeBytes taken off them, GPUs with
-      // room for about one block appear and the split search misses the exhaustive optimum on
-      // 6 of 300 fleets (fleet 149: 24.8 against 40.3 tokens/s: it leaves two such GPUs unused).
-      gpu.runtime_bytes = 0;
+      // The CUDA runtime comes off these sizes, which leaves GPUs with room for one block or for
+      // the output layer alone: the split search must see that the device with the last block
+      // needs a smaller compute buffer, and that a GPU too small for any block may hold the
+      // output (before it did, 3 of 300 fleets missed the optimum without the runtime and 2 with
+      // it; fleet 16: 25.5 against 30.6 tokens/s with the output alone on a remote A100 slice).
+      gpu.runtime_bytes = cluster::kCudaRuntimeBytes;
       w.gpus.push_back(gpu);
     }
     c.workers.push_back(w);
