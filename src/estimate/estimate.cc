@@ -138,10 +138,13 @@ std::uint64_t kv_layer_bytes(const model::Profile& p, const ContextOptions& c, c
 // the layer's K and V, this many bytes per cell (0 otherwise).
 // `ffn_tokens`: the rows that reach the feed-forward part. The last block gathers only the rows
 // whose logits are wanted before its FFN (llama-server reserves one per sequence), so there it is
-// far fewer than `tokens`.
+// far fewer than `tokens`. `copied_cache_bytes` and `copied_weight_bytes`: what a GPU that runs
+// a CPU block's products receives for its attention and for its feed-forward part (see the caller).
 std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
                                      std::uint64_t tokens, std::uint64_t ffn_tokens, bool fa,
-                                     std::uint64_t kv_cells, std::uint64_t dequant_bytes_per_cell) {
+                                     std::uint64_t kv_cells, std::uint64_t dequant_bytes_per_cell,
+                                     std::uint64_t copied_cache_bytes,
+                                     std::uint64_t copied_weight_bytes) {
   const model::Attention& a = p.attention;
   const std::uint64_t row = 4 * ffn_tokens;  // one f32 element per FFN row
   std::uint64_t ffn = 0;
@@ -154,6 +157,7 @@ std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
   } else {
     ffn = 3 * p.feed_forward_length * row;
   }
+  ffn += copied_weight_bytes;
   const std::uint64_t f32 = 4 * tokens;
   std::uint64_t attn = 0;
   if (a.is_mla()) {
@@ -167,6 +171,7 @@ std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
   }
   if (a.head_count_kv_per_block[il] > 0) {
     attn += fa ? kv_cells * dequant_bytes_per_cell : kv_cells * tokens * a.head_count * 4;
+    attn += copied_cache_bytes;
   }
   return std::max(ffn, attn);
 }
@@ -328,6 +333,23 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
   const std::uint64_t output_rows = std::min<std::uint64_t>(tokens, std::max(1u, c.parallel));
   const bool quantized_kv =
       gguf::traits(c.cache_type_k).quantized || gguf::traits(c.cache_type_v).quantized;
+  bool cpu_has_blocks = false;
+  for (std::uint32_t il = 0; il < blocks; ++il) {
+    if (where[il] < 0) cpu_has_blocks = true;
+  }
+  // Op offload: with layers left on the CPU, a local CUDA GPU runs their large matrix products,
+  // so the host only prepares inputs, and the first GPU holds the weights it is handed: for MoE
+  // blocks their largest expert tensor, for dense blocks about one hidden state (measured on
+  // H200). Expert products are offloaded only when each expert sees at least 32 tokens on
+  // average.
+  std::int32_t offload_gpu = -1;
+  for (std::size_t d = 0; d < n_dev && offload_gpu < 0; ++d) {
+    if (!layout.devices[d].remote && layout.devices[d].backend == Backend::kCuda)
+      offload_gpu = static_cast<std::int32_t>(d);
+  }
+  const bool op_offload = cpu_has_blocks && offload_gpu >= 0 && tokens >= 32;
+  const bool experts_offloaded =
+      p.experts.count > 0 && tokens * p.experts.used / p.experts.count >= 32;
   auto peak_of = [&](auto pick, bool cuda) {
     std::uint64_t peak = 0;
     for (std::uint32_t il = 0; il < blocks; ++il) {
@@ -339,29 +361,29 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
           p.attention.key_length + (p.attention.is_mla() ? 0 : p.attention.value_length);
       const std::uint64_t dequant = cuda && quantized_kv ? 2 * heads_kv * per_cell : 0;
       const std::uint64_t ffn_tokens = il + 1 == blocks ? output_rows : tokens;
-      peak = std::max(peak,
-                      block_activation_bytes(p, il, tokens, ffn_tokens, e.flash_attention,
-                                             swa ? kv.swa_cells : kv.cells, dequant * kv.streams));
+      const std::uint64_t cells = swa ? kv.swa_cells : kv.cells;
+      // A CPU block whose products a GPU runs (op offload): its attention follows the query onto
+      // that GPU, which receives copies of the layer's K and V views of the host cache (with MLA
+      // both views are whole latent rows), and, for a quantized cache, f16 copies of them
+      // (measured on H200 with ggml-alloc's debug output).
+      std::uint64_t copied = 0;
+      if (cuda && where[il] < 0 && heads_kv > 0 && !is_recurrent_layer(p, il)) {
+        const std::uint64_t layer = kv_layer_bytes(p, c, kv, il, 1);
+        copied = p.attention.is_mla() ? 2 * layer : layer;
+        if (quantized_kv && p.attention.is_mla())
+          copied += 2 * std::uint64_t{p.attention.kv_lora_rank} * cells * kv.streams;
+      }
+      std::uint64_t weights_in = 0;
+      if (cuda && where[il] < 0) {
+        const std::uint64_t experts = m.layers[il].largest_expert_bytes;
+        weights_in = experts_offloaded && experts > 0 ? experts : hidden;
+      }
+      peak =
+          std::max(peak, block_activation_bytes(p, il, tokens, ffn_tokens, e.flash_attention, cells,
+                                                dequant * kv.streams, copied, weights_in));
     }
     return peak;
   };
-  std::uint64_t cpu_expert_peak = 0;
-  bool cpu_has_blocks = false;
-  for (std::uint32_t il = 0; il < blocks; ++il) {
-    if (where[il] < 0) {
-      cpu_has_blocks = true;
-      cpu_expert_peak = std::max(cpu_expert_peak, m.layers[il].largest_expert_bytes);
-    }
-  }
-  // Op offload: with layers left on the CPU, a local CUDA GPU runs their large matrix products,
-  // so the host only prepares inputs, and the first GPU holds the weights it is handed: for MoE
-  // blocks the largest expert tensor, for dense blocks about one hidden state (measured on H200).
-  std::int32_t offload_gpu = -1;
-  for (std::size_t d = 0; d < n_dev && offload_gpu < 0; ++d) {
-    if (!layout.devices[d].remote && layout.devices[d].backend == Backend::kCuda)
-      offload_gpu = static_cast<std::int32_t>(d);
-  }
-  const bool op_offload = cpu_has_blocks && offload_gpu >= 0 && tokens >= 32;
   bool first_with_blocks = true;
   for (std::size_t d = 0; d < n_dev; ++d) {
     DeviceUsage& u = e.devices[d];
@@ -387,13 +409,6 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
   }
   if (op_offload) {
     DeviceUsage& g = e.devices[static_cast<std::size_t>(offload_gpu)];
-    // Expert products are offloaded only when each expert sees at least 32 tokens on average.
-    const bool experts_offloaded = p.experts.count > 0 &&
-                                   tokens * p.experts.used / p.experts.count >= 32 &&
-                                   cpu_expert_peak > 0;
-    g.compute_bytes += experts_offloaded ? cpu_expert_peak : hidden;
-    // It also receives the attention masks of all streams for the CPU layers' products.
-    g.compute_bytes += mask * (kv.streams - 1);
     if (g.first_block < 0) {
       g.compute_bytes +=
           peak_of([&](std::uint32_t il) { return where[il] < 0; }, true) + 3 * hidden + mask;
