@@ -6,6 +6,7 @@
 #include "cluster/units.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
+#include "model/source.h"
 
 namespace ggfleet::cli {
 namespace {
@@ -130,7 +131,7 @@ std::string estimate_table(const std::vector<std::pair<std::int32_t, estimate::E
 int run_estimate(const EstimateRequest& r) {
   if (r.gpu_layers_step < 0) throw estimate::LayoutError("--ngl-step must be positive");
   const estimate::Layout base = build_layout(r);
-  const gguf::Model model = gguf::Model::open(r.model);
+  const gguf::Model model = model::open_model(r.model);
   const estimate::ModelMemory memory = estimate::ModelMemory::from(model, model::profile(model));
   std::vector<std::pair<std::int32_t, estimate::Estimate>> rows;
   if (r.gpu_layers_step > 0) {

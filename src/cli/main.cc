@@ -17,6 +17,7 @@
 #include "cluster/units.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
+#include "model/source.h"
 #include "model/synth.h"
 #include "worker/probe.h"
 
@@ -25,7 +26,7 @@ namespace {
 using namespace ggfleet;
 
 int run_inspect(const std::string& path, bool as_json) {
-  const gguf::Model model = gguf::Model::open(path);
+  const gguf::Model model = model::open_model(path);
   const model::Profile p = model::profile(model);
   if (as_json) {
     std::cout << cli::inspect_json(model, p).dump(2, ' ', false,

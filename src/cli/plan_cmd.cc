@@ -9,6 +9,7 @@
 #include "cli/predict_cmd.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
+#include "model/source.h"
 #include "perf/corrections.h"
 #include "plan/calibrated.h"
 #include "plan/options.h"
@@ -145,7 +146,7 @@ perf::Corrections load_calibration(const std::string& path) {
 int run_plan(const PlanRequest& r) {
   const cluster::Cluster cluster = cluster::load_cluster(r.cluster_file);
   const plan::Request q = build_request(r);
-  const gguf::Model model = gguf::Model::open(r.options.model);
+  const gguf::Model model = model::open_model(r.options.model);
   const estimate::ModelMemory memory = estimate::ModelMemory::from(model, model::profile(model));
   plan::Plan p;
   if (r.calibration_file.empty()) {

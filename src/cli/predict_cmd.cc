@@ -9,6 +9,7 @@
 #include "estimate/fit.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
+#include "model/source.h"
 #include "plan/report.h"
 
 namespace ggfleet::cli {
@@ -164,7 +165,7 @@ int run_predict(const PredictRequest& r) {
   opts.tensor_split.clear();
   const estimate::Layout context_only = build_layout(opts);
   placed.layout.context = context_only.context;
-  const gguf::Model model = gguf::Model::open(r.options.model);
+  const gguf::Model model = model::open_model(r.options.model);
   const estimate::ModelMemory memory = estimate::ModelMemory::from(model, model::profile(model));
   if (r.options.gpu_layers == kFitGpuLayers) {
     placed.layout.gpu_layers =

@@ -30,6 +30,7 @@ struct Response {
   std::uint64_t body_limit = 0;  // stop (error) after this many bytes: we never want tensor data
   std::uint64_t received = 0;
   std::string content_range;
+  std::string link;  // the Link header (pagination of listings)
   std::size_t header_bytes = 0;
   std::size_t max_header_bytes = 0;
   bool allow_private = true;
@@ -68,16 +69,20 @@ std::size_t on_header(char* data, std::size_t size, std::size_t n, void* user) {
   r->header_bytes += size * n;
   if (r->header_bytes > r->max_header_bytes) return 0;  // aborts: a header that never ends
   std::string line(data, size * n);
-  const std::string name = "content-range:";
-  if (line.size() > name.size() && strncasecmp(line.c_str(), name.c_str(), name.size()) == 0) {
-    r->content_range = line.substr(name.size());
-  }
+  auto value_of = [&line](const std::string& name, std::string* out) {
+    if (line.size() > name.size() && strncasecmp(line.c_str(), name.c_str(), name.size()) == 0)
+      *out = line.substr(name.size());
+  };
+  value_of("content-range:", &r->content_range);
+  value_of("link:", &r->link);
   return size * n;
 }
 
-// Fetches [first, last] (inclusive) of `url` into `out`.
-Response get_range(const std::string& url, std::uint64_t first, std::uint64_t last,
-                   std::vector<std::byte>* out) {
+// One GET of `url` under the policy: the byte range `range` ("first-last", or "" for the whole
+// resource), at most `body_limit` bytes of body into `out`. Throws gguf::Error (at `offset`) when
+// the transfer fails, the policy refuses an address, the headers run on, or the body is longer.
+Response perform(const std::string& url, const std::string& range, std::uint64_t body_limit,
+                 std::uint64_t offset, std::vector<std::byte>* out) {
   global_init();
   std::unique_ptr<CURL, void (*)(CURL*)> curl(curl_easy_init(), curl_easy_cleanup);
   if (!curl) throw Error(url, Error::kNoOffset, "cannot initialise libcurl");
@@ -86,11 +91,20 @@ Response get_range(const std::string& url, std::uint64_t first, std::uint64_t la
   r.allow_private = policy.allow_private_addresses;
   r.max_header_bytes = policy.max_header_bytes;
   r.body = out;
-  r.body_limit = last - first + 1;
-  const std::string range = std::to_string(first) + "-" + std::to_string(last);
+  r.body_limit = body_limit;
+  std::unique_ptr<curl_slist, void (*)(curl_slist*)> headers(nullptr, curl_slist_free_all);
+  for (const auto& [prefix, token] : policy.bearer_tokens) {
+    if (!token.empty() && url.rfind(prefix, 0) == 0) {
+      // libcurl sends a custom Authorization header to the first host only, not after a
+      // redirect to another one (a CDN).
+      headers.reset(curl_slist_append(nullptr, ("Authorization: Bearer " + token).c_str()));
+      break;
+    }
+  }
   char curl_error[CURL_ERROR_SIZE] = {0};
   curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl.get(), CURLOPT_RANGE, range.c_str());
+  if (!range.empty()) curl_easy_setopt(curl.get(), CURLOPT_RANGE, range.c_str());
+  if (headers) curl_easy_setopt(curl.get(), CURLOPT_HTTPHEADER, headers.get());
   curl_easy_setopt(curl.get(), CURLOPT_FOLLOWLOCATION, 1L);
   curl_easy_setopt(curl.get(), CURLOPT_MAXREDIRS, policy.max_redirects);
   curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "http,https");
@@ -109,25 +123,37 @@ Response get_range(const std::string& url, std::uint64_t first, std::uint64_t la
   curl_easy_setopt(curl.get(), CURLOPT_ERRORBUFFER, curl_error);
   const CURLcode rc = curl_easy_perform(curl.get());
   curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &r.status);
-  if (rc == CURLE_WRITE_ERROR && r.status == 200) {
-    throw Error(url, first, "server ignored the range request (HTTP 200 with the whole file)");
+  if (rc == CURLE_WRITE_ERROR && r.status == 200 && !range.empty()) {
+    throw Error(url, offset, "server ignored the range request (HTTP 200 with the whole file)");
   }
   if (!r.refused_ip.empty()) {
-    throw Error(url, first,
+    throw Error(url, offset,
                 "refused: " + r.refused_ip +
                     " is a loopback, private or link-local address (the server does not fetch "
                     "from its own network unless started with --allow-private-urls)");
   }
   if (r.header_bytes > r.max_header_bytes) {
     throw Error(
-        url, first,
+        url, offset,
         "refused: the response headers passed " + std::to_string(r.max_header_bytes) + " bytes");
   }
+  if (rc == CURLE_WRITE_ERROR) {
+    throw Error(url, offset,
+                "the answer is longer than the " + std::to_string(body_limit) + " bytes expected");
+  }
   if (rc != CURLE_OK) {
-    throw Error(url, first,
+    throw Error(url, offset,
                 std::string("HTTP request failed: ") +
                     (curl_error[0] ? curl_error : curl_easy_strerror(rc)));
   }
+  return r;
+}
+
+// Fetches [first, last] (inclusive) of `url` into `out`.
+Response get_range(const std::string& url, std::uint64_t first, std::uint64_t last,
+                   std::vector<std::byte>* out) {
+  const std::string range = std::to_string(first) + "-" + std::to_string(last);
+  Response r = perform(url, range, last - first + 1, first, out);
   if (r.status != 206) {
     throw Error(url, first,
                 "expected HTTP 206 for bytes " + range + ", got " + std::to_string(r.status));
@@ -172,6 +198,23 @@ bool is_private_address(const std::string& ip) {
   return (b[0] & 0xfe) == 0xfc ||                         // fc00::/7 unique local
          (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) ||       // fe80::/10 link-local
          b[0] == 0xff;                                    // multicast
+}
+
+HttpText get_text(const std::string& url, std::size_t max_bytes) {
+  std::vector<std::byte> body;
+  const Response r = perform(url, "", max_bytes, Error::kNoOffset, &body);
+  HttpText t;
+  t.status = r.status;
+  t.body.assign(reinterpret_cast<const char*>(body.data()), body.size());
+  // Link: <https://...>; rel="next"
+  const auto rel = r.link.find("rel=\"next\"");
+  const auto open = r.link.rfind('<', rel);
+  const auto close = r.link.find('>', open == std::string::npos ? 0 : open);
+  if (rel != std::string::npos && open != std::string::npos && close != std::string::npos &&
+      close < rel) {
+    t.next_url = r.link.substr(open + 1, close - open - 1);
+  }
+  return t;
 }
 
 bool is_url(const std::string& path) {

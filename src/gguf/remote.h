@@ -4,9 +4,21 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ggfleet::gguf {
+
+// A small resource fetched whole (a JSON listing): its status, body and the target of its
+// Link rel="next" header ("" when none).
+struct HttpText {
+  long status = 0;
+  std::string body;
+  std::string next_url;
+};
+// GETs `url` under the policy. Throws gguf::Error on transport errors, refused addresses, or a
+// body longer than `max_bytes`; any HTTP status is returned.
+HttpText get_text(const std::string& url, std::size_t max_bytes);
 
 // True for "http://" and "https://" URLs.
 bool is_url(const std::string& path);
@@ -20,6 +32,9 @@ struct RemotePolicy {
   long max_redirects = 5;       // each hop's address is checked again
   long request_timeout_s = 60;  // whole request, headers that trickle in included
   std::size_t max_header_bytes = 64 << 10;
+  // Bearer tokens by URL prefix: a request whose URL starts with the prefix carries
+  // "Authorization: Bearer TOKEN" (to that host only; never after a redirect to another).
+  std::vector<std::pair<std::string, std::string>> bearer_tokens;
 };
 void set_remote_policy(const RemotePolicy& policy);
 RemotePolicy remote_policy();

@@ -11,61 +11,11 @@
 #include "gguf/reader.h"
 #include "gguf/remote.h"
 #include "gguf/writer.h"
+#include "range_server.h"
 #include "test_util.h"
 
 namespace ggfleet::gguf {
 namespace {
-
-class RangeServer {
- public:
-  explicit RangeServer(std::string root) : root_(std::move(root)) {
-    server_.Get(R"(/files/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
-      const std::string path = root_ + "/" + req.matches[1].str();
-      std::error_code ec;
-      const auto size = std::filesystem::file_size(path, ec);
-      if (ec) {
-        res.status = 404;
-        return;
-      }
-      res.set_content_provider(
-          static_cast<std::size_t>(size), "application/octet-stream",
-          [this, path](std::size_t offset, std::size_t length, httplib::DataSink& sink) {
-            std::ifstream in(path, std::ios::binary);
-            in.seekg(static_cast<std::streamoff>(offset));
-            std::vector<char> buf(std::min<std::size_t>(length, 1 << 16));
-            std::size_t left = length;
-            while (left > 0) {
-              const std::size_t n = std::min(left, buf.size());
-              in.read(buf.data(), static_cast<std::streamsize>(n));
-              if (!sink.write(buf.data(), n)) return false;
-              served_ += n;
-              left -= n;
-            }
-            return true;
-          });
-    });
-    port_ = server_.bind_to_any_port("127.0.0.1");
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
-    // The socket already listens after bind; wait (bounded) for the accept loop too.
-    for (int i = 0; i < 500 && !server_.is_running(); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ~RangeServer() {
-    server_.stop();
-    thread_.join();
-  }
-  std::string url(const std::string& name) const {
-    return "http://127.0.0.1:" + std::to_string(port_) + "/files/" + name;
-  }
-  std::uint64_t served() const { return served_; }
-
- private:
-  std::string root_;
-  httplib::Server server_;
-  int port_ = 0;
-  std::thread thread_;
-  std::atomic<std::uint64_t> served_{0};
-};
 
 GgufSpec big_spec(std::size_t vocab) {
   GgufSpec spec;
@@ -87,7 +37,7 @@ TEST(Remote, ReadsOnlyTheHeader) {
   const File local = File::open(dir.file("m.gguf"));
   ASSERT_GT(local.data_section_offset(), 2u << 20);
 
-  RangeServer server(dir.path().string());
+  test::RangeServer server(dir.path().string());
   const File remote = File::open(server.url("m.gguf"));
   EXPECT_EQ(remote.file_bytes(), local.file_bytes());
   EXPECT_EQ(remote.data_section_offset(), local.data_section_offset());
@@ -107,7 +57,7 @@ TEST(Remote, SplitModelFromUrl) {
   o.fill = Fill::kSparse;
   o.shards = 2;
   write_gguf(dir.file("s.gguf"), big_spec(100), o);
-  RangeServer server(dir.path().string());
+  test::RangeServer server(dir.path().string());
   const Model m = Model::open(server.url("s-00002-of-00002.gguf"));
   EXPECT_EQ(m.shards().size(), 2u);
   EXPECT_EQ(m.tensors().size(), 4u);
@@ -116,7 +66,7 @@ TEST(Remote, SplitModelFromUrl) {
 
 TEST(Remote, ServerErrorsAreReported) {
   test::TempDir dir;
-  RangeServer server(dir.path().string());
+  test::RangeServer server(dir.path().string());
   try {
     File::open(server.url("absent.gguf"));
     FAIL();
