@@ -61,20 +61,31 @@ class Models {
   std::map<std::string, std::string> paths_;
 };
 
-TEST(Accuracy, CudaLogsFromH200) {
+// Calls `check(case, llama.cpp's buffers, ours)` for every case with a log in bench/data/cuda
+// (the 3-device cases were not run: the GPU machine had 2 GPUs); returns how many.
+template <class Check>
+std::size_t for_each_h200_log(Check check) {
   const std::string data = std::string(GGFLEET_SOURCE_DIR) + "/bench/data/cuda";
   test::TempDir dir;
   Models models;
-  std::size_t checked = 0;
+  std::size_t logs = 0;
   for (const Case& c : cases(false)) {
     const std::string log = read_all(data + "/" + c.id() + ".log");
-    if (log.empty()) continue;  // 3-device cases were not run (the GPU machine has 2 GPUs)
+    if (log.empty()) continue;
     const Measured theirs = parse_log(log, {}, std::max<std::uint32_t>(c.devices, 1));
     const Measured ours =
         predicted(estimate::estimate(models.get(c, dir), layout_for(c, true, 24ull << 30)));
-    expect_exact_components(c, theirs, ours);
-    ++checked;
+    check(c, theirs, ours);
+    ++logs;
   }
+  return logs;
+}
+
+TEST(Accuracy, CudaLogsFromH200) {
+  const std::size_t checked =
+      for_each_h200_log([](const Case& c, const Measured& theirs, const Measured& ours) {
+        expect_exact_components(c, theirs, ours);
+      });
   EXPECT_GE(checked, 40u);
 }
 
@@ -98,17 +109,9 @@ TEST(Accuracy, EveryDeviceMeetsTheGoalOnH200ButTheKnownMisses) {
       "deepseek-r1-ud-iq2_xxs_b4_c8192_f16_fa_np1_nglall_d0 CUDA0",
       "deepseek-r1-ud-iq2_xxs_b4_c32768_q8_0_fa_np4_ngl4_d2_2_1 CUDA0",
   };
-  const std::string data = std::string(GGFLEET_SOURCE_DIR) + "/bench/data/cuda";
-  test::TempDir dir;
-  Models models;
   std::size_t checked = 0;
-  for (const Case& c : cases(false)) {
-    const std::string log = read_all(data + "/" + c.id() + ".log");
-    if (log.empty()) continue;
-    const Measured theirs = parse_log(log, {}, std::max<std::uint32_t>(c.devices, 1));
+  for_each_h200_log([&](const Case& c, const Measured& theirs, const Measured& ours) {
     ASSERT_TRUE(theirs.ok) << c.id() << ": " << theirs.error;
-    const Measured ours =
-        predicted(estimate::estimate(models.get(c, dir), layout_for(c, true, 24ull << 30)));
     ASSERT_EQ(theirs.devices.size(), ours.devices.size()) << c.id();
     auto check = [&](const std::string& name, const Usage& t, const Usage& o) {
       const std::string row = c.id() + " " + name;
@@ -124,7 +127,7 @@ TEST(Accuracy, EveryDeviceMeetsTheGoalOnH200ButTheKnownMisses) {
     check("host", theirs.host, ours.host);
     for (std::size_t d = 0; d < ours.devices.size(); ++d)
       check(ours.device_names[d], theirs.devices[d], ours.devices[d]);
-  }
+  });
   EXPECT_EQ(checked + known_misses.size(), 140u);  // bench/data/estimate_accuracy_cuda.txt
 }
 
