@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -27,10 +28,14 @@ void global_init() {
 struct Response {
   long status = 0;
   std::vector<std::byte>* body = nullptr;
+  const std::function<bool(const char*, std::size_t)>* sink = nullptr;  // instead of `body`
+  CURL* handle = nullptr;
+  bool ranged = false;
   std::uint64_t body_limit = 0;  // stop (error) after this many bytes: we never want tensor data
   std::uint64_t received = 0;
   std::string content_range;
   std::string link;  // the Link header (pagination of listings)
+  std::string etag;
   std::size_t header_bytes = 0;
   std::size_t max_header_bytes = 0;
   bool allow_private = true;
@@ -58,9 +63,19 @@ std::size_t on_body(char* data, std::size_t size, std::size_t n, void* user) {
   auto* r = static_cast<Response*>(user);
   const std::size_t bytes = size * n;
   if (r->received + bytes > r->body_limit) return 0;  // aborts the transfer
+  if (r->sink) {
+    // Only a file's bytes reach the sink: an error page is dropped (its status is returned), and a
+    // whole file sent for a range request stops the transfer.
+    long status = 0;
+    curl_easy_getinfo(r->handle, CURLINFO_RESPONSE_CODE, &status);
+    if (status == 200 && r->ranged) return 0;
+    if (status != 200 && status != 206) return bytes;
+    r->received += bytes;
+    return (*r->sink)(data, bytes) ? bytes : 0;
+  }
+  r->received += bytes;
   const auto* p = reinterpret_cast<const std::byte*>(data);
   r->body->insert(r->body->end(), p, p + bytes);
-  r->received += bytes;
   return bytes;
 }
 
@@ -75,14 +90,25 @@ std::size_t on_header(char* data, std::size_t size, std::size_t n, void* user) {
   };
   value_of("content-range:", &r->content_range);
   value_of("link:", &r->link);
+  value_of("etag:", &r->etag);
   return size * n;
 }
 
+// How a transfer ends early: the policy's whole-request limit for small reads; none for a long
+// download, which instead ends when it stalls (fewer than 1 KiB/s for `stall_s`).
+struct Limits {
+  bool whole_request_limit = true;
+  long stall_s = 60;
+};
+
 // One GET of `url` under the policy: the byte range `range` ("first-last", or "" for the whole
-// resource), at most `body_limit` bytes of body into `out`. Throws gguf::Error (at `offset`) when
-// the transfer fails, the policy refuses an address, the headers run on, or the body is longer.
+// resource), at most `body_limit` bytes of body into `out` (or `sink`). Throws gguf::Error (at
+// `offset`) when the transfer fails, the policy refuses an address, the headers run on, or the
+// body is longer.
 Response perform(const std::string& url, const std::string& range, std::uint64_t body_limit,
-                 std::uint64_t offset, std::vector<std::byte>* out) {
+                 std::uint64_t offset, std::vector<std::byte>* out,
+                 const std::function<bool(const char*, std::size_t)>* sink = nullptr,
+                 Limits limits = {}) {
   global_init();
   std::unique_ptr<CURL, void (*)(CURL*)> curl(curl_easy_init(), curl_easy_cleanup);
   if (!curl) throw Error(url, Error::kNoOffset, "cannot initialise libcurl");
@@ -91,6 +117,9 @@ Response perform(const std::string& url, const std::string& range, std::uint64_t
   r.allow_private = policy.allow_private_addresses;
   r.max_header_bytes = policy.max_header_bytes;
   r.body = out;
+  r.sink = sink;
+  r.handle = curl.get();
+  r.ranged = !range.empty();
   r.body_limit = body_limit;
   std::unique_ptr<curl_slist, void (*)(curl_slist*)> headers(nullptr, curl_slist_free_all);
   for (const auto& [prefix, token] : policy.bearer_tokens) {
@@ -109,13 +138,14 @@ Response perform(const std::string& url, const std::string& range, std::uint64_t
   curl_easy_setopt(curl.get(), CURLOPT_MAXREDIRS, policy.max_redirects);
   curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(curl.get(), CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT, policy.request_timeout_s);
+  if (limits.whole_request_limit)
+    curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT, policy.request_timeout_s);
   curl_easy_setopt(curl.get(), CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
   curl_easy_setopt(curl.get(), CURLOPT_OPENSOCKETDATA, &r);
   curl_easy_setopt(curl.get(), CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT, 30L);
-  curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_LIMIT, 1L);
-  curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_TIME, 60L);
+  curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_LIMIT, limits.whole_request_limit ? 1L : 1024L);
+  curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_TIME, limits.stall_s);
   curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &r);
   curl_easy_setopt(curl.get(), CURLOPT_HEADERFUNCTION, on_header);
@@ -137,6 +167,9 @@ Response perform(const std::string& url, const std::string& range, std::uint64_t
         url, offset,
         "refused: the response headers passed " + std::to_string(r.max_header_bytes) + " bytes");
   }
+  if (rc == CURLE_WRITE_ERROR && sink) {
+    throw Error(url, offset, "the download was stopped while writing what it received");
+  }
   if (rc == CURLE_WRITE_ERROR) {
     throw Error(url, offset,
                 "the answer is longer than the " + std::to_string(body_limit) + " bytes expected");
@@ -147,6 +180,12 @@ Response perform(const std::string& url, const std::string& range, std::uint64_t
                     (curl_error[0] ? curl_error : curl_easy_strerror(rc)));
   }
   return r;
+}
+
+std::string trimmed(std::string s) {
+  while (!s.empty() && (s.back() == '\r' || s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  while (!s.empty() && s.front() == ' ') s.erase(s.begin());
+  return s;
 }
 
 // Fetches [first, last] (inclusive) of `url` into `out`.
@@ -217,6 +256,23 @@ HttpText get_text(const std::string& url, std::size_t max_bytes) {
   return t;
 }
 
+StreamAnswer get_stream(const std::string& url, std::uint64_t first, std::uint64_t last,
+                        const std::function<bool(const char*, std::size_t)>& sink, long stall_s) {
+  std::string range;
+  if (first > 0 || last != UINT64_MAX)
+    range = std::to_string(first) + "-" + (last != UINT64_MAX ? std::to_string(last) : "");
+  const Response r = perform(url, range, UINT64_MAX, first, nullptr, &sink, Limits{false, stall_s});
+  StreamAnswer a;
+  a.status = r.status;
+  a.received_bytes = r.received;
+  a.etag = trimmed(r.etag);
+  if (!range.empty() && r.status != 206 && r.status < 400) {
+    throw Error(url, first,
+                "expected HTTP 206 for bytes " + range + ", got " + std::to_string(r.status));
+  }
+  return a;
+}
+
 bool is_url(const std::string& path) {
   return path.rfind("http://", 0) == 0 || path.rfind("https://", 0) == 0;
 }
@@ -225,6 +281,7 @@ RemoteFile::RemoteFile(std::string url) : url_(std::move(url)) {
   std::vector<std::byte> one;
   Response r = get_range(url_, 0, 0, &one);
   fetched_bytes_ += one.size();
+  etag_ = trimmed(r.etag);
   // Content-Range: bytes 0-0/12345
   const auto slash = r.content_range.find('/');
   if (slash == std::string::npos) {

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,6 +20,23 @@ struct HttpText {
 // GETs `url` under the policy. Throws gguf::Error on transport errors, refused addresses, or a
 // body longer than `max_bytes`; any HTTP status is returned.
 HttpText get_text(const std::string& url, std::size_t max_bytes);
+
+// What a streamed GET answered.
+struct StreamAnswer {
+  long status = 0;
+  std::uint64_t received_bytes = 0;
+  std::string etag;  // the ETag header as sent ("" when none)
+};
+// GETs bytes [first, last] of `url` (`last` UINT64_MAX: to the end; no Range header at all for
+// 0 and UINT64_MAX) under the policy, handing each piece of the body to `sink` as it arrives;
+// `sink` returns false to stop. No limit on the whole request (downloads are long): it fails when
+// fewer than 1 KiB/s arrive for `stall_s`.
+// Only the bodies of 200 and 206 answers reach `sink`. Throws gguf::Error on transport errors,
+// refused addresses, a stop by `sink`, or a success other than 206 to a range; error statuses
+// (400 and above) are returned, with nothing handed to `sink`.
+StreamAnswer get_stream(const std::string& url, std::uint64_t first, std::uint64_t last,
+                        const std::function<bool(const char*, std::size_t)>& sink,
+                        long stall_s = 30);
 
 // True for "http://" and "https://" URLs.
 bool is_url(const std::string& path);
@@ -53,6 +71,7 @@ class RemoteFile {
 
   const std::string& url() const { return url_; }
   std::uint64_t size_bytes() const { return size_bytes_; }
+  const std::string& etag() const { return etag_; }  // "" when the server sent none
 
   // Appends bytes [offset, offset + length) to `out`. Throws gguf::Error on HTTP or size errors.
   // REQUIRES: offset + length <= size_bytes().
@@ -64,6 +83,7 @@ class RemoteFile {
  private:
   std::string url_;
   std::uint64_t size_bytes_ = 0;
+  std::string etag_;
   mutable std::uint64_t fetched_bytes_ = 0;
 };
 

@@ -194,19 +194,50 @@ std::string header_location(const Source& source, const Hub& hub) {
   return resolve_hub(source, hub).front().url;
 }
 
+namespace {
+
+std::string base_name(const std::string& path_or_url) {
+  std::string p = path_or_url.substr(0, path_or_url.find_first_of("?#"));
+  return p.substr(p.rfind('/') + 1);
+}
+
+// Adds the Hub's token to the remote policy (once) for the Hub's endpoint.
+void register_token(const Hub& hub) {
+  if (hub.token.empty()) return;
+  gguf::RemotePolicy policy = gguf::remote_policy();
+  const std::pair<std::string, std::string> entry{hub.endpoint + "/", hub.token};
+  if (std::find(policy.bearer_tokens.begin(), policy.bearer_tokens.end(), entry) ==
+      policy.bearer_tokens.end()) {
+    policy.bearer_tokens.push_back(entry);
+    gguf::set_remote_policy(policy);
+  }
+}
+
+}  // namespace
+
+OpenedModel open_model_files(const std::string& text) {
+  const Source source = parse_source(text);
+  if (source.kind == SourceKind::kLocal) return {gguf::Model::open(text), {}};
+  if (source.kind == SourceKind::kUrl) {
+    OpenedModel m{gguf::Model::open(text), {}};
+    for (const gguf::File& shard : m.model.shards())
+      m.files.push_back({base_name(shard.name()), shard.name(), shard.file_bytes(), ""});
+    return m;
+  }
+  const Hub hub = Hub::from_environment();
+  register_token(hub);
+  const std::vector<HubFile> hub_files = resolve_hub(source, hub);
+  OpenedModel m{gguf::Model::open(hub_files.front().url), {}};
+  for (const HubFile& f : hub_files)
+    m.files.push_back({base_name(f.path), f.url, f.size_bytes, f.sha256});
+  return m;
+}
+
 gguf::Model open_model(const std::string& text) {
   const Source source = parse_source(text);
   if (source.kind != SourceKind::kHuggingFace) return gguf::Model::open(text);
   const Hub hub = Hub::from_environment();
-  if (!hub.token.empty()) {
-    gguf::RemotePolicy policy = gguf::remote_policy();
-    const std::pair<std::string, std::string> entry{hub.endpoint + "/", hub.token};
-    if (std::find(policy.bearer_tokens.begin(), policy.bearer_tokens.end(), entry) ==
-        policy.bearer_tokens.end()) {
-      policy.bearer_tokens.push_back(entry);
-      gguf::set_remote_policy(policy);
-    }
-  }
+  register_token(hub);
   return gguf::Model::open(header_location(source, hub));
 }
 

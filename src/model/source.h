@@ -57,6 +57,26 @@ std::vector<HubFile> resolve_hub(const Source& source, const Hub& hub);
 // Hub file (the reader finds the other shards by the split naming). Hub lookups as resolve_hub.
 std::string header_location(const Source& source, const Hub& hub);
 
+// A file a worker downloads to run a remote model: its name as llama.cpp must see it (the
+// split naming of shards kept), where to get it, its size and, when the source publishes one, its
+// sha256.
+struct ModelFile {
+  std::string name;
+  std::string url;
+  std::uint64_t size_bytes = 0;
+  std::string sha256;  // lowercase hex, "" when unknown (a plain URL)
+};
+
+// A model opened from its header, and the files to download for it (none for a local path).
+struct OpenedModel {
+  gguf::Model model;
+  std::vector<ModelFile> files;
+};
+
+// Opens the model `text` names as open_model does and lists its files: the Hub's files with
+// their LFS sha256, or a URL's shards with the sizes the header reads saw.
+OpenedModel open_model_files(const std::string& text);
+
 // Opens the model `text` names (parse_source) from its header alone: a local file, a URL, or the
 // Hub's files (Hub::from_environment; its token is added to the remote policy's bearer tokens for
 // the Hub's endpoint, so it also reaches the header reads). Throws what parse_source, resolve_hub
