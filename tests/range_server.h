@@ -23,8 +23,8 @@ class RangeServer {
   // `routes` may add more handlers (e.g. a listing API) before the server starts.
   explicit RangeServer(std::string root,
                        const std::function<void(httplib::Server&)>& routes = nullptr, int port = 0,
-                       std::uint64_t bytes_per_s = 0)
-      : root_(std::move(root)), bytes_per_s_(bytes_per_s) {
+                       std::uint64_t bytes_per_s = 0, const std::string& host = "127.0.0.1")
+      : root_(std::move(root)), bytes_per_s_(bytes_per_s), host_(host) {
     server_.Get(R"(/files/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
       const std::string path = root_ + "/" + req.matches[1].str();
       std::error_code ec;
@@ -59,9 +59,9 @@ class RangeServer {
     });
     if (routes) routes(server_);
     if (port > 0) {
-      port_ = server_.bind_to_port("127.0.0.1", port) ? port : -1;
+      port_ = server_.bind_to_port(host_, port) ? port : -1;
     } else {
-      port_ = server_.bind_to_any_port("127.0.0.1");
+      port_ = server_.bind_to_any_port(host_);
     }
     thread_ = std::thread([this] { server_.listen_after_bind(); });
     // The socket already listens after bind; wait (bounded) for the accept loop too.
@@ -76,13 +76,14 @@ class RangeServer {
     if (thread_.joinable()) thread_.join();
   }
   int port() const { return port_; }
-  std::string base() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string base() const { return "http://" + host_ + ":" + std::to_string(port_); }
   std::string url(const std::string& name) const { return base() + "/files/" + name; }
   std::uint64_t served() const { return served_; }
 
  private:
   std::string root_;
   std::uint64_t bytes_per_s_ = 0;
+  std::string host_;
   httplib::Server server_;
   int port_ = 0;
   std::thread thread_;

@@ -12,6 +12,8 @@
 #include <fstream>
 #include <iostream>
 
+#include "cluster/units.h"
+
 namespace ggfleet::cli {
 namespace {
 
@@ -193,6 +195,51 @@ int run_ls(const ClientOptions& o, const std::string& what) {
                        {"MEASURED", "measured_text"},
                        {"REASON", "reason"}});
   }
+  return 0;
+}
+
+int run_models(const ClientOptions& o, const std::string& worker) {
+  const json j = call(o, "GET", "/v1/workers");
+  json rows = json::array();
+  for (const json& w : j.value("workers", json::array())) {
+    if (!worker.empty() && w.value("name", "") != worker) continue;
+    const json models = w.value("resources", json::object()).value("models", json::object());
+    for (const json& f : models.value("files", json::array())) {
+      json r = f;
+      r["worker"] = w.value("name", "");
+      std::string names;
+      for (const json& n : f.value("names", json::array()))
+        names += (names.empty() ? "" : ",") + n.get<std::string>();
+      r["names_text"] = names;
+      r["size_text"] = cluster::format_bytes(f.value("size_bytes", std::uint64_t{0}));
+      const auto when = static_cast<std::time_t>(f.value("last_use_ms", std::int64_t{0}) / 1000);
+      char text[32] = "-";
+      if (when > 0) std::strftime(text, sizeof text, "%Y-%m-%d %H:%M", std::gmtime(&when));
+      r["last_use_text"] = text;
+      r["in_use_text"] = f.value("in_use", false) ? "yes" : "no";
+      rows.push_back(r);
+    }
+  }
+  if (o.json) {
+    std::cout << rows.dump(2) << "\n";
+    return 0;
+  }
+  print_table(rows, {{"WORKER", "worker"},
+                     {"KEY", "key"},
+                     {"FILES", "names_text"},
+                     {"SIZE", "size_text"},
+                     {"LAST USE (UTC)", "last_use_text"},
+                     {"IN USE", "in_use_text"}});
+  return 0;
+}
+
+int run_models_rm(const ClientOptions& o, const std::string& worker, const std::string& key) {
+  const json j = call(o, "DELETE",
+                      "/v1/workers/" + percent_encoded(worker) + "/models/" + percent_encoded(key));
+  std::cout << (o.json ? j.dump(2)
+                       : "asked " + worker + " to remove " + key +
+                             " (done at its next heartbeat; `ggfleet models` shows it gone)")
+            << "\n";
   return 0;
 }
 

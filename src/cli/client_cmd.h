@@ -34,6 +34,11 @@ struct EventsQuery {
 };
 // Events as a table (ID, TIME in UTC, KIND, SUBJECT, MESSAGE) or JSON.
 int run_events(const ClientOptions& o, const EventsQuery& q);
+// `ggfleet models`: what each worker's download cache holds (GET /v1/workers), a row per file:
+// worker, key, names, size, last use (UTC), whether an instance holds it; `worker` "" = all.
+int run_models(const ClientOptions& o, const std::string& worker);
+// `ggfleet models rm KEY --worker W`: asks the worker to remove a file no instance holds.
+int run_models_rm(const ClientOptions& o, const std::string& worker, const std::string& key);
 // `ggfleet calibration export`: the factors the server learned (GET /v1/calibration), as the file
 // `ggfleet plan --calibration` reads; to stdout when `output` is "" or "-".
 int run_calibration_export(const ClientOptions& o, const std::string& output);

@@ -320,6 +320,17 @@ int main(int argc, char** argv) {
   CLI::App* rmc = app.add_subcommand("rm", "Delete a deployment and its instances");
   rmc->add_option("deployment", rm_name)->required();
   client_flags(rmc);
+  std::string models_worker, models_key;
+  CLI::App* modelsc = app.add_subcommand(
+      "models", "What the workers' download caches hold (models from URLs and the Hub)");
+  modelsc->add_option("--worker", models_worker, "Only this worker");
+  client_flags(modelsc);
+  CLI::App* models_rmc =
+      modelsc->add_subcommand("rm", "Remove a file no instance holds from a worker's cache");
+  models_rmc->add_option("key", models_key, "The file's KEY as `ggfleet models` lists it")
+      ->required();
+  models_rmc->add_option("--worker", models_worker, "The worker")->required();
+  client_flags(models_rmc);
   std::string scale_name;
   std::int64_t scale_n = 1;
   CLI::App* scalec = app.add_subcommand("scale", "Set a deployment's replica count");
@@ -347,7 +358,7 @@ int main(int argc, char** argv) {
   client_flags(exportc);
 
   worker::AgentConfig wc;
-  std::string reserve_vram, reserve_ram, vram_limit, cpu_bandwidth;
+  std::string reserve_vram, reserve_ram, vram_limit, cpu_bandwidth, cache_max;
   CLI::App* workerc =
       app.add_subcommand("worker", "Join a server and run the llama.cpp processes it assigns");
   workerc->add_option("--server", wc.server, "Server URL")->default_val("http://127.0.0.1:8080");
@@ -389,6 +400,17 @@ int main(int argc, char** argv) {
   workerc->add_option("--vram-limit", vram_limit,
                       "Offer at most this much of each GPU (a slice of a shared GPU), e.g. 24GiB");
   workerc->add_option("--reserve-ram", reserve_ram, "RAM kept free, e.g. 2GiB");
+  workerc->add_option("--cache-dir", wc.cache_dir,
+                      "Download cache of models from URLs and the Hugging Face Hub (default: "
+                      "DATA_DIR/models)");
+  workerc->add_option("--cache-max", cache_max,
+                      "Cap of the download cache, e.g. 500GiB (least recently used files no "
+                      "instance holds are evicted; default: the disk's free space)");
+  workerc
+      ->add_option("--download-connections", wc.download_connections,
+                   "Parallel byte ranges per downloaded file")
+      ->default_val(4)
+      ->check(CLI::Range(1, 64));
 
   cli::StartOptions so_start;
   CLI::App* startc = app.add_subcommand(
@@ -453,6 +475,7 @@ int main(int argc, char** argv) {
       wc.llama_bin_dir = cli::find_llama_bin(wc.llama_bin_dir);
       if (!reserve_vram.empty()) wc.reserved_vram_bytes = cluster::parse_bytes(reserve_vram);
       if (!reserve_ram.empty()) wc.reserved_ram_bytes = cluster::parse_bytes(reserve_ram);
+      if (!cache_max.empty()) wc.cache_max_bytes = cluster::parse_bytes(cache_max);
       if (!vram_limit.empty()) wc.vram_limit_bytes = cluster::parse_bytes(vram_limit);
       if (!cpu_bandwidth.empty())
         wc.cpu_bandwidth_bytes_per_s = cluster::parse_bandwidth(cpu_bandwidth);
@@ -480,6 +503,8 @@ int main(int argc, char** argv) {
     }
     if (lsc->parsed()) return cli::run_ls(co, ls_what);
     if (rmc->parsed()) return cli::run_rm(co, rm_name);
+    if (models_rmc->parsed()) return cli::run_models_rm(co, models_worker, models_key);
+    if (modelsc->parsed()) return cli::run_models(co, models_worker);
     if (scalec->parsed()) return cli::run_scale(co, scale_name, scale_n);
     if (eventsc->parsed()) return cli::run_events(co, events_query);
     if (exportc->parsed()) return cli::run_calibration_export(co, calibration_output);

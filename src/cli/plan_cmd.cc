@@ -96,6 +96,7 @@ std::string plan_text(const plan::Plan& p, const cluster::Cluster& cluster,
             << "\n";
         }
       }
+      for (const std::string& note : p.notes) o << note << "\n";
     }
     o << prediction_text({c.layout, c.places}, cluster, c.estimate, c.prediction, prompt_tokens);
     o << "commands:\n";
@@ -145,8 +146,10 @@ perf::Corrections load_calibration(const std::string& path) {
 
 int run_plan(const PlanRequest& r) {
   const cluster::Cluster cluster = cluster::load_cluster(r.cluster_file);
-  const plan::Request q = build_request(r);
-  const gguf::Model model = model::open_model(r.options.model);
+  plan::Request q = build_request(r);
+  const model::OpenedModel opened = model::open_model_files(r.options.model);
+  plan::add_download(q, opened.files);  // a URL or hf:// model: its main downloads it first
+  const gguf::Model& model = opened.model;
   const estimate::ModelMemory memory = estimate::ModelMemory::from(model, model::profile(model));
   plan::Plan p;
   if (r.calibration_file.empty()) {

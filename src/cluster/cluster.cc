@@ -317,6 +317,28 @@ Worker worker_from_json(const std::string& name, const std::string& address,
     if (!llama.is_object()) throw ClusterError("worker " + name + ": llama must be an object");
     if (llama.contains("build")) w["llama_build"] = llama["build"];
   }
+  std::set<std::string> cached;  // {"files": [{sha256, url, ...}]}: what its cache holds
+  double download_rate = 0;
+  if (w.contains("models")) {
+    const nlohmann::json models = w["models"];
+    w.erase("models");
+    const nlohmann::json files =
+        models.is_object() ? models.value("files", nlohmann::json::array()) : nlohmann::json();
+    if (!files.is_array()) throw ClusterError("worker " + name + ": models.files must be a list");
+    const nlohmann::json rate = models.is_object()
+                                    ? models.value("download_bytes_per_s", nlohmann::json(0))
+                                    : nlohmann::json(0);
+    if (!rate.is_number() || rate.get<double>() < 0)
+      throw ClusterError("worker " + name + ": models.download_bytes_per_s must be a number >= 0");
+    download_rate = rate.get<double>();
+    for (const nlohmann::json& f : files) {
+      if (!f.is_object()) throw ClusterError("worker " + name + ": models.files: not an object");
+      for (const char* k : {"sha256", "url"}) {
+        if (f.contains(k) && f[k].is_string() && !f[k].get<std::string>().empty())
+          cached.insert(f[k].get<std::string>());
+      }
+    }
+  }
   // A GPU's used memory as measured may pass the catalog's total by a little: clamp.
   if (w.contains("gpus") && w["gpus"].is_array()) {
     for (nlohmann::json& g : w["gpus"]) {
@@ -332,6 +354,8 @@ Worker worker_from_json(const std::string& name, const std::string& address,
   if (simulated) {
     for (Gpu& g : out.gpus) g.runtime_bytes = 0;
   }
+  out.cached_files = std::move(cached);
+  out.download_bytes_per_s = download_rate;
   return out;
 }
 

@@ -23,6 +23,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -83,6 +84,9 @@ struct Worker {
   // llama.cpp build the worker runs ("0.5.0-dev (build 1, commit de3ff81)"); "" = unknown.
   // llama.cpp's RPC protocol is only promised between equal builds.
   std::string llama_build;
+  // Model files its download cache holds, by sha256 and by URL (a worker's "models" report).
+  std::set<std::string> cached_files;
+  double download_bytes_per_s = 0;  // as its last downloads went; 0 = not measured
 
   // What llama.cpp may use: total - used - reserved - claimed, never negative.
   std::uint64_t free_vram_bytes(std::size_t gpu) const;

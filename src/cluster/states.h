@@ -14,9 +14,18 @@
 namespace ggfleet {
 
 // pending: waiting for a placement; assigned: placed, its workers not yet reporting; then as the
-// main worker reports: starting (waiting for RPC servers), loading, running, error; stopped: the
-// agent stopped it (reports only, never stored).
-enum class InstanceState { kPending, kAssigned, kStarting, kLoading, kRunning, kError, kStopped };
+// main worker reports: downloading (the model into its cache), starting (waiting for RPC
+// servers), loading, running, error; stopped: the agent stopped it (reports only, never stored).
+enum class InstanceState {
+  kPending,
+  kAssigned,
+  kDownloading,
+  kStarting,
+  kLoading,
+  kRunning,
+  kError,
+  kStopped
+};
 enum class WorkerStatus { kReady, kUnreachable, kDraining };
 enum class Role { kMain, kRpc };  // a worker's part in an instance
 enum class KeyRole { kAdmin, kUser, kWorker, kJoin };
@@ -25,13 +34,15 @@ namespace states_detail {
 template <class E, std::size_t N>
 using Names = std::array<std::pair<E, std::string_view>, N>;
 
-inline constexpr Names<InstanceState, 7> kInstanceStates{{{InstanceState::kPending, "pending"},
-                                                          {InstanceState::kAssigned, "assigned"},
-                                                          {InstanceState::kStarting, "starting"},
-                                                          {InstanceState::kLoading, "loading"},
-                                                          {InstanceState::kRunning, "running"},
-                                                          {InstanceState::kError, "error"},
-                                                          {InstanceState::kStopped, "stopped"}}};
+inline constexpr Names<InstanceState, 8> kInstanceStates{
+    {{InstanceState::kPending, "pending"},
+     {InstanceState::kAssigned, "assigned"},
+     {InstanceState::kDownloading, "downloading"},
+     {InstanceState::kStarting, "starting"},
+     {InstanceState::kLoading, "loading"},
+     {InstanceState::kRunning, "running"},
+     {InstanceState::kError, "error"},
+     {InstanceState::kStopped, "stopped"}}};
 inline constexpr Names<WorkerStatus, 3> kWorkerStatuses{
     {{WorkerStatus::kReady, "ready"},
      {WorkerStatus::kUnreachable, "unreachable"},
@@ -94,9 +105,10 @@ constexpr std::optional<KeyRole> key_role(std::string_view w) {
 }
 
 // Every value, in declaration order (metrics list them all, zero or not).
-inline constexpr std::array<InstanceState, 6> kStoredInstanceStates{
-    InstanceState::kPending, InstanceState::kAssigned, InstanceState::kStarting,
-    InstanceState::kLoading, InstanceState::kRunning,  InstanceState::kError};
+inline constexpr std::array<InstanceState, 7> kStoredInstanceStates{
+    InstanceState::kPending,  InstanceState::kAssigned, InstanceState::kDownloading,
+    InstanceState::kStarting, InstanceState::kLoading,  InstanceState::kRunning,
+    InstanceState::kError};
 inline constexpr std::array<WorkerStatus, 3> kWorkerStatuses{
     WorkerStatus::kReady, WorkerStatus::kUnreachable, WorkerStatus::kDraining};
 

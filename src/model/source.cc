@@ -201,8 +201,9 @@ std::string base_name(const std::string& path_or_url) {
   return p.substr(p.rfind('/') + 1);
 }
 
-// Adds the Hub's token to the remote policy (once) for the Hub's endpoint.
-void register_token(const Hub& hub) {
+}  // namespace
+
+void register_hub_token(const Hub& hub) {
   if (hub.token.empty()) return;
   gguf::RemotePolicy policy = gguf::remote_policy();
   const std::pair<std::string, std::string> entry{hub.endpoint + "/", hub.token};
@@ -213,7 +214,39 @@ void register_token(const Hub& hub) {
   }
 }
 
-}  // namespace
+nlohmann::json files_json(const std::vector<ModelFile>& files) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const ModelFile& f : files) {
+    out.push_back(
+        {{"name", f.name}, {"url", f.url}, {"size_bytes", f.size_bytes}, {"sha256", f.sha256}});
+  }
+  return out;
+}
+
+std::vector<ModelFile> files_from_json(const nlohmann::json& j) {
+  if (!j.is_array()) throw std::invalid_argument("model files must be a list");
+  std::vector<ModelFile> out;
+  for (const nlohmann::json& f : j) {
+    if (!f.is_object() || !f.contains("name") || !f["name"].is_string() || !f.contains("url") ||
+        !f["url"].is_string())
+      throw std::invalid_argument("each model file needs a name and a url");
+    ModelFile m;
+    m.name = f["name"].get<std::string>();
+    m.url = f["url"].get<std::string>();
+    m.size_bytes = f.value("size_bytes", std::uint64_t{0});
+    m.sha256 = f.value("sha256", "");
+    if (m.name.empty() || m.name == "." || m.name == ".." ||
+        m.name.find('/') != std::string::npos || m.name.find('\0') != std::string::npos)
+      throw std::invalid_argument("model file name '" + m.name + "' is not a plain file name");
+    if (!gguf::is_url(m.url)) throw std::invalid_argument("model file url must be http(s)");
+    const bool hex = m.sha256.size() == 64 &&
+                     m.sha256.find_first_not_of("0123456789abcdef") == std::string::npos;
+    if (!m.sha256.empty() && !hex)
+      throw std::invalid_argument("model file sha256 must be 64 lowercase hex digits");
+    out.push_back(std::move(m));
+  }
+  return out;
+}
 
 OpenedModel open_model_files(const std::string& text) {
   const Source source = parse_source(text);
@@ -225,7 +258,7 @@ OpenedModel open_model_files(const std::string& text) {
     return m;
   }
   const Hub hub = Hub::from_environment();
-  register_token(hub);
+  register_hub_token(hub);
   const std::vector<HubFile> hub_files = resolve_hub(source, hub);
   OpenedModel m{gguf::Model::open(hub_files.front().url), {}};
   for (const HubFile& f : hub_files)
@@ -237,7 +270,7 @@ gguf::Model open_model(const std::string& text) {
   const Source source = parse_source(text);
   if (source.kind != SourceKind::kHuggingFace) return gguf::Model::open(text);
   const Hub hub = Hub::from_environment();
-  register_token(hub);
+  register_hub_token(hub);
   return gguf::Model::open(header_location(source, hub));
 }
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,9 @@ struct Hub {
   std::string token;
   static Hub from_environment();
 };
+
+// Adds the Hub's token (if any) to the remote policy's bearer tokens for the Hub's endpoint, once.
+void register_hub_token(const Hub& hub);
 
 // A file of a repository at a revision.
 struct HubFile {
@@ -66,6 +70,11 @@ struct ModelFile {
   std::uint64_t size_bytes = 0;
   std::string sha256;  // lowercase hex, "" when unknown (a plain URL)
 };
+
+// As assignments carry them: [{name, url, size_bytes, sha256}]. files_from_json throws
+// std::invalid_argument on a malformed list or a name that is not a plain file name.
+nlohmann::json files_json(const std::vector<ModelFile>& files);
+std::vector<ModelFile> files_from_json(const nlohmann::json& j);
 
 // A model opened from its header, and the files to download for it (none for a local path).
 struct OpenedModel {

@@ -72,7 +72,9 @@ struct Prediction {
   double time_to_first_token_s = 0;  // prompt_tokens through the prompt path, then one token
   double generation_token_s = 0;     // seconds per generated token
   double prompt_s = 0;               // seconds for prompt_tokens
-  double startup_s = 0;              // weights sent to RPC servers at load (no cache)
+  double startup_s = 0;   // the model's download (when its main lacks it), then the weights sent
+                          // to RPC servers at load (no cache)
+  double download_s = 0;  // the download's part of startup_s
   std::uint64_t rpc_load_bytes = 0;
   std::vector<PartTime> parts;  // devices in layout order, then the CPU, then RPC hops, fixed
   std::string bottleneck;       // the part with the largest generation time

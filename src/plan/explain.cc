@@ -68,6 +68,8 @@ Candidate candidate_of(const Eval& ev, const std::string& label, const cluster::
   s.threads = r.threads;
   s.prompt_tokens = r.prompt_tokens;
   out.prediction = perf::predict(m, ev.layout, ev.estimate, s, c);
+  out.prediction.download_s = download_s(*ev.main, r);
+  out.prediction.startup_s += out.prediction.download_s;
   return out;
 }
 
@@ -117,6 +119,46 @@ std::vector<Candidate> alternatives(const Eval& best, const SearchResult& found,
     if (!shown.insert({e->main->name, key}).second) continue;
     out.push_back(candidate_of(*e, label, cl, m, r, c));
     if (out.size() >= 5) break;
+  }
+  return out;
+}
+
+namespace {
+
+std::string duration_text(double s) {
+  char buf[32];
+  if (s < 90) {
+    std::snprintf(buf, sizeof buf, "%.0f s", s);
+  } else if (s < 5400) {
+    std::snprintf(buf, sizeof buf, "%.0f min", s / 60);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f h", s / 3600);
+  }
+  return buf;
+}
+
+}  // namespace
+
+std::vector<std::string> download_notes(const Eval& chosen, const SearchResult& found,
+                                        const Request& r) {
+  std::vector<std::string> out;
+  if (r.model_files.empty()) return out;
+  const Eval* fastest = &chosen;
+  for (const Eval& e : found.all)
+    if (e.tg > fastest->tg) fastest = &e;
+  const std::string& main = chosen.main->name;
+  if (holds_model(*chosen.main, r)) {
+    std::string note = "main " + main + " holds the model's files";
+    if (!holds_model(*fastest->main, r)) {
+      char pct[32];
+      std::snprintf(pct, sizeof pct, "%.0f %%", 100 * (fastest->tg / chosen.tg - 1));
+      note += "; main " + fastest->main->name + " would be " + pct + " faster after a " +
+              duration_text(download_s(*fastest->main, r)) + " download";
+    }
+    out.push_back(note);
+  } else {
+    out.push_back("main " + main + " downloads " + cluster::format_bytes(r.model_bytes) +
+                  " first (about " + duration_text(download_s(*chosen.main, r)) + ")");
   }
   return out;
 }

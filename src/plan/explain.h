@@ -45,6 +45,12 @@ std::vector<Rejection> rejections(const Eval& chosen, const SearchResult& found,
                                   const Filter& filter, const cluster::Cluster& cluster,
                                   const Request& request);
 
+// For a downloaded model (Request::model_files): whether `chosen`'s main holds the files or
+// must download them first (how long), and the fastest layout it was preferred to when that
+// one's main would have to download them. Empty for a local model.
+std::vector<std::string> download_notes(const Eval& chosen, const SearchResult& found,
+                                        const Request& request);
+
 // The plan's reason when the search found no layout that fits: "does not fit: ...".
 std::string why_nothing_fits(const Search& search, const Filter& filter, const Request& request);
 

@@ -324,4 +324,11 @@ void check_extra_args(const std::vector<std::string>& args, bool admin) {
   }
 }
 
+void add_download(Request& r, const std::vector<model::ModelFile>& files) {
+  for (const model::ModelFile& f : files) {
+    r.model_files.push_back(f.sha256.empty() ? f.url : f.sha256);
+    r.model_bytes += f.size_bytes;
+  }
+}
+
 }  // namespace ggfleet::plan

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "model/source.h"
 #include "plan/plan.h"
 
 namespace ggfleet::plan {
@@ -28,6 +29,11 @@ namespace ggfleet::plan {
 // Defaults are plan::Request's and estimate::ContextOptions' (context 4096, parallel 1, ...).
 // Unknown fields, wrong types and impossible values throw std::invalid_argument naming the field.
 Request request_from_options(const nlohmann::json& options, const std::string& model);
+
+// Makes `r` about a model its main downloads: Request::model_files names each file as worker
+// caches report it (its sha256, else its URL), Request::model_bytes is their sum. No change for
+// an empty list (a local model).
+void add_download(Request& r, const std::vector<model::ModelFile>& files);
 
 // Checks the raw llama-server arguments of a deployment (options.extra_args) for the key's role.
 // A user may give only flags of a short allowlist (sampling defaults and serving behaviour:

@@ -49,6 +49,7 @@ bool place_replica(std::uint32_t i, const estimate::ModelMemory& m, const cluste
   if (i == 0 && r.explain) {
     plan.alternatives = alternatives(*chosen, found, s, state, m, r, c);
     plan.rejected = rejections(*chosen, found, filter, state, r);
+    plan.notes = download_notes(*chosen, found, r);
   }
   plan.replicas.push_back(std::move(rep));
   return true;
@@ -71,6 +72,19 @@ cluster::Cluster with_claims(const cluster::Cluster& cl, const Candidate& c,
     if (w.name == c.main_worker) w.claimed_ram_bytes += c.estimate.host.total_bytes;
   }
   return out;
+}
+
+bool holds_model(const cluster::Worker& w, const Request& r) {
+  for (const std::string& f : r.model_files)
+    if (!w.cached_files.count(f)) return false;
+  return true;
+}
+
+double download_s(const cluster::Worker& w, const Request& r) {
+  if (holds_model(w, r)) return 0;
+  const double rate =
+      w.download_bytes_per_s > 0 ? w.download_bytes_per_s : kDefaultDownloadBytesPerS;
+  return static_cast<double>(r.model_bytes) / rate;
 }
 
 Plan make_plan(const estimate::ModelMemory& m, const cluster::Cluster& cl, const Request& r,

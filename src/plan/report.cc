@@ -60,6 +60,7 @@ nlohmann::json prediction_json(const estimate::Layout& layout,
                      {"time_to_first_token_s", p.time_to_first_token_s},
                      {"generation_token_s", p.generation_token_s},
                      {"startup_s", p.startup_s},
+                     {"download_s", p.download_s},
                      {"rpc_load_bytes", p.rpc_load_bytes},
                      {"bottleneck", p.bottleneck},
                      {"breakdown", parts}};
@@ -111,6 +112,7 @@ nlohmann::json plan_json(const Plan& p, const cluster::Cluster& cluster) {
   for (const Rejection& r : p.rejected)
     rejected.push_back({{"worker", r.worker}, {"reason", r.reason}});
   j["rejected"] = rejected;
+  j["notes"] = p.notes;
   return j;
 }
 

@@ -41,12 +41,13 @@ const Eval* pick_layout(const std::vector<const Eval*>& layouts, const Request& 
   auto policy_load = [&](const Eval* e) { return spread ? e->load : -e->load; };
   double best_load = policy_load(ties.front());
   for (const Eval* e : ties) best_load = std::min(best_load, policy_load(e));
-  // Points 1 to 6 of the key (score.h), smaller first.
+  // Points 0 to 6 of the key (score.h), smaller first.
   auto key = [&](const Eval* e) {
     const double load = policy_load(e);
     const bool in_band = load <= best_load + kLoadBand;
-    return std::make_tuple(!in_band, in_band ? 0.0 : rounded(load), e->devs.size(),
-                           e->remote_devices, -rounded(e->pp), -rounded(e->tg), rounded(load));
+    return std::make_tuple(!holds_model(*e->main, r), !in_band, in_band ? 0.0 : rounded(load),
+                           e->devs.size(), e->remote_devices, -rounded(e->pp), -rounded(e->tg),
+                           rounded(load));
   };
   auto before = [&](const Eval* a, const Eval* b) {
     const auto ka = key(a), kb = key(b);

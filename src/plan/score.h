@@ -4,6 +4,8 @@
 // were evaluated in. best_tg is the best predicted generation speed among them; the ties are the
 // layouts with tg * (1 + tie_tolerance) >= best_tg, and one of them wins. Among the ties, the
 // first difference of this key decides:
+//   0. a main whose download cache holds the model's files (Request::model_files) first: it
+//      starts without a download;
 //   1. the placement policy: spread prefers the least loaded layouts (load: the highest memory
 //      utilisation among the workers a layout uses, after it), binpack the most loaded; loads
 //      within kLoadBand of the best load among the ties count as equal, so that a load

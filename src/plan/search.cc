@@ -290,7 +290,8 @@ std::string Search::signature(const cluster::Worker& w) const {
   std::ostringstream o;
   o << w.cpu.cores << '/' << w.cpu.memory_bandwidth_bytes_per_s << '/' << w.free_ram_bytes() << '/'
     << w.ram_bytes << '/' << w.llama_build << '/' << w.cpu.generation_time_factor << '/'
-    << w.cpu.prompt_time_factor;
+    << w.cpu.prompt_time_factor << '/' << holds_model(w, r_) << '/'
+    << w.download_bytes_per_s;  // a holder of the model's files wins ties; the download costs
   if (const auto mine = devs_of_.find(&w); mine != devs_of_.end()) {
     for (std::size_t i : mine->second) {
       const Dev& d = devs_[i];

@@ -36,6 +36,7 @@ std::map<std::string, json> assignments_by_worker(const std::vector<store::Insta
       a["rpc_servers"] = rpc;
       if (main && launch.contains("server")) a["server"] = launch["server"];
       if (main) a["instance_key"] = assignment.value("instance_key", "");
+      if (main && assignment.contains("model_files")) a["model_files"] = assignment["model_files"];
       a["model"] = assignment.value("model", "");
       a["server_port"] = assignment.value("server_port", 0);
       a["rpc_port_base"] = assignment.value("rpc_port_base", 0);
@@ -51,7 +52,8 @@ std::map<std::string, json> assignments_by_worker(const std::vector<store::Insta
 std::string assignment_digest(const json& list) {
   std::string out;
   for (const json& a : list) {
-    for (const char* k : {"id", "role", "model", "server_port", "rpc_servers", "server", "devices"})
+    for (const char* k :
+         {"id", "role", "model", "model_files", "server_port", "rpc_servers", "server", "devices"})
       out += a.value(k, json()).dump() + "\x1f";
     out += "\x1e";
   }

@@ -380,4 +380,19 @@ void Measurements::flush(store::Store& store) {
   }
 }
 
+void Measurements::download(const std::string& instance, json progress) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (progress.is_null()) {
+    downloads_.erase(instance);
+  } else {
+    downloads_[instance] = std::move(progress);
+  }
+}
+
+json Measurements::download_view(const std::string& instance) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto it = downloads_.find(instance);
+  return it != downloads_.end() ? it->second : json();
+}
+
 }  // namespace ggfleet::server

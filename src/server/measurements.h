@@ -48,6 +48,10 @@ class Measurements {
   // measured bytes and the peak (null until measured). `assignment` is the instance's.
   nlohmann::json memory_view(const std::string& instance, const nlohmann::json& assignment) const;
 
+  // The download progress its main worker reported last (null: none under way).
+  void download(const std::string& instance, nlohmann::json progress);
+  nlohmann::json download_view(const std::string& instance) const;
+
   // A device whose measured peak exceeds its estimate by more than this share gets the event
   // instance.memory_over_estimate (once per placement and device).
   static constexpr double kMemoryOver = 0.05;
@@ -97,6 +101,7 @@ class Measurements {
   mutable std::mutex mu_;
   std::map<std::string, Summary> mine_;               // measured by this server's proxy
   std::map<std::string, nlohmann::json> from_store_;  // other servers' summaries
+  std::map<std::string, nlohmann::json> downloads_;   // instance -> its download's progress
   std::chrono::steady_clock::time_point last_read_;   // of the store's rows, by flush()
 };
 

@@ -35,6 +35,7 @@ json Server::instance_view(const store::InstanceRow& i, bool with_assignment) {
   j["predicted"] = predicted_json(i);
   j["measured"] = measurements_->view(i.id);  // null until a request was answered
   j["memory"] = measurements_->memory_view(i.id, parse_or(i.assignment_json, json::object()));
+  j["download"] = measurements_->download_view(i.id);  // null unless one is under way or failed
   return j;
 }
 
@@ -102,6 +103,7 @@ void Server::instance_routes() {
         if (b.contains("replicas"))
           r.replicas = static_cast<std::uint32_t>(integer_in(b, "replicas", 1, 1000));
         const std::shared_ptr<const estimate::ModelMemory> m = checked_model(model);
+        plan::add_download(r, scheduler_->model_files(model));  // planned from the header alone
         const cluster::Cluster fleet = live_cluster(store_->workers(), store_->claims());
         const perf::Corrections corrections = learner_->corrections();
         try {

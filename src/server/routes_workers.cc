@@ -133,6 +133,7 @@ void Server::worker_routes() {
             }
             struct Report {
               std::string id, reason, log;
+              json download;  // {phase, done_bytes, total_bytes, rate_bytes_per_s, eta_s, ...}
               InstanceState state = InstanceState::kStarting;
               std::int64_t restarts = -1;
               std::int64_t port = -1;         // the placement it is about (its llama-server port)
@@ -145,7 +146,7 @@ void Server::worker_routes() {
               for (const json& i : b["instances"]) {
                 if (!i.is_object()) throw HttpError{400, "each instance report must be an object"};
                 only(i, {"id", "state", "reason", "log_tail", "restarts", "port", "listen_port",
-                         "gave_up"});
+                         "gave_up", "download"});
                 Report r;
                 r.id = required_string(i, "id");
                 const std::string word = required_string(i, "state");
@@ -173,6 +174,24 @@ void Server::worker_routes() {
                   r.gave_up = i["gave_up"].get<bool>();
                 }
                 if (i.contains("restarts")) r.restarts = integer_in(i, "restarts", 0, 1000000);
+                if (i.contains("download")) {
+                  const json& d = i["download"];
+                  if (!d.is_object()) throw HttpError{400, "'download' must be an object"};
+                  only(d, {"phase", "done_bytes", "total_bytes", "fetched_bytes", "refetched_bytes",
+                           "interruptions", "rate_bytes_per_s", "eta_s", "error"});
+                  for (auto it = d.begin(); it != d.end(); ++it) {
+                    const std::string& k = it.key();
+                    const json& v = it.value();
+                    if (k == "phase" || k == "error") {
+                      if (!v.is_string()) throw HttpError{400, "'download." + k + "' must be text"};
+                      r.download[k] = valid_utf8(v.get<std::string>(), 4096);
+                    } else {
+                      if (!v.is_number() || v.get<double>() < 0)
+                        throw HttpError{400, "'download." + k + "' must be a number >= 0"};
+                      r.download[k] = v;
+                    }
+                  }
+                }
                 reports.push_back(r);
               }
             }
@@ -252,6 +271,7 @@ void Server::worker_routes() {
                   i->assignment_json = dump(assignment);
                   any_changed = true;
                 }
+                measurements_->download(i->id, r.download);
                 const bool changed = i->state != r.state ||
                                      (r.state == InstanceState::kError && i->reason != r.reason);
                 i->state = r.state;
@@ -268,7 +288,17 @@ void Server::worker_routes() {
             });
             if (any_changed) ++routes_generation_;
             if (was_unreachable || replanned) wake_scheduler();
-            reply(res, {{"assignment_version", store_->assignment_version()}});
+            json answer = {{"assignment_version", store_->assignment_version()}};
+            {
+              // Cache files an admin asked this worker to remove (DELETE .../models/KEY).
+              std::lock_guard<std::mutex> lock(removals_mu_);
+              const auto it = model_removals_.find(name);
+              if (it != model_removals_.end()) {
+                answer["remove_models"] = it->second;
+                model_removals_.erase(it);
+              }
+            }
+            reply(res, answer);
           }));
   s.Get(R"(/v1/workers/([a-z0-9-]+)/assignments)",
         handle("/v1/workers/{name}/assignments", true,
@@ -364,6 +394,33 @@ void Server::worker_routes() {
                   if (!found) throw HttpError{404, "no worker named " + name};
                   reply(res, {{"name", name}, {"status", "draining"}});
                 }));
+  s.Delete(R"(/v1/workers/([a-z0-9-]+)/models/([a-z0-9-]{1,80}))",
+           handle("/v1/workers/{name}/models/{key}", true,
+                  [this](const auto& req, auto& res, const Principal& p) {
+                    allow(p, {KeyRole::kAdmin});
+                    const std::string name = req.matches[1], key = req.matches[2];
+                    const std::optional<store::WorkerRow> w = store_->worker(name);
+                    if (!w) throw HttpError{404, "no worker named " + name};
+                    const json files = parse_or(w->resources_json, json::object())
+                                           .value("models", json::object())
+                                           .value("files", json::array());
+                    const auto f = std::find_if(files.begin(), files.end(), [&](const json& e) {
+                      return e.is_object() && e.value("key", "") == key;
+                    });
+                    if (f == files.end())
+                      throw HttpError{404, "the cache of worker " + name + " holds no file " + key};
+                    if (f->value("in_use", false))
+                      throw HttpError{409, "file " + key + " on worker " + name +
+                                               " is held by a running instance"};
+                    {
+                      std::lock_guard<std::mutex> lock(removals_mu_);
+                      model_removals_[name].insert(key);
+                    }
+                    store_->event("worker.model_removal", name,
+                                  "asked to remove " + key + " from its cache");
+                    res.status = 202;
+                    reply(res, {{"worker", name}, {"key", key}, {"status", "requested"}});
+                  }));
   s.Delete(
       R"(/v1/workers/([a-z0-9-]+))",
       handle("/v1/workers/{name}", true, [this](const auto& req, auto& res, const Principal& p) {

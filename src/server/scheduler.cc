@@ -90,14 +90,20 @@ void replan(store::Store& store, const store::InstanceRow& instance, const std::
 std::shared_ptr<const estimate::ModelMemory> Scheduler::model(const std::string& path) {
   {
     std::lock_guard<std::mutex> lock(models_mu_);
-    if (const auto it = models_.find(path); it != models_.end()) return it->second;
+    if (const auto it = models_.find(path); it != models_.end()) return it->second.memory;
   }
-  const gguf::Model file = gguf::Model::open(path);
+  model::OpenedModel opened = model::open_model_files(path);
   auto m = std::make_shared<const estimate::ModelMemory>(
-      estimate::ModelMemory::from(file, model::profile(file)));
+      estimate::ModelMemory::from(opened.model, model::profile(opened.model)));
   std::lock_guard<std::mutex> lock(models_mu_);
-  models_[path] = m;
+  models_[path] = {m, std::move(opened.files)};
   return m;
+}
+
+std::vector<model::ModelFile> Scheduler::model_files(const std::string& path) {
+  model(path);
+  std::lock_guard<std::mutex> lock(models_mu_);
+  return models_.at(path).files;
 }
 
 namespace {
@@ -124,8 +130,9 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
                       const cluster::Cluster& ready, ReconcileStats& stats) {
   std::string reason;
   try {
-    const plan::Request request = plan::request_from_options(json::parse(d.options_json), d.model);
+    plan::Request request = plan::request_from_options(json::parse(d.options_json), d.model);
     const std::shared_ptr<const estimate::ModelMemory> m = model(d.model);
+    plan::add_download(request, model_files(d.model));
     const auto t0 = std::chrono::steady_clock::now();
     cluster::Cluster fleet = ready;  // the claims as they are now, earlier placements included
     apply_claims(fleet, store_.claims(), instance.id);
@@ -175,6 +182,8 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
       assignment["launch"] = plan::to_json(rep.launch);
       assignment["commands"] = plan::commands_json(rep.commands);  // for people: the shell lines
       assignment["model"] = d.model;
+      if (const std::vector<model::ModelFile> files = model_files(d.model); !files.empty())
+        assignment["model_files"] = model::files_json(files);  // the main downloads them
       assignment["server_port"] = one.server_port;
       assignment["rpc_port_base"] = one.rpc_port_base;
       assignment["slots"] = one.context.parallel;   // the proxy forwards this many at once
@@ -423,6 +432,7 @@ int Scheduler::suggest_replans() {
           plan::request_from_options(json::parse(d->second.options_json), d->second.model);
       r.replicas = 1;
       r.explain = false;
+      plan::add_download(r, model_files(d->second.model));
       const plan::Plan p = plan::make_plan(*model(d->second.model), fleet, r);
       if (!p.feasible || p.replicas.empty()) continue;
       const plan::Candidate& best = p.replicas.front().chosen;

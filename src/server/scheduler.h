@@ -20,6 +20,7 @@
 
 #include "cluster/cluster.h"
 #include "estimate/model_memory.h"
+#include "model/source.h"
 #include "perf/corrections.h"
 #include "plan/options.h"
 #include "plan/plan.h"
@@ -70,8 +71,12 @@ class Scheduler {
   Scheduler(store::Store& store, SchedulerConfig config);
   ReconcileStats reconcile();
 
-  // The model's memory facts, read once per path (thread-safe). Throws on unreadable files.
+  // The model's memory facts, read once per source (a path, a URL or hf://; from the header
+  // alone) (thread-safe). Throws on unreadable files and sources that do not resolve.
   std::shared_ptr<const estimate::ModelMemory> model(const std::string& path);
+  // The files the main worker downloads for a remote source (none for a local path), as resolved
+  // when model() first read it.
+  std::vector<model::ModelFile> model_files(const std::string& path);
 
   // The learned factors later placements are planned with (thread-safe).
   void set_corrections(perf::Corrections c);
@@ -101,7 +106,11 @@ class Scheduler {
   std::set<std::string> changed_keys_;            // factors changed since suggest_replans last ran
   std::map<std::string, std::string> suggested_;  // instance -> the layout last suggested
   std::mutex models_mu_;
-  std::map<std::string, std::shared_ptr<const estimate::ModelMemory>> models_;
+  struct KnownModel {
+    std::shared_ptr<const estimate::ModelMemory> memory;
+    std::vector<model::ModelFile> files;
+  };
+  std::map<std::string, KnownModel> models_;
 };
 
 }  // namespace ggfleet::server

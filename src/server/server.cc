@@ -357,10 +357,16 @@ void Server::check_deployment(const std::string& model, const json& options, con
 
 std::shared_ptr<const estimate::ModelMemory> Server::checked_model(const std::string& model) {
   if (model.empty() || model.size() > 4096)
-    throw HttpError{400, "'model' must be a path or an http(s) URL of at most 4096 bytes"};
-  if (!gguf::is_url(model)) {
-    if (model.find("://") != std::string::npos)
-      throw HttpError{400, "'model' must be a local path or an http:// or https:// URL"};
+    throw HttpError{400,
+                    "'model' must be a path, an http(s) URL or hf://OWNER/REPO/PATH of at most "
+                    "4096 bytes"};
+  model::Source source;
+  try {
+    source = model::parse_source(model);
+  } catch (const std::invalid_argument& e) {
+    throw HttpError{400, std::string("'model': ") + e.what()};
+  }
+  if (source.kind == model::SourceKind::kLocal) {
     if (!gguf::inside_roots(model, config_.model_roots))
       throw HttpError{403, "model path " + model + " is outside the model roots (--model-root)"};
   }

@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -139,6 +140,10 @@ class Server {
   std::unique_ptr<Gateway> gateway_;       // the public front and the data plane
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Measurements> measurements_;
+  std::mutex removals_mu_;
+  // Guarded by removals_mu_: cache files to remove, per worker, sent with its next heartbeat's
+  // answer.
+  std::map<std::string, std::set<std::string>> model_removals_;
   std::unique_ptr<Learner> learner_;
   std::thread http_thread_, schedule_thread_;
   std::mutex mu_;

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "cluster/states.h"
+#include "cluster/units.h"
 #include "gguf/reader.h"
 #include "plan/launch.h"
 
@@ -100,7 +101,12 @@ struct Agent::Instance {
   Clock::time_point next_start = Clock::now();
   bool exit_noticed = false;
   std::string log_path;
-  std::string pid_prefix;  // pid files: <prefix>-server.pid, <prefix>-rpcN.pid
+  std::string pid_prefix;                    // pid files: <prefix>-server.pid, <prefix>-rpcN.pid
+  std::shared_ptr<ModelCache::Model> model;  // held while assigned (downloaded models)
+  std::optional<DownloadStatus> download;    // the last status of its download
+  int download_failures = 0;
+  Clock::time_point download_started;
+  bool download_rated = false;  // its rate went into download_bytes_per_s_
 };
 
 Agent::Agent(AgentConfig config) : config_(std::move(config)) {
@@ -108,6 +114,13 @@ Agent::Agent(AgentConfig config) : config_(std::move(config)) {
   simulated_ = !declared_.empty();
   std::filesystem::create_directories(config_.data_dir + "/logs");
   std::filesystem::create_directories(config_.data_dir + "/pids");
+  CacheConfig cache;
+  cache.dir = config_.cache_dir.empty() ? config_.data_dir + "/models" : config_.cache_dir;
+  cache.max_bytes = config_.cache_max_bytes;
+  cache.connections = config_.download_connections;
+  cache_ = std::make_unique<ModelCache>(cache);
+  // Downloads from the Hub carry this worker's HF_TOKEN (gated repositories).
+  model::register_hub_token(model::Hub::from_environment());
   // Processes an earlier agent of this data directory left running (it was killed before its
   // children could notice): they hold ports and serve without us; stop them before anything else.
   llama_build_ = llama_build(binary("llama-server"));
@@ -153,6 +166,17 @@ json Agent::resources(const std::vector<GpuInfo>& found) const {
   if (config_.reserved_vram_bytes > 0 || config_.reserved_ram_bytes > 0) {
     r["reserved"] = {{"vram", config_.reserved_vram_bytes}, {"ram", config_.reserved_ram_bytes}};
   }
+  json files = json::array();
+  for (const ModelCache::Entry& e : cache_->entries()) {
+    files.push_back({{"key", e.key},
+                     {"names", e.names},
+                     {"sha256", e.sha256},
+                     {"url", e.url},
+                     {"size_bytes", e.size_bytes},
+                     {"last_use_ms", e.last_use_ms},
+                     {"in_use", e.in_use}});
+  }
+  r["models"] = {{"files", files}, {"download_bytes_per_s", download_bytes_per_s_.load()}};
   return r;
 }
 
@@ -193,6 +217,7 @@ json Agent::instance_reports() {
     if (i->listen_port > 0) r["listen_port"] = i->listen_port;
     if (i->gave_up) r["gave_up"] = true;
     if (!i->reason.empty()) r["reason"] = i->reason;
+    if (i->download) r["download"] = i->download->to_json();  // done: what it cost stays shown
     if (i->state == InstanceState::kError || i->state == InstanceState::kLoading)
       r["log_tail"] = tail_file(i->log_path, 40);
     list.push_back(r);
@@ -353,6 +378,8 @@ void Agent::supervise(Instance& i) {
       return;
     }
     if (now < i.next_start) return;
+    std::string downloaded;
+    if (!model_ready(i, &downloaded)) return;
     const std::string model = i.assignment.value("model", "");
     if (!model.empty() && model.find("://") == std::string::npos &&
         !gguf::inside_roots(model, config_.model_roots)) {
@@ -390,6 +417,7 @@ void Agent::supervise(Instance& i) {
     }
     plan::ServerLaunch launch = *i.server_launch;
     launch.port = static_cast<std::uint16_t>(port);
+    if (!downloaded.empty()) launch.model = downloaded;  // the cache's copy, shards beside it
     plan::Command c = plan::command(launch, binary("llama-server"));
     // Its API key through the environment (not argv, which every local user can read).
     const std::string key = i.assignment.value("instance_key", "");
@@ -431,6 +459,62 @@ void Agent::supervise(Instance& i) {
   } else if (i.state != InstanceState::kError) {
     i.state = InstanceState::kLoading;
   }
+}
+
+bool Agent::model_ready(Instance& i, std::string* path) {
+  const json files = i.assignment.value("model_files", json::array());
+  if (!files.is_array() || files.empty()) return true;  // a path on this worker
+  if (!i.model) {
+    try {
+      i.model = cache_->acquire(model::files_from_json(files));
+    } catch (const std::exception& e) {
+      i.state = InstanceState::kError;
+      i.reason = std::string("the assignment's model files are unreadable: ") + e.what();
+      i.gave_up = true;
+      return false;
+    }
+    log(config_.name, i.id + ": downloading " + i.assignment.value("model", "") + " (" +
+                          std::to_string(files.size()) + " file(s)) into the cache");
+    i.download_started = Clock::now();
+  }
+  const DownloadStatus d = i.model->status();
+  i.download = d;
+  if (d.phase == DownloadStatus::Phase::kDone) {
+    if (i.download_failures > 0 || i.state == InstanceState::kDownloading)
+      log(config_.name, i.id + ": model ready in the cache (" + std::to_string(d.fetched_bytes) +
+                            " bytes fetched, " + std::to_string(d.refetched_bytes) +
+                            " of them again after " + std::to_string(d.interruptions) +
+                            " interruption(s))");
+    i.download_failures = 0;
+    const double took_s = std::chrono::duration<double>(Clock::now() - i.download_started).count();
+    if (d.fetched_bytes > (64u << 20) && took_s > 0 && !i.download_rated) {
+      download_bytes_per_s_ = static_cast<double>(d.fetched_bytes) / took_s;  // for the planner
+      i.download_rated = true;
+    }
+    *path = i.model->path();
+    return true;
+  }
+  if (d.phase == DownloadStatus::Phase::kFailed) {
+    // Tried again later (a new download resumes what the last one saved), waiting longer each
+    // time; the error stays visible meanwhile.
+    ++i.download_failures;
+    i.state = InstanceState::kError;
+    i.reason = "download failed: " + d.error;
+    i.model.reset();
+    i.next_start = Clock::now() +
+                   std::chrono::seconds(std::min(300, 10 << std::min(i.download_failures - 1, 5)));
+    log(config_.name, i.id + ": " + i.reason);
+    return false;
+  }
+  i.state = InstanceState::kDownloading;
+  i.reason = "downloading " + cluster::format_bytes(d.done_bytes) + " of " +
+             cluster::format_bytes(d.total_bytes);
+  if (d.rate_bytes_per_s > 0)
+    i.reason +=
+        " at " + cluster::format_bytes(static_cast<std::uint64_t>(d.rate_bytes_per_s)) + "/s";
+  if (d.phase == DownloadStatus::Phase::kVerifying)
+    i.reason = "verifying the sha256 of the download";
+  return false;
 }
 
 std::unique_ptr<httplib::Client> Agent::client(const std::string& url) const {
@@ -576,6 +660,7 @@ void Agent::run(const std::atomic<bool>& stop) {
     std::unique_ptr<httplib::Client> c;
     std::string at;
     int unanswered = 0;
+    std::string refusal;  // the body of the last refused heartbeat
     while (!stop && !poll_stop) {
       try {
         client_for(c, at, 10);
@@ -592,6 +677,24 @@ void Agent::run(const std::atomic<bool>& stop) {
           if (!simulated_) now_gpus = nvml_gpus();
           register_self(stop, now_gpus);
           unanswered = 0;
+        }
+        if (h && h->status >= 400 && h->status != 401 && h->body != refusal) {
+          // Said once per reason: a refused heartbeat leaves the worker unreachable for the server.
+          log(config_.name, "the server refused a heartbeat (HTTP " + std::to_string(h->status) +
+                                "): " + h->body);
+        }
+        if (h) refusal = h->status >= 400 ? h->body : "";
+        if (h && h->status == 200) {
+          // Files an admin removes from this worker's cache (`ggfleet models rm`).
+          const json answer = json::parse(h->body, nullptr, false);
+          const json remove =
+              answer.is_object() ? answer.value("remove_models", json::array()) : json::array();
+          for (const json& key : remove) {
+            if (!key.is_string()) continue;
+            const bool removed = cache_->remove(key.get<std::string>());
+            log(config_.name, (removed ? "removed " : "did not remove (held, or not there) ") +
+                                  key.get<std::string>() + " from the model cache");
+          }
         }
         if (h && h->status == 401) {
           log(config_.name, "the server refuses this worker's credentials (" + h->body +

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "worker/discovery.h"
+#include "worker/model_cache.h"
 #include "worker/process.h"
 
 namespace httplib {
@@ -47,6 +48,10 @@ struct AgentConfig {
   std::uint64_t reserved_vram_bytes = 0;  // per GPU, kept free for others
   std::uint64_t vram_limit_bytes = 0;     // per GPU, offered at most (a slice); 0 = all
   std::uint64_t reserved_ram_bytes = 0;
+  // Models from URLs and the Hugging Face Hub are downloaded here (default: <data_dir>/models).
+  std::string cache_dir;
+  std::uint64_t cache_max_bytes = 0;  // 0: as much as the disk holds
+  int download_connections = 4;
 };
 
 class Agent {
@@ -69,6 +74,10 @@ class Agent {
   // std::runtime_error when refused.
   void register_self(const std::atomic<bool>& stop, const std::vector<GpuInfo>& gpus);
   void supervise(Instance& i);
+  // For an instance whose model is downloaded (the assignment's "model_files"): true with `path`
+  // set when the cache holds every file; false while it downloads or after it failed (state,
+  // reason and the time of the next attempt set).
+  bool model_ready(Instance& i, std::string* path);
   // A client for `url` (http or https; https verified against config_.ca_cert when given).
   std::unique_ptr<httplib::Client> client(const std::string& url) const;
   nlohmann::json heartbeat_body();
@@ -105,6 +114,9 @@ class Agent {
   std::string key_;  // guarded by key_mu_; this worker's credentials (<data_dir>/credentials)
   std::vector<std::string> stale_;  // processes of an earlier agent stopped at start
   std::string llama_build_;         // its llama-server's --version ("" if unknown)
+  // Before instances_: their models are released (they hold them) before the cache goes.
+  std::unique_ptr<ModelCache> cache_;
+  std::atomic<double> download_bytes_per_s_{0};  // the last sizeable download's rate
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<Instance>> instances_;
   std::mutex reports_mu_;

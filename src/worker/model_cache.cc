@@ -131,6 +131,7 @@ json DownloadStatus::to_json() const {
             {"total_bytes", total_bytes},
             {"fetched_bytes", fetched_bytes},
             {"refetched_bytes", refetched_bytes},
+            {"interruptions", interruptions},
             {"rate_bytes_per_s", rate_bytes_per_s}};
   if (eta_s >= 0) j["eta_s"] = eta_s;
   if (!error.empty()) j["error"] = error;
@@ -160,6 +161,7 @@ class ModelCache::Job {
     s.done_bytes = done_bytes();
     s.total_bytes = total_;
     s.fetched_bytes = fetched_before_ + fetched_;
+    s.interruptions = interruptions_;
     s.refetched_bytes = s.fetched_bytes > s.done_bytes ? s.fetched_bytes - s.done_bytes : 0;
     std::lock_guard<std::mutex> lock(mu_);
     s.error = error_;
@@ -219,9 +221,11 @@ class ModelCache::Job {
     std::unique_lock<std::mutex> lock(mu_);
     return !cv_.wait_for(lock, std::chrono::duration<double>(s), [this] { return stop_; });
   }
-  bool stopping() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return stop_;
+  bool stopping() const { return stop_; }
+  void stop_all() {
+    std::lock_guard<std::mutex> lock(mu_);  // so that pause() cannot miss it
+    stop_ = true;
+    cv_.notify_all();
   }
 
   void run() {
@@ -281,13 +285,11 @@ class ModelCache::Job {
     }
     fs::remove(part, ec);
     fetched_before_ = 0;
-    const std::uint64_t by_size = std::max<std::uint64_t>(1, size / cache_.config_.min_range_bytes);
-    const std::uint64_t n = std::max<std::uint64_t>(
-        1, std::min<std::uint64_t>(by_size, std::max(1, cache_.config_.connections)));
-    for (std::uint64_t k = 0; k < n && size > 0; ++k) {
+    const std::uint64_t step = std::max<std::uint64_t>(1, cache_.config_.range_bytes);
+    for (std::uint64_t first = 0; first < size; first += step) {
       auto range = std::make_unique<Range>();
-      range->first = size * k / n;
-      range->last = size * (k + 1) / n - 1;
+      range->first = first;
+      range->last = std::min(size, first + step) - 1;
       ranges_.push_back(std::move(range));
     }
   }
@@ -342,6 +344,7 @@ class ModelCache::Job {
       if (!write_error.empty())
         throw std::runtime_error("cannot write " + file_.name + " in the cache: " + write_error);
       if (why.empty() || stopping()) continue;
+      ++interruptions_;
       failures = r.done > before ? 1 : failures + 1;
       if (failures >= config.max_attempts || permanent) {
         throw std::runtime_error("downloading " + file_.name + " from " + file_.url + " failed " +
@@ -415,30 +418,69 @@ class ModelCache::Job {
       }
     }
     save_progress(state, etag);
+    // The connections take the unfinished ranges in file order; the hasher follows the finished
+    // prefix from the page cache.
+    std::atomic<std::size_t> next{0};
     std::vector<std::thread> threads;
     std::vector<std::string> errors(ranges_.size());
-    for (std::size_t k = 0; k < ranges_.size(); ++k) {
-      if (ranges_[k]->done >= ranges_[k]->length()) continue;
-      threads.emplace_back([&, k] {
-        try {
-          fetch_range(*ranges_[k], fd, state, etag);
-        } catch (const std::exception& e) {
-          errors[k] = e.what();
-          std::lock_guard<std::mutex> lock(mu_);
-          stop_ = true;  // the other ranges stop too; progress is saved
-          cv_.notify_all();
+    const int connections = std::max(1, cache_.config_.connections);
+    for (int c = 0; c < connections && c < static_cast<int>(ranges_.size()); ++c) {
+      threads.emplace_back([&] {
+        for (std::size_t k = next++; k < ranges_.size() && !stopping(); k = next++) {
+          try {
+            fetch_range(*ranges_[k], fd, state, etag);
+          } catch (const std::exception& e) {
+            errors[k] = e.what();
+            stop_all();  // the other connections stop too; progress is saved
+          }
+        }
+      });
+    }
+    std::atomic<bool> transfer_over{false};
+    Sha256 hash;
+    std::uint64_t hashed = 0;
+    std::string hash_error;
+    std::thread hasher;
+    if (!file_.sha256.empty()) {
+      hasher = std::thread([&] {
+        std::vector<char> buf(4u << 20);
+        while (!stopping() && hashed < total_) {
+          std::uint64_t prefix = 0;  // the end of the finished prefix
+          for (const auto& r : ranges_) {
+            prefix = r->first + r->done;
+            if (r->done < r->length()) break;
+          }
+          if (hashed >= prefix) {
+            if (transfer_over) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            continue;
+          }
+          const auto want =
+              static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), prefix - hashed));
+          const ssize_t n = ::pread(fd, buf.data(), want, static_cast<off_t>(hashed));
+          if (n < 0 && errno == EINTR) continue;
+          if (n <= 0) {
+            hash_error =
+                std::string("cannot read back ") + part.string() + ": " + std::strerror(errno);
+            break;
+          }
+          hash.add(buf.data(), static_cast<std::size_t>(n));
+          hashed += static_cast<std::uint64_t>(n);
         }
       });
     }
     for (std::thread& t : threads) t.join();
+    transfer_over = true;
+    if (hasher.joinable()) hasher.join();
     for (const std::string& e : errors)
       if (!e.empty()) throw std::runtime_error(e);
     if (stopping()) return;
+    if (!hash_error.empty()) throw std::runtime_error(hash_error);
     phase_ = DownloadStatus::Phase::kVerifying;
     if (::fdatasync(fd) != 0)
       throw std::runtime_error("cannot flush " + part.string() + ": " + std::strerror(errno));
     if (!file_.sha256.empty()) {
-      const std::string got = sha256_of_file(part);
+      const std::string got = hashed == total_ ? hash.hex_digest() : sha256_of_file(part);
       if (got != file_.sha256) {
         std::error_code ec;
         fs::remove(part, ec);
@@ -466,6 +508,7 @@ class ModelCache::Job {
   std::atomic<std::uint64_t> total_{0};
   std::atomic<std::uint64_t> fetched_{0};         // by this job
   std::atomic<std::uint64_t> fetched_before_{0};  // by earlier runs (from the saved progress)
+  std::atomic<std::uint64_t> interruptions_{0};
   mutable std::mutex ranges_mu_;
   std::vector<std::unique_ptr<Range>> ranges_;
   std::mutex save_mu_;
@@ -510,6 +553,7 @@ std::shared_ptr<ModelCache::Model> ModelCache::acquire(const std::vector<model::
   for (const model::ModelFile& f : files) {
     m->jobs_.push_back(job_for(f));
     ++m->jobs_.back()->holders;
+    m->before_.push_back(m->jobs_.back()->status());
     const std::string part = f.url + "\n" + f.name + "\n";
     id.add(part.data(), part.size());
   }
@@ -529,12 +573,14 @@ DownloadStatus ModelCache::Model::status() const {
   DownloadStatus s;
   s.phase = DownloadStatus::Phase::kDone;
   bool downloading = false, verifying = false;
-  for (const std::shared_ptr<Job>& j : jobs_) {
-    const DownloadStatus f = j->status();
+  for (std::size_t k = 0; k < jobs_.size(); ++k) {
+    const DownloadStatus f = jobs_[k]->status();
     s.done_bytes += f.done_bytes;
     s.total_bytes += f.total_bytes;
-    s.fetched_bytes += f.fetched_bytes;
-    s.refetched_bytes += f.refetched_bytes;
+    const DownloadStatus& b = before_[k];
+    s.fetched_bytes += f.fetched_bytes - std::min(f.fetched_bytes, b.fetched_bytes);
+    s.refetched_bytes += f.refetched_bytes - std::min(f.refetched_bytes, b.refetched_bytes);
+    s.interruptions += f.interruptions - std::min(f.interruptions, b.interruptions);
     s.rate_bytes_per_s += f.rate_bytes_per_s;
     if (f.phase == DownloadStatus::Phase::kFailed && s.error.empty()) s.error = f.error;
     downloading = downloading || f.phase == DownloadStatus::Phase::kDownloading;

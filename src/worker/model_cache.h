@@ -9,14 +9,14 @@
 //   models/MODEL/NAME      symbolic links to the blobs of one model under the names llama.cpp
 //                          needs (a split model's shards side by side, found by their naming)
 //
-// A file is downloaded once however many instances wait for it: in parallel byte ranges, each
-// resumed where it stopped after a broken connection (retries with backoff) or a restart of the
-// worker (from the progress saved every `checkpoint_bytes` of each range), verified against its
-// sha256 when known (a mismatch discards the file and fails the download, naming both sums).
-// Before a download starts, room is made for it: the cache's cap and the disk's free space are
-// checked, least recently used files no instance holds are evicted, and when that is not enough
-// the download fails at once with the bytes missing; the file's space is then allocated whole, so
-// a full disk cannot stop it half way.
+// A file is downloaded once however many instances wait for it: in byte ranges over parallel
+// connections, each range resumed where it stopped after a broken connection (retries with backoff)
+// or a restart of the worker (from the progress saved every `checkpoint_bytes` of each range),
+// verified against its sha256 when known (hashed as the finished prefix grows; a mismatch discards
+// the file and fails the download, naming both sums). Before a download starts, room is made for
+// it: the cache's cap and the disk's free space are checked, least recently used files no instance
+// holds are evicted, and when that is not enough the download fails at once with the bytes missing;
+// the file's space is then allocated whole, so a full disk cannot stop it half way.
 //
 // Thread safety: every public member may be called from any thread.
 #pragma once
@@ -37,8 +37,10 @@ namespace ggfleet::worker {
 struct CacheConfig {
   std::string dir;
   std::uint64_t max_bytes = 0;  // the cache's cap (complete files and downloads); 0: none
-  int connections = 4;          // parallel byte ranges per file
-  std::uint64_t min_range_bytes = 32u << 20;  // no range smaller (small files: one connection)
+  int connections = 4;          // parallel connections per file
+  // A file is fetched in ranges of this size, taken in file order by the connections (so the
+  // finished prefix grows steadily and its sha256 is computed while the rest arrives).
+  std::uint64_t range_bytes = 64u << 20;
   std::uint64_t checkpoint_bytes = 4u << 20;  // progress saved at least this often per range
   int max_attempts = 6;       // per range, in a row without progress, before the download fails
   double max_backoff_s = 16;  // retries wait 1, 2, 4 ... s, at most this
@@ -50,13 +52,16 @@ struct CacheConfig {
 struct DownloadStatus {
   enum class Phase { kDownloading, kVerifying, kDone, kFailed };
   Phase phase = Phase::kDownloading;
-  std::uint64_t done_bytes = 0;
+  std::uint64_t done_bytes = 0;  // of total_bytes: in the cache, or fetched so far
   std::uint64_t total_bytes = 0;
-  std::uint64_t fetched_bytes = 0;    // received over the network, by every attempt and run
-  std::uint64_t refetched_bytes = 0;  // fetched beyond the files' size: the cost of resumes
-  double rate_bytes_per_s = 0;        // over the last few seconds
-  double eta_s = -1;                  // -1: unknown
-  std::string error;                  // kFailed: what went wrong, naming the file
+  // Received over the network for this Model (0 when the cache held every file), by every
+  // attempt and run, and how much of it was fetched again after interruptions.
+  std::uint64_t fetched_bytes = 0;
+  std::uint64_t refetched_bytes = 0;
+  std::uint64_t interruptions = 0;  // transfers that broke off and were resumed
+  double rate_bytes_per_s = 0;      // over the last few seconds
+  double eta_s = -1;                // -1: unknown
+  std::string error;                // kFailed: what went wrong, naming the file
   nlohmann::json to_json() const;
 };
 
@@ -81,6 +86,8 @@ class ModelCache {
     friend class ModelCache;
     ModelCache* cache_ = nullptr;
     std::vector<std::shared_ptr<Job>> jobs_;
+    // What each job had fetched when this Model was made: a Model reports its own cost.
+    std::vector<DownloadStatus> before_;
     std::string dir_;  // models/MODEL
     mutable std::once_flag linked_;
   };

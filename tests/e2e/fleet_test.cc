@@ -13,10 +13,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "../server/server_fixture.h"
-#include "e2e_util.h"
+#include "fleet_fixture.h"
 #include "model/synth.h"
-#include "test_net.h"
 #include "worker/process.h"
 
 namespace ggfleet::test {
@@ -24,107 +22,23 @@ namespace {
 
 using nlohmann::json;
 using worker::tail_file;
-constexpr const char* kAdmin = "e2e-admin";
-constexpr const char* kJoin = "e2e-join";
 
-class Fleet : public ::testing::Test {
+class Fleet : public FleetFixture {
  protected:
   void SetUp() override {
-    llama_ = llama_cpp_dir() + "/bin";
-    GGFLEET_REQUIRE_PATH(llama_ + "/llama-server");
-    GGFLEET_REQUIRE_PATH(llama_ + "/ggml-rpc-server");
-    std::cout << (net_.available()
-                      ? "[ machines ] one network namespace per worker, "
-                      : "[ machines ] processes on 127.0.0.1 (" + net_.why_not() + "), ")
-              << "server at " << net_.host_address() << "\n";
-    server_.start({GGFLEET_BINARY, "server", "--data-dir", dir_.file("server"), "--listen",
-                   net_.host_address() + ":0", "--admin-key", kAdmin, "--join-token", kJoin,
-                   "--heartbeat-timeout", "3000", "--replan-grace", "2000",
-                   // ports apart from other tests' (ggfleet start uses the defaults)
-                   "--instance-ports", "29200", "--rpc-ports", "29300"},
-                  {}, dir_.file("server.log"));
-    port_ = listening_port(dir_.file("server.log"));  // the server picked a free port
-    ASSERT_GT(port_, 0) << tail_file(dir_.file("server.log"));
-    api_ = std::make_unique<Api>(port_, net_.host_address());
-    ASSERT_TRUE(wait_for([&] { return api_->get("/healthz", "").status == 200; }, 20))
-        << tail_file(dir_.file("server.log"));
-    for (int i = 0; i < 3; ++i) start_worker(i);
-    ASSERT_TRUE(wait_for(
-        [&] {
-          return api_->get("/v1/workers", kAdmin).body.value("workers", json::array()).size() == 3;
-        },
-        30));
+    FleetFixture::SetUp();
+    if (HasFatalFailure() || IsSkipped()) return;
     model::SynthOptions o;
     o.blocks = 6;
     o.vocab = 32000;
     model_ = model::synth("llama3-8b-q4_0", dir_.file("models"), o).front();
   }
-  void TearDown() override {
-    for (auto& w : workers_) w->stop(20);
-    server_.stop();
-  }
-  void start_worker(int i) {
-    workers_.push_back(std::make_unique<worker::Process>());
-    const std::string name = "w" + std::to_string(i);
-    workers_.back()->start(
-        net_.inside(
-            i, {GGFLEET_BINARY,   "worker",
-                "--server",       "http://" + net_.host_address() + ":" + std::to_string(port_),
-                "--join-token",   kJoin,
-                "--name",         name,
-                "--address",      net_.address_of(i),
-                "--declare-gpu",  "NVIDIA GeForce RTX 4090:700MiB",
-                "--llama",        llama_,
-                "--data-dir",     dir_.file(name),
-                "--heartbeat-ms", "500",
-                "--max-restarts", "50"}),
-        {}, dir_.file(name + ".log"));
-  }
-  json instance() {
-    const Reply r = api_->get("/v1/instances?deployment=split", kAdmin);
-    return r.body.value("instances", json::array()).empty() ? json() : r.body["instances"][0];
-  }
-  bool running() {
-    const json i = instance();
-    return !i.is_null() && i["state"] == "running";
-  }
-  Reply chat(bool stream) {
-    return api_->post("/v1/chat/completions", kAdmin,
-                      {{"model", "split"},
-                       {"messages", {{{"role", "user"}, {"content", "Hello there"}}}},
-                       {"max_tokens", 6},
-                       {"stream", stream}});
-  }
-  std::string logs() {
-    std::string out = "events:\n";
-    for (const json& e :
-         api_->get("/v1/events?limit=100", kAdmin).body.value("events", json::array())) {
-      out += "  " + e.value("kind", "") + " " + e.value("subject", "") + ": " +
-             e.value("message", "") + "\n";
-    }
-    out += "listening:\n" + run_command("ss -ltnp | grep -E 'llama|rpc'").output;
-    const json now = instance();
-    if (!now.is_null()) {
-      const json full = api_->get("/v1/instances/" + now["id"].get<std::string>(), kAdmin).body;
-      for (const json& c : full["assignment"].value("commands", json::array()))
-        out += "  command: " + c.value("line", "") + "\n";
-    }
-    out += "processes:\n" +
-           run_command("ps -eo pid,ppid,args | grep -E '[l]lama-server|[g]gml-rpc-server'").output;
-    out += "server:\n" + tail_file(dir_.file("server.log"), 20);
-    for (int i = 0; i < 3; ++i)
-      out += "w" + std::to_string(i) + ":\n" +
-             tail_file(dir_.file("w" + std::to_string(i) + ".log"), 20);
-    return out;
-  }
+  json instance() { return FleetFixture::instance("split"); }
+  bool running() { return FleetFixture::running("split"); }
+  Reply chat(bool stream) { return FleetFixture::chat("split", stream); }
+  std::string logs() { return FleetFixture::logs("split"); }
 
-  TestNet net_{3};  // first member: torn down last, after every process in it stopped
-  TempDir dir_;
-  std::string llama_, model_;
-  int port_ = 0;
-  worker::Process server_;
-  std::vector<std::unique_ptr<worker::Process>> workers_;
-  std::unique_ptr<Api> api_;
+  std::string model_;
 };
 
 TEST_F(Fleet, DeployServeRecoverReplanDelete) {

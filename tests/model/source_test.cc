@@ -9,9 +9,9 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "fixture_hub.h"
 #include "gguf/remote.h"
 #include "model/synth.h"
-#include "range_server.h"
 #include "test_util.h"
 
 namespace ggfleet::model {
@@ -46,72 +46,6 @@ TEST(Source, ParsesPathsUrlsAndHubForms) {
   }
 }
 
-// The Hub, as its clients see it: GET /api/models/OWNER/REPO/tree/REV?recursive=true (a JSON
-// array, two entries per page, Link rel="next"), GET /OWNER/REPO/resolve/REV/PATH (302 to the
-// storage, which serves ranges). "test/gated" answers 401 without "Bearer secret".
-class FixtureHub {
- public:
-  explicit FixtureHub(const fs::path& root)
-      : root_(root), server_(root.string(), [this](httplib::Server& s) { routes(s); }) {}
-  std::string endpoint() const { return server_.base(); }
-  std::uint64_t served_bytes() const { return server_.served(); }
-  int listing_pages() const { return pages_; }
-
- private:
-  void routes(httplib::Server& s) {
-    s.Get(R"(/api/models/([^/]+)/([^/]+)/tree/([^/]+))",
-          [this](const httplib::Request& req, httplib::Response& res) {
-            const std::string repo = req.matches[1].str() + "/" + req.matches[2].str();
-            if (!authorised(repo, req, res)) return;
-            const fs::path dir = root_ / repo / req.matches[3].str();
-            if (!fs::is_directory(dir) || req.get_param_value("recursive") != "true") {
-              res.status = 404;
-              return;
-            }
-            std::vector<fs::path> files;
-            for (const auto& e : fs::recursive_directory_iterator(dir))
-              if (e.is_regular_file()) files.push_back(e.path());
-            std::sort(files.begin(), files.end());
-            const std::size_t from =
-                req.has_param("cursor") ? std::stoul(req.get_param_value("cursor")) : 0;
-            nlohmann::json page = nlohmann::json::array();
-            for (std::size_t i = from; i < std::min(files.size(), from + 2); ++i) {
-              const std::string path = fs::relative(files[i], dir).string();
-              const std::uint64_t size = fs::file_size(files[i]);
-              page.push_back({{"type", "file"},
-                              {"oid", "0123456789abcdef0123456789abcdef01234567"},
-                              {"size", size},
-                              {"path", path},
-                              {"lfs", {{"oid", "sha256-of-" + path}, {"size", size}}}});
-            }
-            page.push_back({{"type", "directory"}, {"oid", "x"}, {"size", 0}, {"path", "sub"}});
-            if (from + 2 < files.size()) {
-              res.set_header("Link", "<" + endpoint() + req.path + "?recursive=true&cursor=" +
-                                         std::to_string(from + 2) + ">; rel=\"next\"");
-            }
-            ++pages_;
-            res.set_content(page.dump(), "application/json");
-          });
-    s.Get(R"(/([^/]+)/([^/]+)/resolve/([^/]+)/(.+))", [this](const httplib::Request& req,
-                                                             httplib::Response& res) {
-      const std::string repo = req.matches[1].str() + "/" + req.matches[2].str();
-      if (!authorised(repo, req, res)) return;
-      res.set_redirect("/files/" + repo + "/" + req.matches[3].str() + "/" + req.matches[4].str());
-    });
-  }
-  static bool authorised(const std::string& repo, const httplib::Request& req,
-                         httplib::Response& res) {
-    if (repo != "test/gated" || req.get_header_value("Authorization") == "Bearer secret")
-      return true;
-    res.status = 401;
-    return false;
-  }
-
-  fs::path root_;
-  test::RangeServer server_;
-  int pages_ = 0;
-};
-
 class HubTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -142,7 +76,7 @@ class HubTest : public ::testing::Test {
   }
 
   test::TempDir dir_;
-  FixtureHub hub_{dir_.path()};
+  test::FixtureHub hub_{dir_.path()};
 };
 
 TEST_F(HubTest, AGlobOfShardsResolvesAcrossPagesAndOnlyTheHeaderIsRead) {
@@ -151,7 +85,8 @@ TEST_F(HubTest, AGlobOfShardsResolvesAcrossPagesAndOnlyTheHeaderIsRead) {
   ASSERT_EQ(files.size(), 2u);
   EXPECT_EQ(files[0].path, "Q4_0/llama3-8b-q4_0-00001-of-00002.gguf");
   EXPECT_EQ(files[1].path, "Q4_0/llama3-8b-q4_0-00002-of-00002.gguf");
-  EXPECT_EQ(files[0].sha256, "sha256-of-" + files[0].path);
+  EXPECT_EQ(files[0].sha256,
+            worker::sha256_of_file((dir_.path() / "test/synthetic/main" / files[0].path).string()));
   EXPECT_EQ(files[0].url, hub_.endpoint() + "/test/synthetic/resolve/main/" + files[0].path);
   EXPECT_GE(hub_.listing_pages(), 2);  // four files, two per page
 

@@ -63,7 +63,7 @@ class ModelCacheTest : public ::testing::Test {
 TEST_F(ModelCacheTest, DownloadsInParallelRangesVerifiesAndServesTheNextAskerFromTheCache) {
   test::RangeServer server(files_.path().string());
   const model::ModelFile f = add(server, "m.gguf", 3u << 20);
-  config_.min_range_bytes = 256 << 10;
+  config_.range_bytes = 256 << 10;
   ModelCache cache(config_);
   {
     const auto model = cache.acquire({f});
@@ -80,6 +80,10 @@ TEST_F(ModelCacheTest, DownloadsInParallelRangesVerifiesAndServesTheNextAskerFro
     EXPECT_EQ(e[0].size_bytes, f.size_bytes);
     EXPECT_TRUE(e[0].in_use);
     EXPECT_FALSE(cache.remove(f.sha256)) << "a file in use must not be removed";
+    const DownloadStatus second = wait_done(*cache.acquire({f}));  // asked again: nothing fetched
+    EXPECT_EQ(second.phase, Phase::kDone);
+    EXPECT_EQ(second.fetched_bytes, 0u);
+    EXPECT_EQ(second.done_bytes, f.size_bytes);
   }
   // Another cache on the same directory (a restarted worker): no byte fetched again.
   ModelCache again(config_);
@@ -105,7 +109,7 @@ TEST_F(ModelCacheTest, ResumesWhenTheFileServerStopsAndComesBack) {
   model::ModelFile f;
   int port = 0;
   std::uint64_t served = 0;
-  config_.min_range_bytes = 1u << 20;
+  config_.range_bytes = 1u << 20;
   config_.max_attempts = 100;
   ModelCache cache(config_);
   std::shared_ptr<ModelCache::Model> model;
@@ -129,13 +133,14 @@ TEST_F(ModelCacheTest, ResumesWhenTheFileServerStopsAndComesBack) {
   served += back.served();
   EXPECT_LT(static_cast<double>(served - size), 0.05 * size) << "served " << served;
   EXPECT_LT(static_cast<double>(s.refetched_bytes), 0.05 * size);
+  EXPECT_GE(s.interruptions, 1u);
 }
 
 TEST_F(ModelCacheTest, ResumesFromSavedProgressAfterTheCacheIsRestarted) {
   const std::size_t size = 4u << 20;
   test::RangeServer slow(files_.path().string(), nullptr, 0, 2u << 20);
   const model::ModelFile f = add(slow, "big.gguf", size);
-  config_.min_range_bytes = 1u << 20;
+  config_.range_bytes = 1u << 20;
   config_.checkpoint_bytes = 128 << 10;
   {
     ModelCache cache(config_);
