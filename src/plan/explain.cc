@@ -140,7 +140,7 @@ std::string duration_text(double s) {
 }  // namespace
 
 std::vector<std::string> download_notes(const Eval& chosen, const SearchResult& found,
-                                        const Request& r) {
+                                        const cluster::Cluster& cl, const Request& r) {
   std::vector<std::string> out;
   if (r.model_files.empty()) return out;
   const Eval* fastest = &chosen;
@@ -157,8 +157,24 @@ std::vector<std::string> download_notes(const Eval& chosen, const SearchResult& 
     }
     out.push_back(note);
   } else {
-    out.push_back("main " + main + " downloads " + cluster::format_bytes(r.model_bytes) +
-                  " first (about " + duration_text(download_s(*chosen.main, r)) + ")");
+    std::string note = "main " + main + " downloads " + cluster::format_bytes(r.model_bytes) +
+                       " first (about " + duration_text(download_s(*chosen.main, r)) + ")";
+    const Eval* holder = nullptr;  // the fastest layout whose main holds the files
+    for (const Eval& e : found.all)
+      if (holds_model(*e.main, r) && (holder == nullptr || e.tg > holder->tg)) holder = &e;
+    if (holder != nullptr) {
+      char pct[32];
+      std::snprintf(pct, sizeof pct, "%.0f %%", 100 * (1 - holder->tg / chosen.tg));
+      note += "; main " + holder->main->name + " holds them but would be " + pct + " slower";
+    } else {
+      // A holder the search did not expand: it could not tie with the layouts it found.
+      for (const cluster::Worker& w : cl.workers) {
+        if (!holds_model(w, r)) continue;
+        note += "; " + w.name + " holds them but is predicted slower, outside the tie tolerance";
+        break;
+      }
+    }
+    out.push_back(note);
   }
   return out;
 }

@@ -46,10 +46,11 @@ std::vector<Rejection> rejections(const Eval& chosen, const SearchResult& found,
                                   const Request& request);
 
 // For a downloaded model (Request::model_files): whether `chosen`'s main holds the files or
-// must download them first (how long), and the fastest layout it was preferred to when that
-// one's main would have to download them. Empty for a local model.
+// must download them first (how long, and which worker holds them and how much slower it is),
+// and the fastest layout it was preferred to when that one's main would have to download them.
+// Empty for a local model.
 std::vector<std::string> download_notes(const Eval& chosen, const SearchResult& found,
-                                        const Request& request);
+                                        const cluster::Cluster& cluster, const Request& request);
 
 // The plan's reason when the search found no layout that fits: "does not fit: ...".
 std::string why_nothing_fits(const Search& search, const Filter& filter, const Request& request);

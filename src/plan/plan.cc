@@ -49,7 +49,7 @@ bool place_replica(std::uint32_t i, const estimate::ModelMemory& m, const cluste
   if (i == 0 && r.explain) {
     plan.alternatives = alternatives(*chosen, found, s, state, m, r, c);
     plan.rejected = rejections(*chosen, found, filter, state, r);
-    plan.notes = download_notes(*chosen, found, r);
+    plan.notes = download_notes(*chosen, found, state, r);
   }
   plan.replicas.push_back(std::move(rep));
   return true;

@@ -289,6 +289,7 @@ void Measurements::flush(store::Store& store) {
       }
       ++it;
     }
+    std::erase_if(downloads_, [&](const auto& kv) { return !alive.count(kv.first); });
   }
   std::map<std::string, bool> deviating;      // instance -> its new state, where it changed
   std::map<std::string, std::string> placed;  // instance -> placement, where it changed

@@ -10,6 +10,8 @@
 //                              (over one that sorts first by name) and starts without a download
 //   Sha256Mismatch             one byte changed in the Hub's storage: the file is discarded, the
 //                              instance reports the error, no llama-server starts on it
+//   ModelsListedAndRemoved     `ggfleet models` lists each worker's cache, `models rm` removes a
+//                              file no instance holds
 //   CacheOnSmallTmpfs          a worker whose cache is a 16 MiB tmpfs: a clear error naming the
 //                              bytes missing before any byte is fetched
 #include <signal.h>
@@ -184,11 +186,16 @@ TEST_F(ModelSources, DeployFromTheHubResumeRecreateReplanMismatchAndNoRoom) {
   start_worker(2);
   ASSERT_TRUE(wait_for([&] { return cached_files()["w2"] == 2; }, 60));
   kill_worker(second == "w0" ? 0 : 1);
-  ASSERT_TRUE(wait_for([&] { return running("hub") && full("hub")["main_worker"] == "w2"; }, 180))
+  ASSERT_TRUE(wait_for(
+      [&] {
+        const json i = full("hub");
+        return !i.is_null() && i["state"] == "running" && i["main_worker"] == "w2" &&
+               i["download"].is_object() && chat("hub").status == 200;
+      },
+      180))
       << full("hub").dump() << logs("hub");
-  EXPECT_EQ(full("hub")["download"].value("fetched_bytes", -1.0), 0) << full("hub").dump();
+  EXPECT_EQ(full("hub")["download"].value("fetched_bytes", -1.0), 0) << logs("hub");
   EXPECT_EQ(cached_files()["w1"], 0u);
-  EXPECT_EQ(chat("hub").status, 200);
   start_worker(second == "w0" ? 0 : 1);
   ASSERT_EQ(api_->send("DELETE", "/v1/deployments/hub", kAdmin).status, 200);
 
@@ -211,6 +218,22 @@ TEST_F(ModelSources, DeployFromTheHubResumeRecreateReplanMismatchAndNoRoom) {
   const std::string bad_port = std::to_string(bad["assignment"]["server_port"].get<int>());
   EXPECT_FALSE(process_matching("llama-server.*--port " + bad_port));
   ASSERT_EQ(api_->send("DELETE", "/v1/deployments/bad", kAdmin).status, 200);
+
+  // `ggfleet models` lists the caches; `models rm` empties one file of w0's, at its next heartbeat.
+  const std::string client = std::string(GGFLEET_BINARY) + " models --server http://" +
+                             net_.host_address() + ":" + std::to_string(port_) + " --key " + kAdmin;
+  CommandResult listed = run_command(client);
+  ASSERT_EQ(listed.exit_code, 0) << listed.output;
+  EXPECT_NE(listed.output.find("llama3-8b-q4_0-00002-of-00002.gguf"), std::string::npos)
+      << listed.output;
+  listed = run_command(client + " --worker w0 --json");
+  const json rows = json::parse(listed.output, nullptr, false);
+  ASSERT_TRUE(rows.is_array() && rows.size() == 2) << listed.output;
+  const std::string key = rows[0]["key"];
+  const CommandResult removed = run_command(client + " rm " + key + " --worker w0");
+  ASSERT_EQ(removed.exit_code, 0) << removed.output;
+  EXPECT_TRUE(wait_for([&] { return cached_files()["w0"] == 1; }, 30)) << logs("hub");
+  EXPECT_NE(run_command(client + " rm " + key + " --worker w0").exit_code, 0);  // gone: 404
 
   // CacheOnSmallTmpfs: w1 again, its cache on a 16 MiB tmpfs.
   tmpfs_ = dir_.file("tmpfs");

@@ -252,6 +252,47 @@ TEST(Plan, ReplicasSpreadAndBinpack) {
       << too_many.reason;
 }
 
+TEST(Plan, AMainHoldingTheDownloadedFilesWinsTiesAndTheDownloadIsCounted) {
+  const estimate::ModelMemory& m = Models::get("llama3-8b-q4_0");
+  cluster::Cluster cl = cluster::parse_cluster(kThree4090);
+  Request r = request(4096);
+  r.model_files = {"sha-a", "sha-b"};
+  r.model_bytes = 5'000'000'000;
+  // Nobody holds the files: the first by name, and its start-up counts the download (1 Gbit/s).
+  Plan p = make_plan(m, cl, r);
+  ASSERT_TRUE(p.feasible) << p.reason;
+  EXPECT_EQ(p.replicas[0].chosen.main_worker, "w1");
+  EXPECT_DOUBLE_EQ(p.replicas[0].chosen.prediction.download_s, 5e9 / kDefaultDownloadBytesPerS);
+  EXPECT_GE(p.replicas[0].chosen.prediction.startup_s, p.replicas[0].chosen.prediction.download_s);
+  ASSERT_EQ(p.notes.size(), 1u);
+  EXPECT_NE(p.notes[0].find("main w1 downloads 4.66 GiB first (about 40 s)"), std::string::npos)
+      << p.notes[0];
+  // w3 holds both files (w2 one of them): w3 wins the tie and starts without a download.
+  cl.workers[2].cached_files = {"sha-a", "sha-b", "other"};
+  cl.workers[1].cached_files = {"sha-a"};
+  p = make_plan(m, cl, r);
+  EXPECT_EQ(p.replicas[0].chosen.main_worker, "w3");
+  EXPECT_EQ(p.replicas[0].chosen.prediction.download_s, 0);
+  EXPECT_EQ(p.notes, std::vector<std::string>{"main w3 holds the model's files"});
+  // Outside the tie tolerance speed decides: a faster GPU elsewhere wins, and the note says what
+  // the holder would have given.
+  cl.workers[0].gpus[0].memory_bandwidth_bytes_per_s *= 1.5;
+  cl.workers[0].download_bytes_per_s = 50e6;
+  p = make_plan(m, cl, r);
+  EXPECT_EQ(p.replicas[0].chosen.main_worker, "w1");
+  EXPECT_DOUBLE_EQ(p.replicas[0].chosen.prediction.download_s, 100);
+  ASSERT_EQ(p.notes.size(), 1u);
+  EXPECT_NE(p.notes[0].find("main w1 downloads 4.66 GiB first (about 2 min); w3 holds them but "
+                            "is predicted slower"),
+            std::string::npos)
+      << p.notes[0];
+  // Without files (a local path) nothing changes and nothing is said.
+  r.model_files.clear();
+  p = make_plan(m, cl, r);
+  EXPECT_TRUE(p.notes.empty());
+  EXPECT_EQ(p.replicas[0].chosen.prediction.download_s, 0);
+}
+
 TEST(Plan, ExistingClaimsAndLentGpusAreRespected) {
   std::string text = kThree4090;
   text += R"(claims:
