@@ -79,6 +79,12 @@ std::size_t on_body(char* data, std::size_t size, std::size_t n, void* user) {
   return bytes;
 }
 
+// While a streamed transfer waits for data: asks the sink (with no data) whether to go on.
+int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  auto* r = static_cast<Response*>(user);
+  return (*r->sink)(nullptr, 0) ? 0 : 1;  // non-zero aborts
+}
+
 std::size_t on_header(char* data, std::size_t size, std::size_t n, void* user) {
   auto* r = static_cast<Response*>(user);
   r->header_bytes += size * n;
@@ -146,6 +152,11 @@ Response perform(const std::string& url, const std::string& range, std::uint64_t
   curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT, 30L);
   curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_LIMIT, limits.whole_request_limit ? 1L : 1024L);
   curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_TIME, limits.stall_s);
+  if (sink) {
+    curl_easy_setopt(curl.get(), CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(curl.get(), CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(curl.get(), CURLOPT_XFERINFODATA, &r);
+  }
   curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &r);
   curl_easy_setopt(curl.get(), CURLOPT_HEADERFUNCTION, on_header);
@@ -167,7 +178,7 @@ Response perform(const std::string& url, const std::string& range, std::uint64_t
         url, offset,
         "refused: the response headers passed " + std::to_string(r.max_header_bytes) + " bytes");
   }
-  if (rc == CURLE_WRITE_ERROR && sink) {
+  if ((rc == CURLE_WRITE_ERROR || rc == CURLE_ABORTED_BY_CALLBACK) && sink) {
     throw Error(url, offset, "the download was stopped while writing what it received");
   }
   if (rc == CURLE_WRITE_ERROR) {

@@ -29,11 +29,12 @@ struct StreamAnswer {
 };
 // GETs bytes [first, last] of `url` (`last` UINT64_MAX: to the end; no Range header at all for
 // 0 and UINT64_MAX) under the policy, handing each piece of the body to `sink` as it arrives;
-// `sink` returns false to stop. No limit on the whole request (downloads are long): it fails when
-// fewer than 1 KiB/s arrive for `stall_s`.
-// Only the bodies of 200 and 206 answers reach `sink`. Throws gguf::Error on transport errors,
-// refused addresses, a stop by `sink`, or a success other than 206 to a range; error statuses
-// (400 and above) are returned, with nothing handed to `sink`.
+// `sink` returns false to stop; it is also called with (nullptr, 0) about once a second while
+// the transfer runs (data or not), so that a stop does not wait for data. No limit on the whole
+// request (downloads are long): it fails when fewer than 1 KiB/s arrive for `stall_s`. Only the
+// bodies of 200 and 206 answers reach `sink`. Throws gguf::Error on transport errors, refused
+// addresses, a stop by `sink`, or a success other than 206 to a range; error statuses (400 and
+// above) are returned, with nothing handed to `sink`.
 StreamAnswer get_stream(const std::string& url, std::uint64_t first, std::uint64_t last,
                         const std::function<bool(const char*, std::size_t)>& sink,
                         long stall_s = 30);

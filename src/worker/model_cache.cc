@@ -304,6 +304,7 @@ class ModelCache::Job {
       std::string write_error;
       const auto sink = [&](const char* p, std::size_t n) {
         if (stopping()) return false;
+        if (n == 0) return true;  // no data: only asked whether to go on
         fetched_ += n;
         const std::uint64_t take = std::min<std::uint64_t>(n, r.length() - r.done);
         std::uint64_t written = 0;
