@@ -485,6 +485,10 @@ bool Agent::model_ready(Instance& i, std::string* path) {
                             " bytes fetched, " + std::to_string(d.refetched_bytes) +
                             " of them again after " + std::to_string(d.interruptions) +
                             " interruption(s))");
+    if (i.state == InstanceState::kDownloading || i.download_failures > 0) {
+      i.state = InstanceState::kStarting;  // the download's progress (or error) is no reason now
+      i.reason.clear();
+    }
     i.download_failures = 0;
     const double took_s = std::chrono::duration<double>(Clock::now() - i.download_started).count();
     if (d.fetched_bytes > (64u << 20) && took_s > 0 && !i.download_rated) {
