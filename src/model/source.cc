@@ -189,11 +189,6 @@ std::vector<HubFile> resolve_hub(const Source& source, const Hub& hub) {
   return shards;
 }
 
-std::string header_location(const Source& source, const Hub& hub) {
-  if (source.kind != SourceKind::kHuggingFace) return source.text;
-  return resolve_hub(source, hub).front().url;
-}
-
 namespace {
 
 std::string base_name(const std::string& path_or_url) {
@@ -267,11 +262,7 @@ OpenedModel open_model_files(const std::string& text) {
 }
 
 gguf::Model open_model(const std::string& text) {
-  const Source source = parse_source(text);
-  if (source.kind != SourceKind::kHuggingFace) return gguf::Model::open(text);
-  const Hub hub = Hub::from_environment();
-  register_hub_token(hub);
-  return gguf::Model::open(header_location(source, hub));
+  return open_model_files(text).model;
 }
 
 }  // namespace ggfleet::model

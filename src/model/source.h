@@ -57,10 +57,6 @@ struct HubFile {
 // when the matches are not one model, or when a shard is missing.
 std::vector<HubFile> resolve_hub(const Source& source, const Hub& hub);
 
-// What gguf::Model::open reads for `source`: the local path, the URL, or the URL of the first
-// Hub file (the reader finds the other shards by the split naming). Hub lookups as resolve_hub.
-std::string header_location(const Source& source, const Hub& hub);
-
 // A file a worker downloads to run a remote model: its name as llama.cpp must see it (the
 // split naming of shards kept), where to get it, its size and, when the source publishes one, its
 // sha256.
