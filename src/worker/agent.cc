@@ -118,6 +118,7 @@ Agent::Agent(AgentConfig config) : config_(std::move(config)) {
   cache.dir = config_.cache_dir.empty() ? config_.data_dir + "/models" : config_.cache_dir;
   cache.max_bytes = config_.cache_max_bytes;
   cache.connections = config_.download_connections;
+  cache.on_evict = [name = config_.name](const std::string& text) { log(name, text); };
   cache_ = std::make_unique<ModelCache>(cache);
   // Downloads from the Hub carry this worker's HF_TOKEN (gated repositories).
   model::register_hub_token(model::Hub::from_environment());

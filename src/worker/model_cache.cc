@@ -657,8 +657,14 @@ void ModelCache::make_room(std::uint64_t bytes, const std::string& for_key) {
   for (const auto& [when, path] : candidates) {
     if (fits()) return;
     const std::string key = path.filename().string().substr(0, path.filename().string().find('.'));
+    const std::uint64_t evicted_bytes = allocated_bytes(path);
     for (const char* suffix : {"", ".json", ".part", ".part.json"})
       fs::remove(blobs / (key + suffix), ec);
+    if (config_.on_evict) {
+      config_.on_evict("evicted " + path.filename().string() + " (" + gib(evicted_bytes) +
+                       ", least recently used) to make room for " + gib(bytes) + " in " +
+                       config_.dir);
+    }
   }
   if (fits()) return;
   const std::uint64_t used = used_bytes();

@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -46,6 +47,8 @@ struct CacheConfig {
   double max_backoff_s = 16;  // retries wait 1, 2, 4 ... s, at most this
   long stall_s = 30;          // a connection slower than 1 KiB/s for this long is retried
   std::uint64_t keep_free_bytes = 64u << 20;  // disk space never used
+  // Told each file evicted to make room, with the reason (the worker logs it); may be empty.
+  std::function<void(const std::string&)> on_evict;
 };
 
 // Where a model's download stands (the sum over its files).

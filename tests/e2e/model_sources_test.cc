@@ -219,21 +219,24 @@ TEST_F(ModelSources, DeployFromTheHubResumeRecreateReplanMismatchAndNoRoom) {
   EXPECT_FALSE(process_matching("llama-server.*--port " + bad_port));
   ASSERT_EQ(api_->send("DELETE", "/v1/deployments/bad", kAdmin).status, 200);
 
-  // `ggfleet models` lists the caches; `models rm` empties one file of w0's, at its next heartbeat.
+  // `ggfleet models` lists the caches; `models rm` empties one file of w2's, at its next heartbeat.
+  // (w2, not w0: on a short disk w0's failed download rightly evicted its unheld files first.)
   const std::string client = std::string(GGFLEET_BINARY) + " models --server http://" +
                              net_.host_address() + ":" + std::to_string(port_) + " --key " + kAdmin;
   CommandResult listed = run_command(client);
   ASSERT_EQ(listed.exit_code, 0) << listed.output;
   EXPECT_NE(listed.output.find("llama3-8b-q4_0-00002-of-00002.gguf"), std::string::npos)
       << listed.output;
-  listed = run_command(client + " --worker w0 --json");
+  listed = run_command(client + " --worker w2 --json");
   const json rows = json::parse(listed.output, nullptr, false);
-  ASSERT_TRUE(rows.is_array() && rows.size() == 2) << listed.output;
+  ASSERT_TRUE(rows.is_array() && rows.size() == 2)
+      << listed.output << read_file(dir_.file("w2.log"));
   const std::string key = rows[0]["key"];
-  const CommandResult removed = run_command(client + " rm " + key + " --worker w0");
+  const CommandResult removed = run_command(client + " rm " + key + " --worker w2");
   ASSERT_EQ(removed.exit_code, 0) << removed.output;
-  EXPECT_TRUE(wait_for([&] { return cached_files()["w0"] == 1; }, 30)) << logs("hub");
-  EXPECT_NE(run_command(client + " rm " + key + " --worker w0").exit_code, 0);  // gone: 404
+  EXPECT_TRUE(wait_for([&] { return cached_files()["w2"] == 1; }, 30))
+      << read_file(dir_.file("w2.log"));
+  EXPECT_NE(run_command(client + " rm " + key + " --worker w2").exit_code, 0);  // gone: 404
 
   // CacheOnSmallTmpfs: w1 again, its cache on a 16 MiB tmpfs.
   tmpfs_ = dir_.file("tmpfs");

@@ -208,6 +208,8 @@ TEST_F(ModelCacheTest, EvictsTheLeastRecentlyUsedFileNoInstanceHolds) {
   const model::ModelFile c = add(server, "c.gguf", mib, true, 3);
   const model::ModelFile d = add(server, "d.gguf", mib, true, 4);
   config_.max_bytes = 2 * mib + mib / 2;  // room for two files
+  std::vector<std::string> said;          // what the worker would log
+  config_.on_evict = [&](const std::string& text) { said.push_back(text); };
   ModelCache cache(config_);
   auto fetch = [&](const model::ModelFile& f) {
     auto m = cache.acquire({f});
@@ -229,6 +231,10 @@ TEST_F(ModelCacheTest, EvictsTheLeastRecentlyUsedFileNoInstanceHolds) {
   EXPECT_EQ(keys(), (std::set<std::string>{a.sha256, c.sha256}));
   fetch(d);  // c is held: a goes although c is older in use
   EXPECT_EQ(keys(), (std::set<std::string>{c.sha256, d.sha256}));
+  ASSERT_EQ(said.size(), 2u);  // b, then a; each named with the reason
+  EXPECT_NE(said[0].find("evicted " + b.sha256), std::string::npos) << said[0];
+  EXPECT_NE(said[1].find("evicted " + a.sha256), std::string::npos) << said[1];
+  EXPECT_NE(said[1].find("least recently used"), std::string::npos) << said[1];
   EXPECT_TRUE(cache.remove(d.sha256));
   EXPECT_EQ(keys(), (std::set<std::string>{c.sha256}));
 }
