@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -107,6 +108,10 @@ std::vector<std::string> server_args(const accuracy::Case& c, const std::string&
     a.push_back("-ts");
     a.push_back(ts);
   }
+  if (c.n_cpu_moe > 0) {
+    a.push_back("--n-cpu-moe");
+    a.push_back(std::to_string(c.n_cpu_moe));
+  }
   if (cuda && c.devices > 0) {
     std::string dev;
     for (std::uint32_t i = 0; i < c.devices; ++i)
@@ -139,6 +144,9 @@ std::string run_case(const Case& c, const std::string& llama_bin, const std::str
   std::vector<std::string> argv = {llama_bin + "/llama-server"};
   for (std::string& a : server_args(c, model, port_base, endpoints, false))
     argv.push_back(std::move(a));
+  // A log left by an earlier run of this case must not be read as this run's: the child
+  // truncates the file only once it runs, and the loop below may look before that.
+  std::remove(log_path.c_str());
   const pid_t server = spawn(argv, log_path);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
   while (std::chrono::steady_clock::now() < deadline) {
@@ -168,6 +176,7 @@ std::string Case::id() const {
     << "_np" << parallel << "_ngl"
     << (gpu_layers < 0 ? std::string("all") : std::to_string(gpu_layers)) << "_d" << devices;
   for (double t : tensor_split) o << "_" << t;
+  if (n_cpu_moe > 0) o << "_cmoe" << n_cpu_moe;
   return o.str();
 }
 
@@ -175,11 +184,14 @@ std::vector<Case> cases(bool quick) {
   std::vector<Case> out;
   auto add = [&](Case c) { out.push_back(std::move(c)); };
   if (quick) {
-    add({"llama3-8b-q4_0", 2, 4096, "f16", true, 1, -1, 0, {}});
-    add({"llama3-8b-q4_0", 2, 8192, "q8_0", true, 1, -1, 1, {}});
-    add({"qwen3-30b-a3b-q4_k_m", 4, 4096, "f16", true, 4, -1, 2, {1, 1}});
-    add({"deepseek-r1-ud-iq2_xxs", 4, 4096, "f16", true, 1, 3, 1, {}});
-    add({"gemma3-27b-q4_k_m", 7, 8192, "q4_0", true, 1, -1, 2, {1, 3}});
+    add({"llama3-8b-q4_0", 2, 4096, "f16", true, 1, -1, 0, {}, 0});
+    add({"llama3-8b-q4_0", 2, 8192, "q8_0", true, 1, -1, 1, {}, 0});
+    add({"qwen3-30b-a3b-q4_k_m", 4, 4096, "f16", true, 4, -1, 2, {1, 1}, 0});
+    add({"deepseek-r1-ud-iq2_xxs", 4, 4096, "f16", true, 1, 3, 1, {}, 0});
+    add({"gemma3-27b-q4_k_m", 7, 8192, "q4_0", true, 1, -1, 2, {1, 3}, 0});
+    // Routed experts in host RAM (--n-cpu-moe): MoE, and MLA with a dense first block.
+    add({"qwen3-30b-a3b-q4_k_m", 4, 4096, "f16", true, 4, -1, 2, {1, 1}, 2});
+    add({"deepseek-r1-ud-iq2_xxs", 4, 4096, "f16", true, 1, -1, 2, {1, 1}, 4});
     return out;
   }
   struct P {
@@ -190,12 +202,12 @@ std::vector<Case> cases(bool quick) {
                     P{"deepseek-r1-ud-iq2_xxs", 4}, P{"gemma3-27b-q4_k_m", 7}}) {
     const std::uint32_t all = p.blocks + 1;
     for (std::uint32_t ctx : {512u, 8192u, 32768u})
-      add({p.name, p.blocks, ctx, "f16", true, 1, -1, 1, {}});
+      add({p.name, p.blocks, ctx, "f16", true, 1, -1, 1, {}, 0});
     for (const char* cache : {"q8_0", "q4_0"})
-      add({p.name, p.blocks, 8192, cache, true, 1, -1, 1, {}});
-    add({p.name, p.blocks, 8192, "f16", false, 1, -1, 1, {}});
-    add({p.name, p.blocks, 8192, "f16", true, 4, -1, 1, {}});
-    add({p.name, p.blocks, 8192, "f16", true, 1, -1, 0, {}});  // CPU only
+      add({p.name, p.blocks, 8192, cache, true, 1, -1, 1, {}, 0});
+    add({p.name, p.blocks, 8192, "f16", false, 1, -1, 1, {}, 0});
+    add({p.name, p.blocks, 8192, "f16", true, 4, -1, 1, {}, 0});
+    add({p.name, p.blocks, 8192, "f16", true, 1, -1, 0, {}, 0});  // CPU only
     add({p.name,
          p.blocks,
          8192,
@@ -204,15 +216,49 @@ std::vector<Case> cases(bool quick) {
          1,
          static_cast<std::int32_t>(all / 2),
          1,
-         {}});  // partial
-    add({p.name, p.blocks, 8192, "f16", true, 1, -1, 2, {1, 1}});
-    add({p.name, p.blocks, 8192, "f16", true, 1, -1, 3, {1, 1, 1}});
-    add({p.name, p.blocks, 32768, "q8_0", true, 4, static_cast<std::int32_t>(all - 1), 2, {2, 1}});
+         {},
+         0});  // partial
+    add({p.name, p.blocks, 8192, "f16", true, 1, -1, 2, {1, 1}, 0});
+    add({p.name, p.blocks, 8192, "f16", true, 1, -1, 3, {1, 1, 1}, 0});
+    add({p.name,
+         p.blocks,
+         32768,
+         "q8_0",
+         true,
+         4,
+         static_cast<std::int32_t>(all - 1),
+         2,
+         {2, 1},
+         0});
     // Which of long context, quantized cache, several streams and partial offload moves the
     // compute buffer in the case above.
-    add({p.name, p.blocks, 32768, "q8_0", true, 1, -1, 1, {}});
-    add({p.name, p.blocks, 8192, "q8_0", true, 4, -1, 1, {}});
-    add({p.name, p.blocks, 32768, "f16", true, 4, static_cast<std::int32_t>(all - 1), 2, {2, 1}});
+    add({p.name, p.blocks, 32768, "q8_0", true, 1, -1, 1, {}, 0});
+    add({p.name, p.blocks, 8192, "q8_0", true, 4, -1, 1, {}, 0});
+    add({p.name,
+         p.blocks,
+         32768,
+         "f16",
+         true,
+         4,
+         static_cast<std::int32_t>(all - 1),
+         2,
+         {2, 1},
+         0});
+  }
+  // Routed experts in host RAM (--n-cpu-moe N): the first N blocks' expert tensors stay on the
+  // CPU, their attention and KV cache on the devices. deepseek-r1's 4 blocks keep 3 dense ones:
+  // N = 2 moves nothing but still turns pipeline parallelism off.
+  for (const std::uint32_t n : {1u, 2u, 4u})
+    add({"qwen3-30b-a3b-q4_k_m", 4, 8192, "f16", true, 1, -1, 1, {}, n});
+  for (const std::uint32_t n : {2u, 4u})
+    add({"deepseek-r1-ud-iq2_xxs", 4, 8192, "f16", true, 1, -1, 1, {}, n});
+  for (const char* p : {"qwen3-30b-a3b-q4_k_m", "deepseek-r1-ud-iq2_xxs"}) {
+    add({p, 4, 8192, "f16", true, 1, -1, 2, {1, 1}, 4});
+    add({p, 4, 8192, "f16", true, 1, -1, 2, {1, 1}, 2});
+    add({p, 4, 32768, "q8_0", true, 4, -1, 1, {}, 4});
+    add({p, 4, 8192, "f16", false, 1, -1, 1, {}, 4});
+    add({p, 4, 8192, "f16", true, 1, 3, 1, {}, 4});  // with whole blocks on the CPU too
+    add({p, 4, 512, "f16", true, 1, -1, 1, {}, 4});
   }
   return out;
 }
@@ -298,6 +344,11 @@ estimate::Layout layout_for(const Case& c, bool cuda, std::uint64_t free_bytes_p
       c.flash_attn ? estimate::FlashAttention::kOn : estimate::FlashAttention::kOff;
   // A CPU-only llama.cpp build repacks eligible CPU weights; a CUDA build with mmap does not.
   l.context.cpu_repack = !cuda;
+  if (c.n_cpu_moe > 0) {
+    l.experts.assign(c.blocks, estimate::kExpertsWithBlock);
+    for (std::uint32_t b = 0; b < c.blocks && b < c.n_cpu_moe; ++b)
+      l.experts[b] = estimate::kExpertsOnHost;
+  }
   return l;
 }
 

@@ -22,6 +22,7 @@ struct Case {
   std::int32_t gpu_layers = -1;      // -1 = all
   std::uint32_t devices = 1;         // 0 = CPU only; else RPC servers (CPU) or local GPUs (CUDA)
   std::vector<double> tensor_split;  // empty = llama.cpp's default (equal free memory)
+  std::uint32_t n_cpu_moe = 0;       // --n-cpu-moe: blocks whose experts stay in host RAM
   std::string id() const;            // stable name, used for log files
 };
 

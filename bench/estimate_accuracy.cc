@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
     std::cout << "#!/usr/bin/env bash\nset -u\nmkdir -p " << commands_dir << " models\n";
     std::map<std::string, bool> made;
     for (const accuracy::Case& c : matrix) {
-      if (c.devices > max_devices) continue;
+      if (c.devices > max_devices || c.id().find(only) == std::string::npos) continue;
       const std::string model = "models/" + c.preset + "-b" + std::to_string(c.blocks);
       if (!made[model]) {
         std::cout << "mkdir -p " << model << " && $SYNTH " << c.preset << " " << model << " "

@@ -71,6 +71,7 @@ nlohmann::json estimate_json(const estimate::Estimate& e) {
   j["flash_attention"] = e.flash_attention;
   j["pipeline_parallel"] = e.pipeline_parallel;
   j["fits"] = e.fits;
+  j["host_expert_blocks"] = e.host_expert_blocks;
   nlohmann::json devices = nlohmann::json::array();
   for (const estimate::DeviceUsage& d : e.devices) {
     devices.push_back({{"name", d.name},
@@ -78,6 +79,7 @@ nlohmann::json estimate_json(const estimate::Estimate& e) {
                        {"first_block", d.first_block},
                        {"last_block", d.last_block},
                        {"has_output", d.has_output},
+                       {"expert_blocks", d.expert_blocks},
                        {"weights_bytes", d.weights_bytes},
                        {"kv_bytes", d.kv_bytes},
                        {"compute_bytes", d.compute_bytes},
@@ -102,6 +104,9 @@ std::string estimate_table(const std::vector<std::pair<std::int32_t, estimate::E
       << e.offloaded_layers << "/" << e.total_layers << " layers offloaded, n_ctx "
       << e.context_tokens << ", flash attention " << (e.flash_attention ? "on" : "off")
       << (e.pipeline_parallel ? ", pipeline parallel" : "")
+      << (e.host_expert_blocks > 0
+              ? ", experts of " + std::to_string(e.host_expert_blocks) + " blocks in host RAM"
+              : "")
       << (e.fits ? "" : "  ** DOES NOT FIT **") << "\n";
     char line[256];
     std::snprintf(line, sizeof line, "  %-8s %7s %-9s %10s %10s %10s %10s %10s  %s\n", "device",
@@ -130,9 +135,10 @@ std::string estimate_table(const std::vector<std::pair<std::int32_t, estimate::E
 
 int run_estimate(const EstimateRequest& r) {
   if (r.gpu_layers_step < 0) throw estimate::LayoutError("--ngl-step must be positive");
-  const estimate::Layout base = build_layout(r);
+  estimate::Layout base = build_layout(r);
   const gguf::Model model = model::open_model(r.model);
   const estimate::ModelMemory memory = estimate::ModelMemory::from(model, model::profile(model));
+  estimate::place_experts(memory, r.experts, base);
   std::vector<std::pair<std::int32_t, estimate::Estimate>> rows;
   if (r.gpu_layers_step > 0) {
     const auto total = static_cast<std::int32_t>(memory.blocks() + 1);

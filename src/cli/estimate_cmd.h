@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "estimate/estimate.h"
+#include "estimate/experts.h"
 
 namespace ggfleet::cli {
 
@@ -24,6 +25,7 @@ struct EstimateRequest {
   std::string cache_type_k = "f16";
   std::string cache_type_v = "f16";
   std::string flash_attn = "auto";
+  estimate::ExpertOverrides experts;  // --cpu-moe, --n-cpu-moe, --override-tensor
   bool json = false;
 };
 

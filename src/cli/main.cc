@@ -183,6 +183,12 @@ int main(int argc, char** argv) {
   add_context_options(est, er, est_flags);
   est->add_flag("--repack", er.context.cpu_repack,
                 "CPU weights are repacked (CPU-only llama.cpp builds)");
+  est->add_flag("--cpu-moe", er.experts.cpu_moe, "Every block's routed experts in host RAM");
+  est->add_option("--n-cpu-moe", er.experts.n_cpu_moe,
+                  "The routed experts of the first N blocks in host RAM");
+  est->add_option("--override-tensor", er.experts.rules,
+                  "llama.cpp's -ot PATTERN=BUFFER rules for expert tensors (BUFFER: CPU, CUDA0, "
+                  "RPC1, ...); checked before --cpu-moe/--n-cpu-moe");
 
   cli::PredictRequest pr;
   ContextFlags predict_flags;

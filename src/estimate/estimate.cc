@@ -64,6 +64,15 @@ void validate(const model::Profile& p, const Layout& layout) {
   for (const Device& d : layout.devices) {
     if (d.name.empty()) throw LayoutError("every device needs a name");
   }
+  if (!layout.experts.empty() && layout.experts.size() != p.blocks) {
+    throw LayoutError("expert placement has " + std::to_string(layout.experts.size()) +
+                      " entries for " + std::to_string(p.blocks) + " blocks");
+  }
+  for (std::int32_t e : layout.experts) {
+    if (e < kExpertsWithBlock || e >= static_cast<std::int32_t>(layout.devices.size()))
+      throw LayoutError("expert placement names device " + std::to_string(e) +
+                        ", which is not one");
+  }
 }
 
 bool is_recurrent_layer(const model::Profile& p, std::uint32_t il) {
@@ -140,20 +149,30 @@ std::uint64_t kv_layer_bytes(const model::Profile& p, const ContextOptions& c, c
 // whose logits are wanted before its FFN (llama-server reserves one per sequence), so there it is
 // far fewer than `tokens`. `copied_cache_bytes` and `copied_weight_bytes`: what a GPU that runs
 // a CPU block's products receives for its attention and for its feed-forward part (see the caller).
+// The routed experts' own activations of an MoE block: what moves with the expert tensors when
+// they live apart from their block.
+std::uint64_t routed_activation_bytes(const model::Profile& p, std::uint32_t il,
+                                      std::uint64_t ffn_tokens) {
+  if (p.experts.count == 0 || il < p.experts.leading_dense_blocks) return 0;
+  const std::uint64_t row = 4 * ffn_tokens;
+  return (3 * p.experts.feed_forward_length + p.embedding_length) * p.experts.used * row;
+}
+
 std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
                                      std::uint64_t tokens, std::uint64_t ffn_tokens, bool fa,
                                      std::uint64_t kv_cells, std::uint64_t dequant_bytes_per_cell,
                                      std::uint64_t copied_cache_bytes,
-                                     std::uint64_t copied_weight_bytes) {
+                                     std::uint64_t copied_weight_bytes, bool experts_here) {
   const model::Attention& a = p.attention;
   const std::uint64_t row = 4 * ffn_tokens;  // one f32 element per FFN row
   std::uint64_t ffn = 0;
   const bool moe = p.experts.count > 0 && il >= p.experts.leading_dense_blocks;
   if (moe) {
-    const std::uint64_t used = p.experts.used;
-    ffn = 2 * p.experts.count * row + 3 * p.experts.feed_forward_length * used * row +
-          p.embedding_length * used * row +
-          3 * p.experts.feed_forward_length * p.experts.shared * row;
+    ffn = 2 * p.experts.count * row + 3 * p.experts.feed_forward_length * p.experts.shared * row;
+    // Experts that live elsewhere send their down projection's output back: the block's device
+    // weights and sums it (in place of the copy). Measured with GGML_SCHED_DEBUG on the CPU build.
+    ffn += experts_here ? routed_activation_bytes(p, il, ffn_tokens)
+                        : std::uint64_t{p.embedding_length} * p.experts.used * row;
   } else {
     ffn = 3 * p.feed_forward_length * row;
   }
@@ -247,21 +266,42 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
     }
   }
   const std::int32_t output_device = where[blocks];
+  // Where each block's routed experts are: with the block unless the layout moves them.
+  std::vector<std::int32_t> experts_at(where.begin(), where.begin() + blocks);
+  for (std::uint32_t il = 0; il < blocks && !layout.experts.empty(); ++il) {
+    if (layout.experts[il] != kExpertsWithBlock) experts_at[il] = layout.experts[il];
+  }
 
   // Flash attention: auto is on for every backend we plan for; a quantized V cache forces it.
   e.flash_attention = c.flash_attention != FlashAttention::kOff;
   // Pipeline parallelism: several devices, everything offloaded, KV offloaded.
-  e.pipeline_parallel = n_dev > 1 && e.offloaded_layers == blocks + 1 && c.kv_offload;
+  // Any tensor override turns it off (llama_model::has_tensor_overrides).
+  e.pipeline_parallel =
+      n_dev > 1 && e.offloaded_layers == blocks + 1 && c.kv_offload && layout.experts.empty();
 
   // ---- Weights ----
   const bool cuda_first =
       n_dev > 0 && !layout.devices[0].remote && layout.devices[0].backend == Backend::kCuda;
   for (std::uint32_t il = 0; il <= blocks; ++il) {
-    if (where[il] < 0) continue;
-    const auto d = static_cast<std::size_t>(where[il]);
     const LayerMemory& l = m.layers[il];
-    e.devices[d].weights_bytes +=
-        layout.devices[d].backend == Backend::kCuda ? l.cuda_bytes : l.cpu_bytes;
+    const bool moved = il < blocks && experts_at[il] != where[il];
+    auto add = [&](std::int32_t dev, std::uint64_t cuda_bytes, std::uint64_t cpu_bytes) {
+      if (dev < 0) return;  // host RAM: from the host pieces below
+      const auto d = static_cast<std::size_t>(dev);
+      e.devices[d].weights_bytes +=
+          layout.devices[d].backend == Backend::kCuda ? cuda_bytes : cpu_bytes;
+    };
+    if (moved && l.expert_cpu_bytes > 0) {
+      add(where[il], l.cuda_bytes - l.expert_cuda_bytes, l.cpu_bytes - l.expert_cpu_bytes);
+      add(experts_at[il], l.expert_cuda_bytes, l.expert_cpu_bytes);
+      if (experts_at[il] >= 0) {
+        ++e.devices[static_cast<std::size_t>(experts_at[il])].expert_blocks;
+      } else if (where[il] >= 0) {
+        ++e.host_expert_blocks;
+      }
+    } else {
+      add(where[il], l.cuda_bytes, l.cpu_bytes);
+    }
   }
   if (output_device >= 0 && m.profile.output_tied) {
     const auto d = static_cast<std::size_t>(output_device);
@@ -274,7 +314,8 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
   std::vector<std::uint64_t> span_hi(m.shard_count, 0);
   const bool repack = c.cpu_repack && !cuda_first;
   for (const HostPiece& t : m.host_pieces) {
-    const bool on_cpu = t.layer < 0 || where[static_cast<std::size_t>(t.layer)] < 0;
+    const bool on_cpu =
+        t.layer < 0 || (t.experts ? experts_at : where)[static_cast<std::size_t>(t.layer)] < 0;
     if (!on_cpu) continue;
     e.host.weights_bytes += t.bytes;
     if (repack) e.host.repack_bytes += t.repack_cpu_bytes;
@@ -378,9 +419,26 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
         const std::uint64_t experts = m.layers[il].largest_expert_bytes;
         weights_in = experts_offloaded && experts > 0 ? experts : hidden;
       }
-      peak =
-          std::max(peak, block_activation_bytes(p, il, tokens, ffn_tokens, e.flash_attention, cells,
-                                                dequant * kv.streams, copied, weights_in));
+      peak = std::max(peak, block_activation_bytes(p, il, tokens, ffn_tokens, e.flash_attention,
+                                                   cells, dequant * kv.streams, copied, weights_in,
+                                                   experts_at[il] == where[il]));
+    }
+    return peak;
+  };
+  // Routed experts that live apart from their block run where they are, except that a local GPU's
+  // op offload takes host-held ones when each expert sees at least 32 tokens (and then receives
+  // the expert weights). The peak of those products on `runs_on` (-1 = the host).
+  const bool host_experts_offloaded = offload_gpu >= 0 && tokens >= 32 && experts_offloaded;
+  auto routed_peak = [&](std::int32_t runs_on) {
+    std::uint64_t peak = 0;
+    for (std::uint32_t il = 0; il < blocks; ++il) {
+      if (experts_at[il] == where[il]) continue;
+      const bool offloaded = experts_at[il] < 0 && host_experts_offloaded;
+      if ((offloaded ? offload_gpu : experts_at[il]) != runs_on) continue;
+      const std::uint64_t ffn_tokens = il + 1 == blocks ? output_rows : tokens;
+      const std::uint64_t routed = routed_activation_bytes(p, il, ffn_tokens);
+      if (routed == 0) continue;
+      peak = std::max(peak, routed + (offloaded ? m.layers[il].largest_expert_bytes : 0));
     }
     return peak;
   };
@@ -396,7 +454,16 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
         return where[il] == static_cast<std::int32_t>(d) || (runs_cpu_blocks && where[il] < 0);
       };
       const std::uint64_t device_mask = mask_of(on_device);
-      bytes = peak_of(on_device, cuda) + 3 * hidden + device_mask;
+      bytes = std::max(peak_of(on_device, cuda), routed_peak(static_cast<std::int32_t>(d))) +
+              3 * hidden + device_mask;
+      // When the block before this device's first one has its experts in host RAM (a CPU
+      // block, or another device's block with moved experts), that block's tail (weighting and
+      // summing its experts' outputs) runs here, on a copy of its down projection's output.
+      const auto before = static_cast<std::uint32_t>(u.first_block);
+      if (!op_offload && before > 0 && experts_at[before - 1] < 0 &&
+          routed_activation_bytes(p, before - 1, tokens) > 0) {
+        bytes += std::uint64_t{p.embedding_length} * p.experts.used * 4 * tokens;
+      }
       if (e.pipeline_parallel) {
         // Four copies of every input that crosses into the device; the first device also keeps
         // one more hidden state (measured on CPU-backed RPC and CUDA).
@@ -414,13 +481,15 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
           peak_of([&](std::uint32_t il) { return where[il] < 0; }, true) + 3 * hidden + mask;
     }
   }
+  const std::uint64_t host_routed = routed_peak(-1);
   if (op_offload) {
-    e.host.compute_bytes = 2 * hidden + mask;
+    e.host.compute_bytes = 2 * hidden + mask + host_routed;
   } else if (cpu_has_blocks || n_dev == 0 || e.offloaded_layers == 0) {
     e.host.compute_bytes =
-        peak_of([&](std::uint32_t il) { return where[il] < 0; }, false) + 4 * hidden + mask;
+        std::max(peak_of([&](std::uint32_t il) { return where[il] < 0; }, false), host_routed) +
+        4 * hidden + mask;
   } else {
-    e.host.compute_bytes = 2 * hidden + mask;
+    e.host.compute_bytes = 2 * hidden + mask + host_routed;
     if (e.pipeline_parallel) e.host.compute_bytes += (kPipelineCopies - 1) * mask;
     // Without flash attention the host also keeps a half-precision copy of the hidden state
     // (measured: +4 MiB for llama3, +2 MiB for qwen3 at 512 tokens).

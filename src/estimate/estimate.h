@@ -31,6 +31,7 @@ struct DeviceUsage {
   std::int32_t first_block = -1;  // first and last block held; -1 when none
   std::int32_t last_block = -1;
   bool has_output = false;
+  std::uint32_t expert_blocks = 0;  // blocks of other devices (or the CPU) whose experts it holds
   std::uint64_t weights_bytes = 0;
   std::uint64_t kv_bytes = 0;
   std::uint64_t compute_bytes = 0;
@@ -61,7 +62,8 @@ struct Estimate {
   std::uint32_t kv_streams = 1;
   bool flash_attention = true;  // as resolved
   bool pipeline_parallel = false;
-  bool fits = true;  // every device fits its free memory
+  std::uint32_t host_expert_blocks = 0;  // offloaded blocks whose routed experts stay in host RAM
+  bool fits = true;                      // every device fits its free memory
 };
 
 // Estimates `layout` for `model`. Throws LayoutError for impossible options.

@@ -50,11 +50,20 @@ It to_llama_order(It first, It last, IsRemote is_remote) {
   return std::stable_partition(first, last, is_remote);
 }
 
+// Where a block's routed-expert tensors live (Layout::experts): with the rest of their block,
+// in host RAM (--cpu-moe, --n-cpu-moe, -ot ...=CPU), or on a device (an index into devices).
+constexpr std::int32_t kExpertsWithBlock = -2;
+constexpr std::int32_t kExpertsOnHost = -1;
+
 struct Layout {
   std::vector<Device> devices;       // llama.cpp's order: RPC devices first, then local GPUs
   std::vector<double> tensor_split;  // one weight per device; empty = proportional to free_bytes
   std::int32_t gpu_layers = -1;      // -ngl: layers offloaded (output counts as one); -1 = all
   ContextOptions context;
+  // Empty: llama.cpp gets no tensor overrides. Else one entry per block (kExpertsWithBlock,
+  // kExpertsOnHost or a device index): llama.cpp gets overrides, which also turns its pipeline
+  // parallelism off, even where every entry is kExpertsWithBlock.
+  std::vector<std::int32_t> experts;
 };
 
 }  // namespace ggfleet::estimate

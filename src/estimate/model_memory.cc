@@ -4,6 +4,7 @@
 #include <charconv>
 #include <map>
 #include <string_view>
+#include <tuple>
 
 namespace ggfleet::estimate {
 namespace {
@@ -43,6 +44,25 @@ bool repackable(const gguf::TensorInfo& t, std::int32_t layer) {
 
 }  // namespace
 
+bool is_expert_tensor(std::string_view name) {
+  for (std::size_t at = name.find(".ffn_"); at != std::string_view::npos;
+       at = name.find(".ffn_", at + 1)) {
+    std::string_view rest = name.substr(at + 5);
+    bool kind = false;
+    for (std::string_view k : {"gate_up_", "up_", "down_", "gate_"}) {
+      if (rest.substr(0, k.size()) == k) {
+        rest.remove_prefix(k.size());
+        kind = true;
+        break;
+      }
+    }
+    if (!kind) continue;
+    if (rest.substr(0, 2) == "ch") rest.remove_prefix(2);
+    if (rest.substr(0, 4) == "exps") return true;
+  }
+  return false;
+}
+
 std::uint64_t cuda_tensor_bytes(gguf::GgmlType type, std::uint64_t ne0, std::uint64_t bytes) {
   std::uint64_t size = bytes;
   if (gguf::traits(type).quantized && ne0 % 512 != 0)
@@ -59,6 +79,7 @@ ModelMemory ModelMemory::from(const gguf::Model& model, model::Profile profile) 
   m.tensors.reserve(model.tensors().size());
   for (const gguf::TensorInfo& t : model.tensors()) {
     TensorMemory tm;
+    tm.name = t.name;
     tm.layer = layer_of(t.name, blocks);
     tm.shard = t.shard;
     tm.file_offset = t.file_offset;
@@ -66,12 +87,17 @@ ModelMemory ModelMemory::from(const gguf::Model& model, model::Profile profile) 
     tm.cpu_bytes = pad(t.bytes, 32);
     tm.cuda_bytes = cuda_tensor_bytes(t.type, t.dims[0], t.bytes);
     tm.repackable = repackable(t, tm.layer);
+    tm.expert = tm.layer >= 0 && is_expert_tensor(t.name);
     if (tm.layer >= 0) {  // input tensors (token_embd) always stay in host RAM: see estimate()
       LayerMemory& l = m.layers[static_cast<std::size_t>(tm.layer)];
       l.cpu_bytes += tm.cpu_bytes;
       l.cuda_bytes += tm.cuda_bytes;
       if (t.name.find("_exps.") != std::string_view::npos)
         l.largest_expert_bytes = std::max(l.largest_expert_bytes, tm.cuda_bytes);
+      if (tm.expert) {
+        l.expert_cpu_bytes += tm.cpu_bytes;
+        l.expert_cuda_bytes += tm.cuda_bytes;
+      }
     }
     if (t.name == "token_embd.weight" && m.profile.output_tied) {
       m.tied_output_cpu_bytes = tm.cpu_bytes;
@@ -82,11 +108,12 @@ ModelMemory ModelMemory::from(const gguf::Model& model, model::Profile profile) 
   std::sort(m.tensors.begin(), m.tensors.end(), [](const TensorMemory& a, const TensorMemory& b) {
     return a.shard != b.shard ? a.shard < b.shard : a.file_offset < b.file_offset;
   });
-  std::map<std::pair<std::int32_t, std::uint32_t>, HostPiece> pieces;
+  std::map<std::tuple<std::int32_t, std::uint32_t, bool>, HostPiece> pieces;
   for (const TensorMemory& t : m.tensors) {
-    HostPiece& p = pieces[{t.layer, t.shard}];
+    HostPiece& p = pieces[{t.layer, t.shard, t.expert}];
     p.layer = t.layer;
     p.shard = t.shard;
+    p.experts = t.expert;
     p.bytes += t.bytes;
     p.cpu_bytes += t.cpu_bytes;
     p.span_lo = std::min(p.span_lo, t.file_offset);

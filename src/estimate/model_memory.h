@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "gguf/reader.h"
@@ -13,6 +15,7 @@
 namespace ggfleet::estimate {
 
 struct TensorMemory {
+  std::string name;
   std::int32_t layer =
       -1;  // block index; the output layer is profile.blocks; -1 = input (token_embd)
   std::uint32_t shard = 0;
@@ -21,12 +24,17 @@ struct TensorMemory {
   std::uint64_t cpu_bytes = 0;   // as a CPU (or CPU-backed RPC) buffer allocates it
   std::uint64_t cuda_bytes = 0;  // as a CUDA (or CUDA-backed RPC) buffer allocates it
   bool repackable = false;       // llama.cpp's CPU_REPACK takes it on AVX2 CPUs
+  bool expert = false;           // a routed-expert stack (ffn_{up,gate,down,gate_up}_{,ch}exps)
 };
 
 struct LayerMemory {
   std::uint64_t cpu_bytes = 0;
   std::uint64_t cuda_bytes = 0;
   std::uint64_t largest_expert_bytes = 0;  // largest routed-expert tensor (ffn_*_exps)
+  // Of cpu_bytes and cuda_bytes: the routed-expert tensors (they may live elsewhere: see
+  // Layout::experts).
+  std::uint64_t expert_cpu_bytes = 0;
+  std::uint64_t expert_cuda_bytes = 0;
 };
 
 // What one layer's tensors in one shard cost when the layer stays in host RAM, summed once so
@@ -35,7 +43,8 @@ struct LayerMemory {
 struct HostPiece {
   std::int32_t layer = -1;  // as TensorMemory::layer
   std::uint32_t shard = 0;
-  std::uint64_t bytes = 0;             // ggml_nbytes of all its tensors
+  bool experts = false;     // the layer's routed-expert tensors (the rest of the layer is another)
+  std::uint64_t bytes = 0;  // ggml_nbytes of all its tensors
   std::uint64_t cpu_bytes = 0;         // CPU buffer bytes of all its tensors
   std::uint64_t plain_cpu_bytes = 0;   // ... of the tensors that are not repackable
   std::uint64_t repack_cpu_bytes = 0;  // ... of the repackable ones
@@ -59,6 +68,10 @@ struct ModelMemory {
   static ModelMemory from(const gguf::Model& model, model::Profile profile);
   std::uint32_t blocks() const { return profile.blocks; }
 };
+
+// True for llama.cpp's routed-expert weights, the tensors its --cpu-moe and --n-cpu-moe move:
+// names with ".ffn_{up,down,gate,gate_up}_{,ch}exps" (LLM_FFN_EXPS_REGEX), biases included.
+bool is_expert_tensor(std::string_view name);
 
 // Bytes a CUDA buffer takes for one tensor (ggml-cuda's alloc size, aligned to 128).
 std::uint64_t cuda_tensor_bytes(gguf::GgmlType type, std::uint64_t ne0, std::uint64_t bytes);

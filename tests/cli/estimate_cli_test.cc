@@ -73,5 +73,40 @@ TEST_F(EstimateCli, ImpossibleOptionsAreErrors) {
   }
 }
 
+// llama.cpp's expert options, as users write them for MoE models.
+TEST(EstimateCliExperts, NCpuMoeCpuMoeAndOverrideTensorRules) {
+  test::TempDir dir;
+  const auto made =
+      test::run_command(std::string(GGFLEET_BINARY) +
+                        " synth qwen3-30b-a3b-q4_k_m --blocks 4 --out " + dir.path().string());
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const std::string run = std::string(GGFLEET_BINARY) + " estimate " +
+                          dir.file("qwen3-30b-a3b-q4_k_m.gguf") + " --gpus 24GiB,24GiB ";
+  auto json_of = [&](const std::string& args) {
+    const auto r = test::run_command(run + args + " --json");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return nlohmann::json::parse(r.output, nullptr, false);
+  };
+  const nlohmann::json plain = json_of("");
+  const nlohmann::json two = json_of("--n-cpu-moe 2");
+  EXPECT_TRUE(plain["pipeline_parallel"].get<bool>());
+  EXPECT_FALSE(two["pipeline_parallel"].get<bool>());
+  EXPECT_EQ(two["host_expert_blocks"], 2);
+  EXPECT_LT(two["devices"][0]["weights_bytes"], plain["devices"][0]["weights_bytes"]);
+  EXPECT_EQ(json_of("--cpu-moe")["host_expert_blocks"], 4);
+  // Block 3's experts to the first GPU, away from their block (on the second).
+  const nlohmann::json moved = json_of(R"(--override-tensor 'blk\.3\.ffn_.*_exps=CUDA0')");
+  EXPECT_EQ(moved["devices"][0]["expert_blocks"], 1);
+  EXPECT_EQ(moved["host_expert_blocks"], 0);
+  const auto table = test::run_command(run + "--n-cpu-moe 3");
+  EXPECT_NE(table.output.find("experts of 3 blocks in host RAM"), std::string::npos)
+      << table.output;
+  // A rule that would move attention weights is refused, naming the rule and the tensor.
+  const auto refused = test::run_command(run + R"(--override-tensor 'attn_q=CPU')");
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.output.find("'attn_q=CPU' would move blk.0.attn_q.weight"), std::string::npos)
+      << refused.output;
+}
+
 }  // namespace
 }  // namespace ggfleet

@@ -111,6 +111,7 @@ TEST(Accuracy, EveryDeviceMeetsTheGoalOnH200ButTheKnownMisses) {
   };
   std::size_t checked = 0;
   for_each_h200_log([&](const Case& c, const Measured& theirs, const Measured& ours) {
+    if (c.n_cpu_moe > 0) return;  // ExpertsInHostRamOnH200
     ASSERT_TRUE(theirs.ok) << c.id() << ": " << theirs.error;
     ASSERT_EQ(theirs.devices.size(), ours.devices.size()) << c.id();
     auto check = [&](const std::string& name, const Usage& t, const Usage& o) {
@@ -131,6 +132,38 @@ TEST(Accuracy, EveryDeviceMeetsTheGoalOnH200ButTheKnownMisses) {
   EXPECT_EQ(checked + known_misses.size(), 140u);  // bench/data/estimate_accuracy_cuda.txt
 }
 
+// Routed experts in host RAM (--n-cpu-moe), the cases with one H200 (two-GPU cases were not
+// lent a machine): every device meets the goal but the rows named below.
+TEST(Accuracy, ExpertsInHostRamOnH200ButTheKnownMisses) {
+  const std::set<std::string> known_misses = {
+      // Over, not under (2.8 % and 2.4 %): MLA's compute buffer with a quantized 32k cache and
+      // four sequences, and with op offload of the dense CPU blocks; the moved experts are those
+      // of the last block, whose feed-forward part sees one row.
+      "deepseek-r1-ud-iq2_xxs_b4_c32768_q8_0_fa_np4_nglall_d1_cmoe4 CUDA0",
+      "deepseek-r1-ud-iq2_xxs_b4_c8192_f16_fa_np1_ngl3_d1_cmoe4 CUDA0",
+  };
+  std::size_t checked = 0;
+  for_each_h200_log([&](const Case& c, const Measured& theirs, const Measured& ours) {
+    if (c.n_cpu_moe == 0) return;
+    ASSERT_TRUE(theirs.ok) << c.id() << ": " << theirs.error;
+    auto check = [&](const std::string& name, const Usage& t, const Usage& o) {
+      const std::string row = c.id() + " " + name;
+      const Verdict v = judge(o.total(), t.total());
+      ++checked;
+      if (known_misses.count(row) > 0) {
+        EXPECT_GT(v.error_mib, 0) << row << ": a known miss is an over-estimate";
+        return;
+      }
+      EXPECT_TRUE(v.pass) << row << ": llama.cpp " << t.total() << " MiB, ours " << o.total()
+                          << " MiB";
+    };
+    check("host", theirs.host, ours.host);
+    for (std::size_t d = 0; d < ours.devices.size(); ++d)
+      check(ours.device_names[d], theirs.devices[d], ours.devices[d]);
+  });
+  EXPECT_EQ(checked, 26u);  // 13 cases, host and CUDA0
+}
+
 TEST(Accuracy, CpuWithRpcServers) {
   const std::string bin = test::llama_cpp_dir() + "/bin";
   GGFLEET_REQUIRE_PATH(bin + "/llama-server");
@@ -143,6 +176,15 @@ TEST(Accuracy, CpuWithRpcServers) {
     const Measured theirs = parse_log(log, rpc_endpoints(c, kPortBase), 0);
     const Measured ours = predicted(estimate::estimate(memory, layout_for(c, false, 24ull << 30)));
     expect_exact_components(c, theirs, ours);
+    if (c.n_cpu_moe == 0) continue;
+    // Experts in host RAM: the totals meet the goal too (the matrix is in bench/estimate_accuracy).
+    for (std::size_t d = 0; d <= ours.devices.size() && d <= theirs.devices.size(); ++d) {
+      const Usage& t = d == 0 ? theirs.host : theirs.devices[d - 1];
+      const Usage& o = d == 0 ? ours.host : ours.devices[d - 1];
+      EXPECT_TRUE(judge(o.total(), t.total()).pass)
+          << c.id() << " " << (d == 0 ? "host" : ours.device_names[d - 1]) << ": llama.cpp "
+          << t.total() << " MiB, ours " << o.total() << " MiB";
+    }
   }
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "estimate/estimate.h"
+#include "estimate/experts.h"
 #include "estimate/fit.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
@@ -120,6 +121,75 @@ TEST(Estimate, ImpossibleOptionsAreErrors) {
   d.devices = {rpc("RPC0")};
   d.context.cache_type_k = gguf::GgmlType::Q8_0;  // V stays f16: MLA needs one type
   EXPECT_THROW(estimate(ds, d), LayoutError);
+}
+
+TEST(Experts, LlamaCppOptionsPlaceWholeBlocksOfExperts) {
+  test::TempDir dir;
+  const ModelMemory qwen = preset("qwen3-30b-a3b-q4_k_m", 4, dir);
+  Layout l;
+  l.devices = {rpc("RPC0"), rpc("RPC1")};
+  using V = std::vector<std::int32_t>;
+  constexpr std::int32_t kWith = kExpertsWithBlock;
+  constexpr std::int32_t kHost = kExpertsOnHost;
+  place_experts(qwen, {}, l);
+  EXPECT_TRUE(l.experts.empty());  // no overrides at all
+  place_experts(qwen, {false, 2, {}}, l);
+  EXPECT_EQ(l.experts, (V{kHost, kHost, kWith, kWith}));
+  place_experts(qwen, {true, 0, {}}, l);
+  EXPECT_EQ(l.experts, (V{kHost, kHost, kHost, kHost}));
+  // -ot rules come first; llama.cpp's common forms.
+  place_experts(qwen, {false, 1, {R"(blk\.(2|3)\.ffn_.*_exps\.=RPC0)"}}, l);
+  EXPECT_EQ(l.experts, (V{kHost, kWith, 0, 0}));
+  place_experts(qwen, {false, 0, {"exps=CPU"}}, l);
+  EXPECT_EQ(l.experts, (V{kHost, kHost, kHost, kHost}));
+  place_experts(qwen, {false, 0, {R"(blk\.3\.ffn_(up|down|gate)_exps=RPC1,exps=CPU)"}}, l);
+  EXPECT_EQ(l.experts, (V{kHost, kHost, kHost, 1}));
+
+  auto error = [&](const ExpertOverrides& o) {
+    try {
+      place_experts(qwen, o, l);
+    } catch (const LayoutError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error({false, 0, {"exps"}}).find("is not PATTERN=BUFFER"), std::string::npos);
+  EXPECT_NE(error({false, 0, {"exps(=CPU"}}).find("bad pattern"), std::string::npos);
+  EXPECT_NE(
+      error({false, 0, {"exps=CUDA0"}}).find("no buffer CUDA0 (this layout has CPU, RPC0, RPC1)"),
+      std::string::npos);
+  EXPECT_NE(error({false, 0, {R"(blk\.0\.attn_q=CPU)"}}).find("would move blk.0.attn_q.weight"),
+            std::string::npos);
+  EXPECT_NE(error({false, 0, {R"(ffn_up_exps=CPU)"}}).find("in different places"),
+            std::string::npos);
+}
+
+TEST(Experts, MovedExpertsKeepEveryByteAndTurnPipelineParallelismOff) {
+  test::TempDir dir;
+  const ModelMemory qwen = preset("qwen3-30b-a3b-q4_k_m", 4, dir);
+  Layout l;
+  l.devices = {rpc("RPC0"), rpc("RPC1")};
+  l.context.context_tokens = 4096;
+  l.context.mmap = false;  // host weights as copies: every byte counted once
+  const Estimate whole = estimate(qwen, l);
+  EXPECT_TRUE(whole.pipeline_parallel);
+  place_experts(qwen, {false, 2, {}}, l);
+  const Estimate moved = estimate(qwen, l);
+  EXPECT_FALSE(moved.pipeline_parallel);
+  EXPECT_EQ(moved.host_expert_blocks, 2u);
+  const std::uint64_t experts = qwen.layers[0].expert_cpu_bytes + qwen.layers[1].expert_cpu_bytes;
+  EXPECT_GT(experts, 0u);
+  EXPECT_EQ(moved.devices[0].weights_bytes + experts, whole.devices[0].weights_bytes);
+  EXPECT_EQ(moved.devices[1].weights_bytes, whole.devices[1].weights_bytes);
+  EXPECT_EQ(moved.host.copied_bytes, whole.host.copied_bytes + experts);
+  // The KV cache stays with the blocks' attention.
+  EXPECT_EQ(moved.devices[0].kv_bytes, whole.devices[0].kv_bytes);
+  EXPECT_EQ(moved.host.kv_bytes, 0u);
+  // Overrides that move nothing still turn pipeline parallelism off, as in llama.cpp.
+  l.experts.assign(4, kExpertsWithBlock);
+  EXPECT_FALSE(estimate(qwen, l).pipeline_parallel);
+  l.experts.assign(3, kExpertsWithBlock);
+  EXPECT_THROW(estimate(qwen, l), LayoutError);
 }
 
 TEST(Fit, MaxGpuLayersAndSplit) {
