@@ -43,6 +43,16 @@ struct ContextFlags {
   bool no_kv_offload = false;
   bool no_mmap = false;
 };
+// llama.cpp's options that keep routed experts apart from their blocks (estimate, predict).
+void add_expert_options(CLI::App* cmd, estimate::ExpertOverrides& o) {
+  cmd->add_flag("--cpu-moe", o.cpu_moe, "Every block's routed experts in host RAM");
+  cmd->add_option("--n-cpu-moe", o.n_cpu_moe,
+                  "The routed experts of the first N blocks in host RAM");
+  cmd->add_option("--override-tensor", o.rules,
+                  "llama.cpp's -ot PATTERN=BUFFER rules for expert tensors (BUFFER: CPU, CUDA0, "
+                  "RPC1, ...); checked before --cpu-moe/--n-cpu-moe");
+}
+
 void add_context_options(CLI::App* cmd, cli::EstimateRequest& er, ContextFlags& flags,
                          bool json_flag = true) {
   cmd->add_option("--ctx,-c", er.context.context_tokens, "Context size (0 = the model's)")
@@ -183,12 +193,7 @@ int main(int argc, char** argv) {
   add_context_options(est, er, est_flags);
   est->add_flag("--repack", er.context.cpu_repack,
                 "CPU weights are repacked (CPU-only llama.cpp builds)");
-  est->add_flag("--cpu-moe", er.experts.cpu_moe, "Every block's routed experts in host RAM");
-  est->add_option("--n-cpu-moe", er.experts.n_cpu_moe,
-                  "The routed experts of the first N blocks in host RAM");
-  est->add_option("--override-tensor", er.experts.rules,
-                  "llama.cpp's -ot PATTERN=BUFFER rules for expert tensors (BUFFER: CPU, CUDA0, "
-                  "RPC1, ...); checked before --cpu-moe/--n-cpu-moe");
+  add_expert_options(est, er.experts);
 
   cli::PredictRequest pr;
   ContextFlags predict_flags;
@@ -211,6 +216,7 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   pred->add_option("--depth", pr.depth_tokens, "Tokens already in the cache while generating");
   add_context_options(pred, pr.options, predict_flags);
+  add_expert_options(pred, pr.options.experts);
 
   cli::PlanRequest plr;
   ContextFlags plan_flags;

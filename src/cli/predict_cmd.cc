@@ -103,7 +103,11 @@ std::string prediction_text(const PlacedLayout& placed, const cluster::Cluster& 
   char line[320];
   o << "layout: " << e.offloaded_layers << "/" << e.total_layers << " layers on GPUs, "
     << (e.total_layers - e.offloaded_layers) << " on the main's CPU, n_ctx " << e.context_tokens
-    << (e.pipeline_parallel ? ", pipeline parallel" : "") << "\n";
+    << (e.pipeline_parallel ? ", pipeline parallel" : "")
+    << (e.host_expert_blocks > 0
+            ? ", experts of " + std::to_string(e.host_expert_blocks) + " blocks in host RAM"
+            : "")
+    << "\n";
   std::snprintf(line, sizeof line, "  %-6s %-28s %6s %-10s %10s %10s %10s %10s %10s %10s\n",
                 "device", "where", "layers", "blocks", "weights", "kv", "compute", "runtime",
                 "total", "free");
@@ -167,6 +171,7 @@ int run_predict(const PredictRequest& r) {
   placed.layout.context = context_only.context;
   const gguf::Model model = model::open_model(r.options.model);
   const estimate::ModelMemory memory = estimate::ModelMemory::from(model, model::profile(model));
+  estimate::place_experts(memory, r.options.experts, placed.layout);
   if (r.options.gpu_layers == kFitGpuLayers) {
     placed.layout.gpu_layers =
         placed.layout.devices.empty() ? 0 : estimate::max_gpu_layers(memory, placed.layout);

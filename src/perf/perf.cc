@@ -13,10 +13,12 @@ constexpr std::uint32_t kOpOffloadMinBatch = 32;  // llama.cpp offloads CPU matm
 constexpr cluster::Link kLoopback{20e9, 10e-6, 1};
 
 struct LayerCost {
-  double active_bytes = 0;   // weights read per token (routed experts: only the used ones)
-  double all_bytes = 0;      // weights in the layer
-  double expert_bytes = 0;   // of which routed experts
-  double active_params = 0;  // parameters multiplied per token
+  double active_bytes = 0;          // weights read per token (routed experts: only the used ones)
+  double all_bytes = 0;             // weights in the layer
+  double expert_bytes = 0;          // of which routed experts
+  double active_params = 0;         // parameters multiplied per token
+  double expert_active_bytes = 0;   // of active_bytes: the routed experts a token uses
+  double expert_active_params = 0;  // of active_params: theirs
   double kv_bytes_per_token = 0;
 };
 
@@ -36,6 +38,9 @@ std::vector<LayerCost> layer_costs(const estimate::ModelMemory& m, const estimat
     out[i].active_params = b.total_bytes == 0 ? 0
                                               : static_cast<double>(b.parameters) * active /
                                                     static_cast<double>(b.total_bytes);
+    out[i].expert_active_bytes = used_fraction * static_cast<double>(b.expert_bytes);
+    out[i].expert_active_params =
+        active > 0 ? out[i].active_params * out[i].expert_active_bytes / active : 0.0;
   }
   LayerCost& head = out[p.blocks];
   const double head_bytes = static_cast<double>(
@@ -170,14 +175,32 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
   PartTime cpu_part;
   cpu_part.worker = main->name;
 
+  // Routed experts that live apart from their block (--n-cpu-moe, -ot): read and multiplied where
+  // they are (index n_dev: the main's CPU), with two changes of device per block.
+  std::vector<std::int32_t> experts_at(blocks, -2);
+  std::vector<double> moved_read(n_dev + 1, 0), moved_all(n_dev + 1, 0), moved_params(n_dev + 1, 0);
+  std::vector<std::uint32_t> moved_blocks(n_dev + 1, 0);
+  for (std::uint32_t l = 0; l < blocks && !layout.experts.empty(); ++l) {
+    const std::int32_t at = layout.experts[l];
+    if (at == estimate::kExpertsWithBlock || at == owner[l] || cost[l].expert_bytes <= 0) continue;
+    experts_at[l] = at;
+    const std::size_t t = at < 0 ? n_dev : static_cast<std::size_t>(at);
+    moved_read[t] += cost[l].expert_active_bytes * weight_factor;
+    moved_all[t] += cost[l].expert_bytes * expert_share;
+    moved_params[t] += cost[l].expert_active_params;
+    ++moved_blocks[t];
+  }
+
   // Work per device: the layers it holds.
   for (const Segment& seg : segments) {
     double read = 0, all = 0, params = 0, attn = 0;
     for (std::uint32_t l = seg.first; l <= seg.last; ++l) {
-      read += cost[l].active_bytes * weight_factor + cost[l].kv_bytes_per_token * depth;
-      all += cost[l].all_bytes - cost[l].expert_bytes * (1.0 - expert_share);
+      const bool moved = l < blocks && experts_at[l] != -2;
+      read += (cost[l].active_bytes - (moved ? cost[l].expert_active_bytes : 0.0)) * weight_factor +
+              cost[l].kv_bytes_per_token * depth;
+      all += cost[l].all_bytes - cost[l].expert_bytes * (moved ? 1.0 : 1.0 - expert_share);
       if (l < blocks) {
-        params += cost[l].active_params;
+        params += cost[l].active_params - (moved ? cost[l].expert_active_params : 0.0);
         attn += attention_flops(p, ubatch, depth);
       }
     }
@@ -226,6 +249,49 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     }
   }
 
+  // Moved experts: a device reads its share at its bandwidth; the main's CPU at its own, and for
+  // prompts either its threads multiply them or its first local GPU does, on copies of the
+  // experts a micro-batch uses, when each expert sees enough tokens (llama.cpp's op offload).
+  const bool experts_offload = main_gpu >= 0 && ubatch >= kOpOffloadMinBatch &&
+                               p.experts.count > 0 &&
+                               ubatch * p.experts.used / p.experts.count >= kOpOffloadMinBatch;
+  for (std::size_t t = 0; t <= n_dev; ++t) {
+    if (moved_blocks[t] == 0) continue;
+    const double flops = 2.0 * moved_params[t] * ubatch;
+    if (t < n_dev) {
+      PartTime& part = dev_parts[t];
+      const cluster::Gpu& g = *gpus[t];
+      const double read_s =
+          moved_read[t] / (g.memory_bandwidth_bytes_per_s * c.gpu_bandwidth_efficiency);
+      const double matmul_s =
+          n_ubatches * flops / (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
+      part.read_bytes += moved_read[t];
+      part.generation_s += read_s * g.generation_time_factor;
+      part.prompt_s += matmul_s * g.prompt_time_factor;
+      part.scaled_generation_s += read_s;
+      part.scaled_prompt_s += matmul_s;
+      continue;
+    }
+    const double bw = cpu_bandwidth(*main, threads, c);
+    const double read_s = moved_read[t] / bw;
+    double per_ubatch;
+    if (experts_offload) {
+      const cluster::Gpu& g = *gpus[static_cast<std::size_t>(main_gpu)];
+      per_ubatch = moved_all[t] / c.op_offload_bandwidth_bytes_per_s +
+                   flops / (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
+    } else {
+      per_ubatch = flops / (threads * c.cpu_thread_flops);
+    }
+    cpu_part.read_bytes += moved_read[t];
+    cpu_part.bandwidth_bytes_per_s = bw / main->cpu.generation_time_factor;
+    cpu_part.generation_s += read_s * main->cpu.generation_time_factor;
+    cpu_part.prompt_s += n_ubatches * per_ubatch * main->cpu.prompt_time_factor;
+    cpu_part.scaled_generation_s += read_s;
+    cpu_part.scaled_prompt_s += n_ubatches * per_ubatch;
+    cpu_part.generation_factor = main->cpu.generation_time_factor;
+    cpu_part.prompt_factor = main->cpu.prompt_time_factor;
+  }
+
   // Hops: every change of device along the layers; runs on RPC devices pay a call each.
   double hop_gen = 0, hop_prompt = 0, split_gen = 0;
   std::vector<PartTime> hop_parts;
@@ -239,6 +305,13 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
       hop_prompt += n_ubatches * c.split_s;
     }
     if (seg.device < 0) continue;
+    // A block whose experts live elsewhere leaves its device and comes back.
+    std::uint32_t moved = 0;
+    for (std::uint32_t l = seg.first; l <= seg.last && l < blocks; ++l)
+      moved += experts_at[l] != -2;
+    split_gen += 2 * moved * c.split_s;
+    hop_gen += 2 * moved * c.split_s;
+    hop_prompt += n_ubatches * 2 * moved * c.split_s;
     const auto d = static_cast<std::size_t>(seg.device);
     if (!layout.devices[d].remote) continue;
     const bool loopback = s.places[d].worker == s.main_worker;
@@ -254,15 +327,21 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     const double gen_bytes = hidden_bytes + (has_output ? logits_bytes : hidden_bytes);
     const double prompt_bytes =
         hidden_bytes * ubatch + (has_output ? logits_bytes : hidden_bytes * ubatch);
+    // Each block with its experts elsewhere cuts the run: one more call, the block's feed-forward
+    // input out and its experts' outputs (one hidden state per expert used) back.
+    const double expert_bytes = hidden_bytes * (1.0 + p.experts.used);
     PartTime hop;
     hop.worker = s.places[d].worker;
     hop.layers = layers;
-    hop.generation_s = fixed + gen_bytes / transfer_bw;
-    hop.prompt_s = n_ubatches * (fixed + prompt_bytes / transfer_bw);
+    hop.generation_s = fixed + gen_bytes / transfer_bw +
+                       moved * (call_s * link.call_time_factor + expert_bytes / transfer_bw);
+    hop.prompt_s = n_ubatches *
+                   (fixed + prompt_bytes / transfer_bw +
+                    moved * (call_s * link.call_time_factor + expert_bytes * ubatch / transfer_bw));
     if (!loopback) {
       if (detail) hop.factor = link_factor(s.main_worker, s.places[d].worker);
-      hop.scaled_generation_s = call_s;
-      hop.scaled_prompt_s = n_ubatches * call_s;
+      hop.scaled_generation_s = call_s * (1 + moved);
+      hop.scaled_prompt_s = n_ubatches * call_s * (1 + moved);
       hop.generation_factor = hop.prompt_factor = link.call_time_factor;
     }
     hop_gen += hop.generation_s;
@@ -302,8 +381,12 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     if (part.layers > 0) part.factor = "gpu:" + gpus[d]->name;
     out.parts.push_back(part);
   }
-  if (cpu_part.layers > 0) {
-    cpu_part.what = "CPU of " + main->name + " (" + std::to_string(threads) + " threads)";
+  if (cpu_part.layers > 0 || moved_blocks[n_dev] > 0) {
+    cpu_part.what =
+        "CPU of " + main->name + " (" + std::to_string(threads) + " threads" +
+        (moved_blocks[n_dev] > 0 ? ", experts of " + std::to_string(moved_blocks[n_dev]) + " blocks"
+                                 : std::string()) +
+        ")";
     cpu_part.factor = "cpu:" + main->name;
     out.parts.push_back(cpu_part);
   }

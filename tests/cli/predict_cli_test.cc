@@ -92,6 +92,24 @@ TEST_F(PredictCli, TextShowsLayoutAndBreakdown) {
   }
 }
 
+// --n-cpu-moe as llama.cpp takes it: DeepSeek-R1's first three blocks are dense, so 44 moves the
+// experts of 41; the CPU part reads only them, and every layer's attention stays on a GPU.
+TEST_F(PredictCli, ExpertsInHostRamAreEstimatedAndTimed) {
+  const auto r = predict("--cluster " + kSeedCluster +
+                         " --main worker1 --devices worker2:0,worker1:0,worker1:1 --ctx 8192"
+                         " --ngl 62 --n-cpu-moe 44 --tensor-split 1.15,1.15,0.8");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* s :
+       {"62/62 layers on GPUs, 0 on the main's CPU", "experts of 41 blocks in host RAM",
+        "CPU of worker1 (64 threads, experts of 41 blocks)"}) {
+    EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
+  }
+  const auto bad = predict("--cluster " + kSeedCluster +
+                           " --main worker1 --devices worker1:0 --override-tensor 'exps=CUDA7'");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("no buffer CUDA7"), std::string::npos) << bad.output;
+}
+
 TEST_F(PredictCli, BadInputIsAClearError) {
   test::TempDir tmp;
   const std::string unknown_gpu = tmp.file("unknown-gpu.yaml");

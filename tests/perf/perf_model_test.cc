@@ -48,10 +48,17 @@ class PerfModel : public ::testing::Test {
     return new estimate::ModelMemory(estimate::ModelMemory::from(m, model::profile(m)));
   }
 
-  // Predicts `model` on devices given as (worker, gpu, remote), main "a" unless said.
+  // Predicts `model` on devices given as (worker, gpu, remote), main "a" unless said; the routed
+  // experts of the first `host_expert_blocks` blocks stay in the main's RAM.
   Prediction run(const estimate::ModelMemory& m, const std::vector<DevicePlace>& places,
-                 std::int32_t ngl = -1, const std::string& main = "a", std::uint32_t threads = 0) {
+                 std::int32_t ngl = -1, const std::string& main = "a", std::uint32_t threads = 0,
+                 std::uint32_t host_expert_blocks = 0) {
     estimate::Layout l;
+    if (host_expert_blocks > 0) {
+      l.experts.assign(m.blocks(), estimate::kExpertsWithBlock);
+      for (std::uint32_t b = 0; b < host_expert_blocks; ++b)
+        l.experts[b] = estimate::kExpertsOnHost;
+    }
     std::uint32_t rpc = 0, local = 0;
     for (const DevicePlace& p : places) {
       const bool remote = p.worker != main;
@@ -127,6 +134,39 @@ TEST_F(PerfModel, CpuLayersAreTheMainsCpuAndScaleWithThreads) {
   const Prediction on_b = run(*dense_, {{"a", 0}}, 5, "b", 8);
   EXPECT_LT(on_b.generation_tokens_per_s, few.generation_tokens_per_s * 2.5);
   EXPECT_LT(on_b.prompt_tokens_per_s, many.prompt_tokens_per_s / 3);
+}
+
+TEST_F(PerfModel, ExpertsInHostRamCostTheCpuOnlyTheirReads) {
+  const Prediction gpu = run(*moe_, {{"a", 0}});
+  const Prediction experts = run(*moe_, {{"a", 0}}, -1, "a", 0, 8);  // every block's experts
+  const Prediction blocks = run(*moe_, {{"a", 0}}, 1);               // every block on the CPU
+  // The same bytes are read per token, only by other hands: the CPU reads the used experts.
+  auto read_by = [](const Prediction& p, const std::string& who) {
+    double read = 0;
+    for (const PartTime& part : p.parts)
+      if (part.what.rfind(who, 0) == 0) read += part.read_bytes;
+    return read;
+  };
+  EXPECT_NEAR(read_by(experts, "CUDA0") + read_by(experts, "CPU"), read_by(gpu, "CUDA0"),
+              1e-6 * read_by(gpu, "CUDA0"));
+  EXPECT_GT(read_by(experts, "CPU"), 0.3 * read_by(gpu, "CUDA0"));
+  bool named = false;
+  for (const PartTime& part : experts.parts)
+    named = named || part.what.find("experts of 8 blocks") != std::string::npos;
+  EXPECT_TRUE(named);
+  EXPECT_LT(experts.generation_tokens_per_s, gpu.generation_tokens_per_s);
+  // Attention and the KV cache stay on the GPU: the CPU reads less than with whole blocks
+  // (which of the two is faster also depends on the two device changes per block).
+  EXPECT_LT(read_by(experts, "CPU"), read_by(blocks, "CPU"));
+  // Fewer blocks' experts on the CPU: faster.
+  const Prediction half = run(*moe_, {{"a", 0}}, -1, "a", 0, 4);
+  EXPECT_GT(half.generation_tokens_per_s, experts.generation_tokens_per_s);
+  EXPECT_LT(half.generation_tokens_per_s, gpu.generation_tokens_per_s);
+  // On a remote GPU each such block costs one more call to its worker.
+  const Prediction remote = run(*moe_, {{"b", 0}});
+  const Prediction remote_experts = run(*moe_, {{"b", 0}}, -1, "a", 0, 4);
+  EXPECT_GT(remote_experts.generation_token_s - remote.generation_token_s,
+            4 * calibrated_constants().rpc_call_s);
 }
 
 TEST_F(PerfModel, MoeReadsOnlyTheExpertsItUses) {

@@ -1,0 +1,152 @@
+// Experts in host RAM against whole blocks on the CPU, measured on one GPU next to what the speed
+// model predicts (bench/run_expert_offload makes the measurements on the GPU machine):
+//
+//   build/release/bench/expert_offload bench/data/expert-offload [--cpu-bandwidth 140e9]
+//
+// Reads DIR/cmoe.json and DIR/ngl.json (llama-bench JSON), rebuilds the model's shape (sparse:
+// the estimate and the speed model read only its header), and prints per configuration the GPU's
+// estimated bytes, measured and predicted generation and prompt tokens/s, and which layout each
+// ranks first among those that free at least as much VRAM as each whole-block level.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cluster/cluster.h"
+#include "estimate/estimate.h"
+#include "gguf/reader.h"
+#include "model/profile.h"
+#include "model/synth.h"
+#include "perf/perf.h"
+
+namespace {
+
+using namespace ggfleet;
+namespace fs = std::filesystem;
+
+struct Row {
+  std::int32_t ngl = 99;
+  std::uint32_t n_cpu_moe = 0;
+  std::uint32_t threads = 16;
+  double tg = 0, pp = 0;  // measured tokens/s
+  double tg_predicted = 0, pp_predicted = 0;
+  std::uint64_t gpu_bytes = 0;  // estimated
+};
+
+void read_rows(const std::string& path, std::vector<Row>& rows) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  const nlohmann::json all = nlohmann::json::parse(in);
+  for (const nlohmann::json& t : all) {
+    const std::int32_t ngl = t.at("n_gpu_layers").get<std::int32_t>();
+    const std::uint32_t moe = t.value("n_cpu_moe", 0u);
+    Row* row = nullptr;
+    for (Row& r : rows)
+      if (r.ngl == ngl && r.n_cpu_moe == moe) row = &r;
+    if (row == nullptr) {
+      rows.push_back({});
+      row = &rows.back();
+      row->ngl = ngl;
+      row->n_cpu_moe = moe;
+      row->threads = t.value("n_threads", 16u);
+    }
+    (t.at("n_gen").get<int>() > 0 ? row->tg : row->pp) = t.at("avg_ts").get<double>();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << "usage: expert_offload DIR [--cpu-bandwidth BYTES_PER_S]\n";
+    return 2;
+  }
+  const std::string dir = argv[1];
+  double cpu_bandwidth = 140e9;  // perf_cases' host default: not measured on this machine
+  for (int i = 2; i + 1 < argc; i += 2)
+    if (std::string(argv[i]) == "--cpu-bandwidth") cpu_bandwidth = std::stod(argv[i + 1]);
+  try {
+    std::vector<Row> rows;
+    read_rows(dir + "/cmoe.json", rows);
+    read_rows(dir + "/ngl.json", rows);
+    const fs::path work = fs::temp_directory_path() / "ggfleet-expert-offload";
+    model::SynthOptions o;
+    o.blocks = 16;
+    const std::string path = model::synth("qwen3-30b-a3b-q4_k_m", work.string(), o).front();
+    const gguf::Model file = gguf::Model::open(path);
+    const estimate::ModelMemory m = estimate::ModelMemory::from(file, model::profile(file));
+
+    cluster::Cluster cl;
+    cluster::Worker w;
+    w.name = "host";
+    w.cpu.cores = 16;
+    w.cpu.memory_bandwidth_bytes_per_s = cpu_bandwidth;
+    w.ram_bytes = 128ull << 30;
+    w.gpus = {cluster::catalog_gpu("NVIDIA H200").value()};
+    cl.workers.push_back(w);
+
+    std::printf("%-22s %10s %9s %9s %7s %9s %9s %7s\n", "layout", "GPU MiB", "tg meas", "tg pred",
+                "err", "pp meas", "pp pred", "err");
+    for (Row& r : rows) {
+      estimate::Layout l;
+      l.devices.push_back({"CUDA0", estimate::Backend::kCuda, false, 140ull << 30, 0});
+      l.gpu_layers = r.ngl >= 17 ? -1 : r.ngl;
+      l.context.context_tokens = 512 + 64;
+      if (r.n_cpu_moe > 0) {
+        l.experts.assign(m.blocks(), estimate::kExpertsWithBlock);
+        for (std::uint32_t b = 0; b < r.n_cpu_moe && b < m.blocks(); ++b)
+          l.experts[b] = estimate::kExpertsOnHost;
+      }
+      const estimate::Estimate e = estimate::estimate(m, l);
+      perf::Scenario s;
+      s.cluster = &cl;
+      s.main_worker = "host";
+      s.places = {{"host", 0}};
+      s.threads = r.threads;
+      s.depth_tokens = 32;
+      r.tg_predicted = perf::predict_rates(m, l, e, s).first;
+      s.depth_tokens = 0;
+      s.prompt_tokens = 512;
+      r.pp_predicted = perf::predict_rates(m, l, e, s).second;
+      r.gpu_bytes = e.devices[0].total_bytes;
+      const std::string name = r.n_cpu_moe > 0
+                                   ? "experts of " + std::to_string(r.n_cpu_moe) + " on CPU"
+                                   : "-ngl " + std::to_string(r.ngl);
+      std::printf("%-22s %10.0f %9.2f %9.2f %6.1f%% %9.1f %9.1f %6.1f%%\n", name.c_str(),
+                  static_cast<double>(r.gpu_bytes) / (1 << 20), r.tg, r.tg_predicted,
+                  100 * (r.tg_predicted / r.tg - 1), r.pp, r.pp_predicted,
+                  100 * (r.pp_predicted / r.pp - 1));
+    }
+    // For each whole-block level: the best layout (by measured, by predicted generation speed)
+    // among those that need no more VRAM.
+    std::printf(
+        "\nwithin the VRAM of each whole-block level: best measured / best predicted (tg)\n");
+    for (const Row& level : rows) {
+      if (level.n_cpu_moe > 0 || level.ngl >= 17) continue;
+      const Row* best_measured = nullptr;
+      const Row* best_predicted = nullptr;
+      for (const Row& r : rows) {
+        if (r.gpu_bytes > level.gpu_bytes) continue;
+        if (!best_measured || r.tg > best_measured->tg) best_measured = &r;
+        if (!best_predicted || r.tg_predicted > best_predicted->tg_predicted) best_predicted = &r;
+      }
+      auto name = [](const Row& r) {
+        return r.n_cpu_moe > 0 ? "experts of " + std::to_string(r.n_cpu_moe)
+                               : "-ngl " + std::to_string(r.ngl);
+      };
+      std::printf(
+          "  -ngl %-3d (%6.0f MiB): %-16s %6.2f t/s | %-16s %6.2f t/s measured (%.2f of best)\n",
+          level.ngl, static_cast<double>(level.gpu_bytes) / (1 << 20), name(*best_measured).c_str(),
+          best_measured->tg, name(*best_predicted).c_str(), best_predicted->tg,
+          best_predicted->tg / best_measured->tg);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "expert_offload: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
