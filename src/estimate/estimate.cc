@@ -141,14 +141,6 @@ std::uint64_t kv_layer_bytes(const model::Profile& p, const ContextOptions& c, c
   return k_bytes + v_bytes;
 }
 
-// Peak activation bytes of one block for a micro-batch of `tokens`, excluding what every block
-// keeps live (the residual stream, inputs), which the callers add.
-// `dequant_bytes_per_cell`: CUDA's flash attention reads a quantized cache through f16 copies of
-// the layer's K and V, this many bytes per cell (0 otherwise).
-// `ffn_tokens`: the rows that reach the feed-forward part. The last block gathers only the rows
-// whose logits are wanted before its FFN (llama-server reserves one per sequence), so there it is
-// far fewer than `tokens`. `copied_cache_bytes` and `copied_weight_bytes`: what a GPU that runs
-// a CPU block's products receives for its attention and for its feed-forward part (see the caller).
 // The routed experts' own activations of an MoE block: what moves with the expert tensors when
 // they live apart from their block.
 std::uint64_t routed_activation_bytes(const model::Profile& p, std::uint32_t il,
@@ -158,6 +150,15 @@ std::uint64_t routed_activation_bytes(const model::Profile& p, std::uint32_t il,
   return (3 * p.experts.feed_forward_length + p.embedding_length) * p.experts.used * row;
 }
 
+// Peak activation bytes of one block for a micro-batch of `tokens`, excluding what every block
+// keeps live (the residual stream, inputs), which the callers add.
+// `dequant_bytes_per_cell`: CUDA's flash attention reads a quantized cache through f16 copies of
+// the layer's K and V, this many bytes per cell (0 otherwise).
+// `ffn_tokens`: the rows that reach the feed-forward part. The last block gathers only the rows
+// whose logits are wanted before its FFN (llama-server reserves one per sequence), so there it is
+// far fewer than `tokens`. `copied_cache_bytes` and `copied_weight_bytes`: what a GPU that runs
+// a CPU block's products receives for its attention and for its feed-forward part (see the caller).
+// `experts_here`: false when the block's routed experts live elsewhere (Layout::experts).
 std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
                                      std::uint64_t tokens, std::uint64_t ffn_tokens, bool fa,
                                      std::uint64_t kv_cells, std::uint64_t dequant_bytes_per_cell,
