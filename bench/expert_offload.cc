@@ -1,7 +1,8 @@
 // Experts in host RAM against whole blocks on the CPU, measured on one GPU next to what the speed
 // model predicts (bench/run_expert_offload makes the measurements on the GPU machine):
 //
-//   build/release/bench/expert_offload bench/data/expert-offload [--cpu-bandwidth 140e9]
+//   build/release/bench/expert_offload bench/data/expert-offload [--blocks 16] [--cpu-bandwidth
+//   140e9]
 //
 // Reads DIR/cmoe.json and DIR/ngl.json (llama-bench JSON), rebuilds the model's shape (sparse:
 // the estimate and the speed model read only its header), and prints per configuration the GPU's
@@ -62,20 +63,24 @@ void read_rows(const std::string& path, std::vector<Row>& rows) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: expert_offload DIR [--cpu-bandwidth BYTES_PER_S]\n";
+    std::cerr << "usage: expert_offload DIR [--blocks N] [--cpu-bandwidth BYTES_PER_S]\n";
     return 2;
   }
   const std::string dir = argv[1];
   double cpu_bandwidth = 140e9;  // perf_cases' host default: not measured on this machine
-  for (int i = 2; i + 1 < argc; i += 2)
+  std::uint32_t blocks = 16;     // bench/run_expert_offload's default
+  for (int i = 2; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--cpu-bandwidth") cpu_bandwidth = std::stod(argv[i + 1]);
+    if (std::string(argv[i]) == "--blocks")
+      blocks = static_cast<std::uint32_t>(std::stoul(argv[i + 1]));
+  }
   try {
     std::vector<Row> rows;
     read_rows(dir + "/cmoe.json", rows);
     read_rows(dir + "/ngl.json", rows);
     const fs::path work = fs::temp_directory_path() / "ggfleet-expert-offload";
     model::SynthOptions o;
-    o.blocks = 16;
+    o.blocks = blocks;
     const std::string path = model::synth("qwen3-30b-a3b-q4_k_m", work.string(), o).front();
     const gguf::Model file = gguf::Model::open(path);
     const estimate::ModelMemory m = estimate::ModelMemory::from(file, model::profile(file));
@@ -94,7 +99,7 @@ int main(int argc, char** argv) {
     for (Row& r : rows) {
       estimate::Layout l;
       l.devices.push_back({"CUDA0", estimate::Backend::kCuda, false, 140ull << 30, 0});
-      l.gpu_layers = r.ngl >= 17 ? -1 : r.ngl;
+      l.gpu_layers = r.ngl > static_cast<std::int32_t>(blocks) ? -1 : r.ngl;
       l.context.context_tokens = 512 + 64;
       if (r.n_cpu_moe > 0) {
         l.experts.assign(m.blocks(), estimate::kExpertsWithBlock);
@@ -126,7 +131,7 @@ int main(int argc, char** argv) {
     std::printf(
         "\nwithin the VRAM of each whole-block level: best measured / best predicted (tg)\n");
     for (const Row& level : rows) {
-      if (level.n_cpu_moe > 0 || level.ngl >= 17) continue;
+      if (level.n_cpu_moe > 0 || level.ngl > static_cast<std::int32_t>(blocks)) continue;
       const Row* best_measured = nullptr;
       const Row* best_predicted = nullptr;
       for (const Row& r : rows) {

@@ -22,7 +22,7 @@ std::vector<Rule> parse_rules(const ExpertOverrides& o, const Layout& layout) {
       const std::string one =
           value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
       start = comma == std::string::npos ? value.size() + 1 : comma + 1;
-      const std::size_t eq = one.rfind('=');
+      const std::size_t eq = one.find('=');  // the first, as llama.cpp splits
       if (one.empty() || eq == std::string::npos || eq == 0 || eq + 1 == one.size())
         throw LayoutError("--override-tensor rule '" + one + "' is not PATTERN=BUFFER");
       Rule r;
