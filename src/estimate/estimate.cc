@@ -267,11 +267,16 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
     }
   }
   const std::int32_t output_device = where[blocks];
-  // Where each block's routed experts are: with the block unless the layout moves them.
-  std::vector<std::int32_t> experts_at(where.begin(), where.begin() + blocks);
-  for (std::uint32_t il = 0; il < blocks && !layout.experts.empty(); ++il) {
-    if (layout.experts[il] != kExpertsWithBlock) experts_at[il] = layout.experts[il];
+  // Where each block's routed experts are: with the block unless the layout moves them (no copy
+  // for the usual layout without overrides).
+  std::vector<std::int32_t> moved_experts;
+  if (!layout.experts.empty()) {
+    moved_experts.assign(where.begin(), where.begin() + blocks);
+    for (std::uint32_t il = 0; il < blocks; ++il) {
+      if (layout.experts[il] != kExpertsWithBlock) moved_experts[il] = layout.experts[il];
+    }
   }
+  const std::vector<std::int32_t>& experts_at = layout.experts.empty() ? where : moved_experts;
 
   // Flash attention: auto is on for every backend we plan for; a quantized V cache forces it.
   e.flash_attention = c.flash_attention != FlashAttention::kOff;
@@ -432,7 +437,7 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
   const bool host_experts_offloaded = offload_gpu >= 0 && tokens >= 32 && experts_offloaded;
   auto routed_peak = [&](std::int32_t runs_on) {
     std::uint64_t peak = 0;
-    for (std::uint32_t il = 0; il < blocks; ++il) {
+    for (std::uint32_t il = 0; il < blocks && !layout.experts.empty(); ++il) {
       if (experts_at[il] == where[il]) continue;
       const bool offloaded = experts_at[il] < 0 && host_experts_offloaded;
       if ((offloaded ? offload_gpu : experts_at[il]) != runs_on) continue;

@@ -7,6 +7,10 @@
 namespace ggfleet::estimate {
 namespace {
 
+// llama.cpp's LLM_FFN_EXPS_REGEX, which its --cpu-moe and --n-cpu-moe rules use (is_expert_tensor
+// answers the same question for a name without a regex).
+constexpr const char* kExpertsPattern = R"(\.ffn_(up|down|gate|gate_up)_(ch|)exps)";
+
 struct Rule {
   std::string text;
   std::regex pattern;
@@ -49,14 +53,11 @@ std::vector<Rule> parse_rules(const ExpertOverrides& o, const Layout& layout) {
     }
   }
   if (o.cpu_moe) {
-    rules.push_back(
-        {"--cpu-moe", std::regex(R"(\.ffn_(up|down|gate|gate_up)_(ch|)exps)"), kExpertsOnHost});
+    rules.push_back({"--cpu-moe", std::regex(kExpertsPattern), kExpertsOnHost});
   }
   for (std::uint32_t b = 0; b < o.n_cpu_moe; ++b) {
-    rules.push_back(
-        {"--n-cpu-moe " + std::to_string(o.n_cpu_moe),
-         std::regex("blk\\." + std::to_string(b) + R"(\.ffn_(up|down|gate|gate_up)_(ch|)exps)"),
-         kExpertsOnHost});
+    rules.push_back({"--n-cpu-moe " + std::to_string(o.n_cpu_moe),
+                     std::regex("blk\\." + std::to_string(b) + kExpertsPattern), kExpertsOnHost});
   }
   return rules;
 }

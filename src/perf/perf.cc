@@ -176,26 +176,36 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
   cpu_part.worker = main->name;
 
   // Routed experts that live apart from their block (--n-cpu-moe, -ot): read and multiplied where
-  // they are (index n_dev: the main's CPU), with two changes of device per block.
-  std::vector<std::int32_t> experts_at(blocks, -2);
-  std::vector<double> moved_read(n_dev + 1, 0), moved_all(n_dev + 1, 0), moved_params(n_dev + 1, 0);
-  std::vector<std::uint32_t> moved_blocks(n_dev + 1, 0);
-  for (std::uint32_t l = 0; l < blocks && !layout.experts.empty(); ++l) {
+  // they are (moved_to[n_dev]: the main's CPU), with two changes of device per block. Nothing is
+  // allocated for the usual layout without overrides (the planner calls this in its loops).
+  struct Moved {
+    double read_bytes = 0, all_bytes = 0, params = 0;
+    std::uint32_t blocks = 0;
+  };
+  std::vector<std::int32_t> experts_at;  // per block: where its moved experts are; -2 = not moved
+  std::vector<Moved> moved_to;
+  if (!layout.experts.empty()) {
+    experts_at.assign(blocks, -2);
+    moved_to.resize(n_dev + 1);
+  }
+  for (std::uint32_t l = 0; l < experts_at.size(); ++l) {
     const std::int32_t at = layout.experts[l];
     if (at == estimate::kExpertsWithBlock || at == owner[l] || cost[l].expert_bytes <= 0) continue;
     experts_at[l] = at;
-    const std::size_t t = at < 0 ? n_dev : static_cast<std::size_t>(at);
-    moved_read[t] += cost[l].expert_active_bytes * weight_factor;
-    moved_all[t] += cost[l].expert_bytes * expert_share;
-    moved_params[t] += cost[l].expert_active_params;
-    ++moved_blocks[t];
+    Moved& to = moved_to[at < 0 ? n_dev : static_cast<std::size_t>(at)];
+    to.read_bytes += cost[l].expert_active_bytes * weight_factor;
+    to.all_bytes += cost[l].expert_bytes * expert_share;
+    to.params += cost[l].expert_active_params;
+    ++to.blocks;
   }
+  auto is_moved = [&](std::uint32_t l) { return l < experts_at.size() && experts_at[l] != -2; };
+  const std::uint32_t host_expert_blocks = moved_to.empty() ? 0 : moved_to[n_dev].blocks;
 
   // Work per device: the layers it holds.
   for (const Segment& seg : segments) {
     double read = 0, all = 0, params = 0, attn = 0;
     for (std::uint32_t l = seg.first; l <= seg.last; ++l) {
-      const bool moved = l < blocks && experts_at[l] != -2;
+      const bool moved = is_moved(l);
       read += (cost[l].active_bytes - (moved ? cost[l].expert_active_bytes : 0.0)) * weight_factor +
               cost[l].kv_bytes_per_token * depth;
       all += cost[l].all_bytes - cost[l].expert_bytes * (moved ? 1.0 : 1.0 - expert_share);
@@ -255,17 +265,18 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
   const bool experts_offload = main_gpu >= 0 && ubatch >= kOpOffloadMinBatch &&
                                p.experts.count > 0 &&
                                ubatch * p.experts.used / p.experts.count >= kOpOffloadMinBatch;
-  for (std::size_t t = 0; t <= n_dev; ++t) {
-    if (moved_blocks[t] == 0) continue;
-    const double flops = 2.0 * moved_params[t] * ubatch;
+  for (std::size_t t = 0; t < moved_to.size(); ++t) {
+    const Moved& to = moved_to[t];
+    if (to.blocks == 0) continue;
+    const double flops = 2.0 * to.params * ubatch;
     if (t < n_dev) {
       PartTime& part = dev_parts[t];
       const cluster::Gpu& g = *gpus[t];
       const double read_s =
-          moved_read[t] / (g.memory_bandwidth_bytes_per_s * c.gpu_bandwidth_efficiency);
+          to.read_bytes / (g.memory_bandwidth_bytes_per_s * c.gpu_bandwidth_efficiency);
       const double matmul_s =
           n_ubatches * flops / (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
-      part.read_bytes += moved_read[t];
+      part.read_bytes += to.read_bytes;
       part.generation_s += read_s * g.generation_time_factor;
       part.prompt_s += matmul_s * g.prompt_time_factor;
       part.scaled_generation_s += read_s;
@@ -273,16 +284,16 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
       continue;
     }
     const double bw = cpu_bandwidth(*main, threads, c);
-    const double read_s = moved_read[t] / bw;
+    const double read_s = to.read_bytes / bw;
     double per_ubatch;
     if (experts_offload) {
       const cluster::Gpu& g = *gpus[static_cast<std::size_t>(main_gpu)];
-      per_ubatch = moved_all[t] / c.op_offload_bandwidth_bytes_per_s +
+      per_ubatch = to.all_bytes / c.op_offload_bandwidth_bytes_per_s +
                    flops / (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
     } else {
       per_ubatch = flops / (threads * c.cpu_thread_flops);
     }
-    cpu_part.read_bytes += moved_read[t];
+    cpu_part.read_bytes += to.read_bytes;
     cpu_part.bandwidth_bytes_per_s = bw / main->cpu.generation_time_factor;
     cpu_part.generation_s += read_s * main->cpu.generation_time_factor;
     cpu_part.prompt_s += n_ubatches * per_ubatch * main->cpu.prompt_time_factor;
@@ -307,8 +318,7 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     if (seg.device < 0) continue;
     // A block whose experts live elsewhere leaves its device and comes back.
     std::uint32_t moved = 0;
-    for (std::uint32_t l = seg.first; l <= seg.last && l < blocks; ++l)
-      moved += experts_at[l] != -2;
+    for (std::uint32_t l = seg.first; l <= seg.last; ++l) moved += is_moved(l);
     split_gen += 2 * moved * c.split_s;
     hop_gen += 2 * moved * c.split_s;
     hop_prompt += n_ubatches * 2 * moved * c.split_s;
@@ -381,11 +391,11 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     if (part.layers > 0) part.factor = "gpu:" + gpus[d]->name;
     out.parts.push_back(part);
   }
-  if (cpu_part.layers > 0 || moved_blocks[n_dev] > 0) {
+  if (cpu_part.layers > 0 || host_expert_blocks > 0) {
     cpu_part.what =
         "CPU of " + main->name + " (" + std::to_string(threads) + " threads" +
-        (moved_blocks[n_dev] > 0 ? ", experts of " + std::to_string(moved_blocks[n_dev]) + " blocks"
-                                 : std::string()) +
+        (host_expert_blocks > 0 ? ", experts of " + std::to_string(host_expert_blocks) + " blocks"
+                                : std::string()) +
         ")";
     cpu_part.factor = "cpu:" + main->name;
     out.parts.push_back(cpu_part);
