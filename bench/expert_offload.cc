@@ -2,12 +2,13 @@
 // model predicts (bench/run_expert_offload makes the measurements on the GPU machine):
 //
 //   build/release/bench/expert_offload bench/data/expert-offload [--blocks 16] [--cpu-bandwidth
-//   140e9]
+//   140e9] [--preset qwen3-30b-a3b-q4_k_m] [--prefix ""] [--parts]
 //
-// Reads DIR/cmoe.json and DIR/ngl.json (llama-bench JSON), rebuilds the model's shape (sparse:
-// the estimate and the speed model read only its header), and prints per configuration the GPU's
-// estimated bytes, measured and predicted generation and prompt tokens/s, and which layout each
-// ranks first among those that free at least as much VRAM as each whole-block level.
+// Reads DIR/PREFIXcmoe.json and DIR/PREFIXngl.json (llama-bench JSON), rebuilds the model's shape
+// (sparse: the estimate and the speed model read only its header), and prints per configuration the
+// GPU's estimated bytes, measured and predicted generation and prompt tokens/s, and which layout
+// each ranks first among those that free at least as much VRAM as each whole-block level. --parts
+// adds each prediction's parts (seconds per generated token, per 512-token prompt).
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -63,25 +64,37 @@ void read_rows(const std::string& path, std::vector<Row>& rows) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: expert_offload DIR [--blocks N] [--cpu-bandwidth BYTES_PER_S]\n";
+    std::cerr << "usage: expert_offload DIR [--blocks N] [--cpu-bandwidth BYTES_PER_S] [--preset "
+                 "NAME] [--prefix P] [--parts]\n";
     return 2;
   }
   const std::string dir = argv[1];
   double cpu_bandwidth = 140e9;  // perf_cases' host default: not measured on this machine
   std::uint32_t blocks = 16;     // bench/run_expert_offload's default
-  for (int i = 2; i + 1 < argc; i += 2) {
-    if (std::string(argv[i]) == "--cpu-bandwidth") cpu_bandwidth = std::stod(argv[i + 1]);
-    if (std::string(argv[i]) == "--blocks")
-      blocks = static_cast<std::uint32_t>(std::stoul(argv[i + 1]));
+  std::string preset = "qwen3-30b-a3b-q4_k_m";  // bench/run_expert_offload's default
+  std::string prefix;
+  bool parts = false;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--parts") {
+      parts = true;
+      continue;
+    }
+    if (i + 1 >= argc) break;
+    const std::string value = argv[++i];
+    if (arg == "--cpu-bandwidth") cpu_bandwidth = std::stod(value);
+    if (arg == "--blocks") blocks = static_cast<std::uint32_t>(std::stoul(value));
+    if (arg == "--preset") preset = value;
+    if (arg == "--prefix") prefix = value;
   }
   try {
     std::vector<Row> rows;
-    read_rows(dir + "/cmoe.json", rows);
-    read_rows(dir + "/ngl.json", rows);
+    read_rows(dir + "/" + prefix + "cmoe.json", rows);
+    read_rows(dir + "/" + prefix + "ngl.json", rows);
     const fs::path work = fs::temp_directory_path() / "ggfleet-expert-offload";
     model::SynthOptions o;
     o.blocks = blocks;
-    const std::string path = model::synth("qwen3-30b-a3b-q4_k_m", work.string(), o).front();
+    const std::string path = model::synth(preset, work.string(), o).front();
     const gguf::Model file = gguf::Model::open(path);
     const estimate::ModelMemory m = estimate::ModelMemory::from(file, model::profile(file));
 
@@ -113,10 +126,12 @@ int main(int argc, char** argv) {
       s.places = {{"host", 0}};
       s.threads = r.threads;
       s.depth_tokens = 32;
-      r.tg_predicted = perf::predict_rates(m, l, e, s).first;
+      const perf::Prediction tg = perf::predict(m, l, e, s);
+      r.tg_predicted = tg.generation_tokens_per_s;
       s.depth_tokens = 0;
       s.prompt_tokens = 512;
-      r.pp_predicted = perf::predict_rates(m, l, e, s).second;
+      const perf::Prediction pp = perf::predict(m, l, e, s);
+      r.pp_predicted = pp.prompt_tokens_per_s;
       r.gpu_bytes = e.devices[0].total_bytes;
       const std::string name = r.n_cpu_moe > 0
                                    ? "experts of " + std::to_string(r.n_cpu_moe) + " on CPU"
@@ -125,6 +140,9 @@ int main(int argc, char** argv) {
                   static_cast<double>(r.gpu_bytes) / (1 << 20), r.tg, r.tg_predicted,
                   100 * (r.tg_predicted / r.tg - 1), r.pp, r.pp_predicted,
                   100 * (r.pp_predicted / r.pp - 1));
+      for (std::size_t i = 0; parts && i < tg.parts.size() && i < pp.parts.size(); ++i)
+        std::printf("    %-36s tg %8.3f ms  pp %8.2f ms\n", tg.parts[i].what.c_str(),
+                    1e3 * tg.parts[i].generation_s, 1e3 * pp.parts[i].prompt_s);
     }
     // For each whole-block level: the best layout (by measured, by predicted generation speed)
     // among those that need no more VRAM.

@@ -231,6 +231,8 @@ int main(int argc, char** argv) {
                     "Near-ties go to: spread (least loaded) | binpack (most loaded)");
   planc->add_flag("--no-distributed", plr.no_distributed, "Only GPUs of the main worker (no RPC)");
   planc->add_flag("--no-cpu-offload", plr.no_cpu_offload, "Every layer on a GPU");
+  planc->add_flag("--no-expert-offload", plr.no_expert_offload,
+                  "MoE models: offload whole blocks only, never experts alone");
   planc->add_option("--max-rpc-servers", plr.max_rpc_servers, "Most remote GPUs in one layout");
   planc->add_option("--selector", plr.selector,
                     "Worker label KEY=VALUE that must match (repeatable)");
@@ -311,6 +313,8 @@ int main(int argc, char** argv) {
   deployc->add_option("--policy", dp.policy, "spread | binpack");
   deployc->add_flag("--no-distributed", dp.no_distributed, "Only GPUs of the main worker");
   deployc->add_flag("--no-cpu-offload", dp.no_cpu_offload, "Every layer on a GPU");
+  deployc->add_flag("--no-expert-offload", dp.no_expert_offload,
+                    "MoE models: offload whole blocks only, never experts alone");
   deployc->add_option("--max-rpc-servers", dp.max_rpc_servers, "Most remote GPUs in one layout");
   deployc->add_option("--selector", dp.selector, "Worker label KEY=VALUE (repeatable)");
   deployc->add_option("--gpus", dp.gpus, "Use exactly these GPUs, WORKER:INDEX")->delimiter(',');

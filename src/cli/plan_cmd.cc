@@ -18,6 +18,12 @@
 namespace ggfleet::cli {
 namespace {
 
+// ", experts of N blocks in host RAM" when the layout keeps some experts there, else "".
+std::string experts_text(const plan::Candidate& c) {
+  const std::uint32_t n = c.estimate.host_expert_blocks;
+  return n > 0 ? ", experts of " + std::to_string(n) + " blocks in host RAM" : "";
+}
+
 std::string fixed(double v, int digits) {
   char buf[48];
   std::snprintf(buf, sizeof buf, "%.*f", digits, v);
@@ -44,6 +50,7 @@ nlohmann::json options_json(const PlanRequest& r) {
   if (r.policy != "spread") o["policy"] = r.policy;
   if (r.no_distributed) o["allow_distributed"] = false;
   if (r.no_cpu_offload) o["allow_cpu_offload"] = false;
+  if (r.no_expert_offload) o["expert_offload"] = false;
   if (r.max_rpc_servers != 16) o["max_rpc_servers"] = r.max_rpc_servers;
   for (const std::string& kv : r.selector) {
     const auto eq = kv.find('=');
@@ -81,7 +88,8 @@ std::string plan_text(const plan::Plan& p, const cluster::Cluster& cluster,
     for (const perf::DevicePlace& pl : c.places) workers.insert(pl.worker);
     o << (p.replicas.size() > 1 ? "replica " + std::to_string(i + 1) + ": " : "plan: ")
       << "main worker " << c.main_worker << ", " << c.layout.devices.size() << " GPU(s) on "
-      << workers.size() << " worker(s), " << c.cpu_layers() << " layer(s) on the main's CPU\n";
+      << workers.size() << " worker(s), " << c.cpu_layers() << " layer(s) on the main's CPU"
+      << experts_text(c) << "\n";
     if (i == 0) {
       for (const plan::Candidate& a : p.alternatives) {
         if (a.main_worker != c.main_worker && a.label.find("same GPUs") != std::string::npos) {
@@ -111,8 +119,8 @@ std::string plan_text(const plan::Plan& p, const cluster::Cluster& cluster,
       o << "  " << a.label << ": " << fixed(a.prediction.generation_tokens_per_s, 2)
         << " tokens/s (" << fixed(100.0 * (1 - a.prediction.generation_tokens_per_s / best), 0)
         << "% slower), " << fixed(a.prediction.prompt_tokens_per_s, 1) << " tokens/s prompt, "
-        << a.layout.devices.size() << " GPU(s), " << a.cpu_layers() << " CPU layer(s); bottleneck "
-        << a.prediction.bottleneck << "\n";
+        << a.layout.devices.size() << " GPU(s), " << a.cpu_layers() << " CPU layer(s)"
+        << experts_text(a) << "; bottleneck " << a.prediction.bottleneck << "\n";
     }
   }
   if (!p.rejected.empty()) {

@@ -18,6 +18,7 @@ struct PlanRequest {
   std::string policy = "spread";
   bool no_distributed = false;
   bool no_cpu_offload = false;
+  bool no_expert_offload = false;
   std::uint32_t max_rpc_servers = 16;
   std::vector<std::string> selector;  // key=value
   std::vector<std::string> gpus;      // worker:gpu

@@ -1,6 +1,7 @@
 #include "estimate/experts.h"
 
 #include <regex>
+#include <stdexcept>
 
 #include "estimate/estimate.h"
 
@@ -95,6 +96,22 @@ void place_experts(const ModelMemory& model, const ExpertOverrides& o, Layout& l
                         " in different places: ggfleet estimates a block's experts together");
     }
   }
+}
+
+std::vector<std::uint32_t> host_expert_blocks(const Layout& layout) {
+  std::vector<std::uint32_t> out;
+  for (std::uint32_t b = 0; b < layout.experts.size(); ++b)
+    if (layout.experts[b] == kExpertsOnHost) out.push_back(b);
+  return out;
+}
+
+std::vector<std::string> host_expert_args(const std::vector<std::uint32_t>& blocks) {
+  if (blocks.empty()) throw std::invalid_argument("host_expert_args: no blocks");
+  if (blocks.back() + 1 == blocks.size()) return {"--n-cpu-moe", std::to_string(blocks.size())};
+  std::string alternatives;
+  for (std::uint32_t b : blocks)
+    alternatives += (alternatives.empty() ? "" : "|") + std::to_string(b);
+  return {"-ot", "blk\\.(" + alternatives + ")" + kExpertsPattern + "=CPU"};
 }
 
 }  // namespace ggfleet::estimate

@@ -27,4 +27,13 @@ struct ExpertOverrides {
 // expert (ggfleet models those moves only), or a block whose experts would be split apart.
 void place_experts(const ModelMemory& model, const ExpertOverrides& o, Layout& layout);
 
+// The blocks whose experts `layout.experts` keeps in host RAM, ascending.
+std::vector<std::uint32_t> host_expert_blocks(const Layout& layout);
+
+// llama.cpp options that keep the experts of `blocks` (ascending, not empty) in host RAM:
+// {"--n-cpu-moe", "N"} when they are blocks 0..N-1, else one -ot rule
+// {"-ot", "blk\.(3|4|9)\.ffn_(up|down|gate|gate_up)_(ch|)exps=CPU"}. place_experts() reads
+// either back to the same Layout::experts.
+std::vector<std::string> host_expert_args(const std::vector<std::uint32_t>& blocks);
+
 }  // namespace ggfleet::estimate

@@ -176,7 +176,8 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
   cpu_part.worker = main->name;
 
   // Routed experts that live apart from their block (--n-cpu-moe, -ot): read and multiplied where
-  // they are (moved_to[n_dev]: the main's CPU), with two changes of device per block. Nothing is
+  // they are (moved_to[n_dev]: the main's CPU), with two changes of device per block
+  // when they are on another GPU. Nothing is
   // allocated for the usual layout without overrides (the planner calls this in its loops).
   struct Moved {
     double read_bytes = 0, all_bytes = 0, params = 0;
@@ -316,12 +317,17 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
       hop_prompt += n_ubatches * c.split_s;
     }
     if (seg.device < 0) continue;
-    // A block whose experts live elsewhere leaves its device and comes back.
-    std::uint32_t moved = 0;
-    for (std::uint32_t l = seg.first; l <= seg.last; ++l) moved += is_moved(l);
-    split_gen += 2 * moved * c.split_s;
-    hop_gen += 2 * moved * c.split_s;
-    hop_prompt += n_ubatches * 2 * moved * c.split_s;
+    // A block whose experts live elsewhere leaves its device and comes back: to another GPU at
+    // the cost of two device changes; to the main's CPU at no cost beyond the experts' own (the
+    // H200 runs of bench/data/expert-offload: fitting it gives nothing measurable).
+    std::uint32_t moved = 0, moved_to_gpu = 0;
+    for (std::uint32_t l = seg.first; l <= seg.last; ++l) {
+      moved += is_moved(l);
+      moved_to_gpu += is_moved(l) && experts_at[l] >= 0;
+    }
+    split_gen += 2 * moved_to_gpu * c.split_s;
+    hop_gen += 2 * moved_to_gpu * c.split_s;
+    hop_prompt += n_ubatches * 2 * moved_to_gpu * c.split_s;
     const auto d = static_cast<std::size_t>(seg.device);
     if (!layout.devices[d].remote) continue;
     const bool loopback = s.places[d].worker == s.main_worker;

@@ -39,6 +39,11 @@ struct Eval {
   double tg = 0, pp = 0;
   double load = 0;  // highest memory utilisation among the workers it uses, after placement
   std::uint32_t remote_devices = 0;
+  // MoE models: the other way of putting what the GPUs cannot hold in the main's RAM, on the same
+  // devices (whole blocks on the CPU against experts in host RAM), when the split repair built
+  // both and kept this one; generation tokens/s 0 = not built.
+  std::uint32_t other_cpu_blocks = 0, other_host_expert_blocks = 0;
+  double other_tg = 0;
 };
 
 }  // namespace ggfleet::plan

@@ -139,6 +139,24 @@ std::string duration_text(double s) {
 
 }  // namespace
 
+std::optional<std::string> offload_note(const Eval& chosen) {
+  if (chosen.other_tg <= 0) return std::nullopt;
+  const std::string& main = chosen.main->name;
+  auto way = [&](std::uint32_t cpu_blocks, std::uint32_t expert_blocks) {
+    return expert_blocks > 0
+               ? "experts of " + std::to_string(expert_blocks) + " blocks on " + main + "'s CPU"
+               : std::to_string(cpu_blocks) + " whole blocks on the CPU";
+  };
+  const std::uint32_t cpu_blocks = chosen.estimate.total_layers - chosen.estimate.offloaded_layers;
+  const bool experts = chosen.estimate.host_expert_blocks > 0;
+  char pct[32];
+  std::snprintf(pct, sizeof pct, "%.0f %%", 100 * (chosen.tg / chosen.other_tg - 1));
+  return way(cpu_blocks, chosen.estimate.host_expert_blocks) + ": " + rate(chosen.tg) +
+         " tokens/s; " + way(chosen.other_cpu_blocks, chosen.other_host_expert_blocks) +
+         " would give " + rate(chosen.other_tg) + " (" + pct + " faster with " +
+         (experts ? "experts" : "whole blocks") + ")";
+}
+
 std::vector<std::string> download_notes(const Eval& chosen, const SearchResult& found,
                                         const cluster::Cluster& cl, const Request& r) {
   std::vector<std::string> out;

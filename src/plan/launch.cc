@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include "estimate/experts.h"
 #include "plan/plan.h"
 
 namespace ggfleet::plan {
@@ -85,6 +86,10 @@ Command command(const ServerLaunch& s, const std::string& binary) {
   if (!s.rpc.empty()) a.insert(a.end(), {"--rpc", joined(s.rpc)});
   a.insert(a.end(), {"-ngl", std::to_string(s.gpu_layers)});
   if (!s.layers_per_device.empty()) a.insert(a.end(), {"-ts", joined(s.layers_per_device)});
+  if (!s.host_expert_blocks.empty()) {
+    const std::vector<std::string> experts = estimate::host_expert_args(s.host_expert_blocks);
+    a.insert(a.end(), experts.begin(), experts.end());
+  }
   a.insert(a.end(), {"-c", std::to_string(s.context_tokens), "--parallel",
                      std::to_string(s.parallel), "-fa", s.flash_attention ? "on" : "off"});
   if (s.cache_type_k != "f16") a.insert(a.end(), {"-ctk", s.cache_type_k});
@@ -126,6 +131,7 @@ json to_json(const ServerLaunch& s) {
           {"rpc", rpc},
           {"gpu_layers", s.gpu_layers},
           {"layers_per_device", s.layers_per_device},
+          {"host_expert_blocks", s.host_expert_blocks},
           {"context_tokens", s.context_tokens},
           {"parallel", s.parallel},
           {"flash_attention", s.flash_attention},
@@ -185,6 +191,11 @@ ServerLaunch server_launch_from_json(const json& j) {
   }
   read(j, "gpu_layers", s.gpu_layers);
   read(j, "layers_per_device", s.layers_per_device);
+  read(j, "host_expert_blocks", s.host_expert_blocks);
+  for (std::size_t i = 1; i < s.host_expert_blocks.size(); ++i) {
+    if (s.host_expert_blocks[i] <= s.host_expert_blocks[i - 1])
+      throw std::invalid_argument("launch: 'host_expert_blocks' must be ascending");
+  }
   read(j, "context_tokens", s.context_tokens);
   read(j, "parallel", s.parallel);
   read(j, "flash_attention", s.flash_attention);
@@ -248,6 +259,7 @@ Launch launch_for(const Candidate& c, const cluster::Cluster& cl, const Request&
     for (const estimate::DeviceUsage& d : c.estimate.devices)
       s.layers_per_device.push_back(d.layers);
   }
+  s.host_expert_blocks = estimate::host_expert_blocks(c.layout);
   const estimate::ContextOptions& o = r.context;
   s.context_tokens = c.estimate.context_tokens;
   s.parallel = o.parallel;

@@ -49,6 +49,8 @@ struct ServerLaunch {
   std::vector<Endpoint> rpc;        // remote devices in llama.cpp's order (--rpc)
   std::int32_t gpu_layers = -1;     // -ngl
   std::vector<std::uint32_t> layers_per_device;  // -ts, one per device (RPC first); empty: none
+  // Blocks whose routed experts stay in host RAM (--n-cpu-moe N or one -ot rule), ascending.
+  std::vector<std::uint32_t> host_expert_blocks;
   std::uint32_t context_tokens = 4096;
   std::uint32_t parallel = 1;
   bool flash_attention = false;

@@ -58,6 +58,7 @@ Request request_from_options(const json& o, const std::string& model) {
                                               "policy",
                                               "allow_distributed",
                                               "allow_cpu_offload",
+                                              "expert_offload",
                                               "max_rpc_servers",
                                               "selector",
                                               "gpus",
@@ -116,6 +117,7 @@ Request request_from_options(const json& o, const std::string& model) {
   }
   if (o.contains("allow_distributed")) r.allow_distributed = bool_field(o, "allow_distributed");
   if (o.contains("allow_cpu_offload")) r.allow_cpu_offload = bool_field(o, "allow_cpu_offload");
+  if (o.contains("expert_offload")) r.expert_offload = bool_field(o, "expert_offload");
   if (o.contains("max_rpc_servers"))
     r.max_rpc_servers = static_cast<std::uint32_t>(uint_field(o, "max_rpc_servers", 256));
   if (o.contains("threads")) r.threads = static_cast<std::uint32_t>(uint_field(o, "threads", 1024));

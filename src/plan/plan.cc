@@ -1,6 +1,7 @@
 #include "plan/plan.h"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -50,6 +51,7 @@ bool place_replica(std::uint32_t i, const estimate::ModelMemory& m, const cluste
     plan.alternatives = alternatives(*chosen, found, s, state, m, r, c);
     plan.rejected = rejections(*chosen, found, filter, state, r);
     plan.notes = download_notes(*chosen, found, state, r);
+    if (std::optional<std::string> note = offload_note(*chosen)) plan.notes.push_back(*note);
   }
   plan.replicas.push_back(std::move(rep));
   return true;

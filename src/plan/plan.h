@@ -78,6 +78,10 @@ struct Request {
   Policy policy = Policy::kSpread;
   bool allow_distributed = true;  // GPUs of other workers over RPC
   bool allow_cpu_offload = true;  // layers on the main's CPU
+  // MoE models: a block may keep its attention on a GPU and only its routed experts in the main's
+  // host RAM (llama.cpp's --n-cpu-moe / -ot), weighed against whole blocks on the CPU. Needs
+  // allow_cpu_offload and the planned -ngl.
+  bool expert_offload = true;
   std::uint32_t max_rpc_servers = 16;
   std::map<std::string, std::string> selector;  // worker labels that must match
   std::vector<GpuRef> gpus;                     // explicit GPUs (any order); empty = any

@@ -35,6 +35,11 @@ SplitRepair::SplitRepair(const estimate::ModelMemory& m, const cluster::Cluster&
   const estimate::Estimate e = estimate::estimate(m, cpu_only);  // validates the options
   kv_block_bytes_ = blocks_ > 0 ? static_cast<double>(e.host.kv_bytes) / blocks_ : 0;
   host_need_bytes_ = e.host.total_bytes;
+  for (std::uint32_t i = 0; i < blocks_; ++i) {
+    max_expert_bytes_ =
+        std::max(max_expert_bytes_, static_cast<double>(m.layers[i].expert_cuda_bytes));
+  }
+  moe_ = max_expert_bytes_ > 0;
 }
 
 double SplitRepair::cpu_block_s(const cluster::Worker& main) const {
@@ -112,7 +117,7 @@ std::optional<Eval> SplitRepair::realize(const cluster::Worker& main,
 
 std::optional<Eval> SplitRepair::split(const cluster::Worker& main,
                                        const std::vector<std::size_t>& set, std::int32_t gpu_layers,
-                                       bool default_output_only) {
+                                       bool quick) {
   if (set.empty()) {
     if (!r_.allow_cpu_offload || (gpu_layers > 0)) return std::nullopt;
     return realize(main, {}, {});
@@ -140,7 +145,7 @@ std::optional<Eval> SplitRepair::split(const cluster::Worker& main,
   std::vector<std::size_t> lasts(
       group.begin(),
       group.begin() + static_cast<std::ptrdiff_t>(std::min<std::size_t>(3, group.size())));
-  if (default_output_only)
+  if (quick)
     lasts = {std::find(group.begin(), group.end(), order.back()) != group.end() ? order.back()
                                                                                 : group.front()};
   const std::size_t roomiest = *std::max_element(
@@ -157,7 +162,114 @@ std::optional<Eval> SplitRepair::split(const cluster::Worker& main,
     std::optional<Eval> ev = split_with_last(main, ordered(main, set, last), gpu_layers);
     if (ev && (!best || ev->tg > best->tg)) best = std::move(ev);
   }
+  const bool cpu_blocks = best && best->estimate.offloaded_layers < best->estimate.total_layers;
+  if (cpu_blocks && moe_ && r_.expert_offload && gpu_layers == kAutoGpuLayers && !quick) {
+    if (std::optional<Eval> thin = with_host_experts(*best)) {
+      Eval& kept = thin->tg > best->tg ? *thin : *best;
+      const Eval& other = thin->tg > best->tg ? *best : *thin;
+      kept.other_cpu_blocks = other.estimate.total_layers - other.estimate.offloaded_layers;
+      kept.other_host_expert_blocks = other.estimate.host_expert_blocks;
+      kept.other_tg = other.tg;
+      if (&kept == &*thin) best = std::move(thin);
+    }
+  }
   return best;
+}
+
+std::optional<Eval> SplitRepair::with_host_experts(const Eval& whole) {
+  const cluster::Worker& main = *whole.main;
+  const std::vector<std::size_t>& order = whole.devs;
+  const std::size_t n = order.size();
+  if (n == 0 || whole.layout.tensor_split.size() != n) return std::nullopt;
+  std::vector<std::uint32_t> on(n);
+  std::uint32_t placed = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    on[i] = static_cast<std::uint32_t>(whole.layout.tensor_split[i]) - (i + 1 == n ? 1 : 0);
+    placed += on[i];
+  }
+  // The CPU's blocks go to the devices in proportion to their free memory: the main's own GPUs
+  // when it has any in the set (a block whose experts run on the CPU then costs no RPC call).
+  std::vector<std::size_t> takers;
+  for (std::size_t i = 0; i < n; ++i)
+    if (!remote(order[i], main)) takers.push_back(i);
+  if (takers.empty()) {
+    takers.resize(n);
+    std::iota(takers.begin(), takers.end(), 0);
+  }
+  double room = 0;
+  for (std::size_t i : takers) room += static_cast<double>(devs_[order[i]].free_bytes);
+  const std::uint32_t extra = blocks_ - placed;
+  std::uint32_t given = 0;
+  for (std::size_t k = 0; k < takers.size(); ++k) {
+    const std::size_t i = takers[k];
+    const std::uint32_t share =
+        k + 1 == takers.size()
+            ? extra - given
+            : static_cast<std::uint32_t>(std::floor(
+                  extra * static_cast<double>(devs_[order[i]].free_bytes) / std::max(room, 1.0)));
+    on[i] += share;
+    given += share;
+  }
+  // Per device, how many of its first MoE blocks keep their experts in host RAM.
+  std::vector<std::uint32_t> thin(n, 0);
+  auto layout_of = [&](const std::vector<std::uint32_t>& counts) {
+    Eval ev = with_split(main, order, on);
+    ev.layout.experts.assign(blocks_, estimate::kExpertsWithBlock);
+    std::uint32_t block = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      std::uint32_t left = counts[i];
+      for (std::uint32_t b = block; b < block + on[i] && left > 0; ++b) {
+        if (m_.layers[b].expert_cuda_bytes == 0) continue;
+        ev.layout.experts[b] = estimate::kExpertsOnHost;
+        --left;
+      }
+      block += on[i];
+    }
+    return ev;
+  };
+  auto moe_blocks_on = [&](std::size_t i) {
+    const std::uint32_t first = std::accumulate(on.begin(), on.begin() + i, 0u);
+    std::uint32_t count = 0;
+    for (std::uint32_t b = first; b < first + on[i]; ++b)
+      count += m_.layers[b].expert_cuda_bytes > 0;
+    return count;
+  };
+  auto fits = [&](const std::vector<std::uint32_t>& counts) {
+    ++evaluated_;
+    return estimate::estimate(m_, layout_of(counts).layout);
+  };
+  bool fitted = false;
+  for (std::size_t attempt = 0; attempt < 4 * n + 8 && !fitted; ++attempt) {
+    const estimate::Estimate e = fits(thin);
+    if (e.fits) {
+      fitted = true;
+      break;
+    }
+    bool grew = false;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (e.devices[i].fits) continue;
+      const double over =
+          static_cast<double>(e.devices[i].total_bytes) -
+          static_cast<double>(devs_[order[i]].free_bytes + devs_[order[i]].runtime_bytes);
+      const auto more = static_cast<std::uint32_t>(
+          std::max(1.0, std::ceil(over / std::max(max_expert_bytes_, 1.0))));
+      const std::uint32_t next = std::min(moe_blocks_on(i), thin[i] + more);
+      grew = grew || next > thin[i];
+      thin[i] = next;
+    }
+    if (!grew) return std::nullopt;  // a device cannot fit even with all its experts moved
+  }
+  if (!fitted) return std::nullopt;
+  // The first guesses count the largest experts: give back what is not needed.
+  for (std::size_t i = 0; i < n; ++i) {
+    while (thin[i] > 0) {
+      --thin[i];
+      if (fits(thin).fits) continue;
+      ++thin[i];
+      break;
+    }
+  }
+  return finish(layout_of(thin));
 }
 
 std::optional<Eval> SplitRepair::split_with_last(const cluster::Worker& main,

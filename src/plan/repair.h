@@ -12,7 +12,10 @@
 // where it still fits (else the CPU), blocks on the CPU move to cheaper devices where they fit,
 // single blocks move to and from the device with the last block while that makes the layout
 // faster and it still fits, and devices left empty are dropped and the smaller set split again.
-// Deterministic; counts every estimate it makes (evaluated()).
+// For a MoE model whose best split leaves blocks on the CPU (and Request::expert_offload) it also
+// builds the layout with every block on the devices and the experts of as few blocks as fit in
+// host RAM (with_host_experts), and returns the faster of the two, the other's speed noted in
+// the Eval. Deterministic; counts every estimate it makes (evaluated()).
 #pragma once
 
 #include <cstddef>
@@ -62,10 +65,10 @@ class SplitRepair {
   // The best split of the blocks over `set` (and the main's CPU) by per-block cost, trimmed
   // until it fits, trying a few devices for the output layer (the one with the most room, the
   // fastest, and llama.cpp's default last). `gpu_layers` fixes -ngl when not kAutoGpuLayers;
-  // `default_output_only`: only llama.cpp's default output device (or the fastest).
+  // `quick`: only llama.cpp's default output device (or the fastest), whole blocks only (the
+  // search's quick look ranks mains by what it had always ranked them by).
   std::optional<Eval> split(const cluster::Worker& main, const std::vector<std::size_t>& set,
-                            std::int32_t gpu_layers = kAutoGpuLayers,
-                            bool default_output_only = false);
+                            std::int32_t gpu_layers = kAutoGpuLayers, bool quick = false);
 
   std::uint32_t blocks() const { return blocks_; }
   // Memory of an average block on a GPU: weights and KV cache.
@@ -75,6 +78,10 @@ class SplitRepair {
   std::uint64_t evaluated() const { return evaluated_; }
 
  private:
+  // `whole` (blocks on the main's CPU) with those blocks moved to its devices — the main's own
+  // GPUs first, where a block costs no RPC call — and each device's first MoE blocks keeping
+  // their experts in host RAM, as few as let every device fit. nullopt if no such layout fits.
+  std::optional<Eval> with_host_experts(const Eval& whole);
   std::optional<Eval> split_with_last(const cluster::Worker& main,
                                       const std::vector<std::size_t>& order,
                                       std::int32_t gpu_layers);
@@ -99,6 +106,8 @@ class SplitRepair {
   double block_mem_bytes_ = 0, kv_block_bytes_ = 0, output_mem_bytes_ = 0;
   std::uint64_t host_need_bytes_ = 0;
   std::uint64_t evaluated_ = 0;
+  bool moe_ = false;             // the model has routed experts
+  double max_expert_bytes_ = 0;  // the largest block's experts on a GPU
 };
 
 }  // namespace ggfleet::plan

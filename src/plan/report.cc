@@ -1,5 +1,7 @@
 #include "plan/report.h"
 
+#include "estimate/experts.h"
+
 namespace ggfleet::plan {
 
 nlohmann::json prediction_json(const estimate::Layout& layout,
@@ -48,6 +50,7 @@ nlohmann::json prediction_json(const estimate::Layout& layout,
                  {"gpu_layers", e.offloaded_layers},
                  {"total_layers", e.total_layers},
                  {"cpu_layers", e.total_layers - e.offloaded_layers},
+                 {"host_expert_blocks", estimate::host_expert_blocks(layout)},
                  {"tensor_split", layout.tensor_split},
                  {"context_tokens", e.context_tokens},
                  {"host",

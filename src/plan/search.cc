@@ -61,6 +61,22 @@ Search::Search(const estimate::ModelMemory& m, const cluster::Cluster& cl, const
     min_read_bytes_ = *std::min_element(reads.begin(), reads.end());
     for (double b : reads) extra_read_bytes_ += b - min_read_bytes_;
   }
+  const model::Profile& p = m.profile;
+  if (r.expert_offload && r.allow_cpu_offload && p.experts.count > 0) {
+    const double used = static_cast<double>(p.experts.used) / p.experts.count;
+    double min_block = kInf, max_experts = 0, min_expert_read = kInf;
+    for (std::uint32_t i = 0; i < blocks_ && i < p.block_bytes.size() && i < reads.size(); ++i) {
+      const model::BlockBytes& b = p.block_bytes[i];
+      if (m.layers[i].expert_cuda_bytes == 0 || b.expert_bytes == 0) continue;
+      min_block = std::min(min_block, static_cast<double>(m.layers[i].cuda_bytes));
+      max_experts = std::max(max_experts, static_cast<double>(m.layers[i].expert_cuda_bytes));
+      const double raw = static_cast<double>(b.total_bytes - b.expert_bytes) +
+                         used * static_cast<double>(b.expert_bytes);
+      min_expert_read =
+          std::min(min_expert_read, reads[i] * used * static_cast<double>(b.expert_bytes) / raw);
+    }
+    if (max_experts > 0) expert_overflow_read_bytes_ = min_block / max_experts * min_expert_read;
+  }
   for (std::size_t d = 0; d < devs_.size(); ++d) {
     min_gpu_byte_s_ = std::min(min_gpu_byte_s_, costs_.gpu_byte_s(*devs_[d].gpu));
     const double cap = capacity_blocks(d);
@@ -209,7 +225,7 @@ double Search::bound_s(const cluster::Worker& main) const {
   const double cpu_blocks = blocks_ - gpu_blocks;
   if (cpu_blocks > 0 && !r_.allow_cpu_offload) return kInf;
   const double gpu_part = gpu_blocks > 0 ? gpu_blocks * best : 0.0;
-  return gpu_part + cpu_blocks * repair_.cpu_block_s(main);
+  return gpu_part + cpu_blocks * overflow_bound_s(main, repair_.cpu_block_s(main));
 }
 
 double Search::main_bound_s(const cluster::Worker& main) const {
@@ -245,7 +261,7 @@ double Search::main_bound_s(const cluster::Worker& main) const {
     total_s += n * item.cost_s;
     left -= n;
   }
-  if (left > 0) total_s = cpu_s == kInf ? kInf : total_s + left * cpu_s;
+  if (left > 0) total_s = cpu_s == kInf ? kInf : total_s + left * overflow_bound_s(main, cpu_s);
   // The output head: on one of the main's GPUs, another worker's (logits come back), or its CPU.
   double head_s = r_.allow_distributed ? min_remote_head_s_ : kInf;
   if (r_.allow_cpu_offload) head_s = std::min(head_s, costs_.head_cpu_s(main, r_.threads));
@@ -278,7 +294,7 @@ double Search::set_bound_s(const cluster::Worker& main, const std::vector<std::s
     total_s += n * item.cost_s;
     left -= n;
   }
-  if (left > 0) total_s = cpu_s == kInf ? kInf : total_s + left * cpu_s;
+  if (left > 0) total_s = cpu_s == kInf ? kInf : total_s + left * overflow_bound_s(main, cpu_s);
   double head_s = r_.allow_cpu_offload ? costs_.head_cpu_s(main, r_.threads) : kInf;
   for (std::size_t d : set)
     head_s = std::min(head_s, costs_.head_gpu_s(*devs_[d].gpu, remote(d, main)));
@@ -315,6 +331,11 @@ double Search::gpu_bound_s(std::size_t d, bool over_rpc) const {
 
 double Search::cpu_bound_s(const cluster::Worker& main) const {
   return min_read_bytes_ * costs_.cpu_byte_s(main, r_.threads) + costs_.cpu_layer_fixed_s();
+}
+
+double Search::overflow_bound_s(const cluster::Worker& main, double cpu_s) const {
+  if (expert_overflow_read_bytes_ <= 0) return cpu_s;
+  return std::min(cpu_s, expert_overflow_read_bytes_ * costs_.cpu_byte_s(main, r_.threads));
 }
 
 double Search::capacity_blocks(std::size_t d) const {

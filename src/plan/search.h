@@ -100,6 +100,11 @@ class Search {
   // added once, at the cheapest rate per byte any device of the layout could have.
   double gpu_bound_s(std::size_t d, bool over_rpc) const;
   double cpu_bound_s(const cluster::Worker& main) const;
+  // What a block left over once the devices are full costs at least: `cpu_s` (whole on the
+  // CPU) or, with expert offload, the CPU's read of the fewest experts that free as much memory
+  // (the GPU's share of that block is not counted: still a bound). Not an alternative to a
+  // device with room: a block whose experts are in host RAM still needs its GPU.
+  double overflow_bound_s(const cluster::Worker& main, double cpu_s) const;
   // Blocks device d could hold at most: as many as the smallest blocks fit in its free memory.
   double capacity_blocks(std::size_t d) const;
 
@@ -119,6 +124,9 @@ class Search {
   double min_remote_head_s_ = std::numeric_limits<double>::infinity();
   double min_gpu_byte_s_ = std::numeric_limits<double>::infinity();
   double min_read_bytes_ = 0, extra_read_bytes_ = 0;
+  // MoE models with expert offload: a block's worth of memory the GPUs lack costs the CPU at least
+  // this many bytes read per token (the fewest experts' bytes that free as much); 0 = off.
+  double expert_overflow_read_bytes_ = 0;
 };
 
 // What the search found for one replica.

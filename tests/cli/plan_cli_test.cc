@@ -41,7 +41,12 @@ TEST_F(PlanCli, SeedCaseJson) {
   const nlohmann::json j = nlohmann::json::parse(r.output);
   EXPECT_TRUE(j["feasible"].get<bool>());
   EXPECT_EQ(j["layout"]["main_worker"], "worker1");
-  EXPECT_GT(j["layout"]["cpu_layers"].get<int>(), 0);
+  // Every block on the GPUs, the experts of those they cannot hold in worker1's RAM.
+  EXPECT_EQ(j["layout"]["cpu_layers"].get<int>(), 0);
+  EXPECT_GT(j["layout"]["host_expert_blocks"].size(), 10u);
+  ASSERT_EQ(j["notes"].size(), 1u);
+  EXPECT_NE(j["notes"][0].get<std::string>().find("whole blocks on the CPU would give"),
+            std::string::npos);
   ASSERT_EQ(j["layout"]["devices"].size(), 3u);
   for (const auto& d : j["layout"]["devices"]) {
     for (const char* key : {"worker", "gpu", "layers", "vram_bytes"})
@@ -56,7 +61,7 @@ TEST_F(PlanCli, SeedCaseJson) {
     EXPECT_TRUE(a["prediction"].contains("generation_tokens_per_s"));
     if (a["layout"]["main_worker"] == "worker2") {
       other_main = true;
-      EXPECT_LT(a["prediction"]["generation_tokens_per_s"].get<double>(), tg / 1.3);
+      EXPECT_LT(a["prediction"]["generation_tokens_per_s"].get<double>(), tg / 1.15);
     }
   }
   EXPECT_TRUE(other_main);
@@ -71,11 +76,26 @@ TEST_F(PlanCli, SeedCaseJson) {
 TEST_F(PlanCli, SeedCaseTextSaysWhy) {
   const auto r = plan("--cluster " + kSeedCluster + " --ctx 8192");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const char* s :
-       {"plan: main worker worker1", "why worker1: with the same GPUs, main worker2",
-        "% faster with worker1", "commands:", "ggml-rpc-server -H worker2", "alternatives:"}) {
+  for (const char* s : {"plan: main worker worker1",
+                        "why worker1: with the same GPUs, main worker2", "% faster with worker1",
+                        "commands:", "ggml-rpc-server -H worker2", "alternatives:", "experts of",
+                        "blocks in host RAM", "whole blocks on the CPU would give", " -ot 'blk"}) {
     EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
   }
+  // --no-expert-offload: whole blocks on worker1's CPU, by far the best main, no -ot.
+  const auto w = plan("--cluster " + kSeedCluster + " --ctx 8192 --no-expert-offload --json");
+  ASSERT_EQ(w.exit_code, 0) << w.output;
+  const nlohmann::json j = nlohmann::json::parse(w.output);
+  EXPECT_EQ(j["layout"]["main_worker"], "worker1");
+  EXPECT_GT(j["layout"]["cpu_layers"].get<int>(), 0);
+  EXPECT_TRUE(j["layout"]["host_expert_blocks"].empty());
+  const double tg = j["prediction"]["generation_tokens_per_s"].get<double>();
+  for (const auto& a : j["alternatives"]) {
+    if (a["layout"]["main_worker"] == "worker2") {
+      EXPECT_LT(a["prediction"]["generation_tokens_per_s"].get<double>(), tg / 1.3);
+    }
+  }
+  EXPECT_EQ(j["commands"][1]["line"].get<std::string>().find(" -ot "), std::string::npos);
 }
 
 TEST_F(PlanCli, BadRequestsAreClearErrors) {

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "cluster/cluster.h"
+#include "estimate/experts.h"
 #include "gguf/reader.h"
 #include "model/profile.h"
 #include "model/synth.h"
@@ -62,20 +63,83 @@ const Candidate* alternative(const Plan& p, const std::string& label_part) {
   return nullptr;
 }
 
-TEST(Plan, SeedCaseChoosesWorker1AndSaysByHowMuch) {
+// The seed case with whole blocks only (--no-expert-offload): worker1 is the main by far, with
+// blocks on its CPU.
+TEST(Plan, SeedCaseWholeBlocksChoosesWorker1AndSaysByHowMuch) {
+  const cluster::Cluster cl =
+      cluster::load_cluster(std::string(GGFLEET_SOURCE_DIR) + "/tests/fixtures/seed-cluster.yaml");
+  Request r = request(8192);
+  r.expert_offload = false;
+  const Plan p = make_plan(Models::get("deepseek-r1-ud-iq2_xxs"), cl, r);
+  ASSERT_TRUE(p.feasible) << p.reason;
+  const Candidate& c = p.replicas[0].chosen;
+  EXPECT_EQ(c.main_worker, "worker1");
+  EXPECT_EQ(c.layout.devices.size(), 3u);  // all three L40S
+  EXPECT_GT(c.cpu_layers(), 0u);           // 183 GB does not fit in 141 GB of VRAM
+  EXPECT_TRUE(c.layout.experts.empty());
+  EXPECT_TRUE(p.notes.empty());
+  const Candidate* other = alternative(p, "main worker2, same GPUs");
+  ASSERT_NE(other, nullptr);
+  EXPECT_GT(c.prediction.generation_tokens_per_s, 1.3 * other->prediction.generation_tokens_per_s);
+  EXPECT_EQ(other->prediction.bottleneck.rfind("CPU of worker2", 0), 0u);
+}
+
+// The seed case as planned by default: every block on the three L40S, the routed experts of the
+// blocks they cannot hold in worker1's RAM; faster than the whole-block plan, and the plan says
+// by how much.
+TEST(Plan, SeedCaseChoosesWorker1KeepsExpertsOnItsCpuAndSaysByHowMuch) {
   const cluster::Cluster cl =
       cluster::load_cluster(std::string(GGFLEET_SOURCE_DIR) + "/tests/fixtures/seed-cluster.yaml");
   const Plan p = make_plan(Models::get("deepseek-r1-ud-iq2_xxs"), cl, request(8192));
   ASSERT_TRUE(p.feasible) << p.reason;
   const Candidate& c = p.replicas[0].chosen;
   EXPECT_EQ(c.main_worker, "worker1");
-  EXPECT_EQ(c.layout.devices.size(), 3u);  // all three L40S
-  EXPECT_GT(c.cpu_layers(), 0u);           // 183 GB does not fit in 141 GB of VRAM
+  EXPECT_EQ(c.layout.devices.size(), 3u);        // all three L40S
+  EXPECT_EQ(c.cpu_layers(), 0u);                 // no whole block on the CPU...
+  EXPECT_GT(c.estimate.host_expert_blocks, 0u);  // ...183 GB still does not fit in 141 GB
+  EXPECT_GT(c.estimate.host.weights_bytes, 30ull << 30);
   EXPECT_TRUE(c.estimate.fits);
+  Request whole = request(8192);
+  whole.expert_offload = false;
+  const Plan w = make_plan(Models::get("deepseek-r1-ud-iq2_xxs"), cl, whole);
+  ASSERT_TRUE(w.feasible);
+  const double tg = c.prediction.generation_tokens_per_s;
+  const double tg_whole = w.replicas[0].chosen.prediction.generation_tokens_per_s;
+  EXPECT_GT(tg, 1.15 * tg_whole);
+  // The explanation names the choice and what whole blocks would give on the same GPUs.
+  ASSERT_EQ(p.notes.size(), 1u);
+  const std::string& note = p.notes[0];
+  EXPECT_EQ(note.rfind("experts of " + std::to_string(c.estimate.host_expert_blocks) +
+                           " blocks on worker1's CPU: ",
+                       0),
+            0u)
+      << note;
+  EXPECT_NE(note.find(std::to_string(w.replicas[0].chosen.cpu_layers()) +
+                      " whole blocks on the CPU would give "),
+            std::string::npos)
+      << note;
+  EXPECT_NE(note.find("faster with experts"), std::string::npos) << note;
+  // The main still matters: worker2 as the main is predicted slower, its CPU the bottleneck.
   const Candidate* other = alternative(p, "main worker2, same GPUs");
   ASSERT_NE(other, nullptr);
-  EXPECT_GT(c.prediction.generation_tokens_per_s, 1.3 * other->prediction.generation_tokens_per_s);
+  EXPECT_GT(tg, 1.15 * other->prediction.generation_tokens_per_s);
   EXPECT_EQ(other->prediction.bottleneck.rfind("CPU of worker2", 0), 0u);
+  // The command keeps those experts in host RAM with one -ot rule; the typed launch carries the
+  // blocks, and placing llama.cpp's own options gives the plan's layout back.
+  const std::vector<std::uint32_t>& blocks = p.replicas[0].launch.server.host_expert_blocks;
+  EXPECT_EQ(blocks.size(), c.estimate.host_expert_blocks);
+  EXPECT_NE(p.replicas[0].commands[1].line().find(" -ot 'blk\\.("), std::string::npos)
+      << p.replicas[0].commands[1].line();
+  estimate::Layout placed = c.layout;
+  placed.experts.clear();
+  const std::vector<std::string> args = estimate::host_expert_args(blocks);
+  estimate::ExpertOverrides o;
+  if (args[0] == "-ot")
+    o.rules = {args[1]};
+  else
+    o.n_cpu_moe = static_cast<std::uint32_t>(std::stoul(args[1]));
+  estimate::place_experts(Models::get("deepseek-r1-ud-iq2_xxs"), o, placed);
+  EXPECT_EQ(placed.experts, c.layout.experts);
   // The commands: worker2 lends its GPU, worker1 runs llama-server with it over RPC.
   ASSERT_EQ(p.replicas[0].commands.size(), 2u);
   EXPECT_EQ(p.replicas[0].commands[0].worker, "worker2");
@@ -93,7 +157,10 @@ TEST(Plan, SeedCaseChoosesWorker1AndSaysByHowMuch) {
   EXPECT_EQ(l.rpc_servers[0].worker, "worker2");
   ASSERT_EQ(l.server.rpc.size(), 1u);
   EXPECT_EQ(l.server.rpc[0].text(), "worker2:50052");
-  EXPECT_EQ(l.server.gpus, (std::vector<std::uint32_t>{0, 1}));
+  std::vector<std::uint32_t> gpus = l.server.gpus;
+  std::sort(gpus.begin(), gpus.end());
+  EXPECT_EQ(gpus, (std::vector<std::uint32_t>{0, 1}));
+  EXPECT_EQ(l.server.host_expert_blocks, blocks);
   EXPECT_EQ(l.server.context_tokens, 8192u);
   const Launch back = launch_from_json(nlohmann::json::parse(to_json(l).dump()));
   const std::vector<Command> again = commands(back);
@@ -206,7 +273,7 @@ network:
   ASSERT_TRUE(p.feasible) << p.reason;
   const Candidate& c = p.replicas[0].chosen;
   EXPECT_EQ(c.main_worker, "cpu");
-  EXPECT_GT(c.cpu_layers(), 0u);
+  EXPECT_GT(c.cpu_layers() + c.estimate.host_expert_blocks, 0u);
   EXPECT_EQ(c.layout.devices.size(), 3u);
   const Candidate* other = alternative(p, "main vram, same GPUs");
   ASSERT_NE(other, nullptr);
