@@ -9,6 +9,8 @@
 //   InstancePortRefusesDirectAccess       a client on the workers' network skips ggfleet's keys
 //   LearnedFactorChangesTheNextPlan       a declared GPU far slower than its catalog numbers
 // and, on the same live fleet, OfficialOpenAiSdkForNode: the official SDK as a user's program.
+// Not a fault, on the same kind of fleet: ExpertsStayInHostRamAsPlanned, a MoE model larger than
+// its worker's GPU deployed with part of its experts in the main's RAM, as the plan said.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -25,6 +27,9 @@
 
 #include "../server/server_fixture.h"
 #include "e2e_util.h"
+#include "estimate/estimate.h"
+#include "gguf/reader.h"
+#include "model/profile.h"
 #include "model/synth.h"
 #include "worker/process.h"
 
@@ -591,6 +596,69 @@ TEST_F(Recovery, OverloadIsQueuedNeverDown) {
   EXPECT_FALSE(has_event("instance.replanned")) << logs();
   EXPECT_EQ(pids_matching("llama-server.*--port " + std::to_string(listen_port())), before)
       << "llama-server was restarted";
+}
+
+}  // namespace
+}  // namespace ggfleet::test
+
+namespace ggfleet::test {
+namespace {
+
+// A qwen3-MoE-shaped model whose blocks fit the declared GPU only with half of their experts
+// elsewhere: the plan keeps every block on the GPU (an rpc-server of the CPU build) and the
+// experts of some blocks in llama-server's RAM; the worker starts llama-server with the plan's
+// --n-cpu-moe / -ot, the rpc-server is sent no more than the GPU holds, and it serves.
+TEST_F(Recovery, ExpertsStayInHostRamAsPlanned) {
+  test::TempDir models;
+  model::SynthOptions o;
+  o.blocks = 4;
+  o.embedding = 512;
+  o.vocab = 32000;
+  const std::string moe = model::synth("qwen3-30b-a3b-q4_k_m", models.file("moe"), o).front();
+  const gguf::Model file = gguf::Model::open(moe);
+  const estimate::ModelMemory m = estimate::ModelMemory::from(file, model::profile(file));
+  estimate::Layout all;
+  all.devices = {{"RPC0", estimate::Backend::kCuda, true, 64ull << 30, 0}};
+  all.context.context_tokens = 1024;
+  const std::uint64_t all_bytes = estimate::estimate(m, all).devices[0].total_bytes;
+  std::uint64_t expert_bytes = 0;
+  for (std::uint32_t b = 0; b < m.blocks(); ++b) expert_bytes += m.layers[b].expert_cuda_bytes;
+  ASSERT_GT(expert_bytes, all_bytes / 2);
+  const std::uint64_t gpu_bytes = all_bytes - expert_bytes / 2;
+  declared_ = {"NVIDIA GeForce RTX 4090:" + std::to_string(gpu_bytes >> 20) + "MiB"};
+  start(23500, 1);
+  model_ = moe;
+  deploy();
+  const json i = instance();
+  const json& layout = i["assignment"]["plan"]["layout"];
+  std::string line;
+  for (const json& c : i["assignment"]["commands"])
+    if (c.value("role", "") == "llama-server") line = c.value("line", "");
+  std::cout << "[figures] " << line << "\n";
+  EXPECT_EQ(layout.value("cpu_layers", -1), 0) << i.dump();
+  EXPECT_GT(layout["host_expert_blocks"].size(), 0u) << i.dump();
+  EXPECT_TRUE(line.find(" --n-cpu-moe ") != std::string::npos ||
+              line.find(" -ot ") != std::string::npos)
+      << line;
+  EXPECT_EQ(chat().status, 200) << logs();
+  // What the rpc-server holds, as the worker measured it: within the declared GPU, not the model.
+  json memory;
+  ASSERT_TRUE(wait_for(
+      [&] {
+        memory = instance()["memory"];
+        for (const json& d : memory.is_array() ? memory : json::array()) {
+          if (d["device"] != "host" && d["measured_bytes"].is_number()) return true;
+        }
+        return false;
+      },
+      15))
+      << memory.dump() << logs();
+  for (const json& d : memory) {
+    if (d["device"] == "host" || !d["measured_bytes"].is_number()) continue;
+    EXPECT_LT(d["measured_bytes"].get<double>(), static_cast<double>(gpu_bytes)) << memory.dump();
+  }
+  std::cout << "[figures] memory " << memory.dump() << " declared " << gpu_bytes << " all-on-GPU "
+            << all_bytes << std::endl;
 }
 
 }  // namespace
