@@ -164,6 +164,36 @@ TEST(Experts, LlamaCppOptionsPlaceWholeBlocksOfExperts) {
             std::string::npos);
 }
 
+// What the planner writes on llama-server's command line reads back to the same placement:
+// --n-cpu-moe for a prefix of blocks, one -ot rule otherwise.
+TEST(Experts, PlannedHostExpertsRoundTripThroughLlamaCppOptions) {
+  test::TempDir dir;
+  const ModelMemory qwen = preset("qwen3-30b-a3b-q4_k_m", 6, dir);
+  for (const std::vector<std::uint32_t>& blocks :
+       {std::vector<std::uint32_t>{0}, {0, 1, 2}, {1}, {0, 2, 5}, {3, 4, 5}}) {
+    Layout planned;
+    planned.devices = {rpc("RPC0")};
+    planned.experts.assign(qwen.blocks(), kExpertsWithBlock);
+    for (std::uint32_t b : blocks) planned.experts[b] = kExpertsOnHost;
+    EXPECT_EQ(host_expert_blocks(planned), blocks);
+    const std::vector<std::string> args = host_expert_args(blocks);
+    ASSERT_EQ(args.size(), 2u);
+    const bool prefix = blocks.back() + 1 == blocks.size();
+    EXPECT_EQ(args[0], prefix ? "--n-cpu-moe" : "-ot");
+    ExpertOverrides o;
+    if (prefix) {
+      o.n_cpu_moe = static_cast<std::uint32_t>(std::stoul(args[1]));
+    } else {
+      o.rules = {args[1]};
+    }
+    Layout read_back;
+    read_back.devices = planned.devices;
+    place_experts(qwen, o, read_back);
+    EXPECT_EQ(read_back.experts, planned.experts) << args[0] << " " << args[1];
+  }
+  EXPECT_THROW(host_expert_args({}), std::invalid_argument);
+}
+
 TEST(Experts, MovedExpertsKeepEveryByteAndTurnPipelineParallelismOff) {
   test::TempDir dir;
   const ModelMemory qwen = preset("qwen3-30b-a3b-q4_k_m", 4, dir);

@@ -169,6 +169,9 @@ TEST(Plan, SeedCaseChoosesWorker1KeepsExpertsOnItsCpuAndSaysByHowMuch) {
   EXPECT_EQ(again[1].line(), server);
   EXPECT_THROW(launch_from_json(nlohmann::json::parse(R"({"server": {"model": 3}})")),
                std::invalid_argument);
+  EXPECT_THROW(launch_from_json(nlohmann::json::parse(
+                   R"({"server": {"model": "m", "host": "h", "host_expert_blocks": [4, 2]}})")),
+               std::invalid_argument);
 }
 
 TEST(Plan, Llama70bOnA4090WorkerAndA2x4080Worker) {
