@@ -176,9 +176,9 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
   cpu_part.worker = main->name;
 
   // Routed experts that live apart from their block (--n-cpu-moe, -ot): read and multiplied where
-  // they are (moved_to[n_dev]: the main's CPU), with two changes of device per block
-  // when they are on another GPU. Nothing is
-  // allocated for the usual layout without overrides (the planner calls this in its loops).
+  // they are (moved_to[n_dev]: the main's CPU), with two changes of device per block when they
+  // are on another GPU. Nothing is allocated for the usual layout without overrides (the planner
+  // calls this in its loops).
   struct Moved {
     double read_bytes = 0, all_bytes = 0, params = 0;
     std::uint32_t blocks = 0;

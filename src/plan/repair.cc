@@ -234,13 +234,13 @@ std::optional<Eval> SplitRepair::with_host_experts(const Eval& whole) {
       count += m_.layers[b].expert_cuda_bytes > 0;
     return count;
   };
-  auto fits = [&](const std::vector<std::uint32_t>& counts) {
+  auto estimate_with = [&](const std::vector<std::uint32_t>& counts) {
     ++evaluated_;
     return estimate::estimate(m_, layout_of(counts).layout);
   };
   bool fitted = false;
   for (std::size_t attempt = 0; attempt < 4 * n + 8 && !fitted; ++attempt) {
-    const estimate::Estimate e = fits(thin);
+    const estimate::Estimate e = estimate_with(thin);
     if (e.fits) {
       fitted = true;
       break;
@@ -264,7 +264,7 @@ std::optional<Eval> SplitRepair::with_host_experts(const Eval& whole) {
   for (std::size_t i = 0; i < n; ++i) {
     while (thin[i] > 0) {
       --thin[i];
-      if (fits(thin).fits) continue;
+      if (estimate_with(thin).fits) continue;
       ++thin[i];
       break;
     }
