@@ -230,12 +230,10 @@ int main(int argc, char** argv) {
     for (const perf::ConstantField& field : perf::constant_fields()) {
       nlohmann::ordered_json c;
       c["value"] = all.constants.*field.member;
-      c["fitted_to"] = field.fit == perf::ConstantField::Fit::kGeneration
-                           ? "tg rows of every configuration"
-                       : field.fit == perf::ConstantField::Fit::kPrompt
-                           ? "pp rows of every configuration"
-                           : "not fitted: issue 4's observation of weights loaded over RPC on two "
-                             "H200 (0.3 GB/s)";
+      c["fitted_to"] =
+          field.fit == perf::ConstantField::Fit::kGeneration ? "tg rows of every configuration"
+          : field.fit == perf::ConstantField::Fit::kPrompt   ? "pp rows of every configuration"
+                                                             : field.source;
       constants[field.name] = c;
     }
     j["constants"] = constants;

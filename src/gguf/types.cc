@@ -76,6 +76,31 @@ const TypeTraits& traits(GgmlType type) {
   return kTypes[static_cast<std::size_t>(kIndex[static_cast<std::uint32_t>(type)])];
 }
 
+DequantCost dequant_cost(GgmlType type) {
+  switch (type) {
+    case GgmlType::IQ2_XXS:
+    case GgmlType::IQ2_XS:
+    case GgmlType::IQ2_S:
+    case GgmlType::IQ3_XXS:
+    case GgmlType::IQ3_S:
+    case GgmlType::IQ1_S:
+    case GgmlType::IQ1_M:
+      return DequantCost::kCodebook;
+    case GgmlType::Q2_K:
+    case GgmlType::Q3_K:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K:
+    case GgmlType::Q8_K:
+    case GgmlType::IQ4_XS:
+    case GgmlType::TQ1_0:
+    case GgmlType::TQ2_0:
+      return DequantCost::kSuperBlock;
+    default:
+      return DequantCost::kPlain;
+  }
+}
+
 std::string_view type_display_name(GgmlType type) {
   return kDisplay[static_cast<std::size_t>(kIndex[static_cast<std::uint32_t>(type)])];
 }

@@ -62,6 +62,13 @@ std::optional<TypeTraits> type_traits(std::uint32_t id);
 // Traits of a known type. Never fails.
 const TypeTraits& traits(GgmlType type);
 
+// How slowly a type dequantizes per byte, as ggfleet's speed model classes types: plain blocks
+// (F32, F16, BF16, Q4_0, Q8_0, IQ4_NL, MXFP4, ...), super-blocks of 256 (the K-quants, IQ4_XS
+// and the ternary types), and the lattice-codebook I-quants (IQ1_S, IQ1_M, IQ2_*, IQ3_*), whose
+// grid lookups make them the slowest.
+enum class DequantCost { kPlain, kSuperBlock, kCodebook };
+DequantCost dequant_cost(GgmlType type);
+
 // Upper-case display name ("Q4_K", "IQ2_XXS", "F32").
 std::string_view type_display_name(GgmlType type);
 

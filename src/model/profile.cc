@@ -100,15 +100,22 @@ bool contains(std::string_view s, std::string_view part) {
   return s.find(part) != std::string_view::npos;
 }
 
-void add_block_tensor(BlockBytes* b, std::string_view rest, std::uint64_t bytes,
-                      std::uint64_t elements) {
+void add_block_tensor(BlockBytes* b, std::string_view rest, gguf::GgmlType type,
+                      std::uint64_t bytes, std::uint64_t elements) {
   b->total_bytes += bytes;
   b->parameters += elements;
+  const gguf::DequantCost cost = gguf::dequant_cost(type);
+  const std::uint64_t super_block = cost == gguf::DequantCost::kSuperBlock ? bytes : 0;
+  const std::uint64_t codebook = cost == gguf::DequantCost::kCodebook ? bytes : 0;
+  b->super_block_bytes += super_block;
+  b->codebook_bytes += codebook;
   if (contains(rest, "_shexp")) {
     b->shared_expert_bytes += bytes;
   } else if (contains(rest, "_exps") || starts_with(rest, "ffn_gate_inp") ||
              starts_with(rest, "exp_probs_b")) {
     b->expert_bytes += bytes;
+    b->expert_super_block_bytes += super_block;
+    b->expert_codebook_bytes += codebook;
   } else if (starts_with(rest, "attn") || starts_with(rest, "post_attention_norm")) {
     b->attention_bytes += bytes;
   } else if (starts_with(rest, "ffn") || starts_with(rest, "post_ffw_norm")) {
@@ -192,7 +199,7 @@ Profile profile(const gguf::Model& model) {
     std::uint32_t block = 0;
     std::string_view rest;
     if (split_block_name(t.name, &block, &rest)) {
-      add_block_tensor(&p.block_bytes[block], rest, t.bytes, t.elements);
+      add_block_tensor(&p.block_bytes[block], rest, t.type, t.bytes, t.elements);
     } else if (t.name == "token_embd.weight") {
       p.token_embedding_bytes += t.bytes;
       p.vocab_size = t.dims[1];

@@ -65,6 +65,10 @@ struct BlockBytes {
   std::uint64_t other_bytes = 0;
   std::uint64_t total_bytes = 0;
   std::uint64_t parameters = 0;
+  // Of total_bytes, and of expert_bytes, those of super-block and of codebook types
+  // (gguf::dequant_cost): what the speed model reads slower, block by block.
+  std::uint64_t super_block_bytes = 0, codebook_bytes = 0;
+  std::uint64_t expert_super_block_bytes = 0, expert_codebook_bytes = 0;
 };
 
 struct Profile {

@@ -14,9 +14,10 @@ struct Constants {
   // Generation (one token per evaluation).
   double gpu_bandwidth_efficiency = 0.6;  // of the catalog memory bandwidth (matvec)
   double gpu_layer_s = 40e-6;             // per offloaded layer and evaluation
-  double kquant_read_factor = 1.2;  // time per byte of K- and I-quants relative to Q4_0/Q8_0/F16
-  double token_s = 200e-6;          // per evaluation: graph build, sync, embedding
-  double split_s = 30e-6;           // per change of device along the layers
+  double kquant_read_factor = 1.2;  // time per byte of super-block types relative to Q4_0/Q8_0/F16
+  double codebook_read_factor = 2.8;  // the same for the codebook I-quants (IQ1_*, IQ2_*, IQ3_*)
+  double token_s = 200e-6;            // per evaluation: graph build, sync, embedding
+  double split_s = 30e-6;             // per change of device along the layers
   double cpu_thread_bandwidth_bytes_per_s = 6e9;  // one CPU thread's matvec streaming rate
   double cpu_layer_s = 50e-6;                     // per CPU layer and evaluation (thread sync)
   double rpc_call_s = 300e-6;  // per run of layers on an RPC device and evaluation, beyond the RTT
@@ -37,6 +38,7 @@ struct ConstantField {
   const char* name;
   double Constants::*member;
   enum class Fit { kGeneration, kPrompt, kNone } fit;  // which measurements fit it
+  const char* source;  // kNone: where its value comes from; else nullptr
 };
 const std::vector<ConstantField>& constant_fields();
 

@@ -20,10 +20,53 @@ struct LayerCost {
   double expert_active_bytes = 0;   // of active_bytes: the routed experts a token uses
   double expert_active_params = 0;  // of active_params: theirs
   double kv_bytes_per_token = 0;
+  // active_bytes and expert_active_bytes weighted by their types' dequantization cost
+  // (dequant_factor): what the read time is proportional to.
+  double active_read_bytes = 0;
+  double expert_active_read_bytes = 0;
 };
 
+// Time per byte of `bytes`, of which `super_block` and `codebook` bytes are of the slower types,
+// relative to plain types (1 when there are no bytes).
+double dequant_factor(double bytes, double super_block, double codebook, const Constants& c) {
+  if (bytes <= 0) return 1.0;
+  return 1.0 +
+         (super_block * (c.kquant_read_factor - 1.0) + codebook * (c.codebook_read_factor - 1.0)) /
+             bytes;
+}
+
+// The model-wide dequantization factor (gguf::dequant_cost of every tensor's bytes).
+double read_factor(const model::Profile& p, const Constants& c) {
+  double super_block = 0, codebook = 0;
+  for (const auto& [type, bytes] : p.bytes_by_type) {
+    const gguf::DequantCost cost = gguf::dequant_cost(type);
+    if (cost == gguf::DequantCost::kSuperBlock) super_block += static_cast<double>(bytes);
+    if (cost == gguf::DequantCost::kCodebook) codebook += static_cast<double>(bytes);
+  }
+  return dequant_factor(static_cast<double>(p.tensor_bytes), super_block, codebook, c);
+}
+
+// Per block: the time-weighted bytes a token reads, routed experts apart.
+struct BlockRead {
+  double read_bytes = 0;         // everything a token reads (routed experts: the used share)
+  double expert_read_bytes = 0;  // of which the routed experts
+};
+BlockRead block_read(const model::BlockBytes& b, double used_fraction, const Constants& c) {
+  const auto rest = static_cast<double>(b.total_bytes - b.expert_bytes);
+  const double rest_factor =
+      dequant_factor(rest, static_cast<double>(b.super_block_bytes - b.expert_super_block_bytes),
+                     static_cast<double>(b.codebook_bytes - b.expert_codebook_bytes), c);
+  const auto experts = static_cast<double>(b.expert_bytes);
+  const double expert_factor =
+      dequant_factor(experts, static_cast<double>(b.expert_super_block_bytes),
+                     static_cast<double>(b.expert_codebook_bytes), c);
+  const double expert_read = used_fraction * experts * expert_factor;
+  return {rest * rest_factor + expert_read, expert_read};
+}
+
 // Per layer 0..blocks (blocks = the output head) of the model.
-std::vector<LayerCost> layer_costs(const estimate::ModelMemory& m, const estimate::Estimate& e) {
+std::vector<LayerCost> layer_costs(const estimate::ModelMemory& m, const estimate::Estimate& e,
+                                   const Constants& c) {
   const model::Profile& p = m.profile;
   std::vector<LayerCost> out(p.blocks + 1);
   const double used_fraction =
@@ -41,11 +84,15 @@ std::vector<LayerCost> layer_costs(const estimate::ModelMemory& m, const estimat
     out[i].expert_active_bytes = used_fraction * static_cast<double>(b.expert_bytes);
     out[i].expert_active_params =
         active > 0 ? out[i].active_params * out[i].expert_active_bytes / active : 0.0;
+    const BlockRead r = block_read(b, used_fraction, c);
+    out[i].active_read_bytes = r.read_bytes;
+    out[i].expert_active_read_bytes = r.expert_read_bytes;
   }
   LayerCost& head = out[p.blocks];
   const double head_bytes = static_cast<double>(
       (p.output_tied ? p.token_embedding_bytes : p.output_bytes) + p.output_norm_bytes);
   head.all_bytes = head.active_bytes = head_bytes;
+  head.active_read_bytes = head_bytes * read_factor(p, c);
   head.active_params = static_cast<double>(p.embedding_length * p.vocab_size);
   // KV bytes per cached token, spread evenly over the blocks that hold them.
   double kv_total = static_cast<double>(e.host.kv_bytes);
@@ -56,19 +103,6 @@ std::vector<LayerCost> layer_costs(const estimate::ModelMemory& m, const estimat
       out[i].kv_bytes_per_token = kv_total / cells / p.blocks;
   }
   return out;
-}
-
-// K-quants and I-quants (super-blocks of 256) dequantize slower per byte than Q4_0, Q8_0 or F16:
-// the model-wide share of their bytes scales the weight-read time.
-double read_factor(const model::Profile& p, const Constants& c) {
-  double slow = 0;
-  for (const auto& [type, bytes] : p.bytes_by_type) {
-    const auto id = static_cast<std::uint32_t>(type);
-    const bool super_block = (id >= 10 && id <= 23 && id != 20) || id == 29 || id == 34 || id == 35;
-    if (super_block) slow += static_cast<double>(bytes);
-  }
-  const double share = p.tensor_bytes > 0 ? slow / static_cast<double>(p.tensor_bytes) : 0.0;
-  return 1.0 + share * (c.kquant_read_factor - 1.0);
 }
 
 // Attention FLOPs of one block for `n` new tokens after `depth` cached ones (QK^T and AV).
@@ -127,7 +161,7 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
   }
   const model::Profile& p = m.profile;
   const std::uint32_t blocks = p.blocks;
-  const std::vector<LayerCost> cost = layer_costs(m, e);
+  const std::vector<LayerCost> cost = layer_costs(m, e, c);
   std::vector<std::int32_t> owner(blocks + 1, -1);
   for (std::size_t d = 0; d < e.devices.size(); ++d) {
     const estimate::DeviceUsage& u = e.devices[d];
@@ -161,7 +195,6 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
       n_prompt, std::max(1u, std::min(layout.context.ubatch_tokens, layout.context.batch_tokens)));
   const double n_ubatches = std::ceil(n_prompt / ubatch);
   const double width_efficiency = width / (width + c.gpu_matmul_half_width);
-  const double weight_factor = read_factor(p, c);
   // Share of a layer's routed experts that one micro-batch touches (random routing): llama.cpp's
   // op offload copies only the experts in use.
   const double expert_share =
@@ -194,7 +227,7 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     if (at == estimate::kExpertsWithBlock || at == owner[l] || cost[l].expert_bytes <= 0) continue;
     experts_at[l] = at;
     Moved& to = moved_to[at < 0 ? n_dev : static_cast<std::size_t>(at)];
-    to.read_bytes += cost[l].expert_active_bytes * weight_factor;
+    to.read_bytes += cost[l].expert_active_read_bytes;
     to.all_bytes += cost[l].expert_bytes * expert_share;
     to.params += cost[l].expert_active_params;
     ++to.blocks;
@@ -207,7 +240,7 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     double read = 0, all = 0, params = 0, attn = 0;
     for (std::uint32_t l = seg.first; l <= seg.last; ++l) {
       const bool moved = is_moved(l);
-      read += (cost[l].active_bytes - (moved ? cost[l].expert_active_bytes : 0.0)) * weight_factor +
+      read += cost[l].active_read_bytes - (moved ? cost[l].expert_active_read_bytes : 0.0) +
               cost[l].kv_bytes_per_token * depth;
       all += cost[l].all_bytes - cost[l].expert_bytes * (moved ? 1.0 : 1.0 - expert_share);
       if (l < blocks) {
@@ -435,14 +468,12 @@ LayerCosts::LayerCosts(const model::Profile& p, const Constants& c) : c_(c) {
       p.experts.count > 0 ? static_cast<double>(p.experts.used) / p.experts.count : 1.0;
   double sum = 0;
   for (const model::BlockBytes& b : p.block_bytes) {
-    const double read = static_cast<double>(b.total_bytes - b.expert_bytes) +
-                        used_fraction * static_cast<double>(b.expert_bytes);
-    sum += read;
-    block_read_bytes_.push_back(read_factor(p, c) * read);
+    const BlockRead r = block_read(b, used_fraction, c);
+    sum += r.read_bytes;
+    block_read_bytes_.push_back(r.read_bytes);
+    block_expert_read_bytes_.push_back(r.expert_read_bytes);
   }
-  block_bytes_ = p.block_bytes.empty()
-                     ? 0
-                     : read_factor(p, c) * sum / static_cast<double>(p.block_bytes.size());
+  block_bytes_ = p.block_bytes.empty() ? 0 : sum / static_cast<double>(p.block_bytes.size());
   head_bytes_ = read_factor(p, c) *
                 static_cast<double>((p.output_tied ? p.token_embedding_bytes : p.output_bytes) +
                                     p.output_norm_bytes);

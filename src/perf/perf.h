@@ -124,12 +124,15 @@ class LayerCosts {
   double cpu_byte_s(const cluster::Worker& main, std::uint32_t threads) const;
   double cpu_layer_fixed_s() const;
   const std::vector<double>& block_read_bytes() const { return block_read_bytes_; }
+  // Of block_read_bytes: the routed experts' (0 for a dense block).
+  const std::vector<double>& block_expert_read_bytes() const { return block_expert_read_bytes_; }
 
  private:
   double block_bytes_ = 0;  // average weights read per block and token
   double head_bytes_ = 0;   // weights read per token by the output head
   double logits_bytes_ = 0;
   std::vector<double> block_read_bytes_;
+  std::vector<double> block_expert_read_bytes_;
   Constants c_;
 };
 

@@ -61,19 +61,14 @@ Search::Search(const estimate::ModelMemory& m, const cluster::Cluster& cl, const
     min_read_bytes_ = *std::min_element(reads.begin(), reads.end());
     for (double b : reads) extra_read_bytes_ += b - min_read_bytes_;
   }
-  const model::Profile& p = m.profile;
-  if (r.expert_offload && r.allow_cpu_offload && p.experts.count > 0) {
-    const double used = static_cast<double>(p.experts.used) / p.experts.count;
+  const std::vector<double>& expert_reads = costs_.block_expert_read_bytes();
+  if (r.expert_offload && r.allow_cpu_offload && m.profile.experts.count > 0) {
     double min_block = kInf, max_experts = 0, min_expert_read = kInf;
-    for (std::uint32_t i = 0; i < blocks_ && i < p.block_bytes.size() && i < reads.size(); ++i) {
-      const model::BlockBytes& b = p.block_bytes[i];
-      if (m.layers[i].expert_cuda_bytes == 0 || b.expert_bytes == 0) continue;
+    for (std::uint32_t i = 0; i < blocks_ && i < expert_reads.size(); ++i) {
+      if (m.layers[i].expert_cuda_bytes == 0 || expert_reads[i] <= 0) continue;
       min_block = std::min(min_block, static_cast<double>(m.layers[i].cuda_bytes));
       max_experts = std::max(max_experts, static_cast<double>(m.layers[i].expert_cuda_bytes));
-      const double raw = static_cast<double>(b.total_bytes - b.expert_bytes) +
-                         used * static_cast<double>(b.expert_bytes);
-      min_expert_read =
-          std::min(min_expert_read, reads[i] * used * static_cast<double>(b.expert_bytes) / raw);
+      min_expert_read = std::min(min_expert_read, expert_reads[i]);
     }
     if (max_experts > 0) expert_overflow_read_bytes_ = min_block / max_experts * min_expert_read;
   }
