@@ -174,16 +174,10 @@ GgmlType scheme_type(const Shape& s, std::string_view role, std::uint32_t block,
 
 // llama-quantize's substitute when a row is not a multiple of the chosen type's block size.
 GgmlType fallback_type(GgmlType t) {
+  if (gguf::dequant_cost(t) == gguf::DequantCost::kCodebook) return GgmlType::IQ4_NL;
   switch (t) {
     case GgmlType::Q2_K:
     case GgmlType::Q3_K:
-    case GgmlType::IQ2_XXS:
-    case GgmlType::IQ2_XS:
-    case GgmlType::IQ2_S:
-    case GgmlType::IQ3_XXS:
-    case GgmlType::IQ3_S:
-    case GgmlType::IQ1_S:
-    case GgmlType::IQ1_M:
     case GgmlType::IQ4_XS:
       return GgmlType::IQ4_NL;
     case GgmlType::Q4_K:

@@ -239,7 +239,7 @@ std::optional<Eval> SplitRepair::with_host_experts(const Eval& whole) {
     return estimate::estimate(m_, layout_of(counts).layout);
   };
   bool fitted = false;
-  for (std::size_t attempt = 0; attempt < 4 * n + 8 && !fitted; ++attempt) {
+  for (std::size_t attempt = 0; attempt < 4 * n + 8; ++attempt) {
     const estimate::Estimate e = estimate_with(thin);
     if (e.fits) {
       fitted = true;
