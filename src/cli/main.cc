@@ -374,7 +374,7 @@ int main(int argc, char** argv) {
   client_flags(exportc);
 
   worker::AgentConfig wc;
-  std::string reserve_vram, reserve_ram, vram_limit, cpu_bandwidth, cache_max;
+  std::string reserve_vram, reserve_ram, vram_limit, cpu_bandwidth, cache_max, declare_ram;
   CLI::App* workerc =
       app.add_subcommand("worker", "Join a server and run the llama.cpp processes it assigns");
   workerc->add_option("--server", wc.server, "Server URL")->default_val("http://127.0.0.1:8080");
@@ -416,6 +416,12 @@ int main(int argc, char** argv) {
   workerc->add_option("--vram-limit", vram_limit,
                       "Offer at most this much of each GPU (a slice of a shared GPU), e.g. 24GiB");
   workerc->add_option("--reserve-ram", reserve_ram, "RAM kept free, e.g. 2GiB");
+  workerc->add_option(
+      "--declare-ram", declare_ram,
+      "With --declare-gpu: simulate this much RAM, e.g. 512GiB (the fleet's planning "
+      "sees it; llama.cpp still runs in this machine's RAM)");
+  workerc->add_option("--declare-cores", wc.declared_cores,
+                      "With --declare-gpu: simulate this many CPU cores");
   workerc->add_option("--cache-dir", wc.cache_dir,
                       "Download cache of models from URLs and the Hugging Face Hub (default: "
                       "DATA_DIR/models)");
@@ -491,6 +497,7 @@ int main(int argc, char** argv) {
       wc.llama_bin_dir = cli::find_llama_bin(wc.llama_bin_dir);
       if (!reserve_vram.empty()) wc.reserved_vram_bytes = cluster::parse_bytes(reserve_vram);
       if (!reserve_ram.empty()) wc.reserved_ram_bytes = cluster::parse_bytes(reserve_ram);
+      if (!declare_ram.empty()) wc.declared_ram_bytes = cluster::parse_bytes(declare_ram);
       if (!cache_max.empty()) wc.cache_max_bytes = cluster::parse_bytes(cache_max);
       if (!vram_limit.empty()) wc.vram_limit_bytes = cluster::parse_bytes(vram_limit);
       if (!cpu_bandwidth.empty())

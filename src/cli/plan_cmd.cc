@@ -91,19 +91,8 @@ std::string plan_text(const plan::Plan& p, const cluster::Cluster& cluster,
       << workers.size() << " worker(s), " << c.cpu_layers() << " layer(s) on the main's CPU"
       << experts_text(c) << "\n";
     if (i == 0) {
-      for (const plan::Candidate& a : p.alternatives) {
-        if (a.main_worker != c.main_worker && a.label.find("same GPUs") != std::string::npos) {
-          o << "why " << c.main_worker << ": with the same GPUs, main " << a.main_worker
-            << " is predicted " << fixed(a.prediction.generation_tokens_per_s, 2)
-            << " tokens/s against " << fixed(c.prediction.generation_tokens_per_s, 2) << " ("
-            << fixed(100.0 * (c.prediction.generation_tokens_per_s /
-                                  a.prediction.generation_tokens_per_s -
-                              1),
-                     0)
-            << "% faster with " << c.main_worker << "); its bottleneck: " << a.prediction.bottleneck
-            << "\n";
-        }
-      }
+      if (const std::string why = plan::why_main(p); !why.empty())
+        o << "why " << c.main_worker << ": " << why << "\n";
       for (const std::string& note : p.notes) o << note << "\n";
     }
     o << prediction_text({c.layout, c.places}, cluster, c.estimate, c.prediction, prompt_tokens);

@@ -1,5 +1,7 @@
 #include "plan/report.h"
 
+#include <cstdio>
+
 #include "estimate/experts.h"
 
 namespace ggfleet::plan {
@@ -89,6 +91,22 @@ nlohmann::json commands_json(const std::vector<Command>& commands) {
   return out;
 }
 
+std::string why_main(const Plan& p) {
+  if (p.replicas.empty()) return "";
+  const Candidate& c = p.replicas[0].chosen;
+  for (const Candidate& a : p.alternatives) {
+    if (a.main_worker == c.main_worker || a.label.find("same GPUs") == std::string::npos) continue;
+    const double chosen = c.prediction.generation_tokens_per_s;
+    const double other = a.prediction.generation_tokens_per_s;
+    char numbers[160];
+    std::snprintf(numbers, sizeof numbers, "%.2f tokens/s against %.2f (%.0f%% faster with ", other,
+                  chosen, other > 0 ? 100.0 * (chosen / other - 1) : 0.0);
+    return "with the same GPUs, main " + a.main_worker + " is predicted " + numbers +
+           c.main_worker + "); its bottleneck: " + a.prediction.bottleneck;
+  }
+  return "";
+}
+
 nlohmann::json plan_json(const Plan& p, const cluster::Cluster& cluster) {
   nlohmann::json j;
   j["feasible"] = p.feasible;
@@ -116,6 +134,7 @@ nlohmann::json plan_json(const Plan& p, const cluster::Cluster& cluster) {
     rejected.push_back({{"worker", r.worker}, {"reason", r.reason}});
   j["rejected"] = rejected;
   j["notes"] = p.notes;
+  j["why_main"] = why_main(p);
   return j;
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <string>
 #include <vector>
 
 #include "plan/plan.h"
@@ -23,7 +24,13 @@ nlohmann::json candidate_json(const Candidate& c, const cluster::Cluster& cluste
 
 nlohmann::json commands_json(const std::vector<Command>& commands);
 
-// feasible, reason, layout, prediction, commands, alternatives[], rejected[], replicas[].
+// Why the first replica's main worker was chosen over the best other main with the same GPUs:
+// "with the same GPUs, main B is predicted X tokens/s against Y (Z% faster with A); its
+// bottleneck: ..."; "" when no other main could take those GPUs.
+std::string why_main(const Plan& p);
+
+// feasible, reason, layout, prediction, commands, alternatives[], rejected[], replicas[], notes[],
+// why_main.
 nlohmann::json plan_json(const Plan& p, const cluster::Cluster& cluster);
 
 }  // namespace ggfleet::plan

@@ -62,6 +62,18 @@ void Measurements::record(const std::string& instance, const Timings& t) {
     s.recent.emplace_back(t.generated_tokens, t.generation_s);
     if (s.recent.size() > kWindow) s.recent.pop_front();
   }
+  const json generation = t.generated_tokens >= kMinGeneratedTokens
+                              ? rate(t.generated_tokens, t.generation_s)
+                              : json(nullptr);
+  const json prompt =
+      t.prompt_tokens >= kMinPromptTokens ? rate(t.prompt_tokens, t.prompt_s) : json(nullptr);
+  if (!generation.is_null() || !prompt.is_null()) {
+    s.history.push_back({{"time_ms", store::now_ms()},
+                         {"generation_tokens_per_s", generation},
+                         {"prompt_tokens_per_s", prompt},
+                         {"alone", t.alone}});
+    if (s.history.size() > kHistory) s.history.pop_front();
+  }
   s.dirty = true;
 }
 
@@ -175,9 +187,9 @@ json Measurements::summary_json(const Summary& s) {
   for (const auto& [tokens, seconds] : s.recent) recent.push_back({tokens, seconds});
   json memory = json::object();
   for (const auto& [what, m] : s.memory) memory[what] = {m.first, m.second};
-  return {{"alone", sums_json(s.alone)}, {"shared", sums_json(s.shared)}, {"recent", recent},
-          {"deviating", s.deviating},    {"placement", s.placement},      {"memory", memory},
-          {"memory_over", s.memory_over}};
+  return {{"alone", sums_json(s.alone)},  {"shared", sums_json(s.shared)}, {"recent", recent},
+          {"deviating", s.deviating},     {"placement", s.placement},      {"memory", memory},
+          {"memory_over", s.memory_over}, {"history", s.history}};
 }
 
 Measurements::Summary Measurements::summary_from(const json& j) {
@@ -201,6 +213,11 @@ Measurements::Summary Measurements::summary_from(const json& j) {
   }
   for (const json& d : j.value("memory_over", json::array())) {
     if (d.is_string()) s.memory_over.push_back(d.get<std::string>());
+  }
+  for (const json& h : j.value("history", json::array())) {
+    if (h.is_object() && h.value("time_ms", json()).is_number_integer() &&
+        s.history.size() < kHistory)
+      s.history.push_back(h);
   }
   return s;
 }
@@ -254,7 +271,8 @@ json Measurements::view(const std::string& instance) const {
           {"concurrent",
            {{"generation_tokens_per_s", rate(s.shared.generated_tokens, s.shared.generation_s)},
             {"prompt_tokens_per_s", rate(s.shared.prompt_tokens, s.shared.prompt_s)},
-            {"samples", count(s.shared.requests)}}}};
+            {"samples", count(s.shared.requests)}}},
+          {"history", s.history}};
 }
 
 void Measurements::flush(store::Store& store) {

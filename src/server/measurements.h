@@ -30,6 +30,8 @@ class Measurements {
   // The deviation event: the last kWindow single-stream requests together more than
   // kDeviation away from the predicted generation speed.
   static constexpr std::size_t kWindow = 20;
+  // Requests kept per instance for the chart of measured speed over time.
+  static constexpr std::size_t kHistory = 120;
   static constexpr double kDeviation = 0.25;
 
   // One answered request of `instance`. Never blocks on I/O.
@@ -37,7 +39,8 @@ class Measurements {
 
   // What the API shows as an instance's "measured": generation and prompt tokens/s of
   // single-stream requests and their sample counts, the same for concurrent ones, and the
-  // recent single-stream window. Null when nothing was measured.
+  // recent single-stream window, and the history of the last kHistory requests (time_ms, their
+  // rates, alone). Null when nothing was measured.
   nlohmann::json view(const std::string& instance) const;
 
   // Memory a worker measured for `instance`'s processes there: `what` is "WORKER:GPU" (a GPU as
@@ -89,6 +92,9 @@ class Measurements {
     std::string placement;                         // of the instance when last flushed
     std::map<std::string, std::pair<double, double>> memory;  // "WORKER:GPU" -> (latest, peak)
     std::vector<std::string> memory_over;                     // devices whose excess was announced
+    // The last kHistory requests with a rate: {time_ms, generation_tokens_per_s,
+    // prompt_tokens_per_s (each null below the sample thresholds), alone}.
+    std::deque<nlohmann::json> history;
   };
   // (what, estimated bytes) of every device of an assignment's plan and of its main's host.
   static std::vector<std::pair<std::string, double>> estimates(const nlohmann::json& assignment);

@@ -30,6 +30,18 @@ void Server::key_routes() {
            store_->put_key({id, name, sha256_hex(secret), role, "", store::now_ms()});
            reply(res, {{"id", id}, {"name", name}, {"role", role}, {"key", secret}}, 201);
          }));
+  // Who the caller's key is: what a client (the dashboard) shows and which pages it offers.
+  s.Get("/v1/whoami",
+        handle("/v1/whoami", true, [this](const auto&, auto& res, const Principal& p) {
+          std::string key_name;
+          for (const store::KeyRow& k : store_->keys()) {
+            if (k.id == p.key_id) key_name = k.name;
+          }
+          reply(res, {{"id", p.key_id},
+                      {"name", key_name},
+                      {"role", p.role ? std::string(name(*p.role)) : ""},
+                      {"worker", p.worker}});
+        }));
   s.Get("/v1/keys", handle("/v1/keys", true, [this](const auto&, auto& res, const Principal& p) {
           allow(p, {KeyRole::kAdmin});
           json list = json::array();

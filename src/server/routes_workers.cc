@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <httplib.h>
 
+#include <map>
 #include <regex>
 #include <set>
 
@@ -38,6 +39,32 @@ void checked_resources(const std::string& name, const std::string& address, cons
   } catch (const cluster::ClusterError& e) {
     throw HttpError{400, e.what()};
   }
+}
+
+// What ggfleet's instances hold on each worker, for the list of workers: per worker the claims
+// {instance, deployment, gpu (-1: RAM), bytes, lent (the GPU is lent over RPC to another main)}.
+std::map<std::string, json> claims_by_worker(store::Store& store) {
+  std::map<std::string, std::string> deployment_of;
+  for (const store::InstanceRow& i : store.instances()) deployment_of[i.id] = i.deployment;
+  std::map<std::string, json> out;
+  for (const store::ClaimRow& c : store.claims()) {
+    json& list = out[c.worker];
+    if (list.is_null()) list = json::array();
+    list.push_back({{"instance", c.instance},
+                    {"deployment", deployment_of[c.instance]},
+                    {"gpu", c.gpu},
+                    {"bytes", c.bytes},
+                    {"lent", c.rpc}});
+  }
+  return out;
+}
+
+// A worker as the API lists it: its row and what ggfleet's instances claim there.
+json worker_view(const store::WorkerRow& w, const std::map<std::string, json>& claims) {
+  json j = worker_json(w);
+  const auto it = claims.find(w.name);
+  j["claims"] = it != claims.end() ? it->second : json::array();
+  return j;
 }
 
 }  // namespace
@@ -368,7 +395,9 @@ void Server::worker_routes() {
         handle("/v1/workers", true, [this](const auto&, auto& res, const Principal& p) {
           allow(p, {KeyRole::kAdmin, KeyRole::kUser});
           json list = json::array();
-          for (const store::WorkerRow& w : store_->workers()) list.push_back(worker_json(w));
+          const std::map<std::string, json> claims = claims_by_worker(*store_);
+          for (const store::WorkerRow& w : store_->workers())
+            list.push_back(worker_view(w, claims));
           reply(res, {{"workers", list}});
         }));
   s.Get(R"(/v1/workers/([a-z0-9-]+))",
@@ -377,7 +406,7 @@ void Server::worker_routes() {
           self_or(p, name);
           const std::optional<store::WorkerRow> w = store_->worker(name);
           if (!w) throw HttpError{404, "no worker named " + name};
-          reply(res, worker_json(*w));
+          reply(res, worker_view(*w, claims_by_worker(*store_)));
         }));
   s.Post(R"(/v1/workers/([a-z0-9-]+)/drain)",
          handle("/v1/workers/{name}/drain", true,

@@ -406,6 +406,7 @@ void Server::routes() {
   deployment_routes();
   instance_routes();
   key_routes();
+  web_routes();
   // OpenAI-compatible endpoints, routed by "model" (a deployment name) to a running instance,
   // the one with the fewest requests in flight; streams pass through as they arrive.
   const auto model_json = [this](const store::DeploymentRow& d) {

@@ -102,6 +102,7 @@ class Server {
   void deployment_routes();
   void instance_routes();
   void key_routes();
+  void web_routes();  // the dashboard's page and assets (web/, compiled in)
   using Handler =
       std::function<void(const httplib::Request&, httplib::Response&, const Principal&)>;
   // Wraps a handler: authentication (when `auth`), JSON errors, metrics under `name`.

@@ -162,7 +162,13 @@ json Agent::resources(const std::vector<GpuInfo>& found) const {
                             config_.vram_limit_bytes);
     }
   }
-  json r = resources_json(host_info(), list, simulated_, config_.cpu_bandwidth_bytes_per_s);
+  HostInfo host = host_info();
+  if (simulated_ && config_.declared_ram_bytes > 0) {
+    host.ram_used_bytes = std::min(host.ram_used_bytes, config_.declared_ram_bytes);
+    host.ram_total_bytes = config_.declared_ram_bytes;
+  }
+  if (simulated_ && config_.declared_cores > 0) host.cores = config_.declared_cores;
+  json r = resources_json(host, list, simulated_, config_.cpu_bandwidth_bytes_per_s);
   if (!llama_build_.empty()) r["llama"] = {{"build", llama_build_}};
   if (config_.reserved_vram_bytes > 0 || config_.reserved_ram_bytes > 0) {
     r["reserved"] = {{"vram", config_.reserved_vram_bytes}, {"ram", config_.reserved_ram_bytes}};

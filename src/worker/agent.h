@@ -38,6 +38,10 @@ struct AgentConfig {
   std::string name;
   std::string address = "127.0.0.1";  // where the main and the server reach this worker
   std::vector<std::string> declared_gpus;
+  // With declared GPUs: RAM and cores to report instead of this machine's (0: the real ones), so
+  // one machine can stand in for a fleet of larger ones in planning.
+  std::uint64_t declared_ram_bytes = 0;
+  std::uint32_t declared_cores = 0;
   std::string llama_bin_dir;  // llama-server and ggml-rpc-server
   std::string data_dir = "ggfleet-worker";
   int heartbeat_ms = 2000;

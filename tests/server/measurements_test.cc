@@ -94,6 +94,32 @@ TEST_F(MeasurementsTest, SamplesDeviationAndRestart) {
   EXPECT_TRUE(after.view("chat-1").is_null());
 }
 
+// The chart's series: every request with a rate, newest last, at most kHistory, kept across a
+// restart of the server; requests too short for a rate are not points.
+TEST_F(MeasurementsTest, HistoryKeepsTheLastRequestsAcrossARestart) {
+  Measurements m;
+  m.record("chat-1", timing(1, 0.01, true, 10, 0.1));  // no rate: not a point
+  EXPECT_TRUE(m.view("chat-1")["history"].empty());
+  m.record("chat-1", timing(20, 0.5, true, 64, 0.25));
+  m.record("chat-1", timing(30, 1.0, false));
+  json h = m.view("chat-1")["history"];
+  ASSERT_EQ(h.size(), 2u) << h.dump();
+  EXPECT_DOUBLE_EQ(h[0]["generation_tokens_per_s"].get<double>(), 40);
+  EXPECT_DOUBLE_EQ(h[0]["prompt_tokens_per_s"].get<double>(), 256);
+  EXPECT_TRUE(h[0]["alone"].get<bool>());
+  EXPECT_TRUE(h[1]["prompt_tokens_per_s"].is_null());
+  EXPECT_FALSE(h[1]["alone"].get<bool>());
+  EXPECT_LE(h[0]["time_ms"].get<std::int64_t>(), h[1]["time_ms"].get<std::int64_t>());
+  for (int k = 0; k < 200; ++k) m.record("chat-1", timing(10 + k, 1.0, true));
+  h = m.view("chat-1")["history"];
+  ASSERT_EQ(h.size(), Measurements::kHistory);
+  EXPECT_DOUBLE_EQ(h.back()["generation_tokens_per_s"].get<double>(), 209);
+  m.flush(*store_);
+  Measurements after;
+  after.flush(*store_);
+  EXPECT_EQ(after.view("chat-1")["history"], h);
+}
+
 }  // namespace
 }  // namespace ggfleet::server
 
