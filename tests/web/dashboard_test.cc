@@ -223,8 +223,9 @@ TEST_F(DashboardBrowser, SeedFleetInChromium) {
                             << worker::tail_file(dir_.file("server.log"), 30) << "\nworker1:\n"
                             << worker::tail_file(dir_.file("worker1.log"), 30);
   EXPECT_EQ(r.output.find("FAIL"), std::string::npos);
-  for (const char* page : {"fleet", "deploy-preview", "deployment", "playground", "events", "keys",
-                           "signin-wrong-key", "fleet-phone", "layout-seed"}) {
+  for (const char* page :
+       {"fleet", "deploy-preview", "deployment", "playground", "events", "keys", "signin-wrong-key",
+        "fleet-phone", "layout-seed", "deploy-preview-whole-blocks", "deploy-preview-phone"}) {
     EXPECT_TRUE(std::filesystem::exists(shots + "/" + page + ".png")) << page;
   }
 }

@@ -29,7 +29,10 @@ function rpcCostMs(prediction: Prediction | undefined, worker: string): number |
   let s = 0;
   let found = false;
   for (const p of prediction.breakdown ?? []) {
-    if (p.part.startsWith('RPC calls') && (p.worker === worker || p.part.includes(` on ${worker} `))) {
+    if (
+      p.part.startsWith('RPC calls') &&
+      (p.worker === worker || p.part.includes(` on ${worker} `))
+    ) {
       s += p.generation_s;
       found = true;
     }
@@ -87,7 +90,8 @@ export function LayoutPicture(props: { layout: Layout; prediction?: Prediction; 
       const experts = layout.host_expert_blocks ?? [];
       const cpuOutput = !layout.devices.some((d) => d.has_output);
       if (layout.cpu_layers > 0 || experts.length > 0 || rows.length === 0) {
-        const cpuBlocks = Math.min(layout.cpu_layers, blocks);
+        // cpu_layers counts the output layer too when it stays on the CPU.
+        const cpuBlocks = Math.min(layout.cpu_layers - (cpuOutput ? 1 : 0), blocks);
         rows.push({
           kind: 'cpu',
           label: `CPU of ${w}`,
@@ -116,87 +120,121 @@ export function LayoutPicture(props: { layout: Layout; prediction?: Prediction; 
   const slotX = (k: number) => LEFT + LABEL + (band * k) / slots;
   const mainBox = placed[0];
   const summary = placed
-    .map((b) => `${b.worker}${b.worker === layout.main_worker ? ' (main)' : ''}: ` +
-      b.rows.map((r) => `${r.label} ${held(r)}`).join('; '))
+    .map(
+      (b) =>
+        `${b.worker}${b.worker === layout.main_worker ? ' (main)' : ''}: ` +
+        b.rows.map((r) => `${r.label} ${held(r)}`).join('; '),
+    )
     .join('. ');
 
   return (
-    <svg
-      class="layout"
-      viewBox={`0 0 ${WIDTH} ${height}`}
-      role="img"
-      aria-label={props.title ?? `Layout: main worker ${layout.main_worker}`}
+    <div
+      class="layout-wrap"
+      tabIndex={0}
+      aria-label="Layout picture (scrolls sideways on narrow screens)"
     >
-      <title>{props.title ?? `Layout: main worker ${layout.main_worker}`}</title>
-      <desc>{summary}</desc>
-      {placed.slice(1).map((b) => {
-        const cost = rpcCostMs(prediction, b.worker);
-        const y1 = mainBox.top + HEAD / 2;
-        const y2 = b.top + HEAD / 2;
-        return (
-          <g class="rpc-link" data-worker={b.worker}>
-            <path d={`M ${LEFT} ${y2} H ${LEFT - 22} V ${y1} H ${LEFT}`} />
-            <title>{`RPC from ${b.worker} to ${layout.main_worker}${cost !== null ? `: ${cost.toFixed(2)} ms per token predicted` : ''}`}</title>
-          </g>
-        );
-      })}
-      {placed.map((b) => {
-        const main = b.worker === layout.main_worker;
-        const cost = main ? null : rpcCostMs(prediction, b.worker);
-        return (
-          <g class={`worker-box${main ? ' main' : ''}`} data-worker={b.worker}>
-            <rect x={LEFT} y={b.top} width={WIDTH - LEFT - 4} height={b.height} rx={6} />
-            <text class="worker-name" x={LEFT + 10} y={b.top + 19}>
-              {b.worker}
-              {main ? ' — main (llama-server)' : ' — rpc-server'}
-            </text>
-            {!main && (
-              <text class="rpc-cost" x={WIDTH - 14} y={b.top + 19} text-anchor="end">
-                {`RPC to ${layout.main_worker}${cost !== null ? `: ${cost.toFixed(2)} ms/token` : ''}`}
+      <svg
+        class="layout"
+        viewBox={`0 0 ${WIDTH} ${height}`}
+        role="img"
+        aria-label={props.title ?? `Layout: main worker ${layout.main_worker}`}
+      >
+        <title>{props.title ?? `Layout: main worker ${layout.main_worker}`}</title>
+        <desc>{summary}</desc>
+        {placed.slice(1).map((b) => {
+          const cost = rpcCostMs(prediction, b.worker);
+          const y1 = mainBox.top + HEAD / 2;
+          const y2 = b.top + HEAD / 2;
+          return (
+            <g class="rpc-link" data-worker={b.worker}>
+              <path d={`M ${LEFT} ${y2} H ${LEFT - 22} V ${y1} H ${LEFT}`} />
+              <title>{`RPC from ${b.worker} to ${layout.main_worker}${cost !== null ? `: ${cost.toFixed(2)} ms per token predicted` : ''}`}</title>
+            </g>
+          );
+        })}
+        {placed.map((b) => {
+          const main = b.worker === layout.main_worker;
+          const cost = main ? null : rpcCostMs(prediction, b.worker);
+          return (
+            <g class={`worker-box${main ? ' main' : ''}`} data-worker={b.worker}>
+              <rect x={LEFT} y={b.top} width={WIDTH - LEFT - 4} height={b.height} rx={6} />
+              <text class="worker-name" x={LEFT + 10} y={b.top + 19}>
+                {b.worker}
+                {main ? ' — main (llama-server)' : ' — rpc-server'}
               </text>
-            )}
-            {b.rows.map((r, k) => {
-              const top = b.top + HEAD + k * ROW;
-              const x1 = r.first >= 0 ? slotX(r.first) : 0;
-              const x2 = r.first >= 0 ? slotX(r.last + 1) : 0;
-              return (
-                <g
-                  class={`device ${r.kind}`}
-                  data-device={r.device ?? 'CPU'}
-                  data-worker={r.worker}
-                  data-first-block={r.first}
-                  data-last-block={r.last}
-                  data-output={r.output ? 'true' : 'false'}
-                  data-expert-blocks={r.experts.join(',')}
-                >
-                  <title>{`${r.label}: ${held(r)}`}</title>
-                  <text class="device-label" x={LEFT + 10} y={top + 15}>
-                    {r.label}
-                  </text>
-                  <text class="device-range" x={slotX(0)} y={top + 38}>
-                    {held(r)}
-                  </text>
-                  <text class="device-detail" x={LEFT + 10} y={top + 30}>
-                    {r.detail}
-                  </text>
-                  <rect class="band" x={slotX(0)} y={top + 4} width={band} height={20} />
-                  {r.first >= 0 && (
-                    <rect class="held" x={x1} y={top + 4} width={Math.max(1.5, x2 - x1)} height={20} />
-                  )}
-                  {r.output && (
-                    <rect class="held output" x={slotX(blocks)} y={top + 4} width={Math.max(2, slotX(slots) - slotX(blocks))} height={20} />
-                  )}
-                  {r.experts.map((e) => (
-                    <rect class="experts" x={slotX(e)} y={top + 4} width={Math.max(1.5, slotX(e + 1) - slotX(e))} height={20} />
-                  ))}
-                </g>
-              );
-            })}
-          </g>
-        );
-      })}
-      <text class="scale" x={slotX(0)} y={height - 2}>0</text>
-      <text class="scale" x={slotX(blocks)} y={height - 2} text-anchor="end">{`${blocks - 1} | out`}</text>
-    </svg>
+              {!main && (
+                <text class="rpc-cost" x={WIDTH - 14} y={b.top + 19} text-anchor="end">
+                  {`RPC to ${layout.main_worker}${cost !== null ? `: ${cost.toFixed(2)} ms/token` : ''}`}
+                </text>
+              )}
+              {b.rows.map((r, k) => {
+                const top = b.top + HEAD + k * ROW;
+                const x1 = r.first >= 0 ? slotX(r.first) : 0;
+                const x2 = r.first >= 0 ? slotX(r.last + 1) : 0;
+                return (
+                  <g
+                    class={`device ${r.kind}`}
+                    data-device={r.device ?? 'CPU'}
+                    data-worker={r.worker}
+                    data-first-block={r.first}
+                    data-last-block={r.last}
+                    data-output={r.output ? 'true' : 'false'}
+                    data-expert-blocks={r.experts.join(',')}
+                  >
+                    <title>{`${r.label}: ${held(r)}`}</title>
+                    <text class="device-label" x={LEFT + 10} y={top + 15}>
+                      {r.label}
+                    </text>
+                    <text class="device-range" x={slotX(0)} y={top + 38}>
+                      {held(r)}
+                    </text>
+                    <text class="device-detail" x={LEFT + 10} y={top + 30}>
+                      {r.detail}
+                    </text>
+                    <rect class="band" x={slotX(0)} y={top + 4} width={band} height={20} />
+                    {r.first >= 0 && (
+                      <rect
+                        class="held"
+                        x={x1}
+                        y={top + 4}
+                        width={Math.max(1.5, x2 - x1)}
+                        height={20}
+                      />
+                    )}
+                    {r.output && (
+                      <rect
+                        class="held output"
+                        x={slotX(blocks)}
+                        y={top + 4}
+                        width={Math.max(2, slotX(slots) - slotX(blocks))}
+                        height={20}
+                      />
+                    )}
+                    {r.experts.map((e) => (
+                      <rect
+                        class="experts"
+                        x={slotX(e)}
+                        y={top + 4}
+                        width={Math.max(1.5, slotX(e + 1) - slotX(e))}
+                        height={20}
+                      />
+                    ))}
+                  </g>
+                );
+              })}
+            </g>
+          );
+        })}
+        <text class="scale" x={slotX(0)} y={height - 2}>
+          0
+        </text>
+        <text
+          class="scale"
+          x={slotX(blocks)}
+          y={height - 2}
+          text-anchor="end"
+        >{`${blocks - 1} | out`}</text>
+      </svg>
+    </div>
   );
 }

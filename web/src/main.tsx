@@ -121,7 +121,12 @@ function App() {
       body = <EventsPage />;
       break;
     case 'keys':
-      body = who.role === 'admin' ? <KeysPage /> : <p class="error">API keys are for admin keys only.</p>;
+      body =
+        who.role === 'admin' ? (
+          <KeysPage />
+        ) : (
+          <p class="error">API keys are for admin keys only.</p>
+        );
       break;
     default:
       body = <FleetPage />;
@@ -134,7 +139,15 @@ function App() {
         </a>
         <nav aria-label="Pages">
           {PAGES.filter((p) => !p.admin || who.role === 'admin').map((p) => (
-            <a href={p.hash} aria-current={hash.startsWith(p.hash) && (p.hash !== '#/deploy' || !hash.startsWith('#/deployments')) ? 'page' : undefined}>
+            <a
+              href={p.hash}
+              aria-current={
+                hash.startsWith(p.hash) &&
+                (p.hash !== '#/deploy' || !hash.startsWith('#/deployments'))
+                  ? 'page'
+                  : undefined
+              }
+            >
               {p.label}
             </a>
           ))}

@@ -129,7 +129,12 @@ export interface Instance {
     measured_bytes: number | null;
     peak_bytes: number | null;
   }[];
-  download?: { done_bytes?: number; total_bytes?: number; rate_bytes_per_s?: number; eta_s?: number } | null;
+  download?: {
+    done_bytes?: number;
+    total_bytes?: number;
+    rate_bytes_per_s?: number;
+    eta_s?: number;
+  } | null;
   assignment?: {
     plan?: Candidate;
     commands?: { worker: string; role: string; line: string }[];

@@ -53,7 +53,11 @@ export function PlanView(props: { plan: Plan }) {
       {p.notes.map((n) => (
         <p class="note">{n}</p>
       ))}
-      <LayoutPicture layout={p.layout} prediction={pr} title={`Planned layout, main worker ${p.layout.main_worker}`} />
+      <LayoutPicture
+        layout={p.layout}
+        prediction={pr}
+        title={`Planned layout, main worker ${p.layout.main_worker}`}
+      />
       <p class="hint">Bottleneck: {pr.bottleneck}.</p>
       {p.alternatives.length > 0 && (
         <table class="alternatives">
@@ -109,7 +113,12 @@ function Rejected(props: { plan: Plan }) {
   );
 }
 
-function Field(props: { id: string; label: string; hint?: string; children: preact.ComponentChildren }) {
+function Field(props: {
+  id: string;
+  label: string;
+  hint?: string;
+  children: preact.ComponentChildren;
+}) {
   return (
     <div class="field">
       <label for={props.id}>{props.label}</label>
@@ -152,7 +161,12 @@ export function DeployPage() {
     e.preventDefault();
     void run(async () => {
       setPlan(null);
-      setPlan(await api<Plan>('/v1/plan', { method: 'POST', body: { model: model.trim(), options: options(), replicas } }));
+      setPlan(
+        await api<Plan>('/v1/plan', {
+          method: 'POST',
+          body: { model: model.trim(), options: options(), replicas },
+        }),
+      );
     });
   };
   const deploy = () =>
@@ -163,41 +177,97 @@ export function DeployPage() {
       });
       location.hash = `#/deployments/${encodeURIComponent(name.trim())}`;
     });
-  const num = (set: (v: number) => void) => (e: Event) => set(Number((e.target as HTMLInputElement).value));
+  const num = (set: (v: number) => void) => (e: Event) =>
+    set(Number((e.target as HTMLInputElement).value));
 
   return (
     <>
       <h1>Deploy a model</h1>
       <form class="card deploy" onSubmit={preview}>
-        <Field id="dep-name" label="Deployment name" hint="lower-case letters, digits and dashes; the OpenAI model name">
-          <input id="dep-name" value={name} pattern="[a-z0-9][a-z0-9-]*" aria-describedby="dep-name-hint" onInput={(e) => setName((e.target as HTMLInputElement).value)} />
+        <Field
+          id="dep-name"
+          label="Deployment name"
+          hint="lower-case letters, digits and dashes; the OpenAI model name"
+        >
+          <input
+            id="dep-name"
+            value={name}
+            pattern="[a-z0-9][a-z0-9-]*"
+            aria-describedby="dep-name-hint"
+            onInput={(e) => setName((e.target as HTMLInputElement).value)}
+          />
         </Field>
-        <Field id="dep-model" label="Model" hint="a path on the workers, an http(s):// URL or hf://OWNER/REPO/FILE">
-          <input id="dep-model" value={model} required aria-describedby="dep-model-hint" onInput={(e) => setModel((e.target as HTMLInputElement).value)} />
+        <Field
+          id="dep-model"
+          label="Model"
+          hint="a path on the workers, an http(s):// URL or hf://OWNER/REPO/FILE"
+        >
+          <input
+            id="dep-model"
+            value={model}
+            required
+            aria-describedby="dep-model-hint"
+            onInput={(e) => setModel((e.target as HTMLInputElement).value)}
+          />
         </Field>
         <div class="row">
           <Field id="dep-replicas" label="Replicas">
-            <input id="dep-replicas" type="number" min={1} max={1000} value={replicas} onInput={num(setReplicas)} />
+            <input
+              id="dep-replicas"
+              type="number"
+              min={1}
+              max={1000}
+              value={replicas}
+              onInput={num(setReplicas)}
+            />
           </Field>
           <Field id="dep-context" label="Context (tokens)">
-            <input id="dep-context" type="number" min={256} step={256} value={context} onInput={num(setContext)} />
+            <input
+              id="dep-context"
+              type="number"
+              min={256}
+              step={256}
+              value={context}
+              onInput={num(setContext)}
+            />
           </Field>
           <Field id="dep-parallel" label="Parallel slots">
-            <input id="dep-parallel" type="number" min={1} max={256} value={parallel} onInput={num(setParallel)} />
+            <input
+              id="dep-parallel"
+              type="number"
+              min={1}
+              max={256}
+              value={parallel}
+              onInput={num(setParallel)}
+            />
           </Field>
           <Field id="dep-main" label="Main worker (optional)">
-            <input id="dep-main" value={main} onInput={(e) => setMain((e.target as HTMLInputElement).value)} />
+            <input
+              id="dep-main"
+              value={main}
+              onInput={(e) => setMain((e.target as HTMLInputElement).value)}
+            />
           </Field>
         </div>
         <div class="check">
-          <input id="dep-experts" type="checkbox" checked={experts} onChange={(e) => setExperts((e.target as HTMLInputElement).checked)} />
+          <input
+            id="dep-experts"
+            type="checkbox"
+            checked={experts}
+            onChange={(e) => setExperts((e.target as HTMLInputElement).checked)}
+          />
           <label for="dep-experts">MoE models may keep experts in the main's RAM</label>
         </div>
         <div class="actions">
           <button type="submit" disabled={busy || !model.trim()}>
             Preview
           </button>
-          <button type="button" class="primary" disabled={busy || !model.trim() || !name.trim()} onClick={() => void deploy()}>
+          <button
+            type="button"
+            class="primary"
+            disabled={busy || !model.trim() || !name.trim()}
+            onClick={() => void deploy()}
+          >
             Deploy
           </button>
         </div>

@@ -15,7 +15,11 @@ export function DeploymentsPage() {
   return (
     <>
       <h1>Deployments</h1>
-      {list.error && <p class="error" role="alert">{list.error}</p>}
+      {list.error && (
+        <p class="error" role="alert">
+          {list.error}
+        </p>
+      )}
       {rows.length === 0 && !list.error && (
         <p>
           No deployments yet. <a href="#/deploy">Deploy a model</a>.
@@ -57,13 +61,32 @@ export function DeploymentsPage() {
 
 function InstancePanel(props: { id: string }) {
   const inst = usePoll(() => api<Instance>(`/v1/instances/${props.id}`), 2000, [props.id]);
-  const log = usePoll(() => api<{ log: string }>(`/v1/instances/${props.id}/logs`), 5000, [props.id]);
+  const log = usePoll(() => api<{ log: string }>(`/v1/instances/${props.id}/logs`), 5000, [
+    props.id,
+  ]);
   const i = inst.data;
-  if (!i) return <section class="card">{inst.error ? <p class="error">{inst.error}</p> : <p class="loading">Loading {props.id}…</p>}</section>;
+  if (!i)
+    return (
+      <section class="card">
+        {inst.error ? (
+          <p class="error">{inst.error}</p>
+        ) : (
+          <p class="loading">Loading {props.id}…</p>
+        )}
+      </section>
+    );
   const plan = i.assignment?.plan;
-  const lines = (log.data?.log ?? '').split('\n').filter((l) => l.trim()).slice(-30);
+  const lines = (log.data?.log ?? '')
+    .split('\n')
+    .filter((l) => l.trim())
+    .slice(-30);
   return (
-    <section class="card instance" data-instance={i.id} data-state={i.state} aria-labelledby={`inst-${i.id}`}>
+    <section
+      class="card instance"
+      data-instance={i.id}
+      data-state={i.state}
+      aria-labelledby={`inst-${i.id}`}
+    >
       <h2 id={`inst-${i.id}`}>
         {i.id} <span class={`state ${i.state}`}>{i.state}</span>
         {i.main_worker && <span class="hint"> main {i.main_worker}</span>}
@@ -101,9 +124,19 @@ function InstancePanel(props: { id: string }) {
           <dd>{i.restarts}</dd>
         </div>
       </dl>
-      {plan && <LayoutPicture layout={plan.layout} prediction={plan.prediction} title={`Layout of ${i.id}, main worker ${plan.layout.main_worker}`} />}
+      {plan && (
+        <LayoutPicture
+          layout={plan.layout}
+          prediction={plan.prediction}
+          title={`Layout of ${i.id}, main worker ${plan.layout.main_worker}`}
+        />
+      )}
       <h3>Generation speed, predicted and measured</h3>
-      <SpeedChart history={i.measured?.history ?? []} predicted={i.predicted?.generation_tokens_per_s} label={`Speed of ${i.id}`} />
+      <SpeedChart
+        history={i.measured?.history ?? []}
+        predicted={i.predicted?.generation_tokens_per_s}
+        label={`Speed of ${i.id}`}
+      />
       {i.memory && i.memory.length > 0 && (
         <table class="memory">
           <caption>Memory per device: estimated and measured</caption>
@@ -148,20 +181,35 @@ function InstancePanel(props: { id: string }) {
 }
 
 export function DeploymentPage(props: { name: string }) {
-  const dep = usePoll(() => api<Deployment>(`/v1/deployments/${encodeURIComponent(props.name)}`), 3000, [props.name]);
+  const dep = usePoll(
+    () => api<Deployment>(`/v1/deployments/${encodeURIComponent(props.name)}`),
+    3000,
+    [props.name],
+  );
   const insts = usePoll(
-    () => api<{ instances: Instance[] }>(`/v1/instances?deployment=${encodeURIComponent(props.name)}`),
+    () =>
+      api<{ instances: Instance[] }>(`/v1/instances?deployment=${encodeURIComponent(props.name)}`),
     2000,
     [props.name],
   );
-  const events = usePoll(() => api<{ events: Event[] }>('/v1/events?order=desc&limit=200'), 3000, []);
+  const events = usePoll(
+    () => api<{ events: Event[] }>('/v1/events?order=desc&limit=200'),
+    3000,
+    [],
+  );
   const [replicas, setReplicas] = useState<number | null>(null);
   const [error, setError] = useState('');
   const ids = (insts.data?.instances ?? []).map((i) => i.id);
   // This deployment's events since it was created (an earlier one of the same name is not it).
   const since = dep.data?.created_ms ?? 0;
   const mine = (events.data?.events ?? [])
-    .filter((e) => e.time_ms >= since && (e.subject === props.name || ids.includes(e.subject) || e.subject.startsWith(`${props.name}-`)))
+    .filter(
+      (e) =>
+        e.time_ms >= since &&
+        (e.subject === props.name ||
+          ids.includes(e.subject) ||
+          e.subject.startsWith(`${props.name}-`)),
+    )
     .slice(0, 30);
 
   const act = async (what: () => Promise<void>) => {
@@ -174,7 +222,10 @@ export function DeploymentPage(props: { name: string }) {
   };
   const scale = () =>
     act(async () => {
-      await api(`/v1/deployments/${encodeURIComponent(props.name)}`, { method: 'PATCH', body: { replicas } });
+      await api(`/v1/deployments/${encodeURIComponent(props.name)}`, {
+        method: 'PATCH',
+        body: { replicas },
+      });
       dep.reload();
       insts.reload();
     });
@@ -185,7 +236,12 @@ export function DeploymentPage(props: { name: string }) {
       location.hash = '#/deployments';
     });
 
-  if (dep.error && !dep.data) return <p class="error" role="alert">{dep.error}</p>;
+  if (dep.error && !dep.data)
+    return (
+      <p class="error" role="alert">
+        {dep.error}
+      </p>
+    );
   const d = dep.data;
   return (
     <>
@@ -202,8 +258,19 @@ export function DeploymentPage(props: { name: string }) {
           </dl>
           <div class="actions">
             <label for="scale-replicas">Replicas</label>
-            <input id="scale-replicas" type="number" min={0} max={1000} value={replicas ?? d.replicas} onInput={(e) => setReplicas(Number((e.target as HTMLInputElement).value))} />
-            <button type="button" onClick={() => void scale()} disabled={replicas === null || replicas === d.replicas}>
+            <input
+              id="scale-replicas"
+              type="number"
+              min={0}
+              max={1000}
+              value={replicas ?? d.replicas}
+              onInput={(e) => setReplicas(Number((e.target as HTMLInputElement).value))}
+            />
+            <button
+              type="button"
+              onClick={() => void scale()}
+              disabled={replicas === null || replicas === d.replicas}
+            >
               Scale
             </button>
             <a class="button" href={`#/playground/${encodeURIComponent(props.name)}`}>
@@ -227,7 +294,8 @@ export function DeploymentPage(props: { name: string }) {
         <ul class="events">
           {mine.map((e) => (
             <li>
-              <time>{clock(e.time_ms)}</time> <span class="kind">{e.kind}</span> <span class="subject">{e.subject}</span>: {e.message}
+              <time>{clock(e.time_ms)}</time> <span class="kind">{e.kind}</span>{' '}
+              <span class="subject">{e.subject}</span>: {e.message}
             </li>
           ))}
         </ul>

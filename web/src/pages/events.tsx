@@ -6,20 +6,38 @@ import { clock } from '../format';
 import type { Event } from '../types';
 
 export function EventsPage() {
-  const events = usePoll(() => api<{ events: Event[] }>('/v1/events?order=desc&limit=500'), 3000, []);
+  const events = usePoll(
+    () => api<{ events: Event[] }>('/v1/events?order=desc&limit=500'),
+    3000,
+    [],
+  );
   const [filter, setFilter] = useState('');
   const f = filter.trim().toLowerCase();
   const rows = (events.data?.events ?? []).filter(
-    (e) => !f || e.kind.toLowerCase().includes(f) || e.subject.toLowerCase().includes(f) || e.message.toLowerCase().includes(f),
+    (e) =>
+      !f ||
+      e.kind.toLowerCase().includes(f) ||
+      e.subject.toLowerCase().includes(f) ||
+      e.message.toLowerCase().includes(f),
   );
   return (
     <>
       <h1>Events</h1>
       <div class="field inline">
         <label for="ev-filter">Filter</label>
-        <input id="ev-filter" type="search" placeholder="kind, subject or text" value={filter} onInput={(e) => setFilter((e.target as HTMLInputElement).value)} />
+        <input
+          id="ev-filter"
+          type="search"
+          placeholder="kind, subject or text"
+          value={filter}
+          onInput={(e) => setFilter((e.target as HTMLInputElement).value)}
+        />
       </div>
-      {events.error && <p class="error" role="alert">{events.error}</p>}
+      {events.error && (
+        <p class="error" role="alert">
+          {events.error}
+        </p>
+      )}
       <table class="events-table">
         <thead>
           <tr>

@@ -55,7 +55,11 @@ function GpuBar(props: { worker: Worker; gpu: Gpu; index: number }) {
         {parts
           .filter((p) => p.bytes > 0)
           .map((p) => (
-            <span class={`seg ${p.cls}`} style={{ width: percent(p.bytes, gpu.vram).replace(' ', '') }} title={`${p.label}: ${bytes(p.bytes)}`} />
+            <span
+              class={`seg ${p.cls}`}
+              style={{ width: percent(p.bytes, gpu.vram).replace(' ', '') }}
+              title={`${p.label}: ${bytes(p.bytes)}`}
+            />
           ))}
       </div>
       <div class="gpu-legend">{text}</div>
@@ -106,7 +110,11 @@ export function FleetPage() {
   return (
     <>
       <h1>Fleet</h1>
-      {workers.error && <p class="error" role="alert">{workers.error}</p>}
+      {workers.error && (
+        <p class="error" role="alert">
+          {workers.error}
+        </p>
+      )}
       <p class="summary">
         {list.length} worker(s), {gpus} GPU(s).{' '}
         <span class="legend">

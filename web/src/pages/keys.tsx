@@ -23,14 +23,18 @@ export function KeysPage() {
   const create = (e: Event) => {
     e.preventDefault();
     void act(async () => {
-      const k = await api<{ key: string }>('/v1/keys', { method: 'POST', body: { name: name.trim(), role } });
+      const k = await api<{ key: string }>('/v1/keys', {
+        method: 'POST',
+        body: { name: name.trim(), role },
+      });
       setSecret(k.key);
       setName('');
     });
   };
   const revoke = (k: Key) =>
     act(async () => {
-      if (!window.confirm(`Revoke ${k.name} (${k.id})? Clients using it stop working at once.`)) return;
+      if (!window.confirm(`Revoke ${k.name} (${k.id})? Clients using it stop working at once.`))
+        return;
       await api(`/v1/keys/${encodeURIComponent(k.id)}`, { method: 'DELETE' });
     });
   return (
@@ -39,11 +43,20 @@ export function KeysPage() {
       <form class="card row" onSubmit={create}>
         <div class="field">
           <label for="key-name">Name</label>
-          <input id="key-name" value={name} required onInput={(e) => setName((e.target as HTMLInputElement).value)} />
+          <input
+            id="key-name"
+            value={name}
+            required
+            onInput={(e) => setName((e.target as HTMLInputElement).value)}
+          />
         </div>
         <div class="field">
           <label for="key-role">Role</label>
-          <select id="key-role" value={role} onChange={(e) => setRole((e.target as HTMLSelectElement).value)}>
+          <select
+            id="key-role"
+            value={role}
+            onChange={(e) => setRole((e.target as HTMLSelectElement).value)}
+          >
             <option value="user">user</option>
             <option value="admin">admin</option>
             <option value="join">join (for workers)</option>
@@ -84,7 +97,12 @@ export function KeysPage() {
               <td>{ago(k.created_ms)}</td>
               <td>
                 {k.role !== 'worker' && (
-                  <button type="button" class="danger" onClick={() => void revoke(k)} aria-label={`Revoke ${k.name}`}>
+                  <button
+                    type="button"
+                    class="danger"
+                    onClick={() => void revoke(k)}
+                    aria-label={`Revoke ${k.name}`}
+                  >
                     Revoke
                   </button>
                 )}

@@ -27,7 +27,13 @@ async function stream(
   const res = await fetch('/v1/chat/completions', {
     method: 'POST',
     headers: headers(true),
-    body: JSON.stringify({ model, messages, max_tokens: maxTokens, stream: true, stream_options: { include_usage: true } }),
+    body: JSON.stringify({
+      model,
+      messages,
+      max_tokens: maxTokens,
+      stream: true,
+      stream_options: { include_usage: true },
+    }),
     signal,
   });
   if (!res.ok || !res.body) {
@@ -56,7 +62,11 @@ async function stream(
       if (!line.startsWith('data:')) continue;
       const data = line.slice(5).trim();
       if (data === '[DONE]') continue;
-      let chunk: { choices?: { delta?: { content?: string } }[]; usage?: { completion_tokens?: number }; error?: unknown };
+      let chunk: {
+        choices?: { delta?: { content?: string } }[];
+        usage?: { completion_tokens?: number };
+        error?: unknown;
+      };
       try {
         chunk = JSON.parse(data);
       } catch {
@@ -73,11 +83,19 @@ async function stream(
     }
   }
   const end = performance.now();
-  return { tokens: usage || chunks, ttft_s: ((first || end) - started) / 1000, total_s: (end - (first || end)) / 1000 };
+  return {
+    tokens: usage || chunks,
+    ttft_s: ((first || end) - started) / 1000,
+    total_s: (end - (first || end)) / 1000,
+  };
 }
 
 export function PlaygroundPage(props: { initial?: string }) {
-  const deployments = usePoll(() => api<{ deployments: Deployment[] }>('/v1/deployments'), 5000, []);
+  const deployments = usePoll(
+    () => api<{ deployments: Deployment[] }>('/v1/deployments'),
+    5000,
+    [],
+  );
   const [model, setModel] = useState(props.initial ?? '');
   const [turns, setTurns] = useState<Turn[]>([]);
   const [input, setInput] = useState('');
@@ -113,7 +131,11 @@ export function PlaygroundPage(props: { initial?: string }) {
           update({});
         },
       );
-      update({ ttft_s: r.ttft_s, tokens: r.tokens, tokens_per_s: r.total_s > 0 ? r.tokens / r.total_s : undefined });
+      update({
+        ttft_s: r.ttft_s,
+        tokens: r.tokens,
+        tokens_per_s: r.total_s > 0 ? r.tokens / r.total_s : undefined,
+      });
     } catch (err) {
       update({ error: err instanceof Error ? err.message : String(err) });
     } finally {
@@ -128,7 +150,11 @@ export function PlaygroundPage(props: { initial?: string }) {
         <div class="row">
           <div class="field">
             <label for="pg-model">Deployment</label>
-            <select id="pg-model" value={model} onChange={(e) => setModel((e.target as HTMLSelectElement).value)}>
+            <select
+              id="pg-model"
+              value={model}
+              onChange={(e) => setModel((e.target as HTMLSelectElement).value)}
+            >
               {names.length === 0 && <option value="">no deployments</option>}
               {names.map((n) => (
                 <option value={n}>{n}</option>
@@ -137,14 +163,23 @@ export function PlaygroundPage(props: { initial?: string }) {
           </div>
           <div class="field">
             <label for="pg-max">Max tokens</label>
-            <input id="pg-max" type="number" min={1} max={4096} value={maxTokens} onInput={(e) => setMaxTokens(Number((e.target as HTMLInputElement).value))} />
+            <input
+              id="pg-max"
+              type="number"
+              min={1}
+              max={4096}
+              value={maxTokens}
+              onInput={(e) => setMaxTokens(Number((e.target as HTMLInputElement).value))}
+            />
           </div>
         </div>
         <ol class="chat" aria-live="polite" aria-label="Conversation">
           {turns.map((t) => (
             <li class={`turn ${t.role}`}>
               <span class="role">{t.role === 'user' ? 'You' : model}</span>
-              <p class="content">{t.content || (t.role === 'assistant' && busy && !t.error ? '…' : '')}</p>
+              <p class="content">
+                {t.content || (t.role === 'assistant' && busy && !t.error ? '…' : '')}
+              </p>
               {t.error && (
                 <p class="error" role="alert">
                   {t.error}
@@ -153,7 +188,10 @@ export function PlaygroundPage(props: { initial?: string }) {
               {t.ttft_s !== undefined && (
                 <p class="stats">
                   first token after <span class="ttft">{(t.ttft_s * 1000).toFixed(0)} ms</span>,{' '}
-                  <span class="tps">{t.tokens_per_s !== undefined ? t.tokens_per_s.toFixed(1) : '–'} tokens/s</span> ({t.tokens} tokens)
+                  <span class="tps">
+                    {t.tokens_per_s !== undefined ? t.tokens_per_s.toFixed(1) : '–'} tokens/s
+                  </span>{' '}
+                  ({t.tokens} tokens)
                 </p>
               )}
             </li>
@@ -161,7 +199,12 @@ export function PlaygroundPage(props: { initial?: string }) {
         </ol>
         <div class="field">
           <label for="pg-input">Message</label>
-          <textarea id="pg-input" rows={3} value={input} onInput={(e) => setInput((e.target as HTMLTextAreaElement).value)} />
+          <textarea
+            id="pg-input"
+            rows={3}
+            value={input}
+            onInput={(e) => setInput((e.target as HTMLTextAreaElement).value)}
+          />
         </div>
         <div class="actions">
           <button type="submit" class="primary" disabled={busy || !model || !input.trim()}>
