@@ -5,6 +5,12 @@
 //
 //   build/release/bench/server_load [--workers 1000] [--seconds 30] [--clients 4] [--db URL]
 //                                   [--long-poll 0|1] [--pending N [--preset P] [--hetero 1]]
+//                                   [--servers N]
+//
+// --servers N (with --db postgres://...): N server processes share the database; worker w
+// registers, heartbeats and long-polls with server w % N (a worker's list starting at its own
+// server), client t calls server t % N. Prints each server's CPU and the most store connections
+// it had lent at once (its /metrics).
 //
 // --pending N: at the start of the load, N deployments of one replica each are created at once
 // (model --preset, default llama3-8b-q4_0); prints how long until the scheduler has placed
@@ -80,7 +86,8 @@ struct Latencies {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int workers = 1000, seconds = 30, clients = 4, long_poll = 0, pending = 0, hetero = 0;
+  int workers = 1000, seconds = 30, clients = 4, long_poll = 0, pending = 0, hetero = 0,
+      n_servers = 1;
   std::string db, preset = "llama3-8b-q4_0";
   CLI::App app{"API latency and server CPU under heartbeating (and long-polling) workers"};
   app.add_option("--workers", workers, "simulated workers, each heartbeating every 2 s");
@@ -91,6 +98,8 @@ int main(int argc, char** argv) {
   app.add_option("--pending", pending, "deployments created at once; time until all are placed");
   app.add_option("--preset", preset, "their model (a synth preset)");
   app.add_option("--hetero", hetero, "1: heterogeneous workers (used memory per GPU, 5 models)");
+  app.add_option("--servers", n_servers, "server processes sharing --db (PostgreSQL)")
+      ->check(CLI::Range(1, 16));
   CLI11_PARSE(app, argc, argv);
   const std::filesystem::path dir =
       std::filesystem::temp_directory_path() / ("ggfleet-load-" + std::to_string(getpid()));
@@ -99,24 +108,46 @@ int main(int argc, char** argv) {
       ggfleet::model::synth("llama3-8b-q4_0", (dir / "models").string(), {}).front();
   const std::string pending_model =
       pending > 0 ? ggfleet::model::synth(preset, (dir / "models").string(), {}).front() : "";
-  const int port = 30000 + getpid() % 2000;  // below the ephemeral range (32768-)
-  const pid_t server = fork();
-  if (server == 0) {
-    const std::string listen = "127.0.0.1:" + std::to_string(port);
-    std::vector<std::string> args = {
-        GGFLEET_BINARY, "server",      "--data-dir", (dir / "data").string(), "--listen",
-        listen,         "--admin-key", kAdmin,       "--join-token",          kJoin};
-    if (!db.empty()) args.insert(args.end(), {"--db", db});
-    std::vector<char*> cargs;
-    for (std::string& s : args) cargs.push_back(s.data());
-    cargs.push_back(nullptr);
-    freopen("/dev/null", "w", stdout);
-    execv(GGFLEET_BINARY, cargs.data());
-    _exit(127);
+  if (n_servers > 1 && db.empty()) {
+    std::fprintf(stderr, "--servers needs --db postgres://... (SQLite is single-server)\n");
+    return 2;
   }
-  httplib::Client probe("127.0.0.1", port);
-  for (int i = 0; i < 100 && !probe.Get("/healthz"); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // Below the ephemeral range (32768-).
+  const int base_port = 30000 + static_cast<int>(getpid() % 200) * 10;
+  std::vector<pid_t> servers;
+  std::vector<int> ports;
+  for (int k = 0; k < n_servers; ++k) {
+    ports.push_back(base_port + k);
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const std::string listen = "127.0.0.1:" + std::to_string(base_port + k);
+      std::vector<std::string> args = {
+          GGFLEET_BINARY, "server", "--data-dir",  (dir / ("data" + std::to_string(k))).string(),
+          "--listen",     listen,   "--admin-key", kAdmin,
+          "--join-token", kJoin};
+      if (!db.empty()) args.insert(args.end(), {"--db", db});
+      std::vector<char*> cargs;
+      for (std::string& a : args) cargs.push_back(a.data());
+      cargs.push_back(nullptr);
+      freopen("/dev/null", "w", stdout);
+      execv(GGFLEET_BINARY, cargs.data());
+      _exit(127);
+    }
+    servers.push_back(pid);
+  }
+  const int port = ports.front();
+  auto port_of = [&](std::size_t i) { return ports[i % ports.size()]; };
+  for (const int p : ports) {
+    httplib::Client up("127.0.0.1", p);
+    for (int i = 0; i < 100 && !up.Get("/healthz"); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::vector<std::unique_ptr<httplib::Client>> probes;
+  for (const int p : ports) probes.push_back(std::make_unique<httplib::Client>("127.0.0.1", p));
+  auto stop_servers = [&](int sig) {
+    for (const pid_t pid : servers) kill(pid, sig);
+    for (const pid_t pid : servers) waitpid(pid, nullptr, 0);
+  };
   // Register the workers (1-8 GPUs of a few kinds each).
   const char* kinds[] = {"NVIDIA GeForce RTX 4090", "NVIDIA L40S", "NVIDIA A100 80GB",
                          "NVIDIA H100 SXM", "NVIDIA GeForce RTX 3090"};
@@ -146,15 +177,17 @@ int main(int argc, char** argv) {
         {"name", "w" + std::to_string(i)},
         {"resources", {{"cpu", cpu}, {"ram", {{"total", 256ull << 30}}}, {"gpus", gpus}}}};
     httplib::Headers h{{"Authorization", std::string("Bearer ") + kJoin}};
-    const auto r = probe.Post("/v1/workers/register", h, body.dump(), "application/json");
+    const auto r = probes[static_cast<std::size_t>(i) % probes.size()]->Post(
+        "/v1/workers/register", h, body.dump(), "application/json");
     if (!r || r->status != 201) {
       std::fprintf(stderr, "registration failed\n");
-      kill(server, SIGKILL);
+      stop_servers(SIGKILL);
       return 1;
     }
     fleet.emplace_back("w" + std::to_string(i), json::parse(r->body)["key"].get<std::string>());
   }
-  const double cpu0 = cpu_seconds(server);
+  std::vector<double> cpu0;
+  for (const pid_t pid : servers) cpu0.push_back(cpu_seconds(pid));
   const auto t0 = Clock::now();
   const auto until = t0 + std::chrono::seconds(seconds);
   Latencies beats, api;
@@ -162,7 +195,7 @@ int main(int argc, char** argv) {
   std::atomic<long> polls{0}, quick_polls{0};
   for (std::size_t w = 0; long_poll && w < fleet.size(); ++w) {
     threads.emplace_back([&, w] {
-      httplib::Client c("127.0.0.1", port);  // no keep-alive, as the agent: one thread per poll
+      httplib::Client c("127.0.0.1", port_of(w));  // no keep-alive, as the agent: one per poll
       c.set_read_timeout(60);
       const auto& [name, key] = fleet[w];
       httplib::Headers h{{"Authorization", "Bearer " + key}};
@@ -192,9 +225,12 @@ int main(int argc, char** argv) {
   const int beat_threads = 16;
   for (int t = 0; t < beat_threads; ++t) {
     threads.emplace_back([&, t] {
-      httplib::Client c("127.0.0.1", port);
-      c.set_keep_alive(true);
-      c.set_tcp_nodelay(true);
+      std::vector<std::unique_ptr<httplib::Client>> to;  // one kept-alive client per server
+      for (const int p : ports) {
+        to.push_back(std::make_unique<httplib::Client>("127.0.0.1", p));
+        to.back()->set_keep_alive(true);
+        to.back()->set_tcp_nodelay(true);
+      }
       std::size_t k = static_cast<std::size_t>(t);
       const auto mine =
           (fleet.size() + beat_threads - 1 - static_cast<std::size_t>(t)) / beat_threads;
@@ -205,8 +241,8 @@ int main(int argc, char** argv) {
         const auto& [name, key] = fleet[k];
         httplib::Headers h{{"Authorization", "Bearer " + key}};
         const auto s = Clock::now();
-        const auto r =
-            c.Post(("/v1/workers/" + name + "/heartbeat").c_str(), h, "{}", "application/json");
+        const auto r = to[k % to.size()]->Post(("/v1/workers/" + name + "/heartbeat").c_str(), h,
+                                               "{}", "application/json");
         beats.add(std::chrono::duration<double, std::milli>(Clock::now() - s).count(),
                   r && r->status == 200);
         k += beat_threads;
@@ -218,7 +254,7 @@ int main(int argc, char** argv) {
   }
   for (int t = 0; t < clients; ++t) {
     threads.emplace_back([&, t] {
-      httplib::Client c("127.0.0.1", port);
+      httplib::Client c("127.0.0.1", port_of(static_cast<std::size_t>(t)));
       c.set_keep_alive(true);
       c.set_tcp_nodelay(true);
       httplib::Headers h{{"Authorization", std::string("Bearer ") + kAdmin}};
@@ -303,12 +339,13 @@ int main(int argc, char** argv) {
   // The server's CPU over the load window only (long polls still open at its end drain after).
   std::this_thread::sleep_until(until);
   const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
-  const double cpu = cpu_seconds(server) - cpu0;
+  std::vector<double> cpu;
+  for (std::size_t k = 0; k < servers.size(); ++k) cpu.push_back(cpu_seconds(servers[k]) - cpu0[k]);
   for (std::thread& th : threads) th.join();
   std::printf("(all load threads ended %.1f s after the window)\n",
               std::chrono::duration<double>(Clock::now() - until).count());
-  std::printf("%d workers heartbeating every 2 s, %d clients, %.0f s, store %s\n", workers, clients,
-              wall, db.empty() ? "sqlite" : "postgres");
+  std::printf("%d workers heartbeating every 2 s, %d clients, %.0f s, store %s, %d server(s)\n",
+              workers, clients, wall, db.empty() ? "sqlite" : "postgres", n_servers);
   beats.print("heartbeat");
   if (long_poll)
     std::printf("long polls: %ld answered, %ld of them early without news\n", polls.load(),
@@ -323,9 +360,26 @@ int main(int argc, char** argv) {
   if (placements > 0)
     std::printf("scheduler: %.0f placements, %.2f s in the planner (%.1f ms each)\n", placements,
                 planning_s, 1000 * planning_s / placements);
-  std::printf("server CPU: %.1f s in %.1f s = %.0f%% of one core\n", cpu, wall, 100 * cpu / wall);
-  kill(server, SIGTERM);
-  waitpid(server, nullptr, 0);
+  for (std::size_t k = 0; k < servers.size(); ++k) {
+    // The store connections it had lent at once, at most (its /metrics).
+    std::string peak = "?", bound = "?";
+    httplib::Headers h{{"Authorization", std::string("Bearer ") + kAdmin}};
+    if (const auto m = probes[k]->Get("/metrics", h); m && m->status == 200) {
+      std::istringstream lines(m->body);
+      for (std::string line; std::getline(lines, line);) {
+        std::istringstream f(line);
+        std::string metric, value;
+        f >> metric >> value;
+        if (metric == "ggfleet_store_connections{state=\"peak\"}") peak = value;
+        if (metric == "ggfleet_store_connections{state=\"max\"}") bound = value;
+      }
+    }
+    std::printf(
+        "server %zu CPU: %.1f s in %.1f s = %.0f%% of one core; store connections: %s "
+        "at most of %s\n",
+        k, cpu[k], wall, 100 * cpu[k] / wall, peak.c_str(), bound.c_str());
+  }
+  stop_servers(SIGTERM);
   std::filesystem::remove_all(dir);
   return 0;
 }

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include "cluster/units.h"
 
@@ -98,6 +99,14 @@ int run_server(server::ServerConfig config) {
   }
   std::cout << "ggfleet server listening on port " << port << " (store: " << s.store().backend()
             << "); workers' heartbeats on port " << s.worker_port() << std::endl;
+  if (s.store().backend() == "sqlite") {
+    std::cout << "store: SQLite, single server (for several servers, share one PostgreSQL "
+                 "database: --db postgres://...)"
+              << std::endl;
+  } else {
+    std::cout << "store: PostgreSQL, pool of " << s.store().pool_size()
+              << " connections; other servers may share it (ggfleet server --status)" << std::endl;
+  }
   int received = 0;
   sigwait(&signals, &received);
   std::cout << "stopping (signal " << received << ")" << std::endl;
@@ -105,22 +114,66 @@ int run_server(server::ServerConfig config) {
   return 0;
 }
 
+int run_server_status(const server::ServerConfig& config) {
+  store::Store store(config.db.empty() ? config.data_dir + "/ggfleet.db" : config.db, 1);
+  const json j = server::servers_json(store);
+  const std::int64_t now = j["now_ms"];
+  std::cout << "store: " << store.backend() << "\n";
+  if (j["leader"].is_null()) {
+    std::cout << "leader: none (no server holds the scheduler lease)\n";
+  } else {
+    std::cout << "leader: " << j["leader"]["id"].get<std::string>() << " since "
+              << (now - j["leader"]["since_ms"].get<std::int64_t>()) / 1000
+              << " s ago (lease token " << j["leader"]["token"] << ")\n";
+  }
+  std::cout << "servers seen in the last minute: " << j["servers"].size() << "\n";
+  for (const json& s : j["servers"]) {
+    std::cout << "  " << s["id"].get<std::string>() << "  " << s["url"].get<std::string>()
+              << "  up " << (now - s["started_ms"].get<std::int64_t>()) / 1000 << " s, seen "
+              << (now - s["last_seen_ms"].get<std::int64_t>()) / 1000 << " s ago"
+              << (s["leader"].get<bool>() ? "  (leader)" : "") << "\n";
+  }
+  return 0;
+}
+
 json call(const ClientOptions& o, const std::string& method, const std::string& path,
           const json& body) {
-  httplib::Client client(base_url(o));
-  client.set_connection_timeout(5);
-  client.set_read_timeout(60);
-  client.set_tcp_nodelay(true);
+  // Several servers (comma-separated) are tried in order: the next when one cannot be connected
+  // to, or, for a GET, does not answer (a write that may have arrived is not sent twice).
+  std::vector<std::string> servers;
+  const std::string all = base_url(o);
+  for (std::size_t at = 0; at <= all.size();) {
+    const std::size_t comma = std::min(all.find(',', at), all.size());
+    if (comma > at) servers.push_back(all.substr(at, comma - at));
+    at = comma + 1;
+  }
+  if (servers.empty()) throw std::runtime_error("no server URL given");
   const std::string key = api_key(o);
-  if (!key.empty()) client.set_bearer_token_auth(key.c_str());
-  httplib::Result r =
-      method == "GET"      ? client.Get(path.c_str())
-      : method == "DELETE" ? client.Delete(path.c_str())
-      : method == "PATCH"
-          ? client.Patch(path.c_str(), body.dump(), "application/json")
-          : client.Post(path.c_str(), body.is_null() ? "{}" : body.dump(), "application/json");
-  if (!r)
-    throw std::runtime_error("cannot reach " + base_url(o) + ": " + httplib::to_string(r.error()));
+  auto send = [&](const std::string& server) {
+    httplib::Client client(server);
+    client.set_connection_timeout(servers.size() > 1 ? 2 : 5);
+    client.set_read_timeout(60);
+    client.set_tcp_nodelay(true);
+    if (!key.empty()) client.set_bearer_token_auth(key.c_str());
+    return method == "GET"      ? client.Get(path.c_str())
+           : method == "DELETE" ? client.Delete(path.c_str())
+           : method == "PATCH"
+               ? client.Patch(path.c_str(), body.dump(), "application/json")
+               : client.Post(path.c_str(), body.is_null() ? "{}" : body.dump(), "application/json");
+  };
+  std::string failures;
+  std::optional<httplib::Result> answered;
+  for (const std::string& server : servers) {
+    httplib::Result one = send(server);
+    if (one) {
+      answered.emplace(std::move(one));
+      break;
+    }
+    failures += (failures.empty() ? "" : "; ") + server + ": " + httplib::to_string(one.error());
+    if (method != "GET" && one.error() != httplib::Error::Connection) break;
+  }
+  if (!answered) throw std::runtime_error("cannot reach " + failures);
+  const httplib::Result& r = *answered;
   const json j = json::parse(r->body, nullptr, false);
   if (r->status >= 400) {
     const std::string why =

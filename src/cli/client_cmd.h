@@ -17,6 +17,8 @@ struct ClientOptions {
 
 // Runs `ggfleet server` until SIGINT/SIGTERM. Prints generated keys once.
 int run_server(server::ServerConfig config);
+// `ggfleet server --status`: the servers sharing the configured store and the leader.
+int run_server_status(const server::ServerConfig& config);
 
 // Calls the API; throws std::runtime_error with the server's {"error"} message on failure.
 nlohmann::json call(const ClientOptions& o, const std::string& method, const std::string& path,

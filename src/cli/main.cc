@@ -291,11 +291,23 @@ int main(int argc, char** argv) {
                       "Requests that may wait per deployment; more are answered 429");
   serverc->add_option("--api-concurrency", sc.front.api_concurrency,
                       "Control API calls relayed at once (worker traffic is never queued)");
+  bool server_status = false;
+  serverc->add_flag("--status", server_status,
+                    "Print the servers sharing the store (--db or --data-dir), which one leads the "
+                    "scheduling loop and since when, then exit");
+  serverc->add_option("--advertise", sc.advertise_url,
+                      "URL other servers and people reach this one at (default: http://HOST:PORT)");
+  serverc->add_option("--db-pool", sc.db_pool, "PostgreSQL connections at most (default 8)");
+  serverc
+      ->add_option("--lease-ms", sc.lease_ms,
+                   "Scheduler lease: a server that stops renewing it is replaced after this long")
+      ->check(CLI::Range(1000, 60000));
 
   cli::ClientOptions co;
   auto client_flags = [&](CLI::App* c) {
     c->add_option("--server", co.server,
-                  "Server URL (default: $GGFLEET_SERVER or http://127.0.0.1:8080)");
+                  "Server URL, or several separated by commas (tried in order) (default: "
+                  "$GGFLEET_SERVER or http://127.0.0.1:8080)");
     c->add_option("--key", co.key, "API key (default: $GGFLEET_API_KEY)");
     c->add_flag("--json", co.json, "Print JSON");
   };
@@ -377,7 +389,11 @@ int main(int argc, char** argv) {
   std::string reserve_vram, reserve_ram, vram_limit, cpu_bandwidth, cache_max, declare_ram;
   CLI::App* workerc =
       app.add_subcommand("worker", "Join a server and run the llama.cpp processes it assigns");
-  workerc->add_option("--server", wc.server, "Server URL")->default_val("http://127.0.0.1:8080");
+  workerc
+      ->add_option("--server", wc.server,
+                   "Server URL, or several separated by commas (servers sharing one PostgreSQL "
+                   "database): the worker moves to the next when its server stops answering")
+      ->default_val("http://127.0.0.1:8080");
   workerc->add_option("--join-token", wc.join_token,
                       "The server's join token (default: $GGFLEET_JOIN_TOKEN)");
   workerc->add_option("--model-root", wc.model_roots,
@@ -506,6 +522,7 @@ int main(int argc, char** argv) {
     }
     if (startc->parsed()) return cli::run_start(so_start);
     if (serverc->parsed()) {
+      if (server_status) return cli::run_server_status(sc);
       const cluster::HostPort at = listen_address(listen, "--listen");
       sc.host = at.host;
       sc.port = at.port;

@@ -34,6 +34,11 @@ std::string Metrics::render(store::Store& s) {
   const std::vector<store::KeyRow> keys = s.keys();
   std::map<InstanceState, int> instances_by_state;
   for (const store::InstanceRow& i : s.instances()) ++instances_by_state[i.state];
+  o << "# HELP ggfleet_store_connections Store connections of this server: lent now, the most "
+       "lent at once, the pool's bound.\n# TYPE ggfleet_store_connections gauge\n"
+    << "ggfleet_store_connections{state=\"in_use\"} " << s.connections_in_use() << "\n"
+    << "ggfleet_store_connections{state=\"peak\"} " << s.connections_peak() << "\n"
+    << "ggfleet_store_connections{state=\"max\"} " << s.pool_size() << "\n";
   o << "# HELP ggfleet_workers Workers by state.\n# TYPE ggfleet_workers gauge\n";
   for (const WorkerStatus st : kWorkerStatuses) {
     o << "ggfleet_workers{state=\"" << name(st) << "\"} " << workers_by_state[st] << "\n";

@@ -208,7 +208,7 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
       // The assignment and its claims in one transaction, checked against the claims as they are
       // now (nothing else writes claims, but the deployment may have gone meanwhile).
       bool written = false;
-      store_.transaction([&] {
+      write([&] {
         if (!store_.deployment(d.name) || !store_.instance(instance.id)) return;
         store_.put_instance(placed);
         store_.set_claims(instance.id, claims);
@@ -233,12 +233,24 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
     store::InstanceRow pending = instance;
     pending.reason = reason;
     pending.updated_ms = store::now_ms();
-    store_.transaction([&] {
+    write([&] {
       if (!store_.instance(instance.id)) return;
       store_.put_instance(pending);
       store_.event("instance.pending", instance.id, reason);
     });
   }
+}
+
+void Scheduler::set_lease(std::optional<store::Lease> lease) {
+  if (lease && (!lease_ || lease_->token != lease->token)) started_ms_ = store::now_ms();
+  lease_ = std::move(lease);
+}
+
+void Scheduler::write(const std::function<void()>& fn) {
+  store_.transaction([&] {
+    if (lease_) store_.check_lease(*lease_);
+    fn();
+  });
 }
 
 ReconcileStats Scheduler::reconcile() {
@@ -252,7 +264,7 @@ ReconcileStats Scheduler::reconcile() {
     // worker could heartbeat.
     const std::int64_t silent = now - std::max(w.last_heartbeat_ms, started_ms_);
     if (w.status == WorkerStatus::kReady && silent > config_.heartbeat_timeout_ms) {
-      store_.transaction([&] {
+      write([&] {
         store_.set_worker_status(w.name, WorkerStatus::kUnreachable);
         store_.event("worker.unreachable", w.name,
                      "no heartbeat for " + std::to_string(silent / 1000) + " s");
@@ -279,12 +291,14 @@ ReconcileStats Scheduler::reconcile() {
     if (lost.empty()) {
       // Placed by a ggfleet before launches were typed: its workers cannot run it; place it again.
       if (!parse_or(i.assignment_json, json::object()).contains("launch")) {
-        replan(store_, i, "placed by an older ggfleet (no typed launch); placing it again");
+        write([&] {
+          replan(store_, i, "placed by an older ggfleet (no typed launch); placing it again");
+        });
         ++stats.replanned;
       }
       continue;
     }
-    replan(store_, i, "worker " + lost + " is gone; re-planning");
+    write([&] { replan(store_, i, "worker " + lost + " is gone; re-planning"); });
     ++stats.replanned;
   }
   // 2. Replica counts, per generation: the current one gets `replicas` instances; older ones
@@ -301,7 +315,7 @@ ReconcileStats Scheduler::reconcile() {
       i.generation = d.generation;
       i.created_ms = i.updated_ms = now;
       i.reason = "waiting for the scheduler";
-      store_.transaction([&] {
+      write([&] {
         if (!store_.deployment(d.name)) return;
         store_.put_instance(i);
         store_.event("instance.created", i.id,
@@ -321,7 +335,7 @@ ReconcileStats Scheduler::reconcile() {
                   return a.created_ms > b.created_ms;
                 });
       for (std::size_t k = 0; k < list.size() - keep; ++k) {
-        store_.transaction([&] {
+        write([&] {
           store_.delete_instance(list[k].id);
           store_.bump_assignment_version();
           store_.event("instance.removed", list[k].id, why);

@@ -10,10 +10,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -93,14 +95,25 @@ class Scheduler {
   static constexpr int kMaxSuggestPlans = 32;
   int suggest_replans();
 
+  // The leader lease this scheduler writes under (fencing): every write of reconcile() checks it
+  // in its own transaction and is rolled back (store::LeaseLost thrown) once another server holds
+  // it or it expired. Unset: writes are not fenced (a scheduler alone on its store).
+  // A new lease (this server starts leading) starts the heartbeat grace again, as a restart does:
+  // while no server led, nobody judged silence.
+  void set_lease(std::optional<store::Lease> lease);
+
  private:
   // Plans `instance` on `ready` (ready_workers of this pass) with the claims in the store now.
   void place(const store::InstanceRow& instance, const store::DeploymentRow& d,
              const cluster::Cluster& ready, ReconcileStats& stats);
 
+  // One write transaction of the scheduler, fenced by lease_.
+  void write(const std::function<void()>& fn);
+
   store::Store& store_;
   SchedulerConfig config_;
-  std::int64_t started_ms_;  // when this scheduler was made
+  std::optional<store::Lease> lease_;
+  std::int64_t started_ms_;  // when this scheduler was made, or last began to lead
   mutable std::mutex corrections_mu_;
   perf::Corrections corrections_;
   std::set<std::string> changed_keys_;            // factors changed since suggest_replans last ran

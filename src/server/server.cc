@@ -87,8 +87,10 @@ void Server::bootstrap_keys() {
 
 int Server::start() {
   std::filesystem::create_directories(config_.data_dir);
-  store_ = std::make_unique<store::Store>(config_.db.empty() ? config_.data_dir + "/ggfleet.db"
-                                                             : config_.db);
+  store_ = std::make_unique<store::Store>(
+      config_.db.empty() ? config_.data_dir + "/ggfleet.db" : config_.db, config_.db_pool);
+  server_id_ = "server-" + new_secret("").substr(0, 12);
+  started_ms_ = store_->clock_ms();
   scheduler_ = std::make_unique<Scheduler>(*store_, config_.scheduler);
   gguf::RemotePolicy remote = gguf::remote_policy();
   remote.allow_private_addresses = config_.allow_private_urls;
@@ -136,6 +138,11 @@ int Server::start() {
     http_->stop();
     throw;
   }
+  advertise_url_ = !config_.advertise_url.empty()
+                       ? config_.advertise_url
+                       : std::string(config_.tls_cert.empty() ? "http://" : "https://") +
+                             config_.host + ":" + std::to_string(port);
+  store_->server_seen(server_id_, advertise_url_, started_ms_);
   http_thread_ = std::thread([this] { http_->listen_after_bind(); });
   schedule_thread_ = std::thread([this] { schedule_loop(); });
   return port;
@@ -153,6 +160,12 @@ void Server::stop() {
   if (http_) http_->stop();
   if (http_thread_.joinable()) http_thread_.join();
   if (schedule_thread_.joinable()) schedule_thread_.join();
+  // A clean stop hands the lead over at once (a killed server's lease expires instead).
+  try {
+    if (lease_) store_->release_lease(*lease_);
+    store_->remove_server(server_id_);
+  } catch (const std::exception&) {
+  }
 }
 
 void Server::wait() {
@@ -167,13 +180,46 @@ void Server::wake_scheduler() {
   wake_cv_.notify_all();
 }
 
+bool Server::lead() {
+  std::optional<store::Lease> now;
+  try {
+    now = store_->acquire_lease(kSchedulerLease, server_id_, config_.lease_ms);
+    if (std::chrono::steady_clock::now() - last_seen_write_ > std::chrono::seconds(2)) {
+      store_->server_seen(server_id_, advertise_url_, started_ms_);
+      last_seen_write_ = std::chrono::steady_clock::now();
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "ggfleet server: cannot reach the store for the scheduler lease: " << e.what()
+              << std::endl;
+  }
+  if (now && !lease_) {
+    std::cerr << "ggfleet server: " << server_id_ << " leads the scheduling loop (lease token "
+              << now->token << ")" << std::endl;
+    try {
+      store_->event(
+          "server.leader", server_id_,
+          advertise_url_ + " leads the scheduling loop (token " + std::to_string(now->token) + ")");
+    } catch (...) {
+    }
+  } else if (!now && lease_) {
+    std::cerr << "ggfleet server: " << server_id_
+              << " no longer leads the scheduling loop (lease lost)" << std::endl;
+  }
+  lease_ = now;
+  scheduler_->set_lease(now);
+  return now.has_value();
+}
+
 void Server::schedule_loop() {
   std::int64_t version = -1;
   while (!stopping_) {
     const auto t0 = std::chrono::steady_clock::now();
     ReconcileStats stats;
+    const bool leader = lead();
     try {
-      stats = scheduler_->reconcile();
+      if (leader) stats = scheduler_->reconcile();
+    } catch (const store::LeaseLost& e) {
+      std::cerr << "ggfleet server: a scheduling write was refused: " << e.what() << std::endl;
     } catch (const std::exception& e) {
       std::cerr << "ggfleet server: scheduling pass failed: " << e.what() << std::endl;
       try {
@@ -184,8 +230,8 @@ void Server::schedule_loop() {
     try {
       measurements_->flush(*store_);
       // What the measurements teach: factors for the next placements, and the suggestions
-      // they make for the running ones.
-      if (learner_->update(*store_, *measurements_)) {
+      // they make for the running ones (the leader learns for all).
+      if (leader && learner_->update(*store_, *measurements_)) {
         scheduler_->set_corrections(learner_->corrections());
         scheduler_->suggest_replans();
       }
@@ -407,6 +453,7 @@ void Server::routes() {
   instance_routes();
   key_routes();
   web_routes();
+  cluster_routes();
   // OpenAI-compatible endpoints, routed by "model" (a deployment name) to a running instance,
   // the one with the fewest requests in flight; streams pass through as they arrive.
   const auto model_json = [this](const store::DeploymentRow& d) {

@@ -40,6 +40,14 @@ struct Response;
 
 namespace ggfleet::server {
 
+// The lease whose holder runs the scheduling loop.
+inline constexpr const char* kSchedulerLease = "scheduler";
+
+// The servers sharing `store` (seen in the last minute) and the leader, if a lease runs:
+// {"servers": [{id, url, started_ms, last_seen_ms, leader}], "leader": {id, since_ms, token,
+// expires_ms} or null, "now_ms"} (times by the database's clock).
+nlohmann::json servers_json(store::Store& store);
+
 struct ServerConfig {
   std::string data_dir = "ggfleet-data";  // holds ggfleet.db unless db is given
   std::string db;                         // "" = <data_dir>/ggfleet.db; or postgres://...
@@ -55,6 +63,13 @@ struct ServerConfig {
   bool allow_private_urls = false;
   SchedulerConfig scheduler;
   std::int64_t schedule_interval_ms = 500;
+  // Several servers may share one PostgreSQL database: all serve the API, the proxy and the
+  // workers; the one holding the scheduler lease (a row with a fencing token, timed by the
+  // database's clock) runs the scheduling loop. It renews it every pass; when it dies, another
+  // takes over once lease_ms have passed.
+  std::int64_t lease_ms = 5000;
+  std::string advertise_url;  // how others reach this server ("" = http(s)://HOST:PORT)
+  std::size_t db_pool = 0;    // PostgreSQL connections at most (0 = the store's default)
   // The public front (gateway.h): its host and port are the two above; timeouts, admission.
   GatewayConfig front;
   // Control-plane threads (httplib, behind the gateway on a loopback port): one per request in
@@ -102,7 +117,8 @@ class Server {
   void deployment_routes();
   void instance_routes();
   void key_routes();
-  void web_routes();  // the dashboard's page and assets (web/, compiled in)
+  void web_routes();      // the dashboard's page and assets (web/, compiled in)
+  void cluster_routes();  // the servers sharing the store, and which one leads
   using Handler =
       std::function<void(const httplib::Request&, httplib::Response&, const Principal&)>;
   // Wraps a handler: authentication (when `auth`), JSON errors, metrics under `name`.
@@ -159,6 +175,13 @@ class Server {
   bool wake_ = false;
   std::atomic<bool> stopping_{false};
   std::string generated_admin_key_, generated_join_token_;
+  // Leadership: this server's id in the servers table, the lease it holds (schedule thread only).
+  std::string server_id_, advertise_url_;
+  std::int64_t started_ms_ = 0;
+  std::optional<store::Lease> lease_;
+  std::chrono::steady_clock::time_point last_seen_write_{};
+  // Takes or renews the scheduler lease; says so when this server starts or stops leading.
+  bool lead();
   std::mutex cache_mu_;
   std::map<std::string, std::pair<std::chrono::steady_clock::time_point, Principal>>
       key_cache_;  // key hash -> (when, who)

@@ -85,6 +85,10 @@ class Sqlite final : public Db {
   void commit() override { exec("COMMIT", {}); }
   void rollback() noexcept override { sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr); }
   std::string backend() const override { return "sqlite"; }
+  bool broken() const override { return false; }
+  std::string clock_ms_sql() const override {
+    return "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+  }
 
  private:
   Rows exec(const char* sql) { return exec(std::string(sql), {}); }
@@ -93,13 +97,20 @@ class Sqlite final : public Db {
 
 class Postgres final : public Db {
  public:
-  explicit Postgres(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+  // The URL's own connect_timeout wins; else kConnectTimeoutS. Every statement is cut after
+  // kStatementTimeoutMs, so one stuck query cannot hold a connection (or a lock) for ever.
+  explicit Postgres(const std::string& url) {
+    const std::string timeout = std::to_string(kConnectTimeoutS);
+    const char* const keys[] = {"connect_timeout", "dbname", nullptr};
+    const char* const values[] = {timeout.c_str(), url.c_str(), nullptr};
+    conn_ = PQconnectdbParams(keys, values, 1);
     if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) {
       const std::string why = conn_ ? PQerrorMessage(conn_) : "out of memory";
       PQfinish(conn_);
       throw StoreError("postgres: cannot connect: " + why);
     }
     exec("SET client_min_messages TO WARNING", {});
+    exec("SET statement_timeout = " + std::to_string(kStatementTimeoutMs), {});
   }
   ~Postgres() override { PQfinish(conn_); }
 
@@ -120,7 +131,6 @@ class Postgres final : public Db {
     if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
       const std::string why = PQresultErrorMessage(res);
       PQclear(res);
-      if (PQstatus(conn_) != CONNECTION_OK) PQreset(conn_);
       throw StoreError("postgres: " + why);
     }
     Rows out;
@@ -149,6 +159,10 @@ class Postgres final : public Db {
     PQclear(res);
   }
   std::string backend() const override { return "postgres"; }
+  bool broken() const override { return PQstatus(conn_) != CONNECTION_OK; }
+  std::string clock_ms_sql() const override {
+    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+  }
 
  private:
   PGconn* conn_;

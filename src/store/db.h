@@ -2,7 +2,8 @@
 // and PostgreSQL (libpq, chosen by a postgres:// URL). SQL is written once for both: parameters
 // are $1..$n, types are TEXT and BIGINT, RETURNING is allowed.
 //
-// Thread safety: a Db is one connection; callers serialise access (store::Store does).
+// Thread safety: a Db is one connection; callers serialise access (store::Store's pool lends each
+// to one thread at a time).
 #pragma once
 
 #include <cstdint>
@@ -41,7 +42,17 @@ class Db {
   virtual void commit() = 0;
   virtual void rollback() noexcept = 0;
   virtual std::string backend() const = 0;  // "sqlite" or "postgres"
+  // The connection is lost (the server went away, the network broke): discard it, never reuse.
+  virtual bool broken() const = 0;
+  // An SQL expression of the database's own clock in milliseconds since the epoch (one clock
+  // for every server sharing the database: leases do not depend on theirs).
+  virtual std::string clock_ms_sql() const = 0;
 };
+
+// PostgreSQL connections give up connecting after this long (unless the URL says otherwise) and
+// cancel any statement that runs longer than this.
+inline constexpr int kConnectTimeoutS = 5;
+inline constexpr int kStatementTimeoutMs = 15000;
 
 // Opens `target`: a postgres:// or postgresql:// URL, or a SQLite file path (created if missing,
 // WAL mode, foreign keys on, busy timeout 10 s). Throws StoreError.

@@ -1,8 +1,11 @@
 #include "store/store.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <optional>
 
 namespace ggfleet::store {
 namespace {
@@ -41,6 +44,12 @@ const std::vector<std::string> kMigrations = {
     // outlive instances ("fleet": the observations and the fitted factors).
     R"(CREATE TABLE calibration (name TEXT PRIMARY KEY, body TEXT NOT NULL,
          updated_ms BIGINT NOT NULL))",
+    // 5: several servers on one database: leases (the scheduling loop's leader, with a fencing
+    // token) and the servers that share it.
+    R"(CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, token BIGINT NOT NULL,
+         since_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL);
+       CREATE TABLE servers (id TEXT PRIMARY KEY, url TEXT NOT NULL, started_ms BIGINT NOT NULL,
+         last_seen_ms BIGINT NOT NULL))",
 };
 
 // Splits a migration into statements (libpq and sqlite3_prepare take one at a time).
@@ -107,36 +116,150 @@ std::int64_t now_ms() {
       .count();
 }
 
-template <typename F>
-auto Store::locked(F&& f) {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
-  return f(*db_);
+namespace {
+
+// The connection this thread borrowed from a store's pool, while a call or a transaction of that
+// store runs on it: the calls it makes meanwhile use the same connection (and join the
+// transaction).
+struct ThreadConnection {
+  Db* db = nullptr;
+  bool in_transaction = false;
+};
+thread_local std::map<const Store*, ThreadConnection> t_bound;
+
+// Binds `db` to this thread for `store` until it goes out of scope.
+class Binding {
+ public:
+  Binding(const Store* store, Db* db) : store_(store) { t_bound[store] = {db, false}; }
+  ~Binding() { t_bound.erase(store_); }
+  Binding(const Binding&) = delete;
+  Binding& operator=(const Binding&) = delete;
+
+ private:
+  const Store* store_;
+};
+
+bool is_postgres(const std::string& target) {
+  return target.rfind("postgres://", 0) == 0 || target.rfind("postgresql://", 0) == 0;
 }
 
-Store::Store(const std::string& target) : db_(open_db(target)) {
+}  // namespace
+
+// A connection borrowed from the pool, given back (or dropped, if broken) when it goes out of
+// scope.
+struct Store::Bound {
+  explicit Bound(Store& s) : store(s), db(s.borrow()) { binding.emplace(&s, db.get()); }
+  ~Bound() {
+    binding.reset();  // unbound before the connection goes back
+    store.give_back(std::move(db));
+  }
+  Bound(const Bound&) = delete;
+  Bound& operator=(const Bound&) = delete;
+  Store& store;
+  std::unique_ptr<Db> db;
+  std::optional<Binding> binding;
+};
+
+std::unique_ptr<Db> Store::borrow() {
+  std::unique_lock<std::mutex> lock(pool_mu_);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kPoolWaitMs);
+  while (idle_.empty() && open_ >= max_open_) {
+    if (pool_cv_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty() &&
+        open_ >= max_open_)
+      throw StoreError("no database connection free within " + std::to_string(kPoolWaitMs / 1000) +
+                       " s (all " + std::to_string(max_open_) + " in use)");
+  }
+  if (!idle_.empty()) {
+    std::unique_ptr<Db> db = std::move(idle_.back());
+    idle_.pop_back();
+    peak_ = std::max(peak_, open_ - idle_.size());
+    return db;
+  }
+  ++open_;
+  peak_ = std::max(peak_, open_ - idle_.size());
+  lock.unlock();  // connecting may take seconds: nobody else waits for it
+  try {
+    return open_db(target_);
+  } catch (...) {
+    lock.lock();
+    --open_;
+    pool_cv_.notify_one();
+    throw;
+  }
+}
+
+void Store::give_back(std::unique_ptr<Db> db) {
+  std::lock_guard<std::mutex> lock(pool_mu_);
+  if (db && !db->broken()) {
+    idle_.push_back(std::move(db));
+  } else {
+    --open_;  // the next borrower opens a new one
+  }
+  pool_cv_.notify_one();
+}
+
+std::size_t Store::connections_in_use() {
+  std::lock_guard<std::mutex> lock(pool_mu_);
+  return open_ - idle_.size();
+}
+
+std::size_t Store::connections_peak() {
+  std::lock_guard<std::mutex> lock(pool_mu_);
+  return peak_;
+}
+
+Db& Store::db() {
+  return *t_bound.at(this).db;
+}
+
+template <typename F>
+auto Store::locked(F&& f) {
+  if (const auto it = t_bound.find(this); it != t_bound.end()) return f(*it->second.db);
+  Bound bound(*this);
+  return f(*bound.db);
+}
+
+Store::Store(const std::string& target, std::size_t pool_size)
+    : target_(target),
+      backend_(is_postgres(target) ? "postgres" : "sqlite"),
+      max_open_(is_postgres(target) ? (pool_size > 0 ? pool_size : kDefaultPool) : 1) {
+  idle_.push_back(open_db(target));  // the first connection now: a bad target fails here
+  open_ = 1;
   migrate();
 }
 
+Store::~Store() = default;
+
 std::string Store::backend() const {
-  return db_->backend();
+  return backend_;
 }
 
 void Store::migrate() {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
-  db_->exec(
-      "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT "
-      "NOT NULL)");
-  for (std::size_t v = 1; v <= kMigrations.size(); ++v) {
-    transaction([&] {
-      // Taken inside the transaction, so two servers starting at once apply each version once.
-      const Rows have = db_->exec("SELECT version FROM schema_migrations WHERE version = $1",
-                                  {static_cast<std::int64_t>(v)});
-      if (!have.rows.empty()) return;
-      for (const std::string& s : statements(kMigrations[v - 1])) db_->exec(s);
-      db_->exec("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)",
-                {static_cast<std::int64_t>(v), now_ms()});
-    });
-  }
+  // One connection for all of it; on PostgreSQL a session lock, so that servers starting at once
+  // on a new database take turns (the lock goes with the connection if the process dies).
+  locked([&](Db& db) {
+    const bool postgres = backend_ == "postgres";
+    if (postgres) db.exec("SELECT pg_advisory_lock(7408218)");
+    try {
+      db.exec(
+          "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms "
+          "BIGINT NOT NULL)");
+      for (std::size_t v = 1; v <= kMigrations.size(); ++v) {
+        transaction([&] {
+          const Rows have = db.exec("SELECT version FROM schema_migrations WHERE version = $1",
+                                    {static_cast<std::int64_t>(v)});
+          if (!have.rows.empty()) return;
+          for (const std::string& sql : statements(kMigrations[v - 1])) db.exec(sql);
+          db.exec("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)",
+                  {static_cast<std::int64_t>(v), now_ms()});
+        });
+      }
+    } catch (...) {
+      if (postgres && !db.broken()) db.exec("SELECT pg_advisory_unlock(7408218)");
+      throw;
+    }
+    if (postgres) db.exec("SELECT pg_advisory_unlock(7408218)");
+  });
 }
 
 int Store::schema_version() {
@@ -155,32 +278,40 @@ void Store::snapshot(const std::function<void()>& fn) {
 }
 
 void Store::run_in_transaction(bool read_only, const std::function<void()>& fn) {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
-  if (depth_ > 0) {
-    fn();
+  std::optional<Bound> bound;  // a connection of the pool, unless this thread holds one already
+  auto it = t_bound.find(this);
+  if (it == t_bound.end()) {
+    bound.emplace(*this);
+    it = t_bound.find(this);
+  } else if (it->second.in_transaction) {
+    fn();  // inside a transaction of this store: join it
     return;
   }
+  Db& db = *it->second.db;
   if (read_only)
-    db_->begin_snapshot();
+    db.begin_snapshot();
   else
-    db_->begin();
-  ++depth_;
+    db.begin();
+  it->second.in_transaction = true;
   try {
     fn();
-    --depth_;
-    db_->commit();
+    t_bound[this].in_transaction = false;
+    db.commit();
   } catch (...) {
-    depth_ = 0;
-    db_->rollback();
+    t_bound[this].in_transaction = false;
+    db.rollback();
     throw;
   }
 }
 
 void Store::put_worker(const WorkerRow& w) {
   transaction([&] {
-    db_->exec("DELETE FROM workers WHERE name = $1", {w.name});
-    db_->exec(std::string("INSERT INTO workers (") + kWorkerCols +
-                  ") VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    // Upserts (here and below): servers sharing the database may write the same row at once.
+    db().exec(std::string("INSERT INTO workers (") + kWorkerCols +
+                  ") VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE SET address "
+                  "= excluded.address, labels = excluded.labels, status = excluded.status, "
+                  "resources = excluded.resources, last_heartbeat_ms = excluded.last_heartbeat_ms, "
+                  "registered_ms = excluded.registered_ms",
               {w.name, w.address, w.labels_json, text(w.status), w.resources_json,
                w.last_heartbeat_ms, w.registered_ms});
   });
@@ -219,8 +350,8 @@ bool Store::remove_worker(const std::string& name) {
 bool Store::create_deployment(const DeploymentRow& d) {
   bool created = false;
   transaction([&] {
-    if (!db_->exec("SELECT 1 FROM deployments WHERE name = $1", {d.name}).rows.empty()) return;
-    db_->exec(
+    if (!db().exec("SELECT 1 FROM deployments WHERE name = $1", {d.name}).rows.empty()) return;
+    db().exec(
         std::string("INSERT INTO deployments (") + kDeploymentCols +
             ") VALUES ($1, $2, $3, $4, $5, $6, $7)",
         {d.name, d.model, d.options_json, d.replicas, d.created_ms, d.updated_ms, d.generation});
@@ -261,15 +392,15 @@ bool Store::update_deployment(const DeploymentRow& d) {
 bool Store::delete_deployment(const std::string& name) {
   bool deleted = false;
   transaction([&] {
-    db_->exec(
+    db().exec(
         "DELETE FROM claims WHERE instance IN (SELECT id FROM instances WHERE deployment = $1)",
         {name});
-    db_->exec(
+    db().exec(
         "DELETE FROM measurements WHERE instance IN (SELECT id FROM instances WHERE deployment = "
         "$1)",
         {name});
-    db_->exec("DELETE FROM instances WHERE deployment = $1", {name});
-    deleted = db_->exec("DELETE FROM deployments WHERE name = $1", {name}).affected > 0;
+    db().exec("DELETE FROM instances WHERE deployment = $1", {name});
+    deleted = db().exec("DELETE FROM deployments WHERE name = $1", {name}).affected > 0;
   });
   return deleted;
 }
@@ -279,7 +410,7 @@ void Store::put_instance(const InstanceRow& x) {
     char tps[64];
     std::snprintf(tps, sizeof tps, "%.17g", x.predicted_tokens_per_s);
     // An upsert: replacing the row would cascade to its claims.
-    db_->exec(
+    db().exec(
         std::string("INSERT INTO instances (") + kInstanceCols +
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO "
             "UPDATE "
@@ -320,9 +451,9 @@ std::vector<InstanceRow> Store::instances(const std::string& deployment) {
 bool Store::delete_instance(const std::string& id) {
   bool deleted = false;
   transaction([&] {
-    db_->exec("DELETE FROM claims WHERE instance = $1", {id});
-    db_->exec("DELETE FROM measurements WHERE instance = $1", {id});
-    deleted = db_->exec("DELETE FROM instances WHERE id = $1", {id}).affected > 0;
+    db().exec("DELETE FROM claims WHERE instance = $1", {id});
+    db().exec("DELETE FROM measurements WHERE instance = $1", {id});
+    deleted = db().exec("DELETE FROM instances WHERE id = $1", {id}).affected > 0;
   });
   return deleted;
 }
@@ -330,10 +461,11 @@ bool Store::delete_instance(const std::string& id) {
 void Store::put_measurement(const std::string& instance, const std::string& body) {
   transaction([&] {
     // Only for an instance that still exists (it may have been deleted since it was measured).
-    if (db_->exec("SELECT 1 FROM instances WHERE id = $1", {instance}).rows.empty()) return;
-    db_->exec("DELETE FROM measurements WHERE instance = $1", {instance});
-    db_->exec("INSERT INTO measurements (instance, body, updated_ms) VALUES ($1, $2, $3)",
-              {instance, body, now_ms()});
+    if (db().exec("SELECT 1 FROM instances WHERE id = $1", {instance}).rows.empty()) return;
+    db().exec(
+        "INSERT INTO measurements (instance, body, updated_ms) VALUES ($1, $2, $3) ON CONFLICT "
+        "(instance) DO UPDATE SET body = excluded.body, updated_ms = excluded.updated_ms",
+        {instance, body, now_ms()});
   });
 }
 
@@ -348,9 +480,10 @@ std::map<std::string, std::string> Store::measurements() {
 
 void Store::put_calibration(const std::string& name, const std::string& body) {
   transaction([&] {
-    db_->exec("DELETE FROM calibration WHERE name = $1", {name});
-    db_->exec("INSERT INTO calibration (name, body, updated_ms) VALUES ($1, $2, $3)",
-              {name, body, now_ms()});
+    db().exec(
+        "INSERT INTO calibration (name, body, updated_ms) VALUES ($1, $2, $3) ON CONFLICT (name) "
+        "DO UPDATE SET body = excluded.body, updated_ms = excluded.updated_ms",
+        {name, body, now_ms()});
   });
 }
 
@@ -364,9 +497,9 @@ std::optional<std::string> Store::calibration(const std::string& name) {
 
 void Store::set_claims(const std::string& instance, const std::vector<ClaimRow>& claims) {
   transaction([&] {
-    db_->exec("DELETE FROM claims WHERE instance = $1", {instance});
+    db().exec("DELETE FROM claims WHERE instance = $1", {instance});
     for (const ClaimRow& c : claims) {
-      db_->exec(
+      db().exec(
           "INSERT INTO claims (instance, worker, gpu, bytes, rpc) VALUES ($1, $2, $3, $4, $5)",
           {instance, c.worker, c.gpu, c.bytes, static_cast<std::int64_t>(c.rpc ? 1 : 0)});
     }
@@ -387,23 +520,24 @@ std::vector<ClaimRow> Store::claims() {
 }
 
 std::string Store::next_id(const std::string& counter) {
-  std::string id;
-  transaction([&] {
-    if (db_->exec("UPDATE counters SET value = value + 1 WHERE name = $1", {counter}).affected ==
-        0) {
-      db_->exec("INSERT INTO counters (name, value) VALUES ($1, 1)", {counter});
-    }
-    id = db_->exec("SELECT value FROM counters WHERE name = $1", {counter}).text(0, 0);
+  // One statement: two servers asking at once get two numbers (an UPDATE-then-INSERT could both
+  // find no row under READ COMMITTED and collide).
+  return locked([&](Db& db) {
+    return db
+        .exec(
+            "INSERT INTO counters (name, value) VALUES ($1, 1) ON CONFLICT (name) DO UPDATE SET "
+            "value = counters.value + 1 RETURNING value",
+            {counter})
+        .text(0, 0);
   });
-  return id;
 }
 
 void Store::put_key(const KeyRow& k) {
   transaction([&] {
-    db_->exec("DELETE FROM api_keys WHERE id = $1", {k.id});
-    db_->exec(
+    db().exec(
         "INSERT INTO api_keys (id, name, hash, role, worker, created_ms) VALUES ($1, $2, $3, $4, "
-        "$5, $6)",
+        "$5, $6) ON CONFLICT (id) DO UPDATE SET name = excluded.name, hash = excluded.hash, role "
+        "= excluded.role, worker = excluded.worker, created_ms = excluded.created_ms",
         {k.id, k.name, k.hash, k.role, k.worker, k.created_ms});
   });
 }
@@ -435,7 +569,7 @@ bool Store::delete_key(const std::string& id) {
 void Store::event(const std::string& kind, const std::string& subject, const std::string& message) {
   transaction([&] {
     const std::int64_t id = std::stoll(next_id("events"));
-    db_->exec(
+    db().exec(
         "INSERT INTO events (id, time_ms, kind, subject, message) VALUES ($1, $2, $3, $4, $5)",
         {id, now_ms(), kind, subject, message});
   });
@@ -474,6 +608,107 @@ std::int64_t Store::assignment_version() {
 
 void Store::bump_assignment_version() {
   next_id("assignments");
+}
+
+namespace {
+
+Lease lease_from(const Rows& r, std::size_t i) {
+  return {r.text(i, 0), r.text(i, 1), r.integer(i, 2), r.integer(i, 3), r.integer(i, 4)};
+}
+constexpr const char* kLeaseCols = "name, holder, token, since_ms, expires_ms";
+
+}  // namespace
+
+std::optional<Lease> Store::acquire_lease(const std::string& name, const std::string& holder,
+                                          std::int64_t ttl_ms) {
+  std::optional<Lease> out;
+  transaction([&] {
+    const std::string now = db().clock_ms_sql();
+    // A first row (nobody held it yet) that has already expired: taken just below.
+    db().exec(
+        "INSERT INTO leases (name, holder, token, since_ms, expires_ms) VALUES ($1, '', 0, 0, 0) "
+        "ON CONFLICT (name) DO NOTHING",
+        {name});
+    // Ours already: renewed. Expired: taken, with a new token. Another's that runs: untouched.
+    const Rows r = db().exec(
+        "UPDATE leases SET token = CASE WHEN holder = $2 THEN token ELSE token + 1 END, "
+        "since_ms = CASE WHEN holder = $2 THEN since_ms ELSE " +
+            now + " END, expires_ms = " + now +
+            " + $3, holder = $2 WHERE name = $1 AND (holder = $2 OR expires_ms < " + now +
+            ") RETURNING " + kLeaseCols,
+        {name, holder, ttl_ms});
+    if (!r.rows.empty()) out = lease_from(r, 0);
+  });
+  return out;
+}
+
+bool Store::renew_lease(const Lease& lease, std::int64_t ttl_ms) {
+  return locked([&](Db& db) {
+    const std::string now = db.clock_ms_sql();
+    return db.exec("UPDATE leases SET expires_ms = " + now +
+                       " + $4 WHERE name = $1 AND holder = $2 AND token = $3 AND expires_ms >= " +
+                       now,
+                   {lease.name, lease.holder, lease.token, ttl_ms})
+               .affected == 1;
+  });
+}
+
+void Store::check_lease(const Lease& lease) {
+  // An UPDATE that changes nothing but takes the row's lock until the transaction ends.
+  const Rows r = db().exec(
+      "UPDATE leases SET token = token WHERE name = $1 AND holder = $2 AND token = $3 AND "
+      "expires_ms >= " +
+          db().clock_ms_sql(),
+      {lease.name, lease.holder, lease.token});
+  if (r.affected != 1)
+    throw LeaseLost("the " + lease.name + " lease (token " + std::to_string(lease.token) +
+                    ") is no longer held by " + lease.holder);
+}
+
+void Store::release_lease(const Lease& lease) {
+  locked([&](Db& db) {
+    db.exec("UPDATE leases SET expires_ms = 0 WHERE name = $1 AND holder = $2 AND token = $3",
+            {lease.name, lease.holder, lease.token});
+  });
+}
+
+std::optional<Lease> Store::lease(const std::string& name) {
+  return locked([&](Db& db) -> std::optional<Lease> {
+    const Rows r =
+        db.exec(std::string("SELECT ") + kLeaseCols + " FROM leases WHERE name = $1", {name});
+    if (r.rows.empty()) return std::nullopt;
+    return lease_from(r, 0);
+  });
+}
+
+void Store::server_seen(const std::string& id, const std::string& url, std::int64_t started_ms) {
+  locked([&](Db& db) {
+    db.exec("INSERT INTO servers (id, url, started_ms, last_seen_ms) VALUES ($1, $2, $3, " +
+                db.clock_ms_sql() +
+                ") ON CONFLICT (id) DO UPDATE SET url = $2, last_seen_ms = " + db.clock_ms_sql(),
+            {id, url, started_ms});
+  });
+}
+
+std::vector<ServerRow> Store::servers(std::int64_t within_ms) {
+  return locked([&](Db& db) {
+    const Rows r =
+        db.exec("SELECT id, url, started_ms, last_seen_ms FROM servers WHERE last_seen_ms >= " +
+                    db.clock_ms_sql() + " - $1 ORDER BY started_ms, id",
+                {within_ms});
+    std::vector<ServerRow> out;
+    for (std::size_t i = 0; i < r.rows.size(); ++i)
+      out.push_back({r.text(i, 0), r.text(i, 1), r.integer(i, 2), r.integer(i, 3)});
+    return out;
+  });
+}
+
+void Store::remove_server(const std::string& id) {
+  locked([&](Db& db) { db.exec("DELETE FROM servers WHERE id = $1", {id}); });
+}
+
+std::int64_t Store::clock_ms() {
+  return locked([](Db& db) { return db.exec("SELECT " + db.clock_ms_sql()).integer(0, 0); });
 }
 
 }  // namespace ggfleet::store

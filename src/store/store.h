@@ -2,10 +2,15 @@
 // events, in SQLite or PostgreSQL (see db.h). Every state change is one transaction; the schema
 // is versioned and migrated at open.
 //
-// Thread safety: all methods may be called from any thread; they are serialised on the one
-// connection. transaction() runs a function atomically (commit on return, rollback on throw).
+// Thread safety: all methods may be called from any thread. Each call (or each transaction, with
+// every call made inside it on the same thread) borrows one connection from a bounded pool:
+// PostgreSQL lends up to `pool_size` at once, so readers do not wait for writers and a slow query
+// holds one connection, not the server; SQLite has one (single-server). A connection found broken
+// is dropped when it is returned and a new one opened by the next borrower, outside every lock.
+// transaction() runs a function atomically (commit on return, rollback on throw).
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -74,6 +79,31 @@ struct KeyRow {
   std::int64_t created_ms = 0;
 };
 
+// A named lease (the scheduling loop's leadership): who holds it, its fencing token (raised on
+// every change of holder), since when and until when, in the database's clock.
+struct Lease {
+  std::string name;
+  std::string holder;
+  std::int64_t token = 0;
+  std::int64_t since_ms = 0;
+  std::int64_t expires_ms = 0;
+};
+
+// Thrown by check_lease() when the lease is no longer held: the write it guards is rolled back.
+class LeaseLost : public StoreError {
+ public:
+  using StoreError::StoreError;
+};
+
+// A server sharing the database: its id, the URL it advertises, when it started and when it was
+// last seen (both by the database's clock).
+struct ServerRow {
+  std::string id;
+  std::string url;
+  std::int64_t started_ms = 0;
+  std::int64_t last_seen_ms = 0;
+};
+
 struct EventRow {
   std::int64_t id = 0;
   std::int64_t time_ms = 0;
@@ -84,8 +114,16 @@ struct EventRow {
 
 class Store {
  public:
-  // Opens `target` (see open_db) and applies the migrations it lacks. Throws StoreError.
-  explicit Store(const std::string& target);
+  // Opens `target` (see open_db) and applies the migrations it lacks. `pool_size`: connections
+  // lent at once (PostgreSQL; 0 = kDefaultPool; SQLite always 1). Throws StoreError.
+  explicit Store(const std::string& target, std::size_t pool_size = 0);
+  ~Store();
+  static constexpr std::size_t kDefaultPool = 8;
+  // How long a caller waits for a free connection before StoreError.
+  static constexpr int kPoolWaitMs = 10000;
+  std::size_t pool_size() const { return max_open_; }
+  std::size_t connections_in_use();  // lent now (for metrics and the load benchmark)
+  std::size_t connections_peak();    // the most lent at once since the store opened
   std::string backend() const;
   int schema_version();
 
@@ -143,15 +181,47 @@ class Store {
   std::int64_t assignment_version();
   void bump_assignment_version();
 
+  // Leases, timed by the database's clock. acquire_lease takes `name` for `holder` for `ttl_ms`
+  // when nobody holds it, its holder let it expire, or `holder` already has it (then it is
+  // renewed, token unchanged); a change of holder raises the token. Returns the lease as held
+  // now, or nullopt while another holder's lease runs.
+  std::optional<Lease> acquire_lease(const std::string& name, const std::string& holder,
+                                     std::int64_t ttl_ms);
+  // Extends `lease` by ttl_ms from now; false when it was lost (expired, or taken by another).
+  bool renew_lease(const Lease& lease, std::int64_t ttl_ms);
+  // REQUIRES: inside transaction(). Throws LeaseLost unless `lease` is still held (same holder and
+  // token, not expired); the lease row stays locked until the transaction ends, so no takeover
+  // can come between the check and the writes it guards (fencing).
+  void check_lease(const Lease& lease);
+  void release_lease(const Lease& lease);  // lets it expire now (a clean stop)
+  std::optional<Lease> lease(const std::string& name);
+
+  // Servers: each one says it is alive every few seconds; the list shows those seen in the last
+  // `within_ms`.
+  void server_seen(const std::string& id, const std::string& url, std::int64_t started_ms);
+  std::vector<ServerRow> servers(std::int64_t within_ms = 60000);
+  void remove_server(const std::string& id);
+  std::int64_t clock_ms();  // the database's clock
+
  private:
+  struct Pool;
+  struct Bound;
   void run_in_transaction(bool read_only, const std::function<void()>& fn);
   template <typename F>
   auto locked(F&& f);
+  Db& db();  // REQUIRES: inside locked() or a transaction on this thread
+  std::unique_ptr<Db> borrow();
+  void give_back(std::unique_ptr<Db> db);
   void migrate();
 
-  std::recursive_mutex mu_;
-  std::unique_ptr<Db> db_;
-  int depth_ = 0;
+  const std::string target_;
+  std::string backend_;
+  std::size_t max_open_ = 1;
+  std::mutex pool_mu_;
+  std::condition_variable pool_cv_;
+  std::vector<std::unique_ptr<Db>> idle_;
+  std::size_t open_ = 0;  // lent + idle
+  std::size_t peak_ = 0;  // the most lent at once
 };
 
 }  // namespace ggfleet::store

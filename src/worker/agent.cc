@@ -110,6 +110,16 @@ struct Agent::Instance {
 };
 
 Agent::Agent(AgentConfig config) : config_(std::move(config)) {
+  for (std::size_t at = 0; at <= config_.server.size();) {
+    const std::size_t comma = std::min(config_.server.find(',', at), config_.server.size());
+    std::string one = config_.server.substr(at, comma - at);
+    one.erase(0, one.find_first_not_of(' '));
+    one.erase(one.find_last_not_of(' ') + 1);
+    if (!one.empty()) servers_.push_back(one);
+    at = comma + 1;
+  }
+  if (servers_.empty()) throw std::runtime_error("no server URL given");
+  public_server_ = servers_.front();
   for (const std::string& g : config_.declared_gpus) declared_.push_back(parse_declared_gpu(g));
   simulated_ = !declared_.empty();
   std::filesystem::create_directories(config_.data_dir + "/logs");
@@ -535,11 +545,6 @@ std::unique_ptr<httplib::Client> Agent::client(const std::string& url) const {
 }
 
 void Agent::register_self(const std::atomic<bool>& stop, const std::vector<GpuInfo>& gpus) {
-  const std::unique_ptr<httplib::Client> client_ptr = client(config_.server);
-  httplib::Client& api = *client_ptr;
-  api.set_connection_timeout(5);
-  api.set_read_timeout(60);
-  api.set_tcp_nodelay(true);
   const std::string credentials = config_.data_dir + "/credentials";
   std::string saved;
   {
@@ -552,15 +557,22 @@ void Agent::register_self(const std::atomic<bool>& stop, const std::vector<GpuIn
                        {"resources", resources(gpus)}};
   if (!saved.empty()) registration["worker_key"] = saved;
   if (!stale_.empty()) registration["stale_processes"] = stale_;
-  auto attempt = [&] {
-    return api.Post("/v1/workers/register", {{"Authorization", "Bearer " + config_.join_token}},
-                    registration.dump(), "application/json");
+  // From next_server_ on, the next server after each one that does not answer (or answers 5xx).
+  std::string server;
+  auto attempt = [&](int k) {
+    server = servers_[(next_server_ + static_cast<std::size_t>(k)) % servers_.size()];
+    const std::unique_ptr<httplib::Client> api = client(server);
+    api->set_connection_timeout(servers_.size() > 1 ? 2 : 5);
+    api->set_read_timeout(60);
+    api->set_tcp_nodelay(true);
+    return api->Post("/v1/workers/register", {{"Authorization", "Bearer " + config_.join_token}},
+                     registration.dump(), "application/json");
   };
-  httplib::Result r = attempt();
+  httplib::Result r = attempt(0);
   const auto untrusted = [&] { return !r && r.error() == httplib::Error::SSLServerVerification; };
-  for (int k = 0; k < 50 && !stop && (!r || r->status >= 500) && !untrusted(); ++k) {
+  for (int k = 1; k < 50 && !stop && (!r || r->status >= 500) && !untrusted(); ++k) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    r = attempt();
+    r = attempt(k);
   }
   if (!r || r->status != 201) {
     std::string why = r ? std::to_string(r->status) + " " : httplib::to_string(r.error());
@@ -573,20 +585,22 @@ void Agent::register_self(const std::atomic<bool>& stop, const std::vector<GpuIn
     }
     throw std::runtime_error("cannot register with " + config_.server + ": " + why);
   }
+  next_server_ = static_cast<std::size_t>(std::find(servers_.begin(), servers_.end(), server) -
+                                          servers_.begin());
   const json reply = json::parse(r->body);
   const std::string key = reply["key"].get<std::string>();
   // Heartbeats and polls go to the server's worker-only listener (no client load there), when
   // this worker can reach it; else to the public address it registered on.
-  std::string endpoint = config_.server;
+  std::string endpoint = server;
   const int worker_port = reply.value("worker_port", -1);
-  const auto scheme = config_.server.find("://");
+  const auto scheme = server.find("://");
   const auto host_start = scheme == std::string::npos ? 0 : scheme + 3;
-  const auto host_end = config_.server.find('/', host_start);
-  const std::string authority = config_.server.substr(host_start, host_end - host_start);
+  const auto host_end = server.find('/', host_start);
+  const std::string authority = server.substr(host_start, host_end - host_start);
   const auto colon = authority.rfind(':');
   if (worker_port > 0 && authority.find(']') == std::string::npos) {
-    const std::string candidate = config_.server.substr(0, host_start) +
-                                  authority.substr(0, colon) + ":" + std::to_string(worker_port);
+    const std::string candidate = server.substr(0, host_start) + authority.substr(0, colon) + ":" +
+                                  std::to_string(worker_port);
     const std::unique_ptr<httplib::Client> probe = client(candidate);
     probe->set_connection_timeout(2);
     probe->set_read_timeout(5);
@@ -596,6 +610,7 @@ void Agent::register_self(const std::atomic<bool>& stop, const std::vector<GpuIn
   {
     std::lock_guard<std::mutex> lock(key_mu_);
     worker_server_ = endpoint;
+    public_server_ = server;
   }
   {
     std::lock_guard<std::mutex> lock(key_mu_);
@@ -620,7 +635,7 @@ void Agent::run(const std::atomic<bool>& stop) {
   if (!simulated_) gpus = nvml_gpus(&why);
   register_self(stop, gpus);
   log(config_.name,
-      "joined " + config_.server + " (heartbeats to " + worker_endpoint() + ") with " +
+      "joined " + public_server() + " (heartbeats to " + worker_endpoint() + ") with " +
           std::to_string(gpus.size()) + " GPU(s)" +
           (simulated_    ? " (SIMULATED: declared GPUs served by llama.cpp's CPU backend)"
            : why.empty() ? ""
@@ -680,10 +695,13 @@ void Agent::run(const std::atomic<bool>& stop) {
                     heartbeat_body().dump(-1, ' ', false, json::error_handler_t::replace),
                     "application/json");
         unanswered = h ? 0 : unanswered + 1;
-        if (unanswered >= 3 && at != config_.server) {
+        if (unanswered >= 3 && (at != public_server() || servers_.size() > 1)) {
           // The worker listener went away (a restarted server listens elsewhere): register
-          // again through the public address, which says where it is now.
-          log(config_.name, "no answer from " + at + "; registering again with " + config_.server);
+          // again through the public address, which says where it is now. With several
+          // servers, the next one: this one may be down.
+          if (servers_.size() > 1) next_server_ = (next_server_ + 1) % servers_.size();
+          log(config_.name,
+              "no answer from " + at + "; registering again with " + servers_[next_server_]);
           std::vector<GpuInfo> now_gpus = declared_;
           if (!simulated_) now_gpus = nvml_gpus();
           register_self(stop, now_gpus);

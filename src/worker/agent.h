@@ -28,6 +28,9 @@ class Client;
 namespace ggfleet::worker {
 
 struct AgentConfig {
+  // The server's URL, or several separated by commas (servers sharing one PostgreSQL database):
+  // the worker registers with the first that answers and moves to the next when its server stops
+  // answering heartbeats.
   std::string server = "http://127.0.0.1:8080";
   std::string join_token;
   // For an https:// server with a certificate no system CA signed (self-signed): the PEM file of
@@ -112,9 +115,18 @@ class Agent {
     std::lock_guard<std::mutex> lock(key_mu_);
     return worker_server_;
   }
+  std::string public_server() {
+    std::lock_guard<std::mutex> lock(key_mu_);
+    return public_server_;
+  }
   std::mutex key_mu_;
-  // Guarded by key_mu_: the server's worker-only listener when it answers, else config_.server.
+  // Guarded by key_mu_: the server's worker-only listener when it answers, else the public URL
+  // of the server it registered with (public_server_, one of servers_).
   std::string worker_server_;
+  std::string public_server_;
+  std::vector<std::string> servers_;  // config_.server split at commas
+  std::size_t next_server_ =
+      0;             // where the next registration starts (run, then the heartbeat thread)
   std::string key_;  // guarded by key_mu_; this worker's credentials (<data_dir>/credentials)
   std::vector<std::string> stale_;  // processes of an earlier agent stopped at start
   std::string llama_build_;         // its llama-server's --version ("" if unknown)

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -76,6 +77,10 @@ void Process::start(const std::vector<std::string>& argv,
       dup2(log_fd, 2);
     }
     if (null_fd >= 0) dup2(null_fd, 0);
+    // Nothing else of the parent's crosses exec: a socket the child kept open (a worker's
+    // connection to its server, a relayed database connection) would stay open after the parent
+    // closed it, and the peer would never see it go.
+    syscall(SYS_close_range, 3u, ~0u, 0u);
     execvpe(args[0], args.data(), envp.data());
     _exit(127);
   }

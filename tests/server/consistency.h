@@ -4,10 +4,12 @@
 // placed (with claims) or pending with a reason.
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "server/scheduler.h"
@@ -84,6 +86,21 @@ inline std::vector<std::string> consistency_problems(store::Store& s, bool settl
                            std::to_string(d.replicas) + " replicas");
       }
     }
+  }
+  return problems;
+}
+
+// Waits until the scheduler has settled (every invariant holds); returns the last problems.
+// One connection for the whole wait: a new one four times a second checks the schema (under
+// SQLite's write lock) against the server it waits for. An ASan build running beside another
+// loaded test has needed more than 30 s to place the last scale-ups.
+inline std::vector<std::string> settle(const std::string& db, double seconds = 60) {
+  std::vector<std::string> problems;
+  store::Store s(db);
+  for (int i = 0; i < static_cast<int>(seconds * 4); ++i) {
+    problems = consistency_problems(s, true);
+    if (problems.empty()) return problems;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
   }
   return problems;
 }

@@ -72,21 +72,6 @@ int run_clients(int port, int clients, const std::string& model,
   return server_errors;
 }
 
-// Waits until the scheduler has settled (every invariant holds); returns the last problems.
-// One connection for the whole wait: a new one four times a second checks the schema (under
-// SQLite's write lock) against the server it waits for. An ASan build running beside another
-// loaded test has needed more than 30 s to place the last scale-ups.
-std::vector<std::string> settle(const std::string& db, double seconds = 60) {
-  std::vector<std::string> problems;
-  store::Store s(db);
-  for (int i = 0; i < static_cast<int>(seconds * 4); ++i) {
-    problems = consistency_problems(s, true);
-    if (problems.empty()) return problems;
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));
-  }
-  return problems;
-}
-
 class Consistency : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Consistency, FiftyClientsForAMinute) {

@@ -25,11 +25,11 @@ class StoreTest : public ::testing::TestWithParam<std::string> {
 
 TEST_P(StoreTest, MigratesOnceAndReopens) {
   EXPECT_EQ(store_->backend(), GetParam());
-  EXPECT_EQ(store_->schema_version(), 4);
+  EXPECT_EQ(store_->schema_version(), 5);
   store_->put_worker({"w1", "10.0.0.1", "{}", WorkerStatus::kReady, "{}", 5, 1});
   store_.reset();
   Store again(db_->target());  // the same data, no second migration
-  EXPECT_EQ(again.schema_version(), 4);
+  EXPECT_EQ(again.schema_version(), 5);
   ASSERT_TRUE(again.worker("w1").has_value());
   EXPECT_EQ(again.worker("w1")->address, "10.0.0.1");
 }

@@ -1,0 +1,407 @@
+// Several `ggfleet server` processes on one PostgreSQL database, under the load of 50 clients
+// creating, scaling and deleting deployments against 12 simulated workers that follow the
+// servers' list, with faults injected one after another on the same fleet:
+//   LeaderKilled           kill -9 of the server that leads the scheduling loop: another leads
+//                          within 10 s
+//   NonLeaderKilled        kill -9 of a server that does not lead
+//   DatabaseCut            the leader's path to PostgreSQL cut for 20 s: it steps down, another
+//                          leads, and it rejoins as a follower when the path comes back
+//   AllRestarted           every server killed and started again at once: the same state
+// All along, a checker reads the store as one snapshot twice a second: no GPU over-claimed or lent
+// twice, no claim without its instance, no instance id twice; at the end every deployment has
+// exactly its replica count. Each server reaches PostgreSQL through a relay the test can cut.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <iostream>
+#include <random>
+#include <thread>
+
+#include "../e2e/e2e_util.h"
+#include "consistency.h"
+#include "server_fixture.h"
+#include "tcp_relay.h"
+#include "worker/process.h"
+
+namespace ggfleet::test {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+constexpr const char* kAdmin = ServerFixture::kAdmin;
+constexpr const char* kJoin = ServerFixture::kJoin;
+
+// A port the OS has just handed out and taken back (the servers are restarted on the same ones).
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// `url` with its host:port replaced by 127.0.0.1:`port`.
+std::string through(const std::string& url, int port) {
+  const auto at = url.find('@');
+  const auto start = at == std::string::npos ? url.find("://") + 3 : at + 1;
+  const auto end = url.find('/', start);
+  return url.substr(0, start) + "127.0.0.1:" + std::to_string(port) + url.substr(end);
+}
+
+// host and port of a postgres:// URL.
+std::pair<std::string, int> host_port(const std::string& url) {
+  const auto at = url.find('@');
+  const auto start = at == std::string::npos ? url.find("://") + 3 : at + 1;
+  const std::string authority = url.substr(start, url.find('/', start) - start);
+  const auto colon = authority.rfind(':');
+  if (colon == std::string::npos) return {authority, 5432};
+  return {authority.substr(0, colon), std::atoi(authority.c_str() + colon + 1)};
+}
+
+// Workers that register with the first server that answers and move to the next one when theirs
+// does not answer a heartbeat (or answers 5xx), as `ggfleet worker --server A,B,C` does.
+class FollowingWorkers {
+ public:
+  FollowingWorkers(std::vector<int> ports, int count) : ports_(std::move(ports)) {
+    for (int i = 0; i < count; ++i) {
+      const std::string name = "sim" + std::to_string(i);
+      Reply r;
+      for (int k = 0; k < 20 && r.status != 201; ++k) {
+        r = Api(port()).post("/v1/workers/register", kJoin,
+                             {{"name", name}, {"resources", resources(1 + i % 4, 128ull << 30)}});
+        if (r.status != 201) next();
+      }
+      EXPECT_EQ(r.status, 201) << r.body.dump();
+      workers_.push_back({name, r.status == 201 ? r.body["key"].get<std::string>() : ""});
+    }
+    thread_ = std::thread([this] {
+      while (!stop_) {
+        for (const auto& [name, key] : workers_) {
+          const Reply r =
+              Api(port()).post("/v1/workers/" + name + "/heartbeat", key, json::object());
+          if (r.status < 0 || r.status >= 500) {
+            ++moves_;
+            next();
+          }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+      }
+    });
+  }
+  ~FollowingWorkers() {
+    stop_ = true;
+    thread_.join();
+  }
+  int moves() const { return moves_; }
+
+ private:
+  int port() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return ports_[at_];
+  }
+  void next() {
+    std::lock_guard<std::mutex> lock(mu_);
+    at_ = (at_ + 1) % ports_.size();
+  }
+  std::vector<int> ports_;
+  std::size_t at_ = 0;
+  std::mutex mu_;
+  std::vector<std::pair<std::string, std::string>> workers_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> moves_{0};
+  std::thread thread_;
+};
+
+struct ClientStats {
+  std::atomic<int> ops{0};
+  std::atomic<int> retries{0};   // a server did not answer (or answered 503): the next one tried
+  std::atomic<int> failures{0};  // every server tried and none answered, or another 5xx
+};
+
+// 50 clients of random operations, each starting on a server of its own and moving to the next
+// when one does not answer.
+void run_clients(const std::vector<int>& ports, const std::string& model,
+                 const std::atomic<bool>& stop, ClientStats& stats) {
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 50; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(static_cast<std::uint32_t>(t));
+      std::size_t at = static_cast<std::size_t>(t) % ports.size();
+      std::vector<std::string> mine;
+      int next = 0;
+      while (!stop) {
+        const int op = static_cast<int>(rng() % 10);
+        auto send = [&](const std::function<Reply(Api&)>& call) {
+          for (std::size_t tries = 0; tries < 2 * ports.size(); ++tries) {
+            Api api(ports[at]);
+            const Reply r = call(api);
+            if (r.status >= 0 && r.status != 503) return r;
+            ++stats.retries;
+            at = (at + 1) % ports.size();
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          }
+          ++stats.failures;
+          return Reply{};
+        };
+        Reply r;
+        if (op < 4 && mine.size() < 3) {
+          const std::string name = "c" + std::to_string(t) + "-" + std::to_string(next++);
+          r = send([&](Api& api) {
+            return api.post("/v1/deployments", kAdmin,
+                            {{"name", name},
+                             {"model", model},
+                             {"replicas", 1 + rng() % 3},
+                             {"options", {{"context", 2048}}}});
+          });
+          // 409: an earlier try was created before its answer was lost.
+          if (r.status == 201 || r.status == 409) mine.push_back(name);
+        } else if (op < 7 && !mine.empty()) {
+          const std::string name = mine[rng() % mine.size()];
+          const std::string body = json{{"replicas", rng() % 5}}.dump();
+          r = send(
+              [&](Api& api) { return api.send("PATCH", "/v1/deployments/" + name, kAdmin, body); });
+        } else if (op < 9 && !mine.empty()) {
+          const std::size_t k = rng() % mine.size();
+          r = send(
+              [&](Api& api) { return api.send("DELETE", "/v1/deployments/" + mine[k], kAdmin); });
+          if (r.status == 200 || r.status == 404)
+            mine.erase(mine.begin() + static_cast<std::ptrdiff_t>(k));
+        } else {
+          r = send([&](Api& api) { return api.get("/v1/instances", kAdmin); });
+        }
+        if (r.status >= 500) ++stats.failures;
+        ++stats.ops;
+        std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 40));
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+}
+
+// What must survive a restart of every server: deployments, instances (state and placement) and
+// claims.
+std::string state_of(store::Store& s) {
+  std::string out;
+  s.snapshot([&] {
+    for (const store::DeploymentRow& d : s.deployments())
+      out += "deployment " + d.name + " x" + std::to_string(d.replicas) + "\n";
+    for (const store::InstanceRow& i : s.instances())
+      out += "instance " + i.id + " " + text(i.state) + " on " + i.main_worker +
+             (i.state == InstanceState::kPending ? " (" + i.reason + ")" : "") + "\n";
+    for (const store::ClaimRow& c : s.claims())
+      out += "claim " + c.instance + " " + c.worker + ":" + std::to_string(c.gpu) + " " +
+             std::to_string(c.bytes) + (c.rpc ? " rpc" : "") + "\n";
+  });
+  return out;
+}
+
+// The state once the scheduler has nothing left to do: two readings 2 s apart agree and no
+// instance waits for its first placement pass ("" after 90 s without that).
+std::string stable_state(store::Store& s) {
+  std::string last = state_of(s);
+  for (int k = 0; k < 45; ++k) {
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    const std::string now = state_of(s);
+    if (now == last && now.find("waiting for the scheduler") == std::string::npos) return now;
+    last = now;
+  }
+  return "";
+}
+
+class HighAvailability : public ::testing::Test {
+ protected:
+  static constexpr int kServers = 3;
+
+  void SetUp() override {
+    if (!db_.available()) GTEST_SKIP() << "no PostgreSQL (set GGFLEET_TEST_PG_URL)";
+    const auto [host, port] = host_port(db_.target());
+    for (int k = 0; k < kServers; ++k) {
+      relays_.push_back(std::make_unique<TcpRelay>(host, port));
+      ports_.push_back(free_port());
+      servers_.push_back(std::make_unique<worker::Process>());
+    }
+    store_ = std::make_unique<store::Store>(db_.target(), 2);
+  }
+  void TearDown() override {
+    if (HasFailure()) {
+      for (const auto& [k, log] : logs_)
+        std::cout << "server " << k << " (" << log << "):\n" << worker::tail_file(log, 40) << "\n";
+    }
+    for (auto& s : servers_) {
+      if (s) s->stop(10);
+    }
+  }
+  std::string log_of(int k) { return dir_.file("server" + std::to_string(k) + ".log"); }
+  // Starts server k (again: the same port, a new log appended to the old one).
+  void start(int k) {
+    const auto at = static_cast<std::size_t>(k);
+    servers_[at] = std::make_unique<worker::Process>();
+    servers_[at]->start(
+        {GGFLEET_BINARY, "server", "--db", through(db_.target(), relays_[at]->port()), "--data-dir",
+         dir_.file("data" + std::to_string(k)), "--listen",
+         "127.0.0.1:" + std::to_string(ports_[at]), "--admin-key", kAdmin, "--join-token", kJoin,
+         "--lease-ms", "5000"},
+        {}, logs_[k] = log_of(k) + "." + std::to_string(++starts_));
+    ASSERT_TRUE(wait_for([&] { return Api(ports_[at]).get("/healthz", "").status == 200; }, 30))
+        << worker::tail_file(logs_[k]);
+  }
+  void kill9(int k) {
+    const auto at = static_cast<std::size_t>(k);
+    ::kill(servers_[at]->pid(), SIGKILL);
+    servers_[at]->stop(5);  // reaps it
+  }
+  // The server holding an unexpired scheduler lease (-1: none), by asking each its id.
+  int leader() {
+    const std::optional<store::Lease> l = store_->lease(server::kSchedulerLease);
+    if (!l || l->holder.empty() || l->expires_ms < store_->clock_ms()) return -1;
+    for (int k = 0; k < kServers; ++k) {
+      if (ids_[k] == l->holder) return k;
+    }
+    return -2;  // a holder this test did not see start (an old id of a restarted server)
+  }
+  void learn_ids() {
+    for (int k = 0; k < kServers; ++k) {
+      const Reply r = Api(ports_[static_cast<std::size_t>(k)]).get("/v1/cluster/servers", kAdmin);
+      ids_[k] = r.body.value("this", "");
+    }
+  }
+  // Seconds until a server other than `old` leads (an old holder id never counts); -1 after 30 s.
+  double takeover_after(const std::string& old_id) {
+    const auto t0 = Clock::now();
+    while (Clock::now() - t0 < std::chrono::seconds(30)) {
+      const std::optional<store::Lease> l = store_->lease(server::kSchedulerLease);
+      if (l && l->holder != old_id && !l->holder.empty() && l->expires_ms >= store_->clock_ms())
+        return std::chrono::duration<double>(Clock::now() - t0).count();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return -1;
+  }
+
+  TestDb db_{"postgres"};
+  TempDir dir_;
+  std::vector<std::unique_ptr<TcpRelay>> relays_;
+  std::vector<int> ports_;
+  std::vector<std::unique_ptr<worker::Process>> servers_;
+  std::map<int, std::string> ids_;   // server -> its id in the servers table (this start's)
+  std::map<int, std::string> logs_;  // server -> the log of its latest start
+  std::unique_ptr<store::Store> store_;
+  int starts_ = 0;
+};
+
+TEST_F(HighAvailability, LeaderKilledNonLeaderKilledDatabaseCutAllRestarted) {
+  for (int k = 0; k < kServers; ++k) start(k);
+  learn_ids();
+  ASSERT_TRUE(wait_for([&] { return leader() >= 0; }, 10)) << "no server leads";
+  const std::string model =
+      ggfleet::model::synth("llama3-8b-q4_0", dir_.file("models"), {}).front();
+  FollowingWorkers workers(ports_, 12);
+  std::atomic<bool> stop{false}, checking{true};
+  std::vector<std::string> during;
+  std::thread checker([&] {
+    store::Store s(db_.target(), 1);
+    while (checking) {
+      for (const std::string& p : consistency_problems(s, false)) {
+        std::printf("during the load: %s\n", p.c_str());
+        during.push_back(p);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+  });
+  ClientStats stats;
+  std::thread clients([&] { run_clients(ports_, model, stop, stats); });
+  // However the test ends (an ASSERT returns early), the load stops and its threads are joined.
+  struct Joined {
+    std::function<void()> f;
+    ~Joined() { f(); }
+  } joined{[&] {
+    stop = true;
+    checking = false;
+    if (clients.joinable()) clients.join();
+    if (checker.joinable()) checker.join();
+  }};
+  auto phase = [&](const std::string& what) {
+    std::cout << "[ phase ] " << what << ": " << stats.ops << " operations, " << stats.retries
+              << " retries, " << stats.failures << " failures so far" << std::endl;
+  };
+  std::this_thread::sleep_for(std::chrono::seconds(8));
+
+  // LeaderKilled.
+  int lead = leader();
+  ASSERT_GE(lead, 0);
+  phase("kill -9 the leader, server " + std::to_string(lead));
+  std::string old_id = ids_[lead];
+  kill9(lead);
+  const double first = takeover_after(old_id);
+  phase("new leader " + std::to_string(leader()) + " after " + std::to_string(first) + " s");
+  EXPECT_GE(first, 0);
+  EXPECT_LT(first, 10) << "a new leader within 10 s";
+  start(lead);
+  learn_ids();
+  std::this_thread::sleep_for(std::chrono::seconds(6));
+
+  // NonLeaderKilled.
+  lead = leader();
+  ASSERT_GE(lead, 0);
+  const int follower = (lead + 1) % kServers;
+  phase("kill -9 a follower, server " + std::to_string(follower));
+  kill9(follower);
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(leader(), lead) << "the leader stays when a follower dies";
+  start(follower);
+  learn_ids();
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+
+  // DatabaseCut: the leader loses PostgreSQL for 20 s.
+  lead = leader();
+  ASSERT_GE(lead, 0);
+  old_id = ids_[lead];
+  const std::int64_t token = store_->lease(server::kSchedulerLease)->token;
+  phase("cut the leader's database connection, server " + std::to_string(lead));
+  relays_[static_cast<std::size_t>(lead)]->cut(true);
+  const double second = takeover_after(old_id);
+  phase("new leader " + std::to_string(leader()) + " after " + std::to_string(second) + " s");
+  EXPECT_GE(second, 0);
+  EXPECT_LT(second, 10) << "a new leader within 10 s";
+  std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(20000 - second * 1000)));
+  relays_[static_cast<std::size_t>(lead)]->cut(false);
+  phase("the database is back for server " + std::to_string(lead));
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  const std::optional<store::Lease> now = store_->lease(server::kSchedulerLease);
+  ASSERT_TRUE(now);
+  EXPECT_NE(now->holder, old_id) << "the cut-off leader rejoined as a follower";
+  EXPECT_GT(now->token, token);
+  EXPECT_NE(read_file(logs_[lead]).find("no longer leads"), std::string::npos)
+      << worker::tail_file(logs_[lead]);
+  EXPECT_EQ(Api(ports_[static_cast<std::size_t>(lead)]).get("/healthz", "").status, 200);
+
+  joined.f();
+  phase("load stopped");
+  EXPECT_TRUE(during.empty()) << during.front();
+  std::vector<std::string> problems = settle(db_.target());
+  EXPECT_TRUE(problems.empty()) << problems.front();
+  EXPECT_GT(stats.ops.load(), 1000);
+  EXPECT_EQ(stats.failures.load(), 0) << "every operation found a server";
+  std::cout << "[ result ] " << stats.ops << " operations; " << stats.retries
+            << " retried on another server; " << workers.moves() << " heartbeats moved"
+            << std::endl;
+
+  // AllRestarted: every server killed at once and started again; the same state.
+  const std::string before = stable_state(*store_);
+  ASSERT_FALSE(before.empty()) << "the scheduler did not settle";
+  for (int k = 0; k < kServers; ++k) kill9(k);
+  for (int k = 0; k < kServers; ++k) start(k);
+  learn_ids();
+  ASSERT_TRUE(wait_for([&] { return leader() >= 0; }, 10)) << "no server leads after the restart";
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(state_of(*store_), before);
+  problems = settle(db_.target(), 10);
+  EXPECT_TRUE(problems.empty()) << problems.front();
+}
+
+}  // namespace
+}  // namespace ggfleet::test
