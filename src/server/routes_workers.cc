@@ -265,57 +265,68 @@ void Server::worker_routes() {
             }
             const bool was_unreachable = w->status == WorkerStatus::kUnreachable;
             bool any_changed = false, replanned = false;
-            store_->transaction([&] {
-              w->last_heartbeat_ms = store::now_ms();
-              if (was_unreachable) {
-                w->status = WorkerStatus::kReady;
-                store_->event("worker.ready", name, "heartbeats again");
-              }
-              store_->put_worker(*w);
-              for (const Report& r : reports) {
-                std::optional<store::InstanceRow> i = store_->instance(r.id);
-                if (!i || i->main_worker != name || i->state == InstanceState::kPending)
-                  continue;  // not (or no longer) its own
-                if (r.port >= 0 &&
-                    r.port !=
-                        parse_or(i->assignment_json, json::object()).value("server_port", -1)) {
-                  continue;  // about an earlier placement of this instance
+            // Liveness is written when it gets old (a third of the heartbeat timeout: the
+            // scheduler's judgement of silence stays exact to that), not every beat: most
+            // heartbeats of a quiet fleet then cost one read, not a committed write.
+            const std::int64_t now_ms = store::now_ms();
+            const bool quiet =
+                reports.empty() && !was_unreachable && !b.contains("resources") &&
+                now_ms - w->last_heartbeat_ms < config_.scheduler.heartbeat_timeout_ms / 3;
+            if (!quiet)
+              store_->transaction([&] {
+                // A heartbeat lost with a database crash is sent again in seconds: its commit
+                // need not wait for the disk.
+                store_->relax_commit();
+                w->last_heartbeat_ms = now_ms;
+                if (was_unreachable) {
+                  w->status = WorkerStatus::kReady;
+                  store_->event("worker.ready", name, "heartbeats again");
                 }
-                if (r.state == InstanceState::kStopped) continue;
-                if (r.gave_up) {
-                  // Crashed too often here: plan it again, away from this worker.
-                  replan(*store_, *i,
-                         "llama-server failed " + std::to_string(r.restarts) + " times on " + name +
-                             " (" + r.reason + "); re-planning elsewhere",
-                         name);
-                  any_changed = true;
-                  replanned = true;
-                  continue;
+                store_->put_worker(*w);
+                for (const Report& r : reports) {
+                  std::optional<store::InstanceRow> i = store_->instance(r.id);
+                  if (!i || i->main_worker != name || i->state == InstanceState::kPending)
+                    continue;  // not (or no longer) its own
+                  if (r.port >= 0 &&
+                      r.port !=
+                          parse_or(i->assignment_json, json::object()).value("server_port", -1)) {
+                    continue;  // about an earlier placement of this instance
+                  }
+                  if (r.state == InstanceState::kStopped) continue;
+                  if (r.gave_up) {
+                    // Crashed too often here: plan it again, away from this worker.
+                    replan(*store_, *i,
+                           "llama-server failed " + std::to_string(r.restarts) + " times on " +
+                               name + " (" + r.reason + "); re-planning elsewhere",
+                           name);
+                    any_changed = true;
+                    replanned = true;
+                    continue;
+                  }
+                  json assignment = parse_or(i->assignment_json, json::object());
+                  if (r.listen_port > 0 && assignment.value("listen_port", -1) != r.listen_port) {
+                    assignment["listen_port"] = r.listen_port;  // the proxy connects there
+                    i->assignment_json = dump(assignment);
+                    any_changed = true;
+                  }
+                  measurements_->download(i->id, r.download);
+                  const bool changed = i->state != r.state ||
+                                       (r.state == InstanceState::kError && i->reason != r.reason);
+                  i->state = r.state;
+                  if (!r.reason.empty() || r.state == InstanceState::kRunning) i->reason = r.reason;
+                  if (!r.log.empty()) i->log_tail = r.log;
+                  if (r.restarts >= 0) i->restarts = r.restarts;
+                  i->updated_ms = store::now_ms();
+                  store_->put_instance(*i);
+                  if (changed)
+                    store_->event("instance." + text(r.state), i->id,
+                                  r.reason.empty() ? text(r.state) : r.reason);
+                  any_changed = any_changed || changed;
                 }
-                json assignment = parse_or(i->assignment_json, json::object());
-                if (r.listen_port > 0 && assignment.value("listen_port", -1) != r.listen_port) {
-                  assignment["listen_port"] = r.listen_port;  // the proxy connects there
-                  i->assignment_json = dump(assignment);
-                  any_changed = true;
-                }
-                measurements_->download(i->id, r.download);
-                const bool changed = i->state != r.state ||
-                                     (r.state == InstanceState::kError && i->reason != r.reason);
-                i->state = r.state;
-                if (!r.reason.empty() || r.state == InstanceState::kRunning) i->reason = r.reason;
-                if (!r.log.empty()) i->log_tail = r.log;
-                if (r.restarts >= 0) i->restarts = r.restarts;
-                i->updated_ms = store::now_ms();
-                store_->put_instance(*i);
-                if (changed)
-                  store_->event("instance." + text(r.state), i->id,
-                                r.reason.empty() ? text(r.state) : r.reason);
-                any_changed = any_changed || changed;
-              }
-            });
+              });
             if (any_changed) ++routes_generation_;
             if (was_unreachable || replanned) wake_scheduler();
-            json answer = {{"assignment_version", store_->assignment_version()}};
+            json answer = {{"assignment_version", published_version()}};
             {
               // Cache files an admin asked this worker to remove (DELETE .../models/KEY).
               std::lock_guard<std::mutex> lock(removals_mu_);

@@ -142,8 +142,12 @@ int Server::start() {
                        ? config_.advertise_url
                        : std::string(config_.tls_cert.empty() ? "http://" : "https://") +
                              config_.host + ":" + std::to_string(port);
-  store_->server_seen(server_id_, advertise_url_, started_ms_);
+  lease_store_ = std::make_unique<store::Store>(
+      config_.db.empty() ? config_.data_dir + "/ggfleet.db" : config_.db, 1);
+  lease_store_->server_seen(server_id_, advertise_url_, started_ms_);
+  lead();  // the first pass of the loop already knows whether this server leads
   http_thread_ = std::thread([this] { http_->listen_after_bind(); });
+  lease_thread_ = std::thread([this] { lease_loop(); });
   schedule_thread_ = std::thread([this] { schedule_loop(); });
   return port;
 }
@@ -155,15 +159,18 @@ void Server::stop() {
     wake_ = true;
   }
   wake_cv_.notify_all();
+  lease_cv_.notify_all();
   assign_cv_.notify_all();
   if (gateway_) gateway_->stop();
   if (http_) http_->stop();
   if (http_thread_.joinable()) http_thread_.join();
   if (schedule_thread_.joinable()) schedule_thread_.join();
+  if (lease_thread_.joinable()) lease_thread_.join();
   // A clean stop hands the lead over at once (a killed server's lease expires instead).
   try {
-    if (lease_) store_->release_lease(*lease_);
-    store_->remove_server(server_id_);
+    if (const std::optional<store::Lease> held = current_lease())
+      lease_store_->release_lease(*held);
+    if (lease_store_) lease_store_->remove_server(server_id_);
   } catch (const std::exception&) {
   }
 }
@@ -180,34 +187,64 @@ void Server::wake_scheduler() {
   wake_cv_.notify_all();
 }
 
-bool Server::lead() {
+std::int64_t Server::published_version() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (assignments_) return assignments_->version;
+  }
+  return store_->assignment_version();
+}
+
+std::optional<store::Lease> Server::current_lease() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return lease_;
+}
+
+void Server::lease_loop() {
+  // Renewed five times per lease: a few slow renewals in a row still keep it.
+  const auto period = std::chrono::milliseconds(std::max<std::int64_t>(100, config_.lease_ms / 5));
+  auto seen = std::chrono::steady_clock::now();
+  while (!stopping_) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      lease_cv_.wait_for(lock, period, [this] { return stopping_.load(); });
+    }
+    if (stopping_) break;
+    lead();
+    if (std::chrono::steady_clock::now() - seen > std::chrono::seconds(2)) {
+      try {
+        lease_store_->server_seen(server_id_, advertise_url_, started_ms_);
+      } catch (const std::exception&) {
+      }
+      seen = std::chrono::steady_clock::now();
+    }
+  }
+}
+
+void Server::lead() {
   std::optional<store::Lease> now;
   try {
-    now = store_->acquire_lease(kSchedulerLease, server_id_, config_.lease_ms);
-    if (std::chrono::steady_clock::now() - last_seen_write_ > std::chrono::seconds(2)) {
-      store_->server_seen(server_id_, advertise_url_, started_ms_);
-      last_seen_write_ = std::chrono::steady_clock::now();
-    }
+    now = lease_store_->acquire_lease(kSchedulerLease, server_id_, config_.lease_ms);
   } catch (const std::exception& e) {
     std::cerr << "ggfleet server: cannot reach the store for the scheduler lease: " << e.what()
               << std::endl;
   }
-  if (now && !lease_) {
+  const std::optional<store::Lease> before = current_lease();
+  if (now && (!before || before->token != now->token)) {
     std::cerr << "ggfleet server: " << server_id_ << " leads the scheduling loop (lease token "
               << now->token << ")" << std::endl;
     try {
-      store_->event(
+      lease_store_->event(
           "server.leader", server_id_,
           advertise_url_ + " leads the scheduling loop (token " + std::to_string(now->token) + ")");
     } catch (...) {
     }
-  } else if (!now && lease_) {
+  } else if (!now && before) {
     std::cerr << "ggfleet server: " << server_id_
               << " no longer leads the scheduling loop (lease lost)" << std::endl;
   }
+  std::lock_guard<std::mutex> lock(mu_);
   lease_ = now;
-  scheduler_->set_lease(now);
-  return now.has_value();
 }
 
 void Server::schedule_loop() {
@@ -215,7 +252,9 @@ void Server::schedule_loop() {
   while (!stopping_) {
     const auto t0 = std::chrono::steady_clock::now();
     ReconcileStats stats;
-    const bool leader = lead();
+    const std::optional<store::Lease> lease = current_lease();
+    const bool leader = lease.has_value();
+    scheduler_->set_lease(lease);
     try {
       if (leader) stats = scheduler_->reconcile();
     } catch (const store::LeaseLost& e) {

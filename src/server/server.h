@@ -175,13 +175,21 @@ class Server {
   bool wake_ = false;
   std::atomic<bool> stopping_{false};
   std::string generated_admin_key_, generated_join_token_;
-  // Leadership: this server's id in the servers table, the lease it holds (schedule thread only).
+  // Leadership: this server's id in the servers table and the lease it holds, kept by a thread
+  // of its own on a connection of its own (lease_store_), so that neither a long scheduling pass
+  // nor a pool busy with client load lets it lapse.
   std::string server_id_, advertise_url_;
   std::int64_t started_ms_ = 0;
-  std::optional<store::Lease> lease_;
-  std::chrono::steady_clock::time_point last_seen_write_{};
+  std::unique_ptr<store::Store> lease_store_;
+  std::optional<store::Lease> lease_;  // guarded by mu_
+  std::thread lease_thread_;
+  std::condition_variable lease_cv_;  // with mu_: wakes the lease thread to stop
+  void lease_loop();
   // Takes or renews the scheduler lease; says so when this server starts or stops leading.
-  bool lead();
+  void lead();
+  std::optional<store::Lease> current_lease();
+  // The assignment version of the board as last published (the store's when none was yet).
+  std::int64_t published_version();
   std::mutex cache_mu_;
   std::map<std::string, std::pair<std::chrono::steady_clock::time_point, Principal>>
       key_cache_;  // key hash -> (when, who)

@@ -653,6 +653,10 @@ bool Store::renew_lease(const Lease& lease, std::int64_t ttl_ms) {
   });
 }
 
+void Store::relax_commit() {
+  if (backend_ == "postgres") db().exec("SET LOCAL synchronous_commit TO OFF");
+}
+
 void Store::check_lease(const Lease& lease) {
   // An UPDATE that changes nothing but takes the row's lock until the transaction ends.
   const Rows r = db().exec(

@@ -177,6 +177,12 @@ class Store {
                                const std::string& subject = "", bool newest_first = false,
                                std::int64_t before_id = 0);
 
+  // REQUIRES: inside transaction(). Its commit may return before the database has flushed it
+  // to disk (PostgreSQL: synchronous_commit off for this transaction; SQLite already commits so
+  // in WAL mode): a database crash within a fraction of a second may lose it, never half of it.
+  // For writes that are repeated anyway (heartbeats).
+  void relax_commit();
+
   // A number that changes whenever any instance's assignment does (workers long-poll on it).
   std::int64_t assignment_version();
   void bump_assignment_version();

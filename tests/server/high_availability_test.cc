@@ -14,6 +14,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <csignal>
 #include <iostream>
 #include <random>
 #include <thread>
@@ -219,6 +220,7 @@ class HighAvailability : public ::testing::Test {
 
   void SetUp() override {
     if (!db_.available()) GTEST_SKIP() << "no PostgreSQL (set GGFLEET_TEST_PG_URL)";
+    std::signal(SIGPIPE, SIG_IGN);  // clients of servers that are killed write to closed sockets
     const auto [host, port] = host_port(db_.target());
     for (int k = 0; k < kServers; ++k) {
       relays_.push_back(std::make_unique<TcpRelay>(host, port));

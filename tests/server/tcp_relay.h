@@ -99,7 +99,9 @@ class TcpRelay {
           break;
         }
         for (ssize_t sent = 0; sent < n;) {
-          const ssize_t w = ::write(fds[1 - k].fd, buf + sent, static_cast<std::size_t>(n - sent));
+          // MSG_NOSIGNAL: a peer gone is an error here, not a SIGPIPE that ends the test.
+          const ssize_t w =
+              ::send(fds[1 - k].fd, buf + sent, static_cast<std::size_t>(n - sent), MSG_NOSIGNAL);
           if (w <= 0) {
             closed = true;
             break;
