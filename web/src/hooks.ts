@@ -11,6 +11,7 @@ export function usePoll<T>(load: () => Promise<T>, everyMs: number, deps: unknow
   const [data, setData] = useState<T | undefined>(undefined);
   const [error, setError] = useState<string | undefined>(undefined);
   const alive = useRef(true);
+  // `load` is a new closure on every render; `deps` say when it really asks for something else.
   const run = useCallback(() => {
     load().then(
       (d) => {
@@ -22,7 +23,6 @@ export function usePoll<T>(load: () => Promise<T>, everyMs: number, deps: unknow
         if (alive.current) setError(e instanceof Error ? e.message : String(e));
       },
     );
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, deps);
   useEffect(() => {
     alive.current = true;
