@@ -311,7 +311,13 @@ try {
     () => document.querySelector("#pg-model")?.value === "chat",
   );
   await labelled(page, "playground");
-  await page.type("#pg-input", "Hello, who are you?");
+  // A prompt long enough to be measured (32 tokens and more) even when the random model ends its
+  // answer at once (one generated token is too few for a generation speed).
+  await page.type(
+    "#pg-input",
+    "Hello, who are you? Tell me about the fleet of machines you run on, the GPUs they hold, " +
+      "how the layers of a model are split over them, and why one machine was chosen as the main.",
+  );
   await page.$eval("#pg-max", (e) => (e.value = ""));
   await page.type("#pg-max", "24");
   await page.click("form.playground button.primary");
@@ -328,17 +334,21 @@ try {
 
   // Back on the deployment: the measured request appears next to the prediction.
   await page.goto(`${base}/#/deployments/chat`, { waitUntil: "networkidle0" });
+  const shown = ["[data-measured-generation]", "[data-measured-prompt]"];
   await page.waitForFunction(
-    () =>
-      /\d/.test(
-        document.querySelector("[data-measured-generation]")?.textContent ?? "",
+    (selectors) =>
+      selectors.some((s) =>
+        /\d/.test(document.querySelector(s)?.textContent ?? ""),
       ),
     { timeout: 30000 },
+    shown,
   );
-  const measured = await text(page, "[data-measured-generation]");
+  const measured = (await Promise.all(shown.map((s) => text(page, s)))).join(
+    " | ",
+  );
   check(
-    /tokens\/s/.test(measured),
-    "the deployment page shows measured speed next to the prediction",
+    /\d.* tokens\/s/.test(measured),
+    "the deployment page shows measured speed (generation | prompt) next to the prediction",
     measured,
   );
   await sleep(500);

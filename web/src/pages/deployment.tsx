@@ -113,7 +113,7 @@ function InstancePanel(props: { id: string }) {
         </div>
         <div>
           <dt>Measured prompt</dt>
-          <dd>{rate(i.measured?.prompt_tokens_per_s)}</dd>
+          <dd data-measured-prompt>{rate(i.measured?.prompt_tokens_per_s)}</dd>
         </div>
         <div>
           <dt>Requests measured</dt>
