@@ -34,6 +34,11 @@ export function errorMessage(body: unknown, status: number): string {
   return `HTTP ${status}`;
 }
 
+// What went wrong, as text, whatever was thrown.
+export function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
 export async function api<T>(
   path: string,
   init: { method?: string; body?: unknown; key?: string } = {},

@@ -1,5 +1,6 @@
 // Data that refreshes itself: a loader polled every `everyMs` while the page shows it.
 import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
+import { messageOf } from './api';
 
 export interface Polled<T> {
   data?: T;
@@ -20,7 +21,7 @@ export function usePoll<T>(load: () => Promise<T>, everyMs: number, deps: unknow
         setError(undefined);
       },
       (e: unknown) => {
-        if (alive.current) setError(e instanceof Error ? e.message : String(e));
+        if (alive.current) setError(messageOf(e));
       },
     );
   }, deps);

@@ -2,7 +2,7 @@
 // #/deployments/NAME, #/playground, #/events, #/keys). Everything it shows comes from /v1.
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
-import { api, ApiError, session } from './api';
+import { api, ApiError, session, messageOf } from './api';
 import type { Whoami } from './types';
 import { FleetPage } from './pages/fleet';
 import { DeployPage } from './pages/deploy';
@@ -40,7 +40,7 @@ function SignIn(props: { onSignedIn: (who: Whoami) => void; message?: string }) 
       setError(
         err instanceof ApiError && err.status === 401
           ? `That key was not accepted: ${err.message}.`
-          : `Cannot sign in: ${err instanceof Error ? err.message : String(err)}`,
+          : `Cannot sign in: ${messageOf(err)}`,
       );
     } finally {
       setBusy(false);

@@ -2,7 +2,7 @@
 // (POST /v1/plan) and draws its choice — layout, prediction, why this main worker, the
 // alternatives and the workers not used — then "Deploy" creates the deployment.
 import { useState } from 'preact/hooks';
-import { api } from '../api';
+import { api, messageOf } from '../api';
 import { LayoutPicture } from '../layout';
 import { rate, seconds } from '../format';
 import type { Plan } from '../types';
@@ -152,7 +152,7 @@ export function DeployPage() {
     try {
       await what();
     } catch (e) {
-      setError(e instanceof Error ? e.message : String(e));
+      setError(messageOf(e));
     } finally {
       setBusy(false);
     }

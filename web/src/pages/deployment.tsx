@@ -2,7 +2,7 @@
 // and events, predicted against measured speed over time, memory estimated against measured per
 // device, the last lines of its processes' log, scale and delete.
 import { useState } from 'preact/hooks';
-import { api } from '../api';
+import { api, messageOf } from '../api';
 import { usePoll } from '../hooks';
 import { LayoutPicture } from '../layout';
 import { SpeedChart } from '../chart';
@@ -217,7 +217,7 @@ export function DeploymentPage(props: { name: string }) {
     try {
       await what();
     } catch (e) {
-      setError(e instanceof Error ? e.message : String(e));
+      setError(messageOf(e));
     }
   };
   const scale = () =>

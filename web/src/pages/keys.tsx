@@ -1,6 +1,6 @@
 // API keys (admin): the list, a form that creates one (its secret shown once), revoke.
 import { useState } from 'preact/hooks';
-import { api } from '../api';
+import { api, messageOf } from '../api';
 import { usePoll } from '../hooks';
 import { ago } from '../format';
 import type { Key } from '../types';
@@ -17,7 +17,7 @@ export function KeysPage() {
       await what();
       keys.reload();
     } catch (e) {
-      setError(e instanceof Error ? e.message : String(e));
+      setError(messageOf(e));
     }
   };
   const create = (e: Event) => {

@@ -1,7 +1,7 @@
 // Playground: chat with a deployment through the OpenAI endpoint, streamed, with each answer's
 // time to first token and tokens/s as this browser saw them.
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { api, errorMessage, headers } from '../api';
+import { api, errorMessage, headers, messageOf } from '../api';
 import { usePoll } from '../hooks';
 import type { Deployment } from '../types';
 
@@ -137,7 +137,7 @@ export function PlaygroundPage(props: { initial?: string }) {
         tokens_per_s: r.total_s > 0 ? r.tokens / r.total_s : undefined,
       });
     } catch (err) {
-      update({ error: err instanceof Error ? err.message : String(err) });
+      update({ error: messageOf(err) });
     } finally {
       setBusy(false);
     }
