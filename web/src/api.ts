@@ -41,7 +41,7 @@ export function messageOf(e: unknown): string {
 
 export async function api<T>(
   path: string,
-  init: { method?: string; body?: unknown; key?: string } = {},
+  init: { method?: string; body?: unknown; key?: string; signal?: AbortSignal } = {},
 ): Promise<T> {
   let res: Response;
   try {
@@ -49,11 +49,17 @@ export async function api<T>(
       method: init.method ?? 'GET',
       headers: headers(init.body !== undefined, init.key ?? session.key()),
       body: init.body === undefined ? undefined : JSON.stringify(init.body),
+      signal: init.signal,
     });
   } catch {
     throw new ApiError(0, 'the server cannot be reached');
   }
-  const text = await res.text();
+  let text = '';
+  try {
+    text = await res.text();
+  } catch {
+    throw new ApiError(0, 'the answer was cut off');
+  }
   let body: unknown = null;
   try {
     body = text ? JSON.parse(text) : null;

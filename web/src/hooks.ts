@@ -1,4 +1,6 @@
-// Data that refreshes itself: a loader polled every `everyMs` while the page shows it.
+// Data that refreshes itself: a loader polled every `everyMs` while the page shows it. When the
+// component goes away its requests still in flight are aborted, so a page that deletes what it shows
+// can stop asking for it first (no answer about a deleted thing arrives afterwards).
 import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
 import { messageOf } from './api';
 
@@ -8,13 +10,18 @@ export interface Polled<T> {
   reload: () => void;
 }
 
-export function usePoll<T>(load: () => Promise<T>, everyMs: number, deps: unknown[]): Polled<T> {
+export function usePoll<T>(
+  load: (signal: AbortSignal) => Promise<T>,
+  everyMs: number,
+  deps: unknown[],
+): Polled<T> {
   const [data, setData] = useState<T | undefined>(undefined);
   const [error, setError] = useState<string | undefined>(undefined);
   const alive = useRef(true);
+  const inFlight = useRef(new AbortController());
   // `load` is a new closure on every render; `deps` say when it really asks for something else.
   const run = useCallback(() => {
-    load().then(
+    load(inFlight.current.signal).then(
       (d) => {
         if (!alive.current) return;
         setData(d);
@@ -27,10 +34,12 @@ export function usePoll<T>(load: () => Promise<T>, everyMs: number, deps: unknow
   }, deps);
   useEffect(() => {
     alive.current = true;
+    inFlight.current = new AbortController();
     run();
     const timer = everyMs > 0 ? window.setInterval(run, everyMs) : 0;
     return () => {
       alive.current = false;
+      inFlight.current.abort();
       if (timer) window.clearInterval(timer);
     };
   }, [run, everyMs]);

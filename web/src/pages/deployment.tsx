@@ -10,7 +10,11 @@ import { ago, bytes, clock, rate } from '../format';
 import type { Deployment, Event, Instance } from '../types';
 
 export function DeploymentsPage() {
-  const list = usePoll(() => api<{ deployments: Deployment[] }>('/v1/deployments'), 3000, []);
+  const list = usePoll(
+    (signal) => api<{ deployments: Deployment[] }>('/v1/deployments', { signal }),
+    3000,
+    [],
+  );
   const rows = list.data?.deployments ?? [];
   return (
     <>
@@ -60,10 +64,14 @@ export function DeploymentsPage() {
 }
 
 function InstancePanel(props: { id: string }) {
-  const inst = usePoll(() => api<Instance>(`/v1/instances/${props.id}`), 2000, [props.id]);
-  const log = usePoll(() => api<{ log: string }>(`/v1/instances/${props.id}/logs`), 5000, [
+  const inst = usePoll((signal) => api<Instance>(`/v1/instances/${props.id}`, { signal }), 2000, [
     props.id,
   ]);
+  const log = usePoll(
+    (signal) => api<{ log: string }>(`/v1/instances/${props.id}/logs`, { signal }),
+    5000,
+    [props.id],
+  );
   const i = inst.data;
   if (!i)
     return (
@@ -180,20 +188,44 @@ function InstancePanel(props: { id: string }) {
   );
 }
 
+// The page of one deployment. Deleting it first takes the view (and so its polls) away, then asks
+// the server: nothing on the page keeps asking about a deployment that no longer exists.
 export function DeploymentPage(props: { name: string }) {
+  const [deleting, setDeleting] = useState(false);
+  const [deleteError, setDeleteError] = useState('');
+  const remove = async () => {
+    setDeleting(true);
+    setDeleteError('');
+    // One turn of the event loop: the view unmounts and its requests in flight are aborted.
+    await new Promise((resolve) => window.setTimeout(resolve, 0));
+    try {
+      await api(`/v1/deployments/${encodeURIComponent(props.name)}`, { method: 'DELETE' });
+      location.hash = '#/deployments';
+    } catch (e) {
+      setDeleteError(messageOf(e));
+      setDeleting(false);
+    }
+  };
+  if (deleting) return <p role="status">Deleting {props.name}…</p>;
+  return <DeploymentView name={props.name} onDelete={() => void remove()} error={deleteError} />;
+}
+
+function DeploymentView(props: { name: string; onDelete: () => void; error: string }) {
   const dep = usePoll(
-    () => api<Deployment>(`/v1/deployments/${encodeURIComponent(props.name)}`),
+    (signal) => api<Deployment>(`/v1/deployments/${encodeURIComponent(props.name)}`, { signal }),
     3000,
     [props.name],
   );
   const insts = usePoll(
-    () =>
-      api<{ instances: Instance[] }>(`/v1/instances?deployment=${encodeURIComponent(props.name)}`),
+    (signal) =>
+      api<{ instances: Instance[] }>(`/v1/instances?deployment=${encodeURIComponent(props.name)}`, {
+        signal,
+      }),
     2000,
     [props.name],
   );
   const events = usePoll(
-    () => api<{ events: Event[] }>('/v1/events?order=desc&limit=200'),
+    (signal) => api<{ events: Event[] }>('/v1/events?order=desc&limit=200', { signal }),
     3000,
     [],
   );
@@ -229,12 +261,9 @@ export function DeploymentPage(props: { name: string }) {
       dep.reload();
       insts.reload();
     });
-  const remove = () =>
-    act(async () => {
-      if (!window.confirm(`Delete ${props.name} and stop its instances?`)) return;
-      await api(`/v1/deployments/${encodeURIComponent(props.name)}`, { method: 'DELETE' });
-      location.hash = '#/deployments';
-    });
+  const remove = () => {
+    if (window.confirm(`Delete ${props.name} and stop its instances?`)) props.onDelete();
+  };
 
   if (dep.error && !dep.data)
     return (
@@ -276,12 +305,12 @@ export function DeploymentPage(props: { name: string }) {
             <a class="button" href={`#/playground/${encodeURIComponent(props.name)}`}>
               Open in playground
             </a>
-            <button type="button" class="danger" onClick={() => void remove()}>
+            <button type="button" class="danger" onClick={remove}>
               Delete
             </button>
           </div>
           <p class="error" role="alert">
-            {error}
+            {error || props.error}
           </p>
         </section>
       )}

@@ -7,7 +7,7 @@ import type { Event } from '../types';
 
 export function EventsPage() {
   const events = usePoll(
-    () => api<{ events: Event[] }>('/v1/events?order=desc&limit=500'),
+    (signal) => api<{ events: Event[] }>('/v1/events?order=desc&limit=500', { signal }),
     3000,
     [],
   );

@@ -104,7 +104,11 @@ export function WorkerCard(props: { worker: Worker }) {
 }
 
 export function FleetPage() {
-  const workers = usePoll(() => api<{ workers: Worker[] }>('/v1/workers'), 3000, []);
+  const workers = usePoll(
+    (signal) => api<{ workers: Worker[] }>('/v1/workers', { signal }),
+    3000,
+    [],
+  );
   const list = workers.data?.workers ?? [];
   const gpus = list.reduce((s, w) => s + (w.resources.gpus?.length ?? 0), 0);
   return (

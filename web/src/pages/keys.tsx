@@ -6,7 +6,7 @@ import { ago } from '../format';
 import type { Key } from '../types';
 
 export function KeysPage() {
-  const keys = usePoll(() => api<{ keys: Key[] }>('/v1/keys'), 0, []);
+  const keys = usePoll((signal) => api<{ keys: Key[] }>('/v1/keys', { signal }), 0, []);
   const [name, setName] = useState('');
   const [role, setRole] = useState('user');
   const [secret, setSecret] = useState('');

@@ -92,7 +92,7 @@ async function stream(
 
 export function PlaygroundPage(props: { initial?: string }) {
   const deployments = usePoll(
-    () => api<{ deployments: Deployment[] }>('/v1/deployments'),
+    (signal) => api<{ deployments: Deployment[] }>('/v1/deployments', { signal }),
     5000,
     [],
   );
