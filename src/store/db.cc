@@ -3,7 +3,13 @@
 #include <libpq-fe.h>
 #include <sqlite3.h>
 
+#include <poll.h>
+
+#include <cerrno>
+#include <chrono>
 #include <cstdlib>
+#include <cstring>
+#include <thread>
 
 namespace ggfleet::store {
 
@@ -89,6 +95,12 @@ class Sqlite final : public Db {
   std::string clock_ms_sql() const override {
     return "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
   }
+  void listen(const std::string&) override {}
+  void notify(const std::string&) override {}
+  bool await_notification(int timeout_ms) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(timeout_ms));
+    return false;
+  }
 
  private:
   Rows exec(const char* sql) { return exec(std::string(sql), {}); }
@@ -163,8 +175,39 @@ class Postgres final : public Db {
   std::string clock_ms_sql() const override {
     return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
   }
+  void listen(const std::string& channel) override { exec("LISTEN " + checked(channel), {}); }
+  void notify(const std::string& channel) override {
+    exec("SELECT pg_notify($1, '')", {checked(channel)});
+  }
+  bool await_notification(int timeout_ms) override {
+    if (drain()) return true;
+    pollfd fd{PQsocket(conn_), POLLIN, 0};
+    if (fd.fd < 0) throw StoreError("postgres: the connection is closed");
+    const int ready = ::poll(&fd, 1, timeout_ms);
+    if (ready < 0 && errno != EINTR)
+      throw StoreError(std::string("postgres: waiting for a notification: ") +
+                       std::strerror(errno));
+    if (ready > 0 && PQconsumeInput(conn_) == 0)
+      throw StoreError(std::string("postgres: ") + PQerrorMessage(conn_));
+    return drain();
+  }
 
  private:
+  // Channel names are written into SQL (LISTEN takes no parameter): letters, digits, '_' only.
+  static const std::string& checked(const std::string& channel) {
+    if (channel.empty() ||
+        channel.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_") != std::string::npos)
+      throw StoreError("postgres: bad notification channel '" + channel + "'");
+    return channel;
+  }
+  bool drain() {
+    bool any = false;
+    while (PGnotify* n = PQnotifies(conn_)) {
+      PQfreemem(n);
+      any = true;
+    }
+    return any;
+  }
   PGconn* conn_;
 };
 

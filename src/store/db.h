@@ -47,6 +47,15 @@ class Db {
   // An SQL expression of the database's own clock in milliseconds since the epoch (one clock
   // for every server sharing the database: leases do not depend on theirs).
   virtual std::string clock_ms_sql() const = 0;
+  // Notifications between the servers sharing one database (PostgreSQL LISTEN/NOTIFY). SQLite
+  // serves one server: nobody to tell, so it never receives any.
+  // listen(): this connection receives `channel`'s notifications from now on (a name of letters,
+  // digits and '_'). notify(): sends one, delivered when the surrounding transaction commits (at
+  // once outside one). await_notification(): waits up to `timeout_ms` for a notification; true if
+  // at least one came (it consumes all that came). Throws StoreError when the connection is lost.
+  virtual void listen(const std::string& channel) = 0;
+  virtual void notify(const std::string& channel) = 0;
+  virtual bool await_notification(int timeout_ms) = 0;
 };
 
 // PostgreSQL connections give up connecting after this long (unless the URL says otherwise) and

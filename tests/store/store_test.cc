@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -162,6 +164,66 @@ TEST_P(StoreTest, ConcurrentWritersLoseNothing) {
   for (const InstanceRow& i : all) ids.insert(i.id);
   EXPECT_EQ(ids.size(), 200u);
   EXPECT_EQ(store_->claims().size(), 200u);
+}
+
+// Heartbeats written in one batch: the later time wins, an unreachable or unknown worker is not
+// written (and not named in the answer); more rows than one statement takes.
+TEST_P(StoreTest, TouchWorkersWritesLivenessInBatches) {
+  store_->put_worker({"a", "x", "{}", WorkerStatus::kReady, "{}", 100, 1});
+  store_->put_worker({"b", "x", "{}", WorkerStatus::kDraining, "{}", 900, 1});
+  store_->put_worker({"c", "x", "{}", WorkerStatus::kUnreachable, "{}", 100, 1});
+  std::map<std::string, std::int64_t> at = {{"a", 500}, {"b", 500}, {"c", 500}, {"gone", 500}};
+  for (int k = 0; k < 1200; ++k) {
+    const std::string name = "m" + std::to_string(k);
+    store_->put_worker({name, "x", "{}", WorkerStatus::kReady, "{}", 1, 1});
+    at[name] = 2;
+  }
+  std::vector<std::string> written = store_->touch_workers(at);
+  std::sort(written.begin(), written.end());
+  EXPECT_EQ(written.size(), 1202u);
+  EXPECT_TRUE(std::binary_search(written.begin(), written.end(), "a"));
+  EXPECT_TRUE(std::binary_search(written.begin(), written.end(), "b"));
+  EXPECT_FALSE(std::binary_search(written.begin(), written.end(), "c"));
+  EXPECT_EQ(store_->worker("a")->last_heartbeat_ms, 500);
+  EXPECT_EQ(store_->worker("b")->last_heartbeat_ms, 900);  // its own was later
+  EXPECT_EQ(store_->worker("b")->status, WorkerStatus::kDraining);
+  EXPECT_EQ(store_->worker("c")->last_heartbeat_ms, 100);
+  EXPECT_EQ(store_->worker("m1199")->last_heartbeat_ms, 2);
+  EXPECT_FALSE(store_->worker("gone").has_value());
+}
+
+// Servers sharing PostgreSQL hear each other's assignment bumps when they commit (not before,
+// not a rolled-back one); another schema's store hears nothing. SQLite serves one server: no
+// listener.
+TEST_P(StoreTest, AssignmentBumpsNotifyListenersOnCommit) {
+  const std::unique_ptr<Db> listener = store_->listen_assignments();
+  if (GetParam() == "sqlite") {
+    EXPECT_EQ(listener, nullptr);
+    return;
+  }
+  ASSERT_NE(listener, nullptr);
+  Store other(db_->target());  // a second server on the same database
+  test::TestDb elsewhere(GetParam());
+  Store stranger(elsewhere.target());  // a cluster in another schema
+  const std::unique_ptr<Db> stranger_listener = stranger.listen_assignments();
+  EXPECT_FALSE(listener->await_notification(0));
+
+  other.transaction([&] {
+    other.bump_assignment_version();
+    EXPECT_FALSE(listener->await_notification(200)) << "heard before the commit";
+  });
+  EXPECT_TRUE(listener->await_notification(5000));
+  EXPECT_FALSE(listener->await_notification(200)) << "one bump, one wake";
+
+  try {
+    other.transaction([&] {
+      other.bump_assignment_version();
+      throw StoreError("rolled back on purpose");
+    });
+  } catch (const StoreError&) {
+  }
+  EXPECT_FALSE(listener->await_notification(300)) << "a rolled-back bump was heard";
+  EXPECT_FALSE(stranger_listener->await_notification(0)) << "another schema's store was woken";
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::ValuesIn(test::store_backends()),
