@@ -1,6 +1,7 @@
 #include "store/store.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -226,6 +227,18 @@ Store::Store(const std::string& target, std::size_t pool_size)
   idle_.push_back(open_db(target));  // the first connection now: a bad target fails here
   open_ = 1;
   migrate();
+  if (backend_ == "postgres") {
+    // Notifications go to the whole database: the channel names this store's schema, so that
+    // clusters (or tests) in other schemas of the same database are not woken by this one.
+    std::string channel = "ggfleet_assignments_" + locked([](Db& db) {
+                            return db.exec("SELECT current_schema()").text(0, 0);
+                          });
+    for (char& c : channel) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') c = '_';
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    channel_ = channel.substr(0, 63);  // the longest name PostgreSQL keeps
+  }
 }
 
 Store::~Store() = default;
@@ -607,7 +620,17 @@ std::int64_t Store::assignment_version() {
 }
 
 void Store::bump_assignment_version() {
-  next_id("assignments");
+  locked([this](Db& db) {
+    next_id("assignments");
+    if (!channel_.empty()) db.notify(channel_);  // (heard when this transaction commits)
+  });
+}
+
+std::unique_ptr<Db> Store::listen_assignments() const {
+  if (channel_.empty()) return nullptr;
+  std::unique_ptr<Db> db = open_db(target_);
+  db->listen(channel_);
+  return db;
 }
 
 namespace {
@@ -651,6 +674,33 @@ bool Store::renew_lease(const Lease& lease, std::int64_t ttl_ms) {
                    {lease.name, lease.holder, lease.token, ttl_ms})
                .affected == 1;
   });
+}
+
+std::vector<std::string> Store::touch_workers(const std::map<std::string, std::int64_t>& at_ms) {
+  std::vector<std::string> written;
+  constexpr std::size_t kRows = 500;  // per statement (parameters stay far below every limit)
+  auto it = at_ms.begin();
+  while (it != at_ms.end()) {
+    std::string values;
+    std::vector<Param> params;
+    for (std::size_t n = 0; n < kRows && it != at_ms.end(); ++n, ++it) {
+      params.emplace_back(it->first);
+      params.emplace_back(it->second);
+      values += std::string(values.empty() ? "" : ", ") + "($" + std::to_string(params.size() - 1) +
+                ", CAST($" + std::to_string(params.size()) + " AS BIGINT))";
+    }
+    transaction([&] {
+      relax_commit();
+      const Rows r = db().exec(
+          "WITH v(name, ms) AS (VALUES " + values +
+              ") UPDATE workers SET last_heartbeat_ms = CASE WHEN workers.last_heartbeat_ms < "
+              "v.ms THEN v.ms ELSE workers.last_heartbeat_ms END FROM v WHERE workers.name = "
+              "v.name AND workers.status <> 'unreachable' RETURNING workers.name",
+          params);
+      for (std::size_t i = 0; i < r.rows.size(); ++i) written.push_back(r.text(i, 0));
+    });
+  }
+  return written;
 }
 
 void Store::relax_commit() {

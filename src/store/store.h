@@ -183,9 +183,21 @@ class Store {
   // For writes that are repeated anyway (heartbeats).
   void relax_commit();
 
+  // Liveness of many workers in one transaction (heartbeats that said only "alive"): each
+  // worker's last_heartbeat_ms becomes the later of its own and the given one, unless it is
+  // unreachable (its next full heartbeat says it is back) or gone. Returns the names written.
+  // The commit does not wait for the disk (a heartbeat lost with a crash comes again in seconds).
+  std::vector<std::string> touch_workers(const std::map<std::string, std::int64_t>& at_ms);
+
   // A number that changes whenever any instance's assignment does (workers long-poll on it).
+  // Bumping it also notifies the servers sharing the database (listen_assignments) when the
+  // surrounding transaction commits.
   std::int64_t assignment_version();
   void bump_assignment_version();
+  // A connection of its own, outside the pool, that receives a notification whenever another (or
+  // this) server's bump of the assignment version commits: wait with Db::await_notification.
+  // nullptr for SQLite (one server). Throws StoreError if it cannot connect.
+  std::unique_ptr<Db> listen_assignments() const;
 
   // Leases, timed by the database's clock. acquire_lease takes `name` for `holder` for `ttl_ms`
   // when nobody holds it, its holder let it expire, or `holder` already has it (then it is
@@ -222,6 +234,7 @@ class Store {
 
   const std::string target_;
   std::string backend_;
+  std::string channel_;  // PostgreSQL: the LISTEN/NOTIFY channel of assignment bumps
   std::size_t max_open_ = 1;
   std::mutex pool_mu_;
   std::condition_variable pool_cv_;
