@@ -1,11 +1,15 @@
 // Load on a real `ggfleet server` process: N simulated workers heartbeating every 2 s while
 // clients deploy, scale and list; prints API latency percentiles and the server's CPU use. With
 // --long-poll 1 every worker also keeps a long poll for its assignments open, as the real agent
-// does (GET .../assignments?since=V&wait=5, again at once when it returns).
+// does (GET .../assignments?since=V&wait=5, again at once when it returns; all of them driven by
+// one thread of this process).
 //
 //   build/release/bench/server_load [--workers 1000] [--seconds 30] [--clients 4] [--db URL]
 //                                   [--long-poll 0|1] [--pending N [--preset P] [--hetero 1]]
 //                                   [--servers N]
+//
+// Workers register on the public port and then heartbeat and long-poll on the worker port the
+// registration names, as the real agent does.
 //
 // --servers N (with --db postgres://...): N server processes share the database; worker w
 // registers, heartbeats and long-polls with server w % N (a worker's list starting at its own
@@ -21,13 +25,18 @@
 // own (/proc/PID/stat); the load generators run in this process.
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -82,6 +91,107 @@ struct Latencies {
                 ms.size(), pct(0.5), pct(0.99), ms.empty() ? 0.0 : ms.back(), errors);
   }
 };
+
+// Every worker's long poll, from one thread (epoll, non-blocking sockets): a poll per worker is
+// always open, as the real agents keep them, without 3,000 threads of this process competing with
+// the servers for the machine's cores. Each poll is a new connection (as the agent does), answered
+// and closed by the server; a poll answered early without news waits retry_after_ms.
+void run_long_polls(const std::vector<std::pair<std::string, std::string>>& fleet,
+                    const std::vector<int>& worker_ports, Clock::time_point until,
+                    std::atomic<long>& polls, std::atomic<long>& quick_polls) {
+  struct Poll {
+    int fd = -1;
+    std::string out, in;
+    std::size_t sent = 0;
+    long version = 0;
+    Clock::time_point started, next;  // next: when to open the next poll (fd < 0)
+  };
+  std::vector<Poll> all(fleet.size());
+  const int ep = epoll_create1(EPOLL_CLOEXEC);
+  auto open_poll = [&](std::size_t w) {
+    Poll& p = all[w];
+    p.fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<std::uint16_t>(worker_ports[w % worker_ports.size()]));
+    ::connect(p.fd, reinterpret_cast<sockaddr*>(&a), sizeof a);  // (EINPROGRESS)
+    p.out = "GET /v1/workers/" + fleet[w].first +
+            "/assignments?since=" + std::to_string(p.version) +
+            "&wait=5 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + fleet[w].second +
+            "\r\nConnection: close\r\n\r\n";
+    p.sent = 0;
+    p.in.clear();
+    p.started = Clock::now();
+    epoll_event e{};
+    e.events = EPOLLOUT | EPOLLIN;
+    e.data.u64 = w;
+    epoll_ctl(ep, EPOLL_CTL_ADD, p.fd, &e);
+  };
+  auto close_poll = [&](std::size_t w, std::chrono::milliseconds pause) {
+    Poll& p = all[w];
+    epoll_ctl(ep, EPOLL_CTL_DEL, p.fd, nullptr);
+    ::close(p.fd);
+    p.fd = -1;
+    p.next = Clock::now() + pause;
+  };
+  for (std::size_t w = 0; w < all.size(); ++w) open_poll(w);
+  std::vector<epoll_event> events(1024);
+  char buf[16384];
+  auto scanned = Clock::now();
+  while (Clock::now() < until) {
+    const int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), 20);
+    for (int k = 0; k < n; ++k) {
+      const std::size_t w = events[static_cast<std::size_t>(k)].data.u64;
+      Poll& p = all[w];
+      if (p.fd < 0) continue;
+      if (p.sent < p.out.size()) {
+        const ssize_t m = ::send(p.fd, p.out.data() + p.sent, p.out.size() - p.sent, MSG_NOSIGNAL);
+        if (m > 0) p.sent += static_cast<std::size_t>(m);
+        if (m < 0 && errno != EAGAIN) close_poll(w, std::chrono::seconds(1));
+        if (p.fd < 0 || p.sent < p.out.size()) continue;
+        epoll_event e{};
+        e.events = EPOLLIN;
+        e.data.u64 = w;
+        epoll_ctl(ep, EPOLL_CTL_MOD, p.fd, &e);
+      }
+      ssize_t m = 0;
+      while ((m = ::recv(p.fd, buf, sizeof buf, 0)) > 0)
+        p.in.append(buf, static_cast<std::size_t>(m));
+      if (m < 0 && errno == EAGAIN) continue;
+      // The server closed the connection: the answer is whole (or there was none).
+      ++polls;
+      const std::size_t body = p.in.find("\r\n\r\n");
+      const json j =
+          body == std::string::npos ? json() : json::parse(p.in.substr(body + 4), nullptr, false);
+      if (!j.is_object() || p.in.rfind("HTTP/1.1 200", 0) != 0) {
+        close_poll(w, std::chrono::seconds(1));
+        continue;
+      }
+      const long now = j.value("version", 0L);
+      auto pause = std::chrono::milliseconds(0);
+      if (now == p.version && Clock::now() - p.started < std::chrono::seconds(4)) {
+        ++quick_polls;  // back early without news: no slot; it says when to ask again
+        pause = std::chrono::milliseconds(j.value("retry_after_ms", 1000));
+      }
+      p.version = now;
+      close_poll(w, pause);
+    }
+    const auto now = Clock::now();
+    if (now - scanned < std::chrono::milliseconds(20)) continue;  // (a scan costs 3,000 checks)
+    scanned = now;
+    for (std::size_t w = 0; w < all.size(); ++w) {
+      if (all[w].fd < 0 && all[w].next <= now) open_poll(w);
+      // A poll unanswered for a minute: given up, asked again.
+      if (all[w].fd >= 0 && now - all[w].started > std::chrono::seconds(60))
+        close_poll(w, std::chrono::milliseconds(0));
+    }
+  }
+  for (Poll& p : all) {
+    if (p.fd >= 0) ::close(p.fd);
+  }
+  ::close(ep);
+}
 
 }  // namespace
 
@@ -152,6 +262,7 @@ int main(int argc, char** argv) {
   const char* kinds[] = {"NVIDIA GeForce RTX 4090", "NVIDIA L40S", "NVIDIA A100 80GB",
                          "NVIDIA H100 SXM", "NVIDIA GeForce RTX 3090"};
   std::vector<std::pair<std::string, std::string>> fleet;
+  std::vector<int> worker_ports(ports.size(), -1);
   std::mt19937 draw(7);
   for (int i = 0; i < workers; ++i) {
     json gpus = json::array();
@@ -184,7 +295,13 @@ int main(int argc, char** argv) {
       stop_servers(SIGKILL);
       return 1;
     }
-    fleet.emplace_back("w" + std::to_string(i), json::parse(r->body)["key"].get<std::string>());
+    const json answer = json::parse(r->body);
+    fleet.emplace_back("w" + std::to_string(i), answer["key"].get<std::string>());
+    // Heartbeats and polls go where the real agent sends them: the server's worker port.
+    worker_ports[static_cast<std::size_t>(i) % ports.size()] = answer.value("worker_port", -1);
+  }
+  for (std::size_t k = 0; k < ports.size(); ++k) {
+    if (worker_ports[k] <= 0) worker_ports[k] = ports[k];  // (a server without one)
   }
   std::vector<double> cpu0;
   for (const pid_t pid : servers) cpu0.push_back(cpu_seconds(pid));
@@ -193,40 +310,14 @@ int main(int argc, char** argv) {
   Latencies beats, api;
   std::vector<std::thread> threads;
   std::atomic<long> polls{0}, quick_polls{0};
-  for (std::size_t w = 0; long_poll && w < fleet.size(); ++w) {
-    threads.emplace_back([&, w] {
-      httplib::Client c("127.0.0.1", port_of(w));  // no keep-alive, as the agent: one per poll
-      c.set_read_timeout(60);
-      const auto& [name, key] = fleet[w];
-      httplib::Headers h{{"Authorization", "Bearer " + key}};
-      long version = 0;
-      while (Clock::now() < until) {
-        const auto s = Clock::now();
-        const auto r = c.Get(
-            ("/v1/workers/" + name + "/assignments?since=" + std::to_string(version) + "&wait=5")
-                .c_str(),
-            h);
-        ++polls;
-        if (!r || r->status != 200) {
-          std::this_thread::sleep_for(std::chrono::seconds(1));
-          continue;
-        }
-        const json j = json::parse(r->body, nullptr, false);
-        const long now = j.value("version", 0L);
-        // Back early without news: the server had no long-poll slot and says when to ask again.
-        if (now == version && Clock::now() - s < std::chrono::seconds(4)) {
-          ++quick_polls;
-          std::this_thread::sleep_for(std::chrono::milliseconds(j.value("retry_after_ms", 1000)));
-        }
-        version = now;
-      }
-    });
+  if (long_poll) {
+    threads.emplace_back([&] { run_long_polls(fleet, worker_ports, until, polls, quick_polls); });
   }
   const int beat_threads = 16;
   for (int t = 0; t < beat_threads; ++t) {
     threads.emplace_back([&, t] {
       std::vector<std::unique_ptr<httplib::Client>> to;  // one kept-alive client per server
-      for (const int p : ports) {
+      for (const int p : worker_ports) {
         to.push_back(std::make_unique<httplib::Client>("127.0.0.1", p));
         to.back()->set_keep_alive(true);
         to.back()->set_tcp_nodelay(true);

@@ -60,4 +60,13 @@ std::string assignment_digest(const json& list) {
   return out;
 }
 
+json poll_answer(std::int64_t version, json list, bool to_worker, int retry_after_ms) {
+  if (!to_worker) {
+    for (json& a : list) a.erase("instance_key");
+  }
+  json out = {{"version", version}, {"instances", std::move(list)}};
+  if (retry_after_ms > 0) out["retry_after_ms"] = retry_after_ms;
+  return out;
+}
+
 }  // namespace ggfleet::server

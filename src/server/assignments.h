@@ -24,4 +24,9 @@ std::map<std::string, nlohmann::json> assignments_by_worker(
 // The part of a worker's assignments that it acts on (not states or times).
 std::string assignment_digest(const nlohmann::json& list);
 
+// The answer to a poll of a worker's assignments: {version, instances, retry_after_ms if > 0}.
+// The instances' own keys stay in it only for the worker itself (`to_worker`), never a person.
+nlohmann::json poll_answer(std::int64_t version, nlohmann::json list, bool to_worker,
+                           int retry_after_ms = 0);
+
 }  // namespace ggfleet::server

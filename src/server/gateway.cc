@@ -67,6 +67,66 @@ bool worker_path(const std::string& path) {
   return path.ends_with("/heartbeat") || path.ends_with("/assignments");
 }
 
+// A worker's long poll, GET /v1/workers/{name}/assignments?since=V&wait=S with S > 0: its parts.
+struct LongPoll {
+  std::string worker;
+  std::int64_t since = -1;
+  int wait_s = 0;
+};
+std::optional<LongPoll> long_poll_of(const Request& req) {
+  if (req.method() != http::verb::get) return std::nullopt;
+  const std::string target(req.target());
+  const std::size_t q = target.find('?');
+  const std::string path = target.substr(0, q);
+  constexpr std::string_view kPrefix = "/v1/workers/", kSuffix = "/assignments";
+  if (q == std::string::npos || !path.starts_with(kPrefix) || !path.ends_with(kSuffix) ||
+      path.size() <= kPrefix.size() + kSuffix.size())
+    return std::nullopt;
+  LongPoll poll;
+  poll.worker = path.substr(kPrefix.size(), path.size() - kPrefix.size() - kSuffix.size());
+  bool has_since = false;
+  std::size_t at = q + 1;
+  while (at <= target.size()) {
+    const std::size_t end = std::min(target.find('&', at), target.size());
+    const std::string pair = target.substr(at, end - at);
+    const std::size_t eq = pair.find('=');
+    const std::string key = pair.substr(0, eq),
+                      value = eq == std::string::npos ? "" : pair.substr(eq + 1);
+    char* stop = nullptr;
+    if (key == "since" || key == "wait") {
+      const long long n = std::strtoll(value.c_str(), &stop, 10);
+      if (value.empty() || *stop != '\0' || n < 0) return std::nullopt;  // the server says why
+      if (key == "since") {
+        poll.since = n;
+        has_since = true;
+      } else {
+        poll.wait_s = static_cast<int>(std::min<long long>(n, 3600));
+      }
+    }
+    at = end + 1;
+  }
+  if (!has_since || poll.wait_s <= 0) return std::nullopt;
+  return poll;
+}
+
+// The worker of POST /v1/workers/{name}/heartbeat whose body is `{}` (blanks aside), else "".
+std::string quiet_heartbeat_of(const Request& req) {
+  if (req.method() != http::verb::post) return "";
+  const std::string_view target(req.target().data(), req.target().size());
+  constexpr std::string_view kPrefix = "/v1/workers/", kSuffix = "/heartbeat";
+  if (!target.starts_with(kPrefix) || !target.ends_with(kSuffix) ||
+      target.size() <= kPrefix.size() + kSuffix.size())
+    return "";
+  std::string body;
+  for (const char c : req.body()) {
+    if (c != ' ' && c != '\n' && c != '\r' && c != '\t') body += c;
+    if (body.size() > 2) return "";
+  }
+  if (body != "{}") return "";
+  return std::string(
+      target.substr(kPrefix.size(), target.size() - kPrefix.size() - kSuffix.size()));
+}
+
 // The object `key` of a relayed answer: the JSON answer's, else the last event of the stream's
 // tail that has one; null when neither has it.
 json object_in(const json& answer, const std::string& stream_tail, const char* key) {
@@ -134,6 +194,8 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     std::map<std::string, std::vector<std::unique_ptr<beast::tcp_stream>>> idle_upstreams;
     // Connections waiting for a request header, per client address.
     std::map<std::string, std::list<Conn*>> pending_by_address;
+    // Workers' long polls parked on this loop (each woken by board_changed or its deadline).
+    std::list<std::shared_ptr<Waiter>> parked;
   };
   Loop front, data, workers;  // workers: the worker-only listener's loop
   Loop tls;                   // TLS handshakes and encryption, when configured
@@ -160,7 +222,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
 
   // Read from any thread.
   std::atomic<std::uint64_t> connections{0}, proxied_in_flight{0}, queued{0}, rejected_busy{0},
-      evicted_pending{0}, timed_out{0};
+      evicted_pending{0}, timed_out{0}, parked_polls{0};
 
   // Runs `f` (which may block) on the helper pool; resumes on the event loop with its result.
   // (A coroutine's parameters live in its frame; a lambda's captures would not.)
@@ -247,7 +309,11 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
   }
   void give_back(Loop& loop, const std::string& key, std::unique_ptr<beast::tcp_stream> s) {
     auto& idle = loop.idle_upstreams[key];
-    if (idle.size() < 64 && !stopped) idle.push_back(std::move(s));
+    // The control server (httplib) holds a thread for each kept-alive connection until it idles
+    // out: few idle ones per loop, or connections beyond its threads wait seconds for one.
+    const bool control = key == endpoint_key(config.control_host, config.control_port);
+    const std::size_t most = control ? static_cast<std::size_t>(config.control_idle_max) : 64;
+    if (idle.size() < most && !stopped) idle.push_back(std::move(s));
   }
 
   // What a relay learned, for metrics.
@@ -599,10 +665,55 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     co_return r.client_ok;
   }
 
+  // A worker's long poll answered from the published board: at once when it holds news, else
+  // parked here, on `loop`, until it does, the wait ends or the gateway stops. nullopt: the hook
+  // cannot judge this poll (it goes to the control server). REQUIRES: on `loop`.
+  awaitable<std::optional<std::string>> board_answer(Loop& loop, const Request& req) {
+    const std::optional<LongPoll> poll = long_poll_of(req);
+    if (!poll || !hooks.board_poll) co_return std::nullopt;
+    const std::string authorization(req[http::field::authorization]);
+    std::optional<std::string> answer =
+        hooks.board_poll(authorization, poll->worker, poll->since, false);
+    const auto deadline =
+        Clock::now() + std::chrono::seconds(std::min(poll->wait_s, config.control_timeout_s));
+    while (answer && answer->empty()) {
+      if (!stopped && Clock::now() < deadline) {
+        auto w = std::make_shared<Waiter>(loop.io.get_executor());
+        w->timer.expires_at(deadline);
+        const auto at = loop.parked.insert(loop.parked.end(), w);
+        ++parked_polls;
+        beast::error_code ec;
+        co_await w->timer.async_wait(asio::redirect_error(use_awaitable, ec));
+        --parked_polls;
+        loop.parked.erase(at);
+      }
+      const bool now = stopped || Clock::now() >= deadline;
+      // (nullopt now: the key was forgotten meanwhile; the control server judges it)
+      answer = hooks.board_poll(authorization, poll->worker, poll->since, now);
+    }
+    co_return answer;
+  }
+
   // REQUIRES: on `loop` (the front, or the workers' loop for worker traffic).
   awaitable<bool> control(Loop& loop, Conn& c, Request req, bool worker) {
     const bool keep = req.keep_alive();
     bool counted = false;
+    if (worker) {
+      std::optional<std::string> answer;
+      if (hooks.quiet_heartbeat) {
+        if (const std::string name = quiet_heartbeat_of(req); !name.empty())
+          answer = hooks.quiet_heartbeat(std::string(req[http::field::authorization]), name);
+      }
+      if (!answer) answer = co_await board_answer(loop, req);
+      if (answer) {
+        http::response<http::string_body> res{http::status::ok, 11};
+        res.set(http::field::content_type, "application/json");
+        res.keep_alive(keep);
+        res.body() = std::move(*answer);
+        res.prepare_payload();
+        co_return co_await reply(c, std::move(res));
+      }
+    }
     if (!worker) {
       if (api_active >= config.api_concurrency) {
         const std::shared_ptr<Waiter> w = co_await wait_in(front, api_queue);
@@ -1028,6 +1139,16 @@ void Gateway::stop() {
   for (Impl::Loop* loop : {&g.front, &g.data, &g.workers, &g.tls}) loop->idle_upstreams.clear();
 }
 
+void Gateway::board_changed() {
+  Impl& g = *impl_;
+  if (g.stopped) return;
+  for (Impl::Loop* loop : {&g.front, &g.workers}) {
+    asio::post(loop->io, [impl = impl_, loop] {
+      for (const std::shared_ptr<Waiter>& w : loop->parked) w->timer.cancel();
+    });
+  }
+}
+
 int Gateway::worker_port() const {
   return impl_->bound_worker_port;
 }
@@ -1035,7 +1156,8 @@ int Gateway::worker_port() const {
 GatewayStats Gateway::stats() const {
   const Impl& g = *impl_;
   return {g.connections.load(),   g.proxied_in_flight.load(), g.queued.load(),
-          g.rejected_busy.load(), g.evicted_pending.load(),   g.timed_out.load()};
+          g.rejected_busy.load(), g.evicted_pending.load(),   g.timed_out.load(),
+          g.parked_polls.load()};
 }
 
 }  // namespace ggfleet::server

@@ -56,6 +56,9 @@ struct GatewayConfig {
   int retry_after_s = 2;                    // Retry-After on 429
   int api_concurrency = 32;                 // control API calls relayed at once (not workers')
   int control_timeout_s = 120;              // longest control answer (long polls wait 30 s)
+  // Idle kept-alive connections to the control server per event loop (each pins one of its
+  // threads while idle; the server sets it to an eighth of its threads).
+  int control_idle_max = 16;
   int upstream_connect_timeout_s = 5;
   int upstream_timeout_s = 600;  // longest silence from an instance (time to first token)
   int client_write_timeout_s = 60;
@@ -128,6 +131,22 @@ struct GatewayHooks {
   std::function<void(const std::string& instance, const Timings& timings)> measured;
   // An instance did not answer: routes should be read again.
   std::function<void()> upstream_failed;
+  // Workers' long polls (GET /v1/workers/{name}/assignments?since=V&wait=S), answered from the
+  // published board without blocking: nullopt when it cannot judge (the key is not a cached key
+  // of that worker or an admin, no board as new as V yet): the poll is then relayed to the control
+  // server as it came. "" when the board has nothing new for `worker` after `since` (never when
+  // `now`): the poll is parked on the event loop (a socket and a timer, no thread) until
+  // Gateway::board_changed() or the end of its wait. Else the JSON answer, sent as it is (with
+  // `now`: the answer as the board stands, at the end of the wait).
+  std::function<std::optional<std::string>(const std::string& authorization,
+                                           const std::string& worker, std::int64_t since, bool now)>
+      board_poll;
+  // A worker's heartbeat that says nothing but "alive" (POST /v1/workers/{name}/heartbeat with
+  // the body `{}`), answered without blocking when the server can (its key is cached and this
+  // server wrote the worker's liveness recently): the JSON answer; nullopt: relayed as it came.
+  std::function<std::optional<std::string>(const std::string& authorization,
+                                           const std::string& worker)>
+      quiet_heartbeat;
 };
 
 struct GatewayStats {
@@ -137,6 +156,7 @@ struct GatewayStats {
   std::uint64_t rejected_busy = 0;      // 429 answers so far
   std::uint64_t evicted_pending = 0;    // idle or slow connections closed for the per-address cap
   std::uint64_t timed_out = 0;          // connections closed for a header/body/write timeout
+  std::uint64_t parked_polls = 0;       // workers' long polls parked now
 };
 
 class Gateway {
@@ -152,6 +172,9 @@ class Gateway {
   int worker_port() const;  // after start(); -1 if none
   void stop();
   GatewayStats stats() const;
+  // The board of assignments was published again: parked long polls ask board_poll again.
+  // Thread-safe; a no-op before start() and after stop().
+  void board_changed();
 
   struct Impl;
 

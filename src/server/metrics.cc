@@ -123,6 +123,8 @@ std::string render_gateway(const GatewayStats& g) {
       "Connections closed for the per-address cap.", g.evicted_pending);
   one("ggfleet_connection_timeouts_total", "counter",
       "Connections closed for a header, body or write timeout.", g.timed_out);
+  one("ggfleet_parked_long_polls", "gauge", "Workers' long polls waiting on the event loop now.",
+      g.parked_polls);
   return o.str();
 }
 

@@ -324,6 +324,9 @@ void Server::worker_routes() {
                   any_changed = any_changed || changed;
                 }
               });
+            wrote_liveness(name, w->status == WorkerStatus::kUnreachable ? -1
+                                 : quiet                                 ? w->last_heartbeat_ms
+                                                                         : now_ms);
             if (any_changed) ++routes_generation_;
             if (was_unreachable || replanned) wake_scheduler();
             json answer = {{"assignment_version", published_version()}};
@@ -362,10 +365,7 @@ void Server::worker_routes() {
                    // with retry_after_ms.
                    const int slots =
                        config_.long_poll_slots >= 0 ? config_.long_poll_slots : config_.threads / 2;
-                   auto news = [&] {
-                     const auto it = assignments_->changed_at.find(name);
-                     return it != assignments_->changed_at.end() && it->second > since;
-                   };
+                   auto news = [&] { return assignments_->news_for(name, since); };
                    std::unique_lock<std::mutex> lock(mu_);
                    if (assignments_ && !news()) {
                      if (long_polls_ < slots) {
@@ -377,7 +377,12 @@ void Server::worker_routes() {
                        retry_after_ms = config_.long_poll_retry_ms;
                      }
                    }
-                   // Not older than what the worker has seen (else read the store below).
+                 }
+                 if (since >= 0) {
+                   // A poll that says what it has seen reads the published board (the gateway
+                   // answers most long polls from it itself: Gateway's board_poll), unless the
+                   // board is older than that: then the store below.
+                   std::lock_guard<std::mutex> lock(mu_);
                    if (assignments_ && assignments_->version >= since) seen = assignments_;
                  }
                  std::int64_t version = 0;
@@ -394,13 +399,8 @@ void Server::worker_routes() {
                      if (mine.count(name)) list = std::move(mine[name]);
                    });
                  }
-                 // The instance's own key goes to the worker that starts it, never to a person.
-                 if (p.role != KeyRole::kWorker) {
-                   for (json& a : list) a.erase("instance_key");
-                 }
-                 json out = {{"version", version}, {"instances", list}};
-                 if (retry_after_ms > 0) out["retry_after_ms"] = retry_after_ms;
-                 reply(res, out);
+                 reply(res, poll_answer(version, std::move(list), p.role == KeyRole::kWorker,
+                                        retry_after_ms));
                }));
   s.Get("/v1/workers",
         handle("/v1/workers", true, [this](const auto&, auto& res, const Principal& p) {
@@ -469,6 +469,7 @@ void Server::worker_routes() {
         bool found = false;
         store_->transaction([&] {
           found = store_->remove_worker(name);
+          wrote_liveness(name, -1);
           for (const store::KeyRow& k : store_->keys()) {
             if (key_role(k.role) == KeyRole::kWorker && k.worker == name) forget_key(k.id);
           }

@@ -129,6 +129,7 @@ int Server::start() {
   front.tls_key = config_.tls_key;
   front.max_body_bytes = config_.max_body_bytes;
   front.control_timeout_s = std::max(front.control_timeout_s, config_.max_wait_s + 30);
+  front.control_idle_max = std::max(1, threads / 8);
   raise_open_files_limit();
   gateway_ = std::make_unique<Gateway>(front, hooks_);
   int port = -1;
@@ -149,6 +150,7 @@ int Server::start() {
   http_thread_ = std::thread([this] { http_->listen_after_bind(); });
   lease_thread_ = std::thread([this] { lease_loop(); });
   schedule_thread_ = std::thread([this] { schedule_loop(); });
+  listen_thread_ = std::thread([this] { listen_loop(); });
   return port;
 }
 
@@ -166,6 +168,7 @@ void Server::stop() {
   if (http_thread_.joinable()) http_thread_.join();
   if (schedule_thread_.joinable()) schedule_thread_.join();
   if (lease_thread_.joinable()) lease_thread_.join();
+  if (listen_thread_.joinable()) listen_thread_.join();
   // A clean stop hands the lead over at once (a killed server's lease expires instead).
   try {
     if (const std::optional<store::Lease> held = current_lease())
@@ -248,7 +251,6 @@ void Server::lead() {
 }
 
 void Server::schedule_loop() {
-  std::int64_t version = -1;
   while (!stopping_) {
     const auto t0 = std::chrono::steady_clock::now();
     ReconcileStats stats;
@@ -267,6 +269,11 @@ void Server::schedule_loop() {
       }
     }
     try {
+      flush_liveness();
+    } catch (const std::exception& e) {
+      std::cerr << "ggfleet server: writing heartbeats failed: " << e.what() << std::endl;
+    }
+    try {
       measurements_->flush(*store_);
       // What the measurements teach: factors for the next placements, and the suggestions
       // they make for the running ones (the leader learns for all).
@@ -281,11 +288,7 @@ void Server::schedule_loop() {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), stats.placed,
         stats.planning_s);
     try {
-      const std::int64_t now_version = store_->assignment_version();
-      if (now_version != version) {
-        publish_assignments();
-        version = now_version;  // only once published: a failure is retried next pass
-      }
+      publish_if_changed();  // (a failure is retried next pass)
     } catch (const std::exception& e) {
       std::cerr << "ggfleet server: publishing assignments failed (retried next pass): " << e.what()
                 << std::endl;
@@ -294,6 +297,79 @@ void Server::schedule_loop() {
     wake_cv_.wait_for(lock, std::chrono::milliseconds(config_.schedule_interval_ms),
                       [this] { return wake_; });
     wake_ = false;
+  }
+}
+
+void Server::wrote_liveness(const std::string& worker, std::int64_t at_ms) {
+  std::lock_guard<std::mutex> lock(live_mu_);
+  if (at_ms < 0) {
+    live_written_ms_.erase(worker);
+  } else {
+    live_written_ms_[worker] = at_ms;
+  }
+}
+
+bool Server::heard_alive(const std::string& worker) {
+  std::lock_guard<std::mutex> lock(live_mu_);
+  const auto it = live_written_ms_.find(worker);
+  const std::int64_t now = store::now_ms();
+  if (it == live_written_ms_.end() ||
+      now - it->second >= config_.scheduler.heartbeat_timeout_ms / 3)
+    return false;
+  live_pending_ms_[worker] = now;
+  return true;
+}
+
+void Server::flush_liveness() {
+  std::map<std::string, std::int64_t> pending;
+  {
+    std::lock_guard<std::mutex> lock(live_mu_);
+    pending.swap(live_pending_ms_);
+  }
+  if (pending.empty()) return;
+  // (On a failure the heartbeats are dropped: their workers' entries age, and their next
+  // heartbeats take the full path, which answers 5xx while the store is away.)
+  const std::vector<std::string> list = store_->touch_workers(pending);
+  const std::set<std::string> written(list.begin(), list.end());
+  std::lock_guard<std::mutex> lock(live_mu_);
+  for (const auto& [name, ms] : pending) {
+    if (written.count(name)) {
+      live_written_ms_[name] = ms;
+    } else {
+      live_written_ms_.erase(name);  // unreachable meanwhile, or removed: the full way next time
+    }
+  }
+}
+
+void Server::publish_if_changed() {
+  std::lock_guard<std::mutex> publishing(publish_mu_);
+  const std::int64_t version = store_->assignment_version();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (assignments_ && assignments_->version == version) return;
+  }
+  publish_assignments();
+}
+
+void Server::listen_loop() {
+  std::unique_ptr<store::Db> listener;
+  auto pause = [this](std::chrono::milliseconds how_long) {
+    std::unique_lock<std::mutex> lock(mu_);
+    lease_cv_.wait_for(lock, how_long, [this] { return stopping_.load(); });
+  };
+  while (!stopping_) {
+    try {
+      if (!listener) {
+        listener = store_->listen_assignments();
+        if (!listener) return;  // SQLite: this server is the only one
+        publish_if_changed();   // what was published while nobody listened
+      }
+      if (listener->await_notification(500)) publish_if_changed();
+    } catch (const std::exception&) {
+      // The database is away: the scheduling loop's passes still publish; try again in a second.
+      listener.reset();
+      pause(std::chrono::seconds(1));
+    }
   }
 }
 
@@ -328,6 +404,7 @@ void Server::publish_assignments() {
   }
   ++routes_generation_;  // instances moved: the proxy reads where they listen again
   assign_cv_.notify_all();
+  if (gateway_) gateway_->board_changed();
 }
 
 std::optional<Principal> Server::cached_principal(const std::string& hash) {
@@ -546,6 +623,37 @@ void Server::routes() {
     return ProxyError{0, "", cached->key_id};
   };
   hooks_.route_cached = [this](const std::string& deployment) { return cached_route(deployment); };
+  hooks_.quiet_heartbeat = [this](const std::string& header,
+                                  const std::string& worker) -> std::optional<std::string> {
+    if (header.rfind("Bearer ", 0) != 0) return std::nullopt;
+    const std::optional<Principal> p = cached_principal(sha256_hex(header.substr(7)));
+    if (!p || p->role != KeyRole::kWorker || p->worker != worker) return std::nullopt;
+    {
+      std::lock_guard<std::mutex> lock(removals_mu_);
+      if (model_removals_.count(worker)) return std::nullopt;  // (sent by the control server)
+    }
+    if (!heard_alive(worker)) return std::nullopt;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!assignments_) return std::nullopt;
+    return dump(json{{"assignment_version", assignments_->version}});
+  };
+  hooks_.board_poll = [this](const std::string& header, const std::string& worker,
+                             std::int64_t since, bool now) -> std::optional<std::string> {
+    if (header.rfind("Bearer ", 0) != 0) return std::nullopt;
+    const std::optional<Principal> p = cached_principal(sha256_hex(header.substr(7)));
+    const bool to_worker = p && p->role == KeyRole::kWorker && p->worker == worker;
+    if (!p || !(to_worker || p->role == KeyRole::kAdmin)) return std::nullopt;
+    std::shared_ptr<const Assignments> board;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      board = assignments_;
+    }
+    if (!board || board->version < since) return std::nullopt;
+    if (!now && !board->news_for(worker, since)) return std::string();
+    const auto it = board->by_worker.find(worker);
+    return dump(poll_answer(board->version,
+                            it == board->by_worker.end() ? json::array() : it->second, to_worker));
+  };
   hooks_.proxied = [this](const std::string& deployment, const std::string& key_id, int status,
                           std::uint64_t prompt, std::uint64_t completion) {
     metrics_->proxied(deployment, key_id, status, prompt, completion);

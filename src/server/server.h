@@ -140,7 +140,27 @@ class Server {
   std::string render_speeds();
   // Reads every worker's assignments from the store into assignments_, marks the workers whose
   // own list changed, wakes the long polls and makes the proxy read its routes again.
+  // Publishes the board again if the store's assignment version moved since the last time
+  // (one publisher at a time: the scheduling loop and the notification listener both call it).
+  void publish_if_changed();
   void publish_assignments();
+  // PostgreSQL: wakes on the notification every committed bump of the assignment version sends
+  // (from whichever server leads) and publishes at once, so that long polls on every server see
+  // the leader's placements without waiting for their own pass.
+  void listen_loop();
+  std::thread listen_thread_;
+  std::mutex publish_mu_;  // held by publish_if_changed
+  // When this server last wrote each worker's liveness (its heartbeat time, the worker not
+  // unreachable), by the store's clock: a heartbeat that says only "alive" within a third of the
+  // heartbeat timeout of that is answered from memory (the gateway's quiet_heartbeat hook).
+  // Such heartbeats are written in batches (flush_liveness, every scheduling pass).
+  std::mutex live_mu_;
+  std::map<std::string, std::int64_t> live_written_ms_;  // guarded by live_mu_
+  std::map<std::string, std::int64_t> live_pending_ms_;  // heard, not yet written; live_mu_
+  void wrote_liveness(const std::string& worker, std::int64_t at_ms);  // -1: forget it
+  // If `worker`'s liveness was written recently, notes a heartbeat heard now and returns true.
+  bool heard_alive(const std::string& worker);
+  void flush_liveness();
   void bootstrap_keys();
   void forget_key(const std::string& id);  // deletes it and empties the key cache
   // Where a deployment's instances listen (cached until an instance changes; thread-safe).
@@ -169,6 +189,11 @@ class Server {
     std::int64_t version = -1;
     std::map<std::string, nlohmann::json> by_worker;  // worker -> its assignment list
     std::map<std::string, std::int64_t> changed_at;   // worker -> version its list last changed
+    // Whether `worker`'s list changed after version `since`.
+    bool news_for(const std::string& worker, std::int64_t since) const {
+      const auto it = changed_at.find(worker);
+      return it != changed_at.end() && it->second > since;
+    }
   };
   std::shared_ptr<const Assignments> assignments_;  // guarded by mu_
   int long_polls_ = 0;                              // waiting now; guarded by mu_

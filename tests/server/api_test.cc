@@ -2,6 +2,8 @@
 // another, a join token listing) as 401/403 JSON, and malformed requests as 4xx JSON, never 5xx.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <sstream>
 #include <thread>
 
 #include "server_fixture.h"
@@ -355,20 +357,70 @@ TEST(Api, InstancesOfASilentWorkerAreReplanned) {
   EXPECT_EQ(f.api().get("/v1/workers/" + main, kAdmin).body["status"], "unreachable");
 }
 
-// With no long-poll slot free a poll is answered at once and told when to ask again, so waiting
-// polls can never take every HTTP thread.
+// A poll the gateway cannot park (here: it claims a version newer than the published board)
+// waits on a control thread; with no long-poll slot free it is answered at once and told when to
+// ask again, so waiting polls can never take every HTTP thread.
 TEST(Api, LongPollsBeyondTheSlotsAreToldToRetry) {
   ServerFixture f("sqlite", {}, [](server::ServerConfig& c) { c.long_poll_slots = 0; });
   const std::string key = f.add_worker("w1", resources(1));
-  const std::int64_t version =
-      f.api().get("/v1/workers/w1/assignments", key).body.value("version", std::int64_t{-1});
-  ASSERT_TRUE(f.eventually([&] {  // the first snapshot is published
+  const std::int64_t ahead =
+      f.api().get("/v1/workers/w1/assignments", key).body.value("version", std::int64_t{-1}) + 1000;
+  ASSERT_TRUE(f.eventually([&] {
     const auto t0 = std::chrono::steady_clock::now();
     const Reply r =
-        f.api().get("/v1/workers/w1/assignments?since=" + std::to_string(version) + "&wait=5", key);
+        f.api().get("/v1/workers/w1/assignments?since=" + std::to_string(ahead) + "&wait=5", key);
     return r.status == 200 && r.body.value("retry_after_ms", 0) == 2000 &&
            std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2);
   }));
+}
+
+// The gauge `name` in the server's /metrics, or -1.
+double metric(int port, const std::string& name) {
+  httplib::Client c("127.0.0.1", port);
+  const auto r =
+      c.Get("/metrics", {{"Authorization", std::string("Bearer ") + ServerFixture::kAdmin}});
+  if (!r || r->status != 200) return -1;
+  std::istringstream lines(r->body);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
+  }
+  return -1;
+}
+
+// Long polls wait on the gateway's event loop, not on control threads: far more polls than the
+// server has threads (and with no thread slot for polls at all) each wait their whole time, and
+// the API answers meanwhile. Before polls were parked, every one of them was told to retry.
+TEST(Api, LongPollsParkWithoutHoldingThreads) {
+  ServerFixture f("sqlite", {}, [](server::ServerConfig& c) {
+    c.threads = 4;
+    c.long_poll_slots = 0;
+  });
+  const std::string key = f.add_worker("w1", resources(1));
+  const std::int64_t version =
+      f.api().get("/v1/workers/w1/assignments", key).body.value("version", std::int64_t{-1});
+  const std::string poll = "/v1/workers/w1/assignments?since=" + std::to_string(version) + "&wait=";
+  ASSERT_TRUE(f.eventually([&] {  // the first board is published: a poll waits
+    return !f.api().get(poll + "1", key).body.contains("retry_after_ms");
+  }));
+  constexpr int kPolls = 40;
+  std::atomic<int> waited{0}, early{0};
+  std::vector<std::thread> polls;
+  for (int i = 0; i < kPolls; ++i) {
+    polls.emplace_back([&] {
+      Api own(f.port());
+      const auto t0 = std::chrono::steady_clock::now();
+      const Reply r = own.get(poll + "4", key);
+      const bool whole = std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(3500);
+      (r.status == 200 && !r.body.contains("retry_after_ms") && whole ? waited : early)++;
+    });
+  }
+  EXPECT_TRUE(
+      f.eventually([&] { return metric(f.port(), "ggfleet_parked_long_polls") == kPolls; }, 3));
+  EXPECT_EQ(f.api().get("/v1/workers", ServerFixture::kAdmin).status, 200);
+  for (std::thread& t : polls) t.join();
+  EXPECT_EQ(waited.load(), kPolls);
+  EXPECT_EQ(early.load(), 0);
+  EXPECT_EQ(metric(f.port(), "ggfleet_parked_long_polls"), 0);
 }
 
 // The proxy reads where instances listen from a cache; a state change reported by a heartbeat
