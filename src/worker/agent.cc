@@ -285,6 +285,7 @@ json Agent::measure_memory(const std::vector<Holder>& holders) {
 void Agent::reconcile(const json& assignments) {
   std::vector<std::unique_ptr<Instance>> retired;  // stopped after the lock is released
   std::lock_guard<std::mutex> lock(mu_);
+  if (retiring_) return;
   std::map<std::string, json> wanted;
   for (const json& a : assignments) wanted[a.value("id", "")] = a;
   // What makes two assignments the same placement (states and reasons change all the time).
@@ -655,12 +656,20 @@ void Agent::run(const std::atomic<bool>& stop) {
     c->set_read_timeout(read_s);
     c->set_tcp_nodelay(true);
   };
+  // The poller's client, so that stopping can cut its long poll short (httplib's stop()).
+  std::mutex poll_client_mu;
+  httplib::Client* poll_client = nullptr;
   std::thread poller([&] {
     std::unique_ptr<httplib::Client> c;
     std::string at;
     std::int64_t since = -1;
     while (!stop && !poll_stop) try {
-        client_for(c, at, 60);
+        {
+          std::lock_guard<std::mutex> lock(poll_client_mu);
+          client_for(c, at, 60);
+          poll_client = c.get();
+        }
+        if (poll_stop) break;
         const std::string path = "/v1/workers/" + config_.name +
                                  "/assignments?since=" + std::to_string(since) + "&wait=5";
         const httplib::Result a = c->Get(path.c_str(), auth());
@@ -680,6 +689,8 @@ void Agent::run(const std::atomic<bool>& stop) {
         log(config_.name, std::string("assignment poll failed: ") + e.what());
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
       }
+    std::lock_guard<std::mutex> lock(poll_client_mu);
+    poll_client = nullptr;  // (c goes with this thread)
   });
   // Heartbeats from their own thread, so that stopping or checking processes never delays them.
   std::thread beater([&] {
@@ -768,9 +779,17 @@ void Agent::run(const std::atomic<bool>& stop) {
   }
   beater.join();
   poll_stop = true;
+  {
+    std::lock_guard<std::mutex> lock(poll_client_mu);
+    if (poll_client) poll_client->stop();
+  }
+  {
+    // The children stop now, not once the long poll in flight returns (up to its wait later).
+    std::lock_guard<std::mutex> lock(mu_);
+    retiring_ = true;
+    instances_.clear();
+  }
   poller.join();
-  std::lock_guard<std::mutex> lock(mu_);
-  instances_.clear();
   log(config_.name, "stopped");
 }
 

@@ -135,6 +135,7 @@ class Agent {
   std::atomic<double> download_bytes_per_s_{0};  // the last sizeable download's rate
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<Instance>> instances_;
+  bool retiring_ = false;  // guarded by mu_: stopping; assignments that arrive now are ignored
   std::mutex reports_mu_;
   nlohmann::json reports_ = nlohmann::json::array();  // the last states, for heartbeats
   nlohmann::json memory_ = nlohmann::json::array();   // the last memory measured, likewise
