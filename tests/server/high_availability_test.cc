@@ -1,6 +1,8 @@
 // Several `ggfleet server` processes on one PostgreSQL database, under the load of 50 clients
 // creating, scaling and deleting deployments against 12 simulated workers that follow the
-// servers' list, with faults injected one after another on the same fleet:
+// servers' list, and of 4 clients streaming chat completions from a deployment that runs on three
+// real `ggfleet worker` processes (llama.cpp's CPU build, `--server A,B,C`), with faults injected
+// one after another on the same fleet:
 //   LeaderKilled           kill -9 of the server that leads the scheduling loop: another leads
 //                          within 10 s
 //   NonLeaderKilled        kill -9 of a server that does not lead
@@ -9,7 +11,9 @@
 //   AllRestarted           every server killed and started again at once: the same state
 // All along, a checker reads the store as one snapshot twice a second: no GPU over-claimed or lent
 // twice, no claim without its instance, no instance id twice; at the end every deployment has
-// exactly its replica count. Each server reaches PostgreSQL through a relay the test can cut.
+// exactly its replica count; the streamed deployment keeps its one instance, running, and every
+// stream cut by a dying server completed on another. Each server reaches PostgreSQL through a
+// relay the test can cut.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -21,6 +25,7 @@
 
 #include "../e2e/e2e_util.h"
 #include "consistency.h"
+#include "model/synth.h"
 #include "server_fixture.h"
 #include "tcp_relay.h"
 #include "worker/process.h"
@@ -74,7 +79,9 @@ class FollowingWorkers {
       Reply r;
       for (int k = 0; k < 20 && r.status != 201; ++k) {
         r = Api(port()).post("/v1/workers/register", kJoin,
-                             {{"name", name}, {"resources", resources(1 + i % 4, 128ull << 30)}});
+                             {{"name", name},
+                              {"labels", {{"pool", "sim"}}},
+                              {"resources", resources(1 + i % 4, 128ull << 30)}});
         if (r.status != 201) next();
       }
       EXPECT_EQ(r.status, 201) << r.body.dump();
@@ -157,7 +164,8 @@ void run_clients(const std::vector<int>& ports, const std::string& model,
                             {{"name", name},
                              {"model", model},
                              {"replicas", 1 + rng() % 3},
-                             {"options", {{"context", 2048}}}});
+                             // (never on the real workers: they run the streamed one)
+                             {"options", {{"context", 2048}, {"selector", {{"pool", "sim"}}}}}});
           });
           // 409: an earlier try was created before its answer was lost.
           if (r.status == 201 || r.status == 409) mine.push_back(name);
@@ -178,6 +186,50 @@ void run_clients(const std::vector<int>& ports, const std::string& model,
         if (r.status >= 500) ++stats.failures;
         ++stats.ops;
         std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 40));
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+}
+
+struct StreamStats {
+  std::atomic<int> done{0};      // streams that ended with [DONE]
+  std::atomic<int> retries{0};   // a stream cut or refused (server gone, 503): tried on the next
+  std::atomic<int> failures{0};  // a stream that no server completed within 6 tries
+};
+
+// 4 clients streaming chat completions from `deployment`, each on a server of its own, moving to
+// the next when a stream is cut or refused (as an OpenAI client with retries and several base
+// URLs would).
+void run_streams(const std::vector<int>& ports, const std::string& deployment,
+                 const std::atomic<bool>& stop, StreamStats& stats) {
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::size_t at = static_cast<std::size_t>(t) % ports.size();
+      const std::string body = json{{"model", deployment},
+                                    {"stream", true},
+                                    {"max_tokens", 8},
+                                    {"messages", {{{"role", "user"}, {"content", "Hello"}}}}}
+                                   .dump();
+      while (!stop) {
+        bool done = false;
+        for (int tries = 0; tries < 6 && !done && !stop; ++tries) {
+          httplib::Client c("127.0.0.1", ports[at]);
+          c.set_connection_timeout(5);
+          c.set_read_timeout(60);
+          const auto r =
+              c.Post("/v1/chat/completions", {{"Authorization", std::string("Bearer ") + kAdmin}},
+                     body, "application/json");
+          done = r && r->status == 200 && r->body.find("data: [DONE]") != std::string::npos;
+          if (!done) {
+            ++stats.retries;
+            at = (at + 1) % ports.size();
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));
+          }
+        }
+        if (done) ++stats.done;
+        if (!done && !stop) ++stats.failures;
       }
     });
   }
@@ -234,6 +286,13 @@ class HighAvailability : public ::testing::Test {
       for (const auto& [k, log] : logs_)
         std::cout << "server " << k << " (" << log << "):\n" << worker::tail_file(log, 40) << "\n";
     }
+    if (HasFailure()) {
+      for (std::size_t i = 0; i < real_.size(); ++i) {
+        const std::string log = dir_.file("real" + std::to_string(i) + ".log");
+        std::cout << "real" << i << ":\n" << worker::tail_file(log, 20) << "\n";
+      }
+    }
+    for (auto& w : real_) w->stop(20);
     for (auto& s : servers_) {
       if (s) s->stop(10);
     }
@@ -247,10 +306,30 @@ class HighAvailability : public ::testing::Test {
         {GGFLEET_BINARY, "server", "--db", through(db_.target(), relays_[at]->port()), "--data-dir",
          dir_.file("data" + std::to_string(k)), "--listen",
          "127.0.0.1:" + std::to_string(ports_[at]), "--admin-key", kAdmin, "--join-token", kJoin,
-         "--lease-ms", "5000"},
+         "--lease-ms", "5000", "--instance-ports", "28000", "--rpc-ports", "28500"},
         {}, logs_[k] = log_of(k) + "." + std::to_string(++starts_));
     ASSERT_TRUE(wait_for([&] { return Api(ports_[at]).get("/healthz", "").status == 200; }, 30))
         << worker::tail_file(logs_[k]);
+  }
+  // Real worker i, following the three servers.
+  void start_real_worker(int i) {
+    std::string list;
+    for (const int p : ports_)
+      list += (list.empty() ? "" : ",") + std::string("http://127.0.0.1:") + std::to_string(p);
+    const std::string name = "real" + std::to_string(i);
+    real_.push_back(std::make_unique<worker::Process>());
+    real_.back()->start(
+        {GGFLEET_BINARY, "worker", "--server", list, "--join-token", kJoin, "--name", name,
+         "--address", "127.0.0.1", "--declare-gpu", "NVIDIA GeForce RTX 4090:2GiB", "--llama",
+         llama_cpp_dir() + "/bin", "--data-dir", dir_.file(name), "--heartbeat-ms", "500"},
+        {}, dir_.file(name + ".log"));
+  }
+  // The streamed deployment's instances as "id state main", one per line.
+  std::string chat_instances() {
+    std::string out;
+    for (const store::InstanceRow& i : store_->instances("chat"))
+      out += i.id + " " + text(i.state) + " " + i.main_worker + "\n";
+    return out;
   }
   void kill9(int k) {
     const auto at = static_cast<std::size_t>(k);
@@ -288,7 +367,7 @@ class HighAvailability : public ::testing::Test {
   TempDir dir_;
   std::vector<std::unique_ptr<TcpRelay>> relays_;
   std::vector<int> ports_;
-  std::vector<std::unique_ptr<worker::Process>> servers_;
+  std::vector<std::unique_ptr<worker::Process>> servers_, real_;
   std::map<int, std::string> ids_;   // server -> its id in the servers table (this start's)
   std::map<int, std::string> logs_;  // server -> the log of its latest start
   std::unique_ptr<store::Store> store_;
@@ -302,6 +381,28 @@ TEST_F(HighAvailability, LeaderKilledNonLeaderKilledDatabaseCutAllRestarted) {
   const std::string model =
       ggfleet::model::synth("llama3-8b-q4_0", dir_.file("models"), {}).front();
   FollowingWorkers workers(ports_, 12);
+  // The streamed deployment: a 2-block model on a real worker's (declared) GPU.
+  GGFLEET_REQUIRE_PATH(llama_cpp_dir() + "/bin/llama-server");
+  for (int i = 0; i < 3; ++i) start_real_worker(i);
+  model::SynthOptions tiny;
+  tiny.blocks = 2;
+  tiny.vocab = 32000;
+  const std::string small = model::synth("llama3-8b-q4_0", dir_.file("small"), tiny).front();
+  ASSERT_TRUE(wait_for(
+      [&] {
+        return Api(ports_[0])
+                   .post("/v1/deployments", kAdmin,
+                         {{"name", "chat"},
+                          {"model", small},
+                          {"options", {{"context", 1024}, {"gpus", {"real0:0"}}}}})
+                   .status == 201;
+      },
+      30))
+      << "the real workers did not join";
+  ASSERT_TRUE(
+      wait_for([&] { return chat_instances().find(" running ") != std::string::npos; }, 180))
+      << chat_instances();
+  const std::string chat_before = chat_instances();
   std::atomic<bool> stop{false}, checking{true};
   std::vector<std::string> during;
   std::thread checker([&] {
@@ -316,6 +417,8 @@ TEST_F(HighAvailability, LeaderKilledNonLeaderKilledDatabaseCutAllRestarted) {
   });
   ClientStats stats;
   std::thread clients([&] { run_clients(ports_, model, stop, stats); });
+  StreamStats streams;
+  std::thread streamers([&] { run_streams(ports_, "chat", stop, streams); });
   // However the test ends (an ASSERT returns early), the load stops and its threads are joined.
   struct Joined {
     std::function<void()> f;
@@ -324,11 +427,13 @@ TEST_F(HighAvailability, LeaderKilledNonLeaderKilledDatabaseCutAllRestarted) {
     stop = true;
     checking = false;
     if (clients.joinable()) clients.join();
+    if (streamers.joinable()) streamers.join();
     if (checker.joinable()) checker.join();
   }};
   auto phase = [&](const std::string& what) {
     std::cout << "[ phase ] " << what << ": " << stats.ops << " operations, " << stats.retries
-              << " retries, " << stats.failures << " failures so far" << std::endl;
+              << " retries, " << stats.failures << " failures so far; " << streams.done
+              << " streams, " << streams.retries << " retried" << std::endl;
   };
   std::this_thread::sleep_for(std::chrono::seconds(8));
 
@@ -388,9 +493,12 @@ TEST_F(HighAvailability, LeaderKilledNonLeaderKilledDatabaseCutAllRestarted) {
   EXPECT_TRUE(problems.empty()) << problems.front();
   EXPECT_GT(stats.ops.load(), 1000);
   EXPECT_EQ(stats.failures.load(), 0) << "every operation found a server";
+  EXPECT_GT(streams.done.load(), 20);
+  EXPECT_EQ(streams.failures.load(), 0) << "every stream completed on some server";
+  EXPECT_EQ(chat_instances(), chat_before) << "the streamed deployment's instance stayed";
   std::cout << "[ result ] " << stats.ops << " operations; " << stats.retries
-            << " retried on another server; " << workers.moves() << " heartbeats moved"
-            << std::endl;
+            << " retried on another server; " << workers.moves() << " heartbeats moved; "
+            << streams.done << " streams completed, " << streams.retries << " retried" << std::endl;
 
   // AllRestarted: every server killed at once and started again; the same state.
   const std::string before = stable_state(*store_);
