@@ -1143,7 +1143,8 @@ void Gateway::board_changed() {
   Impl& g = *impl_;
   if (g.stopped) return;
   for (Impl::Loop* loop : {&g.front, &g.workers}) {
-    asio::post(loop->io, [impl = impl_, loop] {
+    // (Only the loop is captured: a handler that never runs dies with its io_context.)
+    asio::post(loop->io, [loop] {
       for (const std::shared_ptr<Waiter>& w : loop->parked) w->timer.cancel();
     });
   }

@@ -228,9 +228,17 @@ void Server::lead() {
   std::optional<store::Lease> now;
   try {
     now = lease_store_->acquire_lease(kSchedulerLease, server_id_, config_.lease_ms);
+    if (store_unreachable_) {
+      std::cerr << "ggfleet server: the store answers again" << std::endl;
+      store_unreachable_ = false;
+    }
   } catch (const std::exception& e) {
-    std::cerr << "ggfleet server: cannot reach the store for the scheduler lease: " << e.what()
-              << std::endl;
+    // Said once per outage, not at every renewal (five times per lease).
+    if (!store_unreachable_)
+      std::cerr << "ggfleet server: cannot reach the store for the scheduler lease (said once "
+                   "until it answers again): "
+                << e.what() << std::endl;
+    store_unreachable_ = true;
   }
   const std::optional<store::Lease> before = current_lease();
   if (now && (!before || before->token != now->token)) {

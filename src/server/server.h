@@ -208,6 +208,7 @@ class Server {
   std::unique_ptr<store::Store> lease_store_;
   std::optional<store::Lease> lease_;  // guarded by mu_
   std::thread lease_thread_;
+  bool store_unreachable_ = false;    // the last lease renewal failed (only the lease thread)
   std::condition_variable lease_cv_;  // with mu_: wakes the lease thread to stop
   void lease_loop();
   // Takes or renews the scheduler lease; says so when this server starts or stops leading.
