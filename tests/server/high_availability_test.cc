@@ -21,6 +21,7 @@
 #include <csignal>
 #include <iostream>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "../e2e/e2e_util.h"
@@ -254,14 +255,22 @@ std::string state_of(store::Store& s) {
 }
 
 // The state once the scheduler has nothing left to do: two readings 2 s apart agree and no
-// instance waits for its first placement pass ("" after 90 s without that).
+// instance waits for its first placement pass ("" after 180 s without that, the lines that still
+// moved printed: the debug build's passes are several times slower).
 std::string stable_state(store::Store& s) {
-  std::string last = state_of(s);
-  for (int k = 0; k < 45; ++k) {
+  std::string last = state_of(s), before;
+  for (int k = 0; k < 90; ++k) {
     std::this_thread::sleep_for(std::chrono::seconds(2));
     const std::string now = state_of(s);
     if (now == last && now.find("waiting for the scheduler") == std::string::npos) return now;
+    before = std::move(last);
     last = now;
+  }
+  std::istringstream lines(last);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("waiting for the scheduler") != std::string::npos ||
+        before.find(line + "\n") == std::string::npos)
+      std::cout << "still moving: " << line << std::endl;
   }
   return "";
 }
