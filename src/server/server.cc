@@ -415,6 +415,11 @@ void Server::publish_assignments() {
   if (gateway_) gateway_->board_changed();
 }
 
+std::optional<Principal> Server::cached_bearer(const std::string& header) {
+  if (header.rfind("Bearer ", 0) != 0) return std::nullopt;
+  return cached_principal(sha256_hex(header.substr(7)));
+}
+
 std::optional<Principal> Server::cached_principal(const std::string& hash) {
   // Valid keys are remembered for a minute (the proxy's hot path must not read the store);
   // deleting a key through this server forgets them all at once, through another server sharing
@@ -620,8 +625,7 @@ void Server::routes() {
   };
   hooks_.route = [this](const std::string& deployment) { return route_of(deployment); };
   hooks_.authorize_cached = [this](const std::string& header) -> std::optional<ProxyError> {
-    if (header.rfind("Bearer ", 0) != 0) return std::nullopt;
-    const std::optional<Principal> cached = cached_principal(sha256_hex(header.substr(7)));
+    const std::optional<Principal> cached = cached_bearer(header);
     if (!cached) return std::nullopt;
     try {
       allow(*cached, {KeyRole::kAdmin, KeyRole::kUser});
@@ -633,8 +637,7 @@ void Server::routes() {
   hooks_.route_cached = [this](const std::string& deployment) { return cached_route(deployment); };
   hooks_.quiet_heartbeat = [this](const std::string& header,
                                   const std::string& worker) -> std::optional<std::string> {
-    if (header.rfind("Bearer ", 0) != 0) return std::nullopt;
-    const std::optional<Principal> p = cached_principal(sha256_hex(header.substr(7)));
+    const std::optional<Principal> p = cached_bearer(header);
     if (!p || p->role != KeyRole::kWorker || p->worker != worker) return std::nullopt;
     {
       std::lock_guard<std::mutex> lock(removals_mu_);
@@ -647,8 +650,7 @@ void Server::routes() {
   };
   hooks_.board_poll = [this](const std::string& header, const std::string& worker,
                              std::int64_t since, bool now) -> std::optional<std::string> {
-    if (header.rfind("Bearer ", 0) != 0) return std::nullopt;
-    const std::optional<Principal> p = cached_principal(sha256_hex(header.substr(7)));
+    const std::optional<Principal> p = cached_bearer(header);
     const bool to_worker = p && p->role == KeyRole::kWorker && p->worker == worker;
     if (!p || !(to_worker || p->role == KeyRole::kAdmin)) return std::nullopt;
     std::shared_ptr<const Assignments> board;

@@ -166,6 +166,8 @@ class Server {
   // Where a deployment's instances listen (cached until an instance changes; thread-safe).
   ProxyRoute route_of(const std::string& deployment);
   std::optional<ProxyRoute> cached_route(const std::string& deployment);  // never blocks
+  // The cached principal of an Authorization header "Bearer KEY" (nullopt: not cached).
+  std::optional<Principal> cached_bearer(const std::string& header);
   // Who holds a key hash seen in the last minute; never blocks.
   std::optional<Principal> cached_principal(const std::string& hash);
 
