@@ -74,6 +74,9 @@ void replan(store::Store& store, const store::InstanceRow& instance, const std::
   if (!avoid_worker.empty() && std::find(avoid.begin(), avoid.end(), avoid_worker) == avoid.end())
     avoid.push_back(avoid_worker);
   store.transaction([&] {
+    // Gone meanwhile (its deployment deleted or scaled down): nothing to re-plan, and writing it
+    // would bring it back.
+    if (!store.hold_deployment(instance.deployment) || !store.instance(instance.id)) return;
     store::InstanceRow p = instance;
     p.state = InstanceState::kPending;
     p.main_worker.clear();
@@ -124,107 +127,148 @@ bool on_worker(const store::InstanceRow& i, const std::vector<store::ClaimRow>& 
   });
 }
 
+// The fleet a placement of `instance` is planned on: the ready workers (ready_digest) and every
+// other instance's claims.
+std::string fleet_digest(const std::string& ready_digest,
+                         const std::vector<store::ClaimRow>& claims, const std::string& instance) {
+  std::string text = ready_digest;
+  for (const store::ClaimRow& c : claims) {
+    if (c.instance == instance) continue;
+    text += '\n' + c.instance + ' ' + c.worker + ' ' + std::to_string(c.gpu) + ' ' +
+            std::to_string(c.bytes) + (c.rpc ? " rpc" : "");
+  }
+  return sha256_hex(text);
+}
+
 }  // namespace
 
+std::optional<std::string> Scheduler::known_infeasible(const std::string& request_key,
+                                                       const std::string& fleet_key) {
+  std::lock_guard<std::mutex> lock(infeasible_mu_);
+  const auto it = infeasible_.find(request_key);
+  if (it == infeasible_.end() || it->second.first != fleet_key) return std::nullopt;
+  return it->second.second;
+}
+
+void Scheduler::remember_infeasible(const std::string& request_key, const std::string& fleet_key,
+                                    const std::string& reason) {
+  std::lock_guard<std::mutex> lock(infeasible_mu_);
+  if (infeasible_.size() >= kMaxRemembered) infeasible_.clear();
+  infeasible_[request_key] = {fleet_key, reason};
+}
+
 void Scheduler::place(const store::InstanceRow& instance, const store::DeploymentRow& d,
-                      const cluster::Cluster& ready, ReconcileStats& stats) {
+                      const cluster::Cluster& ready, const std::string& ready_digest,
+                      ReconcileStats& stats) {
   std::string reason;
   try {
-    plan::Request request = plan::request_from_options(json::parse(d.options_json), d.model);
-    const std::shared_ptr<const estimate::ModelMemory> m = model(d.model);
-    plan::add_download(request, model_files(d.model));
-    const auto t0 = std::chrono::steady_clock::now();
-    cluster::Cluster fleet = ready;  // the claims as they are now, earlier placements included
-    apply_claims(fleet, store_.claims(), instance.id);
-    plan::Request one = request;
-    one.replicas = 1;
-    one.explain = false;  // an assignment keeps the chosen layout only
-    one.server_port = static_cast<std::uint16_t>(config_.instance_port_base);
-    one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base);
     // Workers where this instance kept crashing are avoided while anything else fits.
     json avoid = json::parse(instance.assignment_json, nullptr, false);
     avoid = avoid.is_object() ? avoid.value("avoid", json::array()) : json::array();
-    plan::Plan p;
-    std::int64_t n = 0;  // the placement's number
-    if (avoid.is_array() && !avoid.empty()) {
-      cluster::Cluster others = fleet;
-      std::erase_if(others.workers, [&](const cluster::Worker& w) {
-        return std::find(avoid.begin(), avoid.end(), w.name) != avoid.end();
-      });
-      p = plan::make_plan(*m, others, one);
-      if (p.feasible) fleet = std::move(others);
-    }
-    if (!p.feasible) p = plan::make_plan(*m, fleet, one);
-    if (p.feasible) {
-      // Fresh ports for every placement (a re-placed instance must not wait for the old sockets'
-      // TIME_WAIT on a shared host); unique among the last 500 placements. The counter moves only
-      // for placements that are made.
-      n = std::stoll(store_.next_id("placements"));
-      one.server_port = static_cast<std::uint16_t>(config_.instance_port_base + n % 500);
-      one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base + (n % 500) * 16);
-      plan::Replica& first = p.replicas.front();
-      first.launch = plan::launch_for(first.chosen, fleet, one);
-      first.launch.server.alias = d.name;  // responses name the deployment, not the file
-      first.commands = plan::commands(first.launch);
-    }
-    stats.planning_s +=
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (p.feasible) {
-      const plan::Replica& rep = p.replicas.front();
-      store::InstanceRow placed = instance;
-      placed.state = InstanceState::kAssigned;
-      placed.main_worker = rep.chosen.main_worker;
-      placed.reason.clear();
-      placed.predicted_tokens_per_s = rep.chosen.prediction.generation_tokens_per_s;
-      placed.updated_ms = store::now_ms();
-      json assignment;
-      assignment["plan"] = plan::candidate_json(rep.chosen, fleet);
-      assignment["launch"] = plan::to_json(rep.launch);
-      assignment["commands"] = plan::commands_json(rep.commands);  // for people: the shell lines
-      assignment["model"] = d.model;
-      if (const std::vector<model::ModelFile> files = model_files(d.model); !files.empty())
-        assignment["model_files"] = model::files_json(files);  // the main downloads them
-      assignment["server_port"] = one.server_port;
-      assignment["rpc_port_base"] = one.rpc_port_base;
-      assignment["slots"] = one.context.parallel;   // the proxy forwards this many at once
-      assignment["placement"] = std::to_string(n);  // measurements belong to one placement
-      // The prediction split by what learned factors scale: what its measurements teach.
-      assignment["basis"] =
-          perf::basis_json(perf::basis_of(rep.chosen.prediction, one.prompt_tokens));
-      // llama-server's own key, fresh per placement: only the proxy (and the main worker, which
-      // starts it) know it, so the instance's port serves nobody who bypasses ggfleet's keys.
-      assignment["instance_key"] = new_secret("ggi_");
-      if (avoid.is_array() && !avoid.empty()) assignment["avoid"] = avoid;
-      placed.assignment_json = dump(assignment);
-      std::vector<store::ClaimRow> claims;
-      for (std::size_t k = 0; k < rep.chosen.places.size(); ++k) {
-        claims.push_back({instance.id, rep.chosen.places[k].worker,
-                          static_cast<std::int64_t>(rep.chosen.places[k].gpu),
-                          static_cast<std::int64_t>(rep.chosen.estimate.devices[k].total_bytes),
-                          rep.chosen.layout.devices[k].remote});
+    // What decides the plan: the request, the ready workers and the claims of the others.
+    const std::vector<store::ClaimRow> claims_now = store_.claims();
+    const std::string request_key = d.model + '\n' + d.options_json + '\n' + avoid.dump();
+    const std::string fleet_key = fleet_digest(ready_digest, claims_now, instance.id);
+    if (const std::optional<std::string> known = known_infeasible(request_key, fleet_key)) {
+      // The same request did not fit this same fleet a moment ago (another replica, or this one
+      // in an earlier pass): planning it again would answer the same.
+      ++stats.remembered;
+      reason = *known;
+    } else {
+      plan::Request request = plan::request_from_options(json::parse(d.options_json), d.model);
+      const std::shared_ptr<const estimate::ModelMemory> m = model(d.model);
+      plan::add_download(request, model_files(d.model));
+      const auto t0 = std::chrono::steady_clock::now();
+      cluster::Cluster fleet = ready;  // the claims as they are now, earlier placements included
+      apply_claims(fleet, claims_now, instance.id);
+      plan::Request one = request;
+      one.replicas = 1;
+      one.explain = false;  // an assignment keeps the chosen layout only
+      one.server_port = static_cast<std::uint16_t>(config_.instance_port_base);
+      one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base);
+      plan::Plan p;
+      std::int64_t n = 0;  // the placement's number
+      if (avoid.is_array() && !avoid.empty()) {
+        cluster::Cluster others = fleet;
+        std::erase_if(others.workers, [&](const cluster::Worker& w) {
+          return std::find(avoid.begin(), avoid.end(), w.name) != avoid.end();
+        });
+        p = plan::make_plan(*m, others, one);
+        if (p.feasible) fleet = std::move(others);
       }
-      claims.push_back({instance.id, rep.chosen.main_worker, -1,
-                        static_cast<std::int64_t>(rep.chosen.estimate.host.total_bytes), false});
-      // The assignment and its claims in one transaction, checked against the claims as they are
-      // now (nothing else writes claims, but the deployment may have gone meanwhile).
-      bool written = false;
-      write([&] {
-        if (!store_.deployment(d.name) || !store_.instance(instance.id)) return;
-        store_.put_instance(placed);
-        store_.set_claims(instance.id, claims);
-        store_.bump_assignment_version();
-        char msg[256];
-        std::snprintf(msg, sizeof msg,
-                      "assigned: main %s, %zu GPU(s), %u CPU layer(s), predicted %.2f tokens/s",
-                      rep.chosen.main_worker.c_str(), rep.chosen.places.size(),
-                      rep.chosen.cpu_layers(), rep.chosen.prediction.generation_tokens_per_s);
-        store_.event("instance.assigned", instance.id, msg);
-        written = true;
-      });
-      if (written) ++stats.placed;
-      return;
+      if (!p.feasible) p = plan::make_plan(*m, fleet, one);
+      if (p.feasible) {
+        // Fresh ports for every placement (a re-placed instance must not wait for the old sockets'
+        // TIME_WAIT on a shared host); unique among the last 500 placements. The counter moves only
+        // for placements that are made.
+        n = std::stoll(store_.next_id("placements"));
+        one.server_port = static_cast<std::uint16_t>(config_.instance_port_base + n % 500);
+        one.rpc_port_base = static_cast<std::uint16_t>(config_.rpc_port_base + (n % 500) * 16);
+        plan::Replica& first = p.replicas.front();
+        first.launch = plan::launch_for(first.chosen, fleet, one);
+        first.launch.server.alias = d.name;  // responses name the deployment, not the file
+        first.commands = plan::commands(first.launch);
+      }
+      stats.planning_s +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (p.feasible) {
+        const plan::Replica& rep = p.replicas.front();
+        store::InstanceRow placed = instance;
+        placed.state = InstanceState::kAssigned;
+        placed.main_worker = rep.chosen.main_worker;
+        placed.reason.clear();
+        placed.predicted_tokens_per_s = rep.chosen.prediction.generation_tokens_per_s;
+        placed.updated_ms = store::now_ms();
+        json assignment;
+        assignment["plan"] = plan::candidate_json(rep.chosen, fleet);
+        assignment["launch"] = plan::to_json(rep.launch);
+        assignment["commands"] = plan::commands_json(rep.commands);  // for people: the shell lines
+        assignment["model"] = d.model;
+        if (const std::vector<model::ModelFile> files = model_files(d.model); !files.empty())
+          assignment["model_files"] = model::files_json(files);  // the main downloads them
+        assignment["server_port"] = one.server_port;
+        assignment["rpc_port_base"] = one.rpc_port_base;
+        assignment["slots"] = one.context.parallel;   // the proxy forwards this many at once
+        assignment["placement"] = std::to_string(n);  // measurements belong to one placement
+        // The prediction split by what learned factors scale: what its measurements teach.
+        assignment["basis"] =
+            perf::basis_json(perf::basis_of(rep.chosen.prediction, one.prompt_tokens));
+        // llama-server's own key, fresh per placement: only the proxy (and the main worker, which
+        // starts it) know it, so the instance's port serves nobody who bypasses ggfleet's keys.
+        assignment["instance_key"] = new_secret("ggi_");
+        if (avoid.is_array() && !avoid.empty()) assignment["avoid"] = avoid;
+        placed.assignment_json = dump(assignment);
+        std::vector<store::ClaimRow> claims;
+        for (std::size_t k = 0; k < rep.chosen.places.size(); ++k) {
+          claims.push_back({instance.id, rep.chosen.places[k].worker,
+                            static_cast<std::int64_t>(rep.chosen.places[k].gpu),
+                            static_cast<std::int64_t>(rep.chosen.estimate.devices[k].total_bytes),
+                            rep.chosen.layout.devices[k].remote});
+        }
+        claims.push_back({instance.id, rep.chosen.main_worker, -1,
+                          static_cast<std::int64_t>(rep.chosen.estimate.host.total_bytes), false});
+        // The assignment and its claims in one transaction, checked against the claims as they are
+        // now (nothing else writes claims, but the deployment may have gone meanwhile).
+        bool written = false;
+        write([&] {
+          if (!store_.hold_deployment(d.name) || !store_.instance(instance.id)) return;
+          store_.put_instance(placed);
+          store_.set_claims(instance.id, claims);
+          store_.bump_assignment_version();
+          char msg[256];
+          std::snprintf(msg, sizeof msg,
+                        "assigned: main %s, %zu GPU(s), %u CPU layer(s), predicted %.2f tokens/s",
+                        rep.chosen.main_worker.c_str(), rep.chosen.places.size(),
+                        rep.chosen.cpu_layers(), rep.chosen.prediction.generation_tokens_per_s);
+          store_.event("instance.assigned", instance.id, msg);
+          written = true;
+        });
+        if (written) ++stats.placed;
+        return;
+      }
+      reason = p.reason;
+      remember_infeasible(request_key, fleet_key, reason);
     }
-    reason = p.reason;
   } catch (const std::exception& e) {
     reason = std::string("cannot plan: ") + e.what();
   }
@@ -234,7 +278,7 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
     pending.reason = reason;
     pending.updated_ms = store::now_ms();
     write([&] {
-      if (!store_.instance(instance.id)) return;
+      if (!store_.hold_deployment(d.name) || !store_.instance(instance.id)) return;
       store_.put_instance(pending);
       store_.event("instance.pending", instance.id, reason);
     });
@@ -304,9 +348,15 @@ ReconcileStats Scheduler::reconcile() {
   // 2. Replica counts, per generation: the current one gets `replicas` instances; older ones
   // (a PATCH changed model or options) are removed as current ones run — all at once when the
   // current ones run, one per pass when a current one does not fit while old ones hold memory.
-  for (const store::DeploymentRow& d : store_.deployments()) {
+  // (All instances read once, not once per deployment: a pass over many deployments would
+  // otherwise cost a round trip to the store for each.)
+  const std::vector<store::DeploymentRow> all_deployments = store_.deployments();
+  std::map<std::string, std::vector<store::InstanceRow>> by_deployment;
+  for (store::InstanceRow& i : store_.instances())
+    by_deployment[i.deployment].push_back(std::move(i));
+  for (const store::DeploymentRow& d : all_deployments) {
     std::vector<store::InstanceRow> current, old;
-    for (const store::InstanceRow& i : store_.instances(d.name))
+    for (const store::InstanceRow& i : by_deployment[d.name])
       (i.generation == d.generation ? current : old).push_back(i);
     for (auto have = static_cast<std::int64_t>(current.size()); have < d.replicas; ++have) {
       store::InstanceRow i;
@@ -316,7 +366,7 @@ ReconcileStats Scheduler::reconcile() {
       i.created_ms = i.updated_ms = now;
       i.reason = "waiting for the scheduler";
       write([&] {
-        if (!store_.deployment(d.name)) return;
+        if (!store_.hold_deployment(d.name)) return;
         store_.put_instance(i);
         store_.event("instance.created", i.id,
                      "replica of " + d.name +
@@ -363,17 +413,30 @@ ReconcileStats Scheduler::reconcile() {
   for (const store::DeploymentRow& d : store_.deployments()) deployments[d.name] = d;
   // The ready workers are read (and their resources parsed) once per pass, not per instance.
   std::optional<cluster::Cluster> ready;
+  std::string ready_digest;  // what the ready workers were planned from
   for (const store::InstanceRow& i : store_.instances()) {
     if (i.state != InstanceState::kPending) continue;
     const auto it = deployments.find(i.deployment);
     if (it == deployments.end()) continue;
-    if (!ready) ready = perf::corrected(ready_workers(store_.workers()), corrections());
-    place(i, it->second, *ready, stats);
+    if (!ready) {
+      const std::vector<store::WorkerRow> rows = store_.workers();
+      ready = perf::corrected(ready_workers(rows), corrections());
+      for (const store::WorkerRow& w : rows) {
+        if (w.status == WorkerStatus::kReady)
+          ready_digest += w.name + '\n' + w.labels_json + '\n' + w.resources_json + '\n';
+      }
+      ready_digest = sha256_hex(ready_digest);
+    }
+    place(i, it->second, *ready, ready_digest, stats);
   }
   return stats;
 }
 
 void Scheduler::set_corrections(perf::Corrections c) {
+  {
+    std::lock_guard<std::mutex> lock(infeasible_mu_);
+    infeasible_.clear();  // plans made with other factors
+  }
   std::lock_guard<std::mutex> lock(corrections_mu_);
   // The generation factors that moved: only instances whose prediction they scale are looked at.
   const std::map<std::string, double> before = corrections_.generation_values();

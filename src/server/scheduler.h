@@ -45,7 +45,7 @@ void apply_claims(cluster::Cluster& c, const std::vector<store::ClaimRow>& claim
 // assignment version bumped and an "instance.replanned" event with `reason` written, in one
 // transaction (joins the caller's). `avoid_worker` (if not empty) is added to the workers its next
 // placement avoids when any other placement fits (kept in the pending instance's assignment as
-// {"avoid": [...]}).
+// {"avoid": [...]}). Does nothing if the instance (or its deployment) is gone meanwhile.
 void replan(store::Store& store, const store::InstanceRow& instance, const std::string& reason,
             const std::string& avoid_worker = "");
 
@@ -65,6 +65,7 @@ struct ReconcileStats {
   int created = 0;
   int removed = 0;
   int replanned = 0;
+  int remembered = 0;     // pending ones answered by an earlier identical plan on the same fleet
   double planning_s = 0;  // time spent in the planner
 };
 
@@ -103,9 +104,17 @@ class Scheduler {
   void set_lease(std::optional<store::Lease> lease);
 
  private:
-  // Plans `instance` on `ready` (ready_workers of this pass) with the claims in the store now.
+  // Plans `instance` on `ready` (ready_workers of this pass, whose rows digest to ready_digest)
+  // with the claims in the store now. A request that did not fit the same fleet (same ready
+  // workers, same claims of the others, same learned factors) is not planned again: its reason
+  // is reused, so that many pending replicas of an over-full fleet cost one plan per pass, not
+  // one each.
   void place(const store::InstanceRow& instance, const store::DeploymentRow& d,
-             const cluster::Cluster& ready, ReconcileStats& stats);
+             const cluster::Cluster& ready, const std::string& ready_digest, ReconcileStats& stats);
+  std::optional<std::string> known_infeasible(const std::string& request_key,
+                                              const std::string& fleet_key);
+  void remember_infeasible(const std::string& request_key, const std::string& fleet_key,
+                           const std::string& reason);
 
   // One write transaction of the scheduler, fenced by lease_.
   void write(const std::function<void()>& fn);
@@ -118,6 +127,10 @@ class Scheduler {
   perf::Corrections corrections_;
   std::set<std::string> changed_keys_;            // factors changed since suggest_replans last ran
   std::map<std::string, std::string> suggested_;  // instance -> the layout last suggested
+  // request (model, options, avoided workers) -> the fleet it did not fit and why.
+  static constexpr std::size_t kMaxRemembered = 1024;
+  std::mutex infeasible_mu_;
+  std::map<std::string, std::pair<std::string, std::string>> infeasible_;
   std::mutex models_mu_;
   struct KnownModel {
     std::shared_ptr<const estimate::ModelMemory> memory;

@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <httplib.h>
+#include <pthread.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
@@ -28,6 +29,12 @@ namespace ggfleet::server {
 using nlohmann::json;
 
 namespace {
+
+std::int64_t steady_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 // Thousands of client streams, each with an upstream socket, need more than the usual 1,024
 // descriptors: take the hard limit.
@@ -151,6 +158,10 @@ int Server::start() {
   lease_thread_ = std::thread([this] { lease_loop(); });
   schedule_thread_ = std::thread([this] { schedule_loop(); });
   listen_thread_ = std::thread([this] { listen_loop(); });
+  // Named, so that a stack dump or `top -H` of a stuck server says which loop is which.
+  pthread_setname_np(lease_thread_.native_handle(), "ggfleet-lease");
+  pthread_setname_np(schedule_thread_.native_handle(), "ggfleet-sched");
+  pthread_setname_np(listen_thread_.native_handle(), "ggfleet-listen");
   return port;
 }
 
@@ -213,7 +224,7 @@ void Server::lease_loop() {
       lease_cv_.wait_for(lock, period, [this] { return stopping_.load(); });
     }
     if (stopping_) break;
-    lead();
+    if (!pass_stuck()) lead();
     if (std::chrono::steady_clock::now() - seen > std::chrono::seconds(2)) {
       try {
         lease_store_->server_seen(server_id_, advertise_url_, started_ms_);
@@ -222,6 +233,32 @@ void Server::lease_loop() {
       seen = std::chrono::steady_clock::now();
     }
   }
+}
+
+bool Server::pass_stuck() {
+  const std::int64_t started = pass_started_ms_.load();
+  const std::int64_t now = steady_ms();
+  const bool stuck = started != 0 && now - started > std::int64_t{kStuckPassS} * 1000;
+  if (stuck && !stepped_down_) {
+    stepped_down_ = true;
+    std::cerr << "ggfleet server: the scheduling loop has been in " << pass_phase_.load() << " for "
+              << (now - started) / 1000 << " s; handing the lead over until that pass ends"
+              << std::endl;
+    std::optional<store::Lease> held;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      held.swap(lease_);  // the stuck pass's later writes are refused (fencing)
+    }
+    try {
+      if (held) lease_store_->release_lease(*held);
+    } catch (const std::exception&) {
+      // (the lease runs out on its own)
+    }
+  } else if (!stuck && stepped_down_) {
+    stepped_down_ = false;
+    std::cerr << "ggfleet server: the stuck scheduling pass ended" << std::endl;
+  }
+  return stuck;
 }
 
 void Server::lead() {
@@ -261,6 +298,8 @@ void Server::lead() {
 void Server::schedule_loop() {
   while (!stopping_) {
     const auto t0 = std::chrono::steady_clock::now();
+    pass_phase_ = "reconcile";
+    pass_started_ms_ = steady_ms();
     ReconcileStats stats;
     const std::optional<store::Lease> lease = current_lease();
     const bool leader = lease.has_value();
@@ -276,11 +315,15 @@ void Server::schedule_loop() {
       } catch (...) {
       }
     }
+    const auto t1 = std::chrono::steady_clock::now();
+    pass_phase_ = "writing heartbeats";
     try {
       flush_liveness();
     } catch (const std::exception& e) {
       std::cerr << "ggfleet server: writing heartbeats failed: " << e.what() << std::endl;
     }
+    const auto t2 = std::chrono::steady_clock::now();
+    pass_phase_ = "measurements";
     try {
       measurements_->flush(*store_);
       // What the measurements teach: factors for the next placements, and the suggestions
@@ -292,15 +335,33 @@ void Server::schedule_loop() {
     } catch (const std::exception& e) {
       std::cerr << "ggfleet server: writing measurements failed: " << e.what() << std::endl;
     }
-    metrics_->scheduling(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), stats.placed,
-        stats.planning_s);
+    const auto t3 = std::chrono::steady_clock::now();
+    const auto seconds = [](auto from, auto to) {
+      return std::chrono::duration<double>(to - from).count();
+    };
+    const double pass_s = seconds(t0, t3);
+    metrics_->scheduling(pass_s, stats.placed, stats.planning_s);
+    if (pass_s > kSlowPassS) {
+      // A pass this long delays every placement behind it: say what it spent its time on.
+      char line[320];
+      std::snprintf(line, sizeof line,
+                    "ggfleet server: a %s pass took %.1f s: reconcile %.1f s (%.1f s planning; %d "
+                    "placed, %d pending, %d planned from memory, %d created, %d removed), "
+                    "heartbeats %.1f s, measurements %.1f s",
+                    leader ? "scheduling" : "follower's", pass_s, seconds(t0, t1), stats.planning_s,
+                    stats.placed, stats.pending, stats.remembered, stats.created, stats.removed,
+                    seconds(t1, t2), seconds(t2, t3));
+      std::cerr << line << std::endl;
+    }
+    pass_phase_ = "publishing assignments";
     try {
       publish_if_changed();  // (a failure is retried next pass)
     } catch (const std::exception& e) {
       std::cerr << "ggfleet server: publishing assignments failed (retried next pass): " << e.what()
                 << std::endl;
     }
+    pass_started_ms_ = 0;
+    pass_phase_ = "waiting";
     std::unique_lock<std::mutex> lock(mu_);
     wake_cv_.wait_for(lock, std::chrono::milliseconds(config_.schedule_interval_ms),
                       [this] { return wake_; });

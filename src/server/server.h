@@ -42,6 +42,10 @@ namespace ggfleet::server {
 
 // The lease whose holder runs the scheduling loop.
 inline constexpr const char* kSchedulerLease = "scheduler";
+// A scheduling pass longer than this is reported in the server's log with what it did.
+inline constexpr double kSlowPassS = 2.0;
+// A scheduling pass still running after this long is taken as stuck: its server stops leading.
+inline constexpr int kStuckPassS = 60;
 
 // The servers sharing `store` (seen in the last minute) and the leader, if a lease runs:
 // {"servers": [{id, url, started_ms, last_seen_ms, leader}], "leader": {id, since_ms, token,
@@ -210,7 +214,15 @@ class Server {
   std::unique_ptr<store::Store> lease_store_;
   std::optional<store::Lease> lease_;  // guarded by mu_
   std::thread lease_thread_;
-  bool store_unreachable_ = false;    // the last lease renewal failed (only the lease thread)
+  bool store_unreachable_ = false;  // the last lease renewal failed (only the lease thread)
+  // What the scheduling loop does now and since when (steady clock, ms; 0: between passes). A
+  // pass stuck for kStuckPassS (a store call that never returns, say) makes the lease thread say
+  // where it is and hand the lead over instead of renewing a lease nobody schedules under; it
+  // leads again (if free) once that pass has ended.
+  std::atomic<const char*> pass_phase_{"starting"};
+  std::atomic<std::int64_t> pass_started_ms_{0};
+  bool stepped_down_ = false;         // only the lease thread
+  bool pass_stuck();                  // only the lease thread
   std::condition_variable lease_cv_;  // with mu_: wakes the lease thread to stop
   void lease_loop();
   // Takes or renews the scheduler lease; says so when this server starts or stops leading.

@@ -109,12 +109,21 @@ class Sqlite final : public Db {
 
 class Postgres final : public Db {
  public:
-  // The URL's own connect_timeout wins; else kConnectTimeoutS. Every statement is cut after
+  // The URL's own settings win; else kConnectTimeoutS, and TCP keepalives with a user timeout
+  // (a path that silently drops everything fails a call within about kDeadPathS instead of
+  // blocking it for the kernel's quarter of an hour). Every statement is cut after
   // kStatementTimeoutMs, so one stuck query cannot hold a connection (or a lock) for ever.
   explicit Postgres(const std::string& url) {
     const std::string timeout = std::to_string(kConnectTimeoutS);
-    const char* const keys[] = {"connect_timeout", "dbname", nullptr};
-    const char* const values[] = {timeout.c_str(), url.c_str(), nullptr};
+    const std::string idle_s = std::to_string(kDeadPathS / 4);
+    const std::string interval_s = std::to_string(kDeadPathS / 8);
+    const std::string user_timeout_ms = std::to_string(kDeadPathS * 1000);
+    const char* const keys[] = {
+        "connect_timeout",  "keepalives",       "keepalives_idle", "keepalives_interval",
+        "keepalives_count", "tcp_user_timeout", "dbname",          nullptr};
+    const char* const values[] = {timeout.c_str(),    "1",    idle_s.c_str(),
+                                  interval_s.c_str(), "6",    user_timeout_ms.c_str(),
+                                  url.c_str(),        nullptr};
     conn_ = PQconnectdbParams(keys, values, 1);
     if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) {
       const std::string why = conn_ ? PQerrorMessage(conn_) : "out of memory";

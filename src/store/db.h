@@ -62,6 +62,9 @@ class Db {
 // cancel any statement that runs longer than this.
 inline constexpr int kConnectTimeoutS = 5;
 inline constexpr int kStatementTimeoutMs = 15000;
+// A PostgreSQL connection whose peer stopped answering (no reply, no reset) is given up after
+// about this long: keepalive probes from a quarter of it on, unacknowledged data for all of it.
+inline constexpr int kDeadPathS = 40;
 
 // Opens `target`: a postgres:// or postgresql:// URL, or a SQLite file path (created if missing,
 // WAL mode, foreign keys on, busy timeout 10 s). Throws StoreError.

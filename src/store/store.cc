@@ -382,6 +382,15 @@ std::optional<DeploymentRow> Store::deployment(const std::string& name) {
   });
 }
 
+bool Store::hold_deployment(const std::string& name) {
+  return locked([&](Db& db) {
+    return !db.exec(std::string("SELECT name FROM deployments WHERE name = $1") +
+                        (backend_ == "postgres" ? " FOR SHARE" : ""),
+                    {name})
+                .rows.empty();
+  });
+}
+
 std::vector<DeploymentRow> Store::deployments() {
   return locked([&](Db& db) {
     const Rows r =

@@ -143,6 +143,11 @@ class Store {
   // Deployments.
   bool create_deployment(const DeploymentRow& d);  // false if the name exists
   std::optional<DeploymentRow> deployment(const std::string& name);
+  // Inside a transaction: true if the deployment exists, and then it stays until the transaction
+  // ends (PostgreSQL: a share lock on its row, so a concurrent delete waits; SQLite has one writer
+  // anyway). Writes of its instances check this first: an instance row of a deployment deleted
+  // meanwhile would break the foreign key and fail the whole transaction.
+  bool hold_deployment(const std::string& name);
   std::vector<DeploymentRow> deployments();
   bool update_deployment(const DeploymentRow& d);
   bool delete_deployment(const std::string& name);  // and its instances and claims

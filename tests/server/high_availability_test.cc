@@ -19,6 +19,10 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <random>
 #include <sstream>
@@ -68,6 +72,35 @@ std::pair<std::string, int> host_port(const std::string& url) {
   const auto colon = authority.rfind(':');
   if (colon == std::string::npos) return {authority, 5432};
   return {authority.substr(0, colon), std::atoi(authority.c_str() + colon + 1)};
+}
+
+// What each thread of process `pid` is doing: gdb's backtraces when gdb is installed (and may
+// attach), else each thread's name, state and kernel wait channel from /proc. For a server that
+// stopped doing its work without saying why.
+std::string stacks_of(pid_t pid) {
+  std::string out;
+  const std::string gdb = "gdb -p " + std::to_string(pid) +
+                          " -batch -nx -ex 'set pagination off' -ex 'thread apply all bt 20' 2>&1";
+  if (std::system("command -v gdb >/dev/null 2>&1") == 0) {
+    if (FILE* p = ::popen(gdb.c_str(), "r")) {
+      char line[1024];
+      while (std::fgets(line, sizeof line, p)) {
+        // The threads and their frames; not gdb's chatter about symbols and libraries.
+        if (std::strncmp(line, "Thread ", 7) == 0 || line[0] == '#') out += line;
+      }
+      ::pclose(p);
+    }
+  }
+  if (!out.empty()) return out;
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  std::error_code ec;
+  for (const auto& t : std::filesystem::directory_iterator(tasks, ec)) {
+    std::string stat = read_file(t.path().string() + "/stat");
+    const std::size_t close = stat.rfind(')');
+    out += t.path().filename().string() + " " + stat.substr(0, close + 3).substr(stat.find('(')) +
+           " wchan=" + read_file(t.path().string() + "/wchan") + "\n";
+  }
+  return out;
 }
 
 // Workers that register with the first server that answers and move to the next one when theirs
@@ -294,6 +327,10 @@ class HighAvailability : public ::testing::Test {
     if (HasFailure()) {
       for (const auto& [k, log] : logs_)
         std::cout << "server " << k << " (" << log << "):\n" << worker::tail_file(log, 40) << "\n";
+      for (std::size_t k = 0; k < servers_.size(); ++k) {
+        if (servers_[k] && servers_[k]->pid() > 0)
+          std::cout << "server " << k << "'s threads:\n" << stacks_of(servers_[k]->pid()) << "\n";
+      }
     }
     if (HasFailure()) {
       for (std::size_t i = 0; i < real_.size(); ++i) {
