@@ -263,7 +263,7 @@ void Scheduler::place(const store::InstanceRow& instance, const store::Deploymen
           store_.event("instance.assigned", instance.id, msg);
           written = true;
         });
-        if (written) ++stats.placed;
+        ++(written ? stats.placed : stats.vanished);
         return;
       }
       reason = p.reason;
@@ -365,14 +365,16 @@ ReconcileStats Scheduler::reconcile() {
       i.generation = d.generation;
       i.created_ms = i.updated_ms = now;
       i.reason = "waiting for the scheduler";
+      bool written = false;
       write([&] {
         if (!store_.hold_deployment(d.name)) return;
+        written = true;
         store_.put_instance(i);
         store_.event("instance.created", i.id,
                      "replica of " + d.name +
                          (old.empty() ? "" : " (generation " + std::to_string(d.generation) + ")"));
       });
-      ++stats.created;
+      ++(written ? stats.created : stats.vanished);
     }
     auto remove = [&](std::vector<store::InstanceRow>& list, std::size_t keep,
                       const std::string& why) {

@@ -65,7 +65,9 @@ struct ReconcileStats {
   int created = 0;
   int removed = 0;
   int replanned = 0;
-  int remembered = 0;     // pending ones answered by an earlier identical plan on the same fleet
+  int remembered = 0;
+  int vanished = 0;  // not written: the instance or its deployment was deleted meanwhile     //
+                     // pending ones answered by an earlier identical plan on the same fleet
   double planning_s = 0;  // time spent in the planner
 };
 

@@ -346,11 +346,12 @@ void Server::schedule_loop() {
       char line[320];
       std::snprintf(line, sizeof line,
                     "ggfleet server: a %s pass took %.1f s: reconcile %.1f s (%.1f s planning; %d "
-                    "placed, %d pending, %d planned from memory, %d created, %d removed), "
+                    "placed, %d pending, %d planned from memory, %d created, %d removed, %d "
+                    "deleted meanwhile), "
                     "heartbeats %.1f s, measurements %.1f s",
                     leader ? "scheduling" : "follower's", pass_s, seconds(t0, t1), stats.planning_s,
                     stats.placed, stats.pending, stats.remembered, stats.created, stats.removed,
-                    seconds(t1, t2), seconds(t2, t3));
+                    stats.vanished, seconds(t1, t2), seconds(t2, t3));
       std::cerr << line << std::endl;
     }
     pass_phase_ = "publishing assignments";

@@ -132,6 +132,10 @@ class Postgres final : public Db {
     }
     exec("SET client_min_messages TO WARNING", {});
     exec("SET statement_timeout = " + std::to_string(kStatementTimeoutMs), {});
+    // A session that went quiet inside a transaction (its process stopped between two
+    // statements) would hold its row locks, the scheduler lease's among them, until TCP noticed.
+    exec("SET idle_in_transaction_session_timeout = " + std::to_string(kStatementTimeoutMs * 2),
+         {});
   }
   ~Postgres() override { PQfinish(conn_); }
 

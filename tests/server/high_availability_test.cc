@@ -23,8 +23,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -289,11 +291,13 @@ std::string state_of(store::Store& s) {
 
 // The state once the scheduler has nothing left to do: two readings 2 s apart agree and no
 // instance waits for its first placement pass ("" after 180 s without that, the lines that still
-// moved printed: the debug build's passes are several times slower).
-std::string stable_state(store::Store& s) {
+// moved printed: the debug build's passes are several times slower). `each_reading` runs after
+// every reading.
+std::string stable_state(store::Store& s, const std::function<void()>& each_reading) {
   std::string last = state_of(s), before;
   for (int k = 0; k < 90; ++k) {
     std::this_thread::sleep_for(std::chrono::seconds(2));
+    each_reading();
     const std::string now = state_of(s);
     if (now == last && now.find("waiting for the scheduler") == std::string::npos) return now;
     before = std::move(last);
@@ -370,6 +374,19 @@ class HighAvailability : public ::testing::Test {
          llama_cpp_dir() + "/bin", "--data-dir", dir_.file(name), "--heartbeat-ms", "500"},
         {}, dir_.file(name + ".log"));
   }
+  // A server whose scheduling pass got stuck hands the lead over and says so in its log: the
+  // threads of that server are printed while it is stuck (once per start), to show where.
+  void stuck_passes() {
+    for (const auto& [k, log] : logs_) {
+      const auto at = static_cast<std::size_t>(k);
+      if (stacks_shown_.count(log) || !servers_[at] || servers_[at]->pid() <= 0 ||
+          read_file(log).find("handing the lead over") == std::string::npos)
+        continue;
+      stacks_shown_.insert(log);
+      std::cout << "server " << k << " has a stuck scheduling pass; its threads:\n"
+                << stacks_of(servers_[at]->pid()) << std::endl;
+    }
+  }
   // The streamed deployment's instances as "id state main", one per line.
   std::string chat_instances() {
     std::string out;
@@ -414,8 +431,9 @@ class HighAvailability : public ::testing::Test {
   std::vector<std::unique_ptr<TcpRelay>> relays_;
   std::vector<int> ports_;
   std::vector<std::unique_ptr<worker::Process>> servers_, real_;
-  std::map<int, std::string> ids_;   // server -> its id in the servers table (this start's)
-  std::map<int, std::string> logs_;  // server -> the log of its latest start
+  std::map<int, std::string> ids_;      // server -> its id in the servers table (this start's)
+  std::map<int, std::string> logs_;     // server -> the log of its latest start
+  std::set<std::string> stacks_shown_;  // logs of starts whose stuck pass was shown
   std::unique_ptr<store::Store> store_;
   int starts_ = 0;
 };
@@ -477,6 +495,7 @@ TEST_F(HighAvailability, LeaderKilledNonLeaderKilledDatabaseCutAllRestarted) {
     if (checker.joinable()) checker.join();
   }};
   auto phase = [&](const std::string& what) {
+    stuck_passes();
     std::cout << "[ phase ] " << what << ": " << stats.ops << " operations, " << stats.retries
               << " retries, " << stats.failures << " failures so far; " << streams.done
               << " streams, " << streams.retries << " retried" << std::endl;
@@ -547,7 +566,7 @@ TEST_F(HighAvailability, LeaderKilledNonLeaderKilledDatabaseCutAllRestarted) {
             << streams.done << " streams completed, " << streams.retries << " retried" << std::endl;
 
   // AllRestarted: every server killed at once and started again; the same state.
-  const std::string before = stable_state(*store_);
+  const std::string before = stable_state(*store_, [&] { stuck_passes(); });
   ASSERT_FALSE(before.empty()) << "the scheduler did not settle";
   for (int k = 0; k < kServers; ++k) kill9(k);
   for (int k = 0; k < kServers; ++k) start(k);
