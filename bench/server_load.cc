@@ -6,7 +6,12 @@
 //
 //   build/release/bench/server_load [--workers 1000] [--seconds 30] [--clients 4] [--db URL]
 //                                   [--long-poll 0|1] [--pending N [--preset P] [--hetero 1]]
-//                                   [--servers N]
+//                                   [--servers N] [--warmup S]
+//
+// --warmup S: the load runs S seconds before the measured window opens (2: one round of every
+// worker's heartbeats, after which each was heard from recently, as in a running fleet; the
+// first round after registering them all, which takes the store's path for each, then falls
+// outside). The p99 of every 5 s of the window is printed too.
 //
 // Workers register on the public port and then heartbeat and long-poll on the worker port the
 // registration names, as the real agent does.
@@ -71,13 +76,28 @@ double cpu_seconds(pid_t pid) {
 }
 
 struct Latencies {
+  static constexpr double kWindowS = 5;  // p99 per window of this many seconds of the run
   std::mutex mu;
   std::vector<double> ms;
+  std::map<int, std::vector<double>> by_window;  // window -> latencies of requests started in it
   int errors = 0;
-  void add(double v, bool ok) {
+  void add(double v, bool ok, double started_s) {
     std::lock_guard<std::mutex> lock(mu);
     ms.push_back(v);
+    by_window[static_cast<int>(started_s / kWindowS)].push_back(v);
     errors += ok ? 0 : 1;
+  }
+  // p99 of each window, on one line: a tail at the start only (registration) reads apart from
+  // one all along (contention).
+  void print_windows(const char* what) {
+    std::printf("%-12s p99 per %.0f s:", what, kWindowS);
+    for (auto& [w, list] : by_window) {
+      std::sort(list.begin(), list.end());
+      const auto at = std::min(list.size() - 1,
+                               static_cast<std::size_t>(0.99 * static_cast<double>(list.size())));
+      std::printf(" %.0f", list[at]);
+    }
+    std::printf(" ms\n");
   }
   void print(const char* what) {
     std::sort(ms.begin(), ms.end());
@@ -198,10 +218,13 @@ void run_long_polls(const std::vector<std::pair<std::string, std::string>>& flee
 int main(int argc, char** argv) {
   int workers = 1000, seconds = 30, clients = 4, long_poll = 0, pending = 0, hetero = 0,
       n_servers = 1;
+  double warmup_s = 0;
   std::string db, preset = "llama3-8b-q4_0";
   CLI::App app{"API latency and server CPU under heartbeating (and long-polling) workers"};
   app.add_option("--workers", workers, "simulated workers, each heartbeating every 2 s");
   app.add_option("--seconds", seconds, "length of the load");
+  app.add_option("--warmup", warmup_s,
+                 "seconds of load before the measured window (2: one round of heartbeats)");
   app.add_option("--clients", clients, "API clients deploying, scaling and listing");
   app.add_option("--long-poll", long_poll, "1: every worker also long-polls its assignments");
   app.add_option("--db", db, "postgres:// URL (default: SQLite in a temp dir)");
@@ -303,9 +326,9 @@ int main(int argc, char** argv) {
   for (std::size_t k = 0; k < ports.size(); ++k) {
     if (worker_ports[k] <= 0) worker_ports[k] = ports[k];  // (a server without one)
   }
-  std::vector<double> cpu0;
-  for (const pid_t pid : servers) cpu0.push_back(cpu_seconds(pid));
-  const auto t0 = Clock::now();
+  // The load starts now; what is measured starts after the warm-up (a round of heartbeats at
+  // their pace brings every worker to the state a running fleet is in: heard from recently).
+  const auto t0 = Clock::now() + std::chrono::milliseconds(static_cast<int>(warmup_s * 1000));
   const auto until = t0 + std::chrono::seconds(seconds);
   Latencies beats, api;
   std::vector<std::thread> threads;
@@ -334,8 +357,9 @@ int main(int argc, char** argv) {
         const auto s = Clock::now();
         const auto r = to[k % to.size()]->Post(("/v1/workers/" + name + "/heartbeat").c_str(), h,
                                                "{}", "application/json");
-        beats.add(std::chrono::duration<double, std::milli>(Clock::now() - s).count(),
-                  r && r->status == 200);
+        if (s >= t0)
+          beats.add(std::chrono::duration<double, std::milli>(Clock::now() - s).count(),
+                    r && r->status == 200, std::chrono::duration<double>(s - t0).count());
         k += beat_threads;
         if (k >= fleet.size()) k = static_cast<std::size_t>(t);
         next += gap;
@@ -365,8 +389,9 @@ int main(int argc, char** argv) {
                                 json{{"replicas", rng() % 4}}.dump(), "application/json")
             : op == 2 ? c.Get("/v1/deployments", h)
                       : c.Get("/v1/instances", h);
-        api.add(std::chrono::duration<double, std::milli>(Clock::now() - s).count(),
-                r && r->status < 500);
+        if (s >= t0)
+          api.add(std::chrono::duration<double, std::milli>(Clock::now() - s).count(),
+                  r && r->status < 500, std::chrono::duration<double>(s - t0).count());
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
     });
@@ -427,7 +452,11 @@ int main(int argc, char** argv) {
       }
     });
   }
-  // The server's CPU over the load window only (long polls still open at its end drain after).
+  // The server's CPU over the measured window only (long polls still open at its end drain
+  // after).
+  std::this_thread::sleep_until(t0);
+  std::vector<double> cpu0;
+  for (const pid_t pid : servers) cpu0.push_back(cpu_seconds(pid));
   std::this_thread::sleep_until(until);
   const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
   std::vector<double> cpu;
@@ -435,9 +464,12 @@ int main(int argc, char** argv) {
   for (std::thread& th : threads) th.join();
   std::printf("(all load threads ended %.1f s after the window)\n",
               std::chrono::duration<double>(Clock::now() - until).count());
-  std::printf("%d workers heartbeating every 2 s, %d clients, %.0f s, store %s, %d server(s)\n",
-              workers, clients, wall, db.empty() ? "sqlite" : "postgres", n_servers);
+  std::printf(
+      "%d workers heartbeating every 2 s, %d clients, %.0f s measured after %.0f s of warm-up, "
+      "store %s, %d server(s)\n",
+      workers, clients, wall, warmup_s, db.empty() ? "sqlite" : "postgres", n_servers);
   beats.print("heartbeat");
+  beats.print_windows("heartbeat");
   if (long_poll)
     std::printf("long polls: %ld answered, %ld of them early without news\n", polls.load(),
                 quick_polls.load());

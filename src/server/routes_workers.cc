@@ -100,6 +100,7 @@ void Server::worker_routes() {
           }
         }
         const std::string key = new_secret("ggw_");
+        const std::int64_t registered_ms = store::now_ms();
         store_->transaction([&] {
           const std::optional<store::WorkerRow> old = store_->worker(name);
           // A live worker keeps its name: only one that holds its credentials (the same
@@ -121,7 +122,7 @@ void Server::worker_routes() {
             if (key_role(k.role) == KeyRole::kWorker && k.worker == name) forget_key(k.id);
           }
           store_->put_worker({name, address, labels.dump(), WorkerStatus::kReady, resources.dump(),
-                              store::now_ms(), old ? old->registered_ms : store::now_ms()});
+                              registered_ms, old ? old->registered_ms : registered_ms});
           store_->put_key(
               {"worker-" + name, name, sha256_hex(key), "worker", name, store::now_ms()});
           store_->event("worker.registered", name,
@@ -136,6 +137,11 @@ void Server::worker_routes() {
                           "stopped processes an earlier run left behind: " + list);
           }
         });
+        // Its first heartbeats, seconds from now, are answered from memory like the later
+        // ones: its key and its liveness (just written) are known here.
+        remember_principal(sha256_hex(key), {KeyRole::kWorker, name, "worker-" + name},
+                           std::chrono::steady_clock::now());
+        wrote_liveness(name, registered_ms);
         wake_scheduler();
         // Heartbeats and polls have a listener of their own (gateway.h).
         reply(res, {{"name", name}, {"key", key}, {"worker_port", gateway_->worker_port()}}, 201);

@@ -158,10 +158,12 @@ int Server::start() {
   lease_thread_ = std::thread([this] { lease_loop(); });
   schedule_thread_ = std::thread([this] { schedule_loop(); });
   listen_thread_ = std::thread([this] { listen_loop(); });
+  liveness_thread_ = std::thread([this] { liveness_loop(); });
   // Named, so that a stack dump or `top -H` of a stuck server says which loop is which.
   pthread_setname_np(lease_thread_.native_handle(), "ggfleet-lease");
   pthread_setname_np(schedule_thread_.native_handle(), "ggfleet-sched");
   pthread_setname_np(listen_thread_.native_handle(), "ggfleet-listen");
+  pthread_setname_np(liveness_thread_.native_handle(), "ggfleet-alive");
   return port;
 }
 
@@ -180,6 +182,7 @@ void Server::stop() {
   if (schedule_thread_.joinable()) schedule_thread_.join();
   if (lease_thread_.joinable()) lease_thread_.join();
   if (listen_thread_.joinable()) listen_thread_.join();
+  if (liveness_thread_.joinable()) liveness_thread_.join();
   // A clean stop hands the lead over at once (a killed server's lease expires instead).
   try {
     if (const std::optional<store::Lease> held = current_lease())
@@ -296,6 +299,11 @@ void Server::lead() {
 }
 
 void Server::schedule_loop() {
+  // Planning is background work: on a busy machine the request paths (heartbeats, the API, the
+  // proxy) get the cores first. (Linux: a thread's nice value is its own.)
+  if (::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), kSchedulerNice) != 0)
+    std::cerr << "ggfleet server: cannot lower the scheduling loop's priority: "
+              << std::strerror(errno) << std::endl;
   while (!stopping_) {
     const auto t0 = std::chrono::steady_clock::now();
     pass_phase_ = "reconcile";
@@ -314,13 +322,6 @@ void Server::schedule_loop() {
         store_->event("scheduler.error", "scheduler", e.what());
       } catch (...) {
       }
-    }
-    const auto t1 = std::chrono::steady_clock::now();
-    pass_phase_ = "writing heartbeats";
-    try {
-      flush_liveness();
-    } catch (const std::exception& e) {
-      std::cerr << "ggfleet server: writing heartbeats failed: " << e.what() << std::endl;
     }
     const auto t2 = std::chrono::steady_clock::now();
     pass_phase_ = "measurements";
@@ -347,11 +348,10 @@ void Server::schedule_loop() {
       std::snprintf(line, sizeof line,
                     "ggfleet server: a %s pass took %.1f s: reconcile %.1f s (%.1f s planning; %d "
                     "placed, %d pending, %d planned from memory, %d created, %d removed, %d "
-                    "deleted meanwhile), "
-                    "heartbeats %.1f s, measurements %.1f s",
-                    leader ? "scheduling" : "follower's", pass_s, seconds(t0, t1), stats.planning_s,
+                    "deleted meanwhile), measurements %.1f s",
+                    leader ? "scheduling" : "follower's", pass_s, seconds(t0, t2), stats.planning_s,
                     stats.placed, stats.pending, stats.remembered, stats.created, stats.removed,
-                    stats.vanished, seconds(t1, t2), seconds(t2, t3));
+                    stats.vanished, seconds(t2, t3));
       std::cerr << line << std::endl;
     }
     pass_phase_ = "publishing assignments";
@@ -367,6 +367,25 @@ void Server::schedule_loop() {
     wake_cv_.wait_for(lock, std::chrono::milliseconds(config_.schedule_interval_ms),
                       [this] { return wake_; });
     wake_ = false;
+  }
+}
+
+void Server::liveness_loop() {
+  // Often enough that a worker heard from memory is written well within the third of the
+  // heartbeat timeout after which its heartbeats take the full (store-writing) way again.
+  const auto period = std::chrono::milliseconds(
+      std::clamp<std::int64_t>(config_.scheduler.heartbeat_timeout_ms / 10, 50, 1000));
+  while (!stopping_) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      lease_cv_.wait_for(lock, period, [this] { return stopping_.load(); });
+    }
+    if (stopping_) break;
+    try {
+      flush_liveness();
+    } catch (const std::exception& e) {
+      std::cerr << "ggfleet server: writing heartbeats failed: " << e.what() << std::endl;
+    }
   }
 }
 
@@ -547,10 +566,15 @@ Principal Server::authenticate(const std::string& header) {
   const std::optional<store::KeyRow> key = store_->key_by_hash(hash);
   if (!key) throw HttpError{401, "invalid API key"};
   const Principal p{key_role(key->role), key->worker, key->id};
+  remember_principal(hash, p, now);
+  return p;
+}
+
+void Server::remember_principal(const std::string& hash, const Principal& p,
+                                std::chrono::steady_clock::time_point when) {
   std::lock_guard<std::mutex> lock(cache_mu_);
   if (key_cache_.size() > 10000) key_cache_.clear();
-  key_cache_[hash] = {now, p};
-  return p;
+  key_cache_[hash] = {when, p};
 }
 
 std::function<void(const httplib::Request&, httplib::Response&)> Server::handle(

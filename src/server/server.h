@@ -46,6 +46,8 @@ inline constexpr const char* kSchedulerLease = "scheduler";
 inline constexpr double kSlowPassS = 2.0;
 // A scheduling pass still running after this long is taken as stuck: its server stops leading.
 inline constexpr int kStuckPassS = 60;
+// The scheduling loop's thread runs at this nice value (the request threads at the process's).
+inline constexpr int kSchedulerNice = 10;
 
 // The servers sharing `store` (seen in the last minute) and the leader, if a lease runs:
 // {"servers": [{id, url, started_ms, last_seen_ms, leader}], "leader": {id, since_ms, token,
@@ -157,7 +159,8 @@ class Server {
   // When this server last wrote each worker's liveness (its heartbeat time, the worker not
   // unreachable), by the store's clock: a heartbeat that says only "alive" within a third of the
   // heartbeat timeout of that is answered from memory (the gateway's quiet_heartbeat hook).
-  // Such heartbeats are written in batches (flush_liveness, every scheduling pass).
+  // Such heartbeats are written in batches (flush_liveness, by liveness_loop's thread several
+  // times per heartbeat timeout: not by the scheduling loop, whose passes may be long).
   std::mutex live_mu_;
   std::map<std::string, std::int64_t> live_written_ms_;  // guarded by live_mu_
   std::map<std::string, std::int64_t> live_pending_ms_;  // heard, not yet written; live_mu_
@@ -165,6 +168,8 @@ class Server {
   // If `worker`'s liveness was written recently, notes a heartbeat heard now and returns true.
   bool heard_alive(const std::string& worker);
   void flush_liveness();
+  void liveness_loop();
+  std::thread liveness_thread_;
   void bootstrap_keys();
   void forget_key(const std::string& id);  // deletes it and empties the key cache
   // Where a deployment's instances listen (cached until an instance changes; thread-safe).
@@ -174,6 +179,9 @@ class Server {
   std::optional<Principal> cached_bearer(const std::string& header);
   // Who holds a key hash seen in the last minute; never blocks.
   std::optional<Principal> cached_principal(const std::string& hash);
+  // Notes that `hash` is `p`'s key (checked, or just made) at `when`.
+  void remember_principal(const std::string& hash, const Principal& p,
+                          std::chrono::steady_clock::time_point when);
 
   ServerConfig config_;
   std::unique_ptr<store::Store> store_;
