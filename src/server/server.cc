@@ -244,14 +244,15 @@ bool Server::pass_stuck() {
   const bool stuck = started != 0 && now - started > std::int64_t{kStuckPassS} * 1000;
   if (stuck && !stepped_down_) {
     stepped_down_ = true;
-    std::cerr << "ggfleet server: the scheduling loop has been in " << pass_phase_.load() << " for "
-              << (now - started) / 1000 << " s; handing the lead over until that pass ends"
-              << std::endl;
     std::optional<store::Lease> held;
     {
       std::lock_guard<std::mutex> lock(mu_);
       held.swap(lease_);  // the stuck pass's later writes are refused (fencing)
     }
+    std::cerr << "ggfleet server: the scheduling loop has been in " << pass_phase_.load() << " for "
+              << (now - started) / 1000 << " s; "
+              << (held ? "handing the lead over" : "not taking the lead") << " until that pass ends"
+              << std::endl;
     try {
       if (held) lease_store_->release_lease(*held);
     } catch (const std::exception&) {

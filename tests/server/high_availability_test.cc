@@ -380,7 +380,7 @@ class HighAvailability : public ::testing::Test {
     for (const auto& [k, log] : logs_) {
       const auto at = static_cast<std::size_t>(k);
       if (stacks_shown_.count(log) || !servers_[at] || servers_[at]->pid() <= 0 ||
-          read_file(log).find("handing the lead over") == std::string::npos)
+          read_file(log).find("the scheduling loop has been in") == std::string::npos)
         continue;
       stacks_shown_.insert(log);
       std::cout << "server " << k << " has a stuck scheduling pass; its threads:\n"
