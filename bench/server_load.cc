@@ -6,12 +6,16 @@
 //
 //   build/release/bench/server_load [--workers 1000] [--seconds 30] [--clients 4] [--db URL]
 //                                   [--long-poll 0|1] [--pending N [--preset P] [--hetero 1]]
-//                                   [--servers N] [--warmup S]
+//                                   [--servers N] [--warmup S] [--full-every S]
 //
-// --warmup S: the load runs S seconds before the measured window opens (2: one round of every
-// worker's heartbeats, after which each was heard from recently, as in a running fleet; the
-// first round after registering them all, which takes the store's path for each, then falls
-// outside). The p99 of every 5 s of the window is printed too.
+// Each worker heartbeats from its registration on, as an agent does (registering 3,000 one after
+// another takes tens of seconds); the window opens after the last registration and --warmup S
+// seconds of the whole load. The p99 of every 5 s of the window is printed too.
+//
+// --full-every S: each worker's heartbeats are what the real agent sends (worker::HeartbeatDelta):
+// `{}` while nothing changed (its registration carried the resources; it runs no instance and
+// holds no memory), and every part, resources included, taking the store's path, once per
+// period drawn between 0.5 and 1.5 S (default 30 s, the agent's). 0: every heartbeat is `{}`.
 //
 // Workers register on the public port and then heartbeat and long-poll on the worker port the
 // registration names, as the real agent does.
@@ -43,6 +47,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -52,9 +57,11 @@
 #include <random>
 #include <sstream>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "model/synth.h"
+#include "worker/heartbeat.h"
 
 namespace {
 
@@ -219,10 +226,13 @@ int main(int argc, char** argv) {
   int workers = 1000, seconds = 30, clients = 4, long_poll = 0, pending = 0, hetero = 0,
       n_servers = 1;
   double warmup_s = 0;
+  double full_every_s = 30;
   std::string db, preset = "llama3-8b-q4_0";
   CLI::App app{"API latency and server CPU under heartbeating (and long-polling) workers"};
   app.add_option("--workers", workers, "simulated workers, each heartbeating every 2 s");
   app.add_option("--seconds", seconds, "length of the load");
+  app.add_option("--full-every", full_every_s,
+                 "seconds between a worker's full heartbeats (the agent's 30; 0: only {})");
   app.add_option("--warmup", warmup_s,
                  "seconds of load before the measured window (2: one round of heartbeats)");
   app.add_option("--clients", clients, "API clients deploying, scaling and listing");
@@ -285,8 +295,71 @@ int main(int argc, char** argv) {
   const char* kinds[] = {"NVIDIA GeForce RTX 4090", "NVIDIA L40S", "NVIDIA A100 80GB",
                          "NVIDIA H100 SXM", "NVIDIA GeForce RTX 3090"};
   std::vector<std::pair<std::string, std::string>> fleet;
+  // Per worker, as the agent: every part it has, and what its heartbeat carries of them.
+  std::vector<json> parts;
+  std::vector<ggfleet::worker::HeartbeatDelta> deltas;
   std::vector<int> worker_ports(ports.size(), -1);
   std::mt19937 draw(7);
+  const auto registering = Clock::now();
+  // Registering 3,000 takes tens of seconds: the registered ones heartbeat meanwhile, as real
+  // agents do from their registration on (else the scheduler would judge the early ones silent and
+  // the window would open on their return). The heartbeat threads start once every server's worker
+  // port is known; the window opens after the last registration and the warm-up.
+  fleet.resize(static_cast<std::size_t>(workers));
+  parts.resize(static_cast<std::size_t>(workers));
+  deltas.reserve(static_cast<std::size_t>(workers));
+  for (int i = 0; i < workers; ++i)
+    deltas.emplace_back(std::chrono::milliseconds(static_cast<long>(full_every_s * 1000)),
+                        static_cast<std::uint32_t>(i + 1));
+  std::atomic<std::size_t> registered{0};  // workers 0..registered-1 may heartbeat
+  constexpr Clock::rep kNever = Clock::time_point::max().time_since_epoch().count();
+  std::atomic<Clock::rep> opens{kNever}, closes{kNever};  // the measured window
+  auto at = [](const std::atomic<Clock::rep>& t) {
+    return Clock::time_point(Clock::duration(t.load()));
+  };
+  Latencies beats, api;
+  std::vector<std::thread> threads;
+  const int beat_threads = 16;
+  auto start_heartbeats = [&] {
+    for (int t = 0; t < beat_threads; ++t) {
+      threads.emplace_back([&, t] {
+        std::vector<std::unique_ptr<httplib::Client>> to;  // one kept-alive client per server
+        for (const int p : worker_ports) {
+          to.push_back(std::make_unique<httplib::Client>("127.0.0.1", p));
+          to.back()->set_keep_alive(true);
+          to.back()->set_tcp_nodelay(true);
+        }
+        std::size_t k = static_cast<std::size_t>(t);
+        const auto mine =
+            (fleet.size() + beat_threads - 1 - static_cast<std::size_t>(t)) / beat_threads;
+        const auto gap = std::chrono::microseconds(
+            2000000 / std::max<std::size_t>(1, mine));  // each worker every 2 s
+        auto next = Clock::now();
+        while (Clock::now() < at(closes)) {
+          if (k < registered.load(std::memory_order_acquire)) {
+            const auto& [name, key] = fleet[k];
+            httplib::Headers h{{"Authorization", "Bearer " + key}};
+            const auto s = Clock::now();
+            // (worker k is this thread's alone)
+            const auto beat = full_every_s > 0
+                                  ? deltas[k].next(parts[k], s)
+                                  : ggfleet::worker::HeartbeatDelta::Beat{json::object()};
+            const auto r = to[k % to.size()]->Post(("/v1/workers/" + name + "/heartbeat").c_str(),
+                                                   h, beat.body.dump(), "application/json");
+            if (r && r->status == 200) deltas[k].acknowledged(beat, s);
+            const auto t0 = at(opens);
+            if (s >= t0)
+              beats.add(std::chrono::duration<double, std::milli>(Clock::now() - s).count(),
+                        r && r->status == 200, std::chrono::duration<double>(s - t0).count());
+          }
+          k += beat_threads;
+          if (k >= fleet.size()) k = static_cast<std::size_t>(t);
+          next += gap;
+          std::this_thread::sleep_until(next);
+        }
+      });
+    }
+  };
   for (int i = 0; i < workers; ++i) {
     json gpus = json::array();
     json cpu = {{"cores", 32}};
@@ -315,57 +388,37 @@ int main(int argc, char** argv) {
         "/v1/workers/register", h, body.dump(), "application/json");
     if (!r || r->status != 201) {
       std::fprintf(stderr, "registration failed\n");
+      closes = Clock::now().time_since_epoch().count();
+      for (std::thread& th : threads) th.join();
       stop_servers(SIGKILL);
       return 1;
     }
     const json answer = json::parse(r->body);
-    fleet.emplace_back("w" + std::to_string(i), answer["key"].get<std::string>());
-    // Heartbeats and polls go where the real agent sends them: the server's worker port.
-    worker_ports[static_cast<std::size_t>(i) % ports.size()] = answer.value("worker_port", -1);
+    const auto w = static_cast<std::size_t>(i);
+    fleet[w] = {"w" + std::to_string(i), answer["key"].get<std::string>()};
+    parts[w] = json{
+        {"resources", body["resources"]}, {"instances", json::array()}, {"memory", json::array()}};
+    deltas[w].registered(body["resources"], Clock::now());
+    registered.store(w + 1, std::memory_order_release);
+    if (w < ports.size()) {
+      // Heartbeats and polls go where the real agent sends them: the server's worker port.
+      worker_ports[w] = answer.value("worker_port", -1);
+      if (worker_ports[w] <= 0) worker_ports[w] = ports[w];  // (a server without one)
+      if (w + 1 == ports.size()) start_heartbeats();
+    }
   }
-  for (std::size_t k = 0; k < ports.size(); ++k) {
-    if (worker_ports[k] <= 0) worker_ports[k] = ports[k];  // (a server without one)
-  }
+  if (static_cast<std::size_t>(workers) < ports.size()) start_heartbeats();
+  std::printf("%d workers registered in %.1f s\n", workers,
+              std::chrono::duration<double>(Clock::now() - registering).count());
   // The load starts now; what is measured starts after the warm-up (a round of heartbeats at
   // their pace brings every worker to the state a running fleet is in: heard from recently).
   const auto t0 = Clock::now() + std::chrono::milliseconds(static_cast<int>(warmup_s * 1000));
   const auto until = t0 + std::chrono::seconds(seconds);
-  Latencies beats, api;
-  std::vector<std::thread> threads;
+  closes = until.time_since_epoch().count();
+  opens = t0.time_since_epoch().count();
   std::atomic<long> polls{0}, quick_polls{0};
   if (long_poll) {
     threads.emplace_back([&] { run_long_polls(fleet, worker_ports, until, polls, quick_polls); });
-  }
-  const int beat_threads = 16;
-  for (int t = 0; t < beat_threads; ++t) {
-    threads.emplace_back([&, t] {
-      std::vector<std::unique_ptr<httplib::Client>> to;  // one kept-alive client per server
-      for (const int p : worker_ports) {
-        to.push_back(std::make_unique<httplib::Client>("127.0.0.1", p));
-        to.back()->set_keep_alive(true);
-        to.back()->set_tcp_nodelay(true);
-      }
-      std::size_t k = static_cast<std::size_t>(t);
-      const auto mine =
-          (fleet.size() + beat_threads - 1 - static_cast<std::size_t>(t)) / beat_threads;
-      const auto gap = std::chrono::microseconds(
-          2000000 / std::max<std::size_t>(1, mine));  // each worker every 2 s
-      auto next = Clock::now();
-      while (Clock::now() < until) {
-        const auto& [name, key] = fleet[k];
-        httplib::Headers h{{"Authorization", "Bearer " + key}};
-        const auto s = Clock::now();
-        const auto r = to[k % to.size()]->Post(("/v1/workers/" + name + "/heartbeat").c_str(), h,
-                                               "{}", "application/json");
-        if (s >= t0)
-          beats.add(std::chrono::duration<double, std::milli>(Clock::now() - s).count(),
-                    r && r->status == 200, std::chrono::duration<double>(s - t0).count());
-        k += beat_threads;
-        if (k >= fleet.size()) k = static_cast<std::size_t>(t);
-        next += gap;
-        std::this_thread::sleep_until(next);
-      }
-    });
   }
   for (int t = 0; t < clients; ++t) {
     threads.emplace_back([&, t] {
@@ -465,9 +518,14 @@ int main(int argc, char** argv) {
   std::printf("(all load threads ended %.1f s after the window)\n",
               std::chrono::duration<double>(Clock::now() - until).count());
   std::printf(
-      "%d workers heartbeating every 2 s, %d clients, %.0f s measured after %.0f s of warm-up, "
-      "store %s, %d server(s)\n",
-      workers, clients, wall, warmup_s, db.empty() ? "sqlite" : "postgres", n_servers);
+      "%d workers heartbeating every 2 s (%s), %d clients, %.0f s measured "
+      "after %.0f s of warm-up, store %s, %d server(s)\n",
+      workers,
+      full_every_s > 0
+          ? ("every part about every " + std::to_string(std::lround(full_every_s)) + " s, else {}")
+                .c_str()
+          : "only {}",
+      clients, wall, warmup_s, db.empty() ? "sqlite" : "postgres", n_servers);
   beats.print("heartbeat");
   beats.print_windows("heartbeat");
   if (long_poll)

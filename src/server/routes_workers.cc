@@ -336,6 +336,9 @@ void Server::worker_routes() {
             if (any_changed) ++routes_generation_;
             if (was_unreachable || replanned) wake_scheduler();
             json answer = {{"assignment_version", published_version()}};
+            // Back from unreachable: what its instances are now may not be what it last sent
+            // (agents send only what changed).
+            if (was_unreachable) answer["send_all"] = true;
             {
               // Cache files an admin asked this worker to remove (DELETE .../models/KEY).
               std::lock_guard<std::mutex> lock(removals_mu_);

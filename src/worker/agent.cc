@@ -17,12 +17,16 @@
 #include "cluster/units.h"
 #include "gguf/reader.h"
 #include "plan/launch.h"
+#include "worker/heartbeat.h"
 
 namespace ggfleet::worker {
 namespace {
 
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
+
+// Every part of a heartbeat goes at least this often, changed or not (HeartbeatDelta).
+constexpr std::chrono::seconds kFullReportEvery{30};
 
 // A TCP socket and `host:port` as IPv4; `then` (connect or bind) decides. False if the address
 // is not IPv4 or `then` fails.
@@ -242,7 +246,7 @@ json Agent::instance_reports() {
   return list;
 }
 
-json Agent::heartbeat_body() {
+json Agent::heartbeat_parts() {
   json body = {{"resources", resources(gpus())}};
   std::lock_guard<std::mutex> lock(reports_mu_);
   body["instances"] = reports_;
@@ -301,6 +305,7 @@ void Agent::reconcile(const json& assignments) {
                             (w == wanted.end() ? " (no longer assigned)" : " (placed anew)"));
       retired.push_back(std::move(it->second));
       it = instances_.erase(it);
+      reports_stale_ = true;
     } else {
       ++it;
     }
@@ -352,6 +357,7 @@ void Agent::reconcile(const json& assignments) {
     log(config_.name, "assigned " + id + " as " + text(inst->role) +
                           (simulated_ ? " (simulated GPUs, CPU backend)" : ""));
     instances_[id] = std::move(inst);
+    reports_stale_ = true;
   }
 }
 
@@ -588,6 +594,11 @@ void Agent::register_self(const std::atomic<bool>& stop, const std::vector<GpuIn
   }
   next_server_ = static_cast<std::size_t>(std::find(servers_.begin(), servers_.end(), server) -
                                           servers_.begin());
+  {
+    std::lock_guard<std::mutex> lock(key_mu_);
+    registered_resources_ = registration["resources"];
+    ++registrations_;
+  }
   const json reply = json::parse(r->body);
   const std::string key = reply["key"].get<std::string>();
   // Heartbeats and polls go to the server's worker-only listener (no client load there), when
@@ -698,13 +709,26 @@ void Agent::run(const std::atomic<bool>& stop) {
     std::string at;
     int unanswered = 0;
     std::string refusal;  // the body of the last refused heartbeat
+    HeartbeatDelta delta(kFullReportEvery,
+                         static_cast<std::uint32_t>(std::hash<std::string>{}(config_.name)));
+    int registered = -1;  // the registration delta knows of
     while (!stop && !poll_stop) {
       try {
         client_for(c, at, 10);
-        const httplib::Result h =
-            c->Post(("/v1/workers/" + config_.name + "/heartbeat").c_str(), auth(),
-                    heartbeat_body().dump(-1, ' ', false, json::error_handler_t::replace),
-                    "application/json");
+        {
+          // Registered (again, maybe with another server): it carried the resources.
+          std::lock_guard<std::mutex> lock(key_mu_);
+          if (registered != registrations_) {
+            registered = registrations_;
+            delta.registered(registered_resources_, Clock::now());
+          }
+        }
+        if (reports_stale_.exchange(false)) delta.forget("instances");
+        const auto sent_at = Clock::now();
+        const HeartbeatDelta::Beat beat = delta.next(heartbeat_parts(), sent_at);
+        const httplib::Result h = c->Post(
+            ("/v1/workers/" + config_.name + "/heartbeat").c_str(), auth(),
+            beat.body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
         unanswered = h ? 0 : unanswered + 1;
         if (unanswered >= 3 && (at != public_server() || servers_.size() > 1)) {
           // The worker listener went away (a restarted server listens elsewhere): register
@@ -725,8 +749,11 @@ void Agent::run(const std::atomic<bool>& stop) {
         }
         if (h) refusal = h->status >= 400 ? h->body : "";
         if (h && h->status == 200) {
+          delta.acknowledged(beat, sent_at);
           // Files an admin removes from this worker's cache (`ggfleet models rm`).
           const json answer = json::parse(h->body, nullptr, false);
+          // The server wants every part again (it had lost track of this worker).
+          if (answer.is_object() && answer.value("send_all", false)) delta.forget();
           const json remove =
               answer.is_object() ? answer.value("remove_models", json::array()) : json::array();
           for (const json& key : remove) {

@@ -1,8 +1,9 @@
-// The worker agent: joins the server, reports its resources and its instances' states every
-// heartbeat, learns its assignments by long-polling, and runs them: one rpc-server per GPU it
-// lends, and llama-server (after the RPC servers it needs answer) for instances it is the main
-// of. Processes are restarted with backoff (and given up after a limit, reported), and stopped
-// when their assignment goes away. Logs are kept per instance under the data directory.
+// The worker agent: joins the server, heartbeats, reporting its resources and its instances'
+// states when they change (HeartbeatDelta), learns its assignments by long-polling, and runs them:
+// one rpc-server per GPU it lends, and llama-server (after the RPC servers it needs answer) for
+// instances it is the main of. Processes are restarted with backoff (and given up after a limit,
+// reported), and stopped when their assignment goes away. Logs are kept per instance under the data
+// directory.
 //
 // With declared GPUs (no NVIDIA driver), GPUs are simulated with llama.cpp's CPU backend: the
 // rpc-servers run on the CPU, and the main's own "GPUs" become local CPU rpc-servers so the
@@ -87,7 +88,9 @@ class Agent {
   bool model_ready(Instance& i, std::string* path);
   // A client for `url` (http or https; https verified against config_.ca_cert when given).
   std::unique_ptr<httplib::Client> client(const std::string& url) const;
-  nlohmann::json heartbeat_body();
+  // Every part a heartbeat may carry (resources, instances, memory); HeartbeatDelta picks what
+  // is sent.
+  nlohmann::json heartbeat_parts();
   // A process of an instance and what it holds: a GPU as the plan numbers it, or -1 for the
   // host's RAM (llama-server).
   struct Holder {
@@ -128,6 +131,10 @@ class Agent {
   std::size_t next_server_ =
       0;             // where the next registration starts (run, then the heartbeat thread)
   std::string key_;  // guarded by key_mu_; this worker's credentials (<data_dir>/credentials)
+  // Guarded by key_mu_: registrations so far, and the resources the last one carried (the
+  // heartbeats need not send them again).
+  int registrations_ = 0;
+  nlohmann::json registered_resources_;
   std::vector<std::string> stale_;  // processes of an earlier agent stopped at start
   std::string llama_build_;         // its llama-server's --version ("" if unknown)
   // Before instances_: their models are released (they hold them) before the cache goes.
@@ -136,6 +143,9 @@ class Agent {
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<Instance>> instances_;
   bool retiring_ = false;  // guarded by mu_: stopping; assignments that arrive now are ignored
+  // Set when the instances changed (started or stopped): their reports go with the next
+  // heartbeat even if they read as before (the server may have set the rows meanwhile).
+  std::atomic<bool> reports_stale_{false};
   std::mutex reports_mu_;
   nlohmann::json reports_ = nlohmann::json::array();  // the last states, for heartbeats
   nlohmann::json memory_ = nlohmann::json::array();   // the last memory measured, likewise
