@@ -302,6 +302,10 @@ int main(int argc, char** argv) {
       ->add_option("--lease-ms", sc.lease_ms,
                    "Scheduler lease: a server that stops renewing it is replaced after this long")
       ->check(CLI::Range(1000, 60000));
+  serverc
+      ->add_option("--stuck-pass-s", sc.stuck_pass_s,
+                   "A scheduling loop stuck this long hands the lead over (default 60)")
+      ->check(CLI::Range(2, 3600));
 
   cli::ClientOptions co;
   auto client_flags = [&](CLI::App* c) {

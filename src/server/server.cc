@@ -239,9 +239,9 @@ void Server::lease_loop() {
 }
 
 bool Server::pass_stuck() {
-  const std::int64_t started = pass_started_ms_.load();
+  const std::int64_t due = loop_due_ms_.load();
   const std::int64_t now = steady_ms();
-  const bool stuck = started != 0 && now - started > std::int64_t{kStuckPassS} * 1000;
+  const bool stuck = due != 0 && now - due > std::int64_t{config_.stuck_pass_s} * 1000;
   if (stuck && !stepped_down_) {
     stepped_down_ = true;
     std::optional<store::Lease> held;
@@ -250,8 +250,8 @@ bool Server::pass_stuck() {
       held.swap(lease_);  // the stuck pass's later writes are refused (fencing)
     }
     std::cerr << "ggfleet server: the scheduling loop has been in " << pass_phase_.load() << " for "
-              << (now - started) / 1000 << " s; "
-              << (held ? "handing the lead over" : "not taking the lead") << " until that pass ends"
+              << (now - due) / 1000 << " s; "
+              << (held ? "handing the lead over" : "not taking the lead") << " until it moves on"
               << std::endl;
     try {
       if (held) lease_store_->release_lease(*held);
@@ -260,7 +260,7 @@ bool Server::pass_stuck() {
     }
   } else if (!stuck && stepped_down_) {
     stepped_down_ = false;
-    std::cerr << "ggfleet server: the stuck scheduling pass ended" << std::endl;
+    std::cerr << "ggfleet server: the stuck scheduling loop moved on" << std::endl;
   }
   return stuck;
 }
@@ -308,7 +308,7 @@ void Server::schedule_loop() {
   while (!stopping_) {
     const auto t0 = std::chrono::steady_clock::now();
     pass_phase_ = "reconcile";
-    pass_started_ms_ = steady_ms();
+    loop_due_ms_ = steady_ms();
     ReconcileStats stats;
     const std::optional<store::Lease> lease = current_lease();
     const bool leader = lease.has_value();
@@ -362,8 +362,8 @@ void Server::schedule_loop() {
       std::cerr << "ggfleet server: publishing assignments failed (retried next pass): " << e.what()
                 << std::endl;
     }
-    pass_started_ms_ = 0;
     pass_phase_ = "waiting";
+    loop_due_ms_ = steady_ms() + config_.schedule_interval_ms;
     std::unique_lock<std::mutex> lock(mu_);
     wake_cv_.wait_for(lock, std::chrono::milliseconds(config_.schedule_interval_ms),
                       [this] { return wake_; });

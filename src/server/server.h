@@ -44,7 +44,8 @@ namespace ggfleet::server {
 inline constexpr const char* kSchedulerLease = "scheduler";
 // A scheduling pass longer than this is reported in the server's log with what it did.
 inline constexpr double kSlowPassS = 2.0;
-// A scheduling pass still running after this long is taken as stuck: its server stops leading.
+// A scheduling pass still running after this long (or a loop that has not come back from its
+// wait this long after it was due) is taken as stuck: its server stops leading (ServerConfig).
 inline constexpr int kStuckPassS = 60;
 // The scheduling loop's thread runs at this nice value (the request threads at the process's).
 inline constexpr int kSchedulerNice = 10;
@@ -74,6 +75,8 @@ struct ServerConfig {
   // database's clock) runs the scheduling loop. It renews it every pass; when it dies, another
   // takes over once lease_ms have passed.
   std::int64_t lease_ms = 5000;
+  // A scheduling loop stuck this long (kStuckPassS) hands the lead over (--stuck-pass-s).
+  int stuck_pass_s = kStuckPassS;
   std::string advertise_url;  // how others reach this server ("" = http(s)://HOST:PORT)
   std::size_t db_pool = 0;    // PostgreSQL connections at most (0 = the store's default)
   // The public front (gateway.h): its host and port are the two above; timeouts, admission.
@@ -223,12 +226,13 @@ class Server {
   std::optional<store::Lease> lease_;  // guarded by mu_
   std::thread lease_thread_;
   bool store_unreachable_ = false;  // the last lease renewal failed (only the lease thread)
-  // What the scheduling loop does now and since when (steady clock, ms; 0: between passes). A
-  // pass stuck for kStuckPassS (a store call that never returns, say) makes the lease thread say
-  // where it is and hand the lead over instead of renewing a lease nobody schedules under; it
-  // leads again (if free) once that pass has ended.
+  // What the scheduling loop does now, and when it was due there (steady clock, ms; 0: not
+  // started): a pass's start, or the end of its wait between passes. A loop that stays
+  // config_.stuck_pass_s past that (a store call that never returns, a thread that never wakes)
+  // makes the lease thread say where it is and hand the lead over instead of renewing a lease
+  // nobody schedules under; it leads again (if free) once the loop moves on.
   std::atomic<const char*> pass_phase_{"starting"};
-  std::atomic<std::int64_t> pass_started_ms_{0};
+  std::atomic<std::int64_t> loop_due_ms_{0};
   bool stepped_down_ = false;         // only the lease thread
   bool pass_stuck();                  // only the lease thread
   std::condition_variable lease_cv_;  // with mu_: wakes the lease thread to stop
