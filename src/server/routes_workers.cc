@@ -339,14 +339,17 @@ void Server::worker_routes() {
             // Back from unreachable: what its instances are now may not be what it last sent
             // (agents send only what changed).
             if (was_unreachable) answer["send_all"] = true;
+            // Cache files an admin asked this worker to remove (DELETE .../models/KEY), on
+            // whichever server: the published board says whether the store holds any.
+            bool removals = false;
             {
-              // Cache files an admin asked this worker to remove (DELETE .../models/KEY).
-              std::lock_guard<std::mutex> lock(removals_mu_);
-              const auto it = model_removals_.find(name);
-              if (it != model_removals_.end()) {
-                answer["remove_models"] = it->second;
-                model_removals_.erase(it);
-              }
+              std::lock_guard<std::mutex> lock(mu_);
+              removals = assignments_ && assignments_->removals.count(name) > 0;
+            }
+            if (removals) {
+              const std::vector<std::string> keys = store_->take_model_removals(name);
+              if (!keys.empty()) answer["remove_models"] = keys;
+              publish_if_changed();  // (taking them moved the version)
             }
             reply(res, answer);
           }));
@@ -461,14 +464,12 @@ void Server::worker_routes() {
                     if (f->value("in_use", false))
                       throw HttpError{409, "file " + key + " on worker " + name +
                                                " is held by a running instance"};
-                    {
-                      std::lock_guard<std::mutex> lock(removals_mu_);
-                      model_removals_[name].insert(key);
-                    }
+                    if (!store_->ask_model_removal(name, key))
+                      throw HttpError{404, "no worker named " + name};
+                    publish_if_changed();  // (the other servers hear it from the store)
                     store_->event("worker.model_removal", name,
                                   "asked to remove " + key + " from its cache");
-                    res.status = 202;
-                    reply(res, {{"worker", name}, {"key", key}, {"status", "requested"}});
+                    reply(res, {{"worker", name}, {"key", key}, {"status", "requested"}}, 202);
                   }));
   s.Delete(
       R"(/v1/workers/([a-z0-9-]+))",

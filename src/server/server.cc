@@ -468,6 +468,7 @@ void Server::publish_assignments() {
   store_->snapshot([&] {  // one consistent reading of the version, instances and claims
     next->version = store_->assignment_version();
     next->by_worker = assignments_by_worker(store_->instances(), store_->claims());
+    next->removals = store_->model_removals();
   });
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -726,13 +727,9 @@ void Server::routes() {
                                   const std::string& worker) -> std::optional<std::string> {
     const std::optional<Principal> p = cached_bearer(header);
     if (!p || p->role != KeyRole::kWorker || p->worker != worker) return std::nullopt;
-    {
-      std::lock_guard<std::mutex> lock(removals_mu_);
-      if (model_removals_.count(worker)) return std::nullopt;  // (sent by the control server)
-    }
     if (!heard_alive(worker)) return std::nullopt;
     std::lock_guard<std::mutex> lock(mu_);
-    if (!assignments_) return std::nullopt;
+    if (!assignments_ || assignments_->removals.count(worker)) return std::nullopt;
     return dump(json{{"assignment_version", assignments_->version}});
   };
   hooks_.board_poll = [this](const std::string& header, const std::string& worker,

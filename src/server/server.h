@@ -194,10 +194,6 @@ class Server {
   std::unique_ptr<Gateway> gateway_;       // the public front and the data plane
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Measurements> measurements_;
-  std::mutex removals_mu_;
-  // Guarded by removals_mu_: cache files to remove, per worker, sent with its next heartbeat's
-  // answer.
-  std::map<std::string, std::set<std::string>> model_removals_;
   std::unique_ptr<Learner> learner_;
   std::thread http_thread_, schedule_thread_;
   std::mutex mu_;
@@ -206,6 +202,9 @@ class Server {
     std::int64_t version = -1;
     std::map<std::string, nlohmann::json> by_worker;  // worker -> its assignment list
     std::map<std::string, std::int64_t> changed_at;   // worker -> version its list last changed
+    // Cache files an admin asked each worker to remove (in the store until handed over): a
+    // worker listed here gets its next heartbeat answered by the store's path, which hands them.
+    std::map<std::string, std::set<std::string>> removals;
     // Whether `worker`'s list changed after version `since`.
     bool news_for(const std::string& worker, std::int64_t since) const {
       const auto it = changed_at.find(worker);

@@ -51,6 +51,10 @@ const std::vector<std::string> kMigrations = {
          since_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL);
        CREATE TABLE servers (id TEXT PRIMARY KEY, url TEXT NOT NULL, started_ms BIGINT NOT NULL,
          last_seen_ms BIGINT NOT NULL))",
+    // 6: cache files an admin asked a worker to remove, until a server hands them over (any
+    // server may take the request, any may be the one the worker heartbeats to).
+    R"(CREATE TABLE model_removals (worker TEXT NOT NULL REFERENCES workers(name) ON DELETE CASCADE,
+         key TEXT NOT NULL, requested_ms BIGINT NOT NULL, PRIMARY KEY (worker, key)))",
 };
 
 // Splits a migration into statements (libpq and sqlite3_prepare take one at a time).
@@ -619,6 +623,41 @@ std::vector<EventRow> Store::events(std::int64_t after_id, std::size_t limit,
     }
     return out;
   });
+}
+
+bool Store::ask_model_removal(const std::string& worker, const std::string& key) {
+  bool asked = false;
+  transaction([&] {
+    if (db().exec("SELECT 1 FROM workers WHERE name = $1", {worker}).rows.empty()) return;
+    db().exec(
+        "INSERT INTO model_removals (worker, key, requested_ms) VALUES ($1, $2, $3) ON CONFLICT "
+        "(worker, key) DO NOTHING",
+        {worker, key, now_ms()});
+    bump_assignment_version();
+    asked = true;
+  });
+  return asked;
+}
+
+std::map<std::string, std::set<std::string>> Store::model_removals() {
+  return locked([](Db& db) {
+    const Rows r = db.exec("SELECT worker, key FROM model_removals");
+    std::map<std::string, std::set<std::string>> out;
+    for (std::size_t i = 0; i < r.rows.size(); ++i) out[r.text(i, 0)].insert(r.text(i, 1));
+    return out;
+  });
+}
+
+std::vector<std::string> Store::take_model_removals(const std::string& worker) {
+  std::vector<std::string> keys;
+  transaction([&] {
+    const Rows r =
+        db().exec("DELETE FROM model_removals WHERE worker = $1 RETURNING key", {worker});
+    for (std::size_t i = 0; i < r.rows.size(); ++i) keys.push_back(r.text(i, 0));
+    if (!keys.empty()) bump_assignment_version();
+  });
+  std::sort(keys.begin(), keys.end());
+  return keys;
 }
 
 std::int64_t Store::assignment_version() {

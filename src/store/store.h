@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -193,6 +194,15 @@ class Store {
   // unreachable (its next full heartbeat says it is back) or gone. Returns the names written.
   // The commit does not wait for the disk (a heartbeat lost with a crash comes again in seconds).
   std::vector<std::string> touch_workers(const std::map<std::string, std::int64_t>& at_ms);
+
+  // Cache files an admin asked a worker to remove (`ggfleet models rm`), kept until a server
+  // hands them to the worker in a heartbeat's answer: any server may take the request and any
+  // may deliver it. Asking and taking bump the assignment version (every server republishes).
+  // ask_model_removal is false when no such worker exists; asking twice asks once.
+  bool ask_model_removal(const std::string& worker, const std::string& key);
+  std::map<std::string, std::set<std::string>> model_removals();  // worker -> keys
+  // Deletes and returns `worker`'s requests, sorted (empty when there are none).
+  std::vector<std::string> take_model_removals(const std::string& worker);
 
   // A number that changes whenever any instance's assignment does (workers long-poll on it).
   // Bumping it also notifies the servers sharing the database (listen_assignments) when the

@@ -701,5 +701,48 @@ TEST_F(HighAvailability, FrozenSchedulerHandsTheLeadOver) {
   EXPECT_TRUE(problems.empty()) << problems.front();
 }
 
+// `ggfleet models rm` asked of one server reaches a worker that heartbeats to another, and only
+// once. (The request was kept in the memory of the server that took it: a worker heartbeating
+// to another server never heard of it, and this test failed so.)
+TEST_F(HighAvailability, CacheRemovalAskedOfAnotherServerReachesTheWorker) {
+  for (int k = 0; k < kServers; ++k) start(k);
+  json res = resources(1);
+  res["models"] = {{"files", json::array({{{"key", "k1"},
+                                           {"names", {"m.gguf"}},
+                                           {"sha256", std::string(64, 'a')},
+                                           {"size_bytes", 1000},
+                                           {"last_use_ms", 1},
+                                           {"in_use", false}}})}};
+  const Reply reg =
+      Api(ports_[0]).post("/v1/workers/register", kJoin,
+                          {{"name", "holder"}, {"labels", json::object()}, {"resources", res}});
+  ASSERT_EQ(reg.status, 201) << reg.body.dump();
+  const std::string key = reg.body["key"].get<std::string>();
+  auto beat = [&](int k) {
+    return Api(ports_[static_cast<std::size_t>(k)])
+        .post("/v1/workers/holder/heartbeat", key, json::object());
+  };
+  ASSERT_EQ(beat(0).status, 200);
+  EXPECT_EQ(Api(ports_[1]).send("DELETE", "/v1/workers/holder/models/k9", kAdmin).status, 404);
+  const Reply asked = Api(ports_[1]).send("DELETE", "/v1/workers/holder/models/k1", kAdmin);
+  ASSERT_EQ(asked.status, 202) << asked.body.dump();
+  json handed;
+  const bool arrived = wait_for(
+      [&] {
+        const Reply r = beat(0);
+        if (r.status == 200 && r.body.contains("remove_models")) handed = r.body["remove_models"];
+        return !handed.is_null();
+      },
+      10);
+  ASSERT_TRUE(arrived) << "server 0 never handed over the removal server 1 took";
+  EXPECT_EQ(handed, json::array({"k1"}));
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // every board has seen it taken
+  for (int k = 0; k < kServers; ++k) {
+    const Reply r = beat(k);
+    EXPECT_EQ(r.status, 200);
+    EXPECT_FALSE(r.body.contains("remove_models")) << "server " << k << " handed it again";
+  }
+}
+
 }  // namespace
 }  // namespace ggfleet::test

@@ -27,11 +27,11 @@ class StoreTest : public ::testing::TestWithParam<std::string> {
 
 TEST_P(StoreTest, MigratesOnceAndReopens) {
   EXPECT_EQ(store_->backend(), GetParam());
-  EXPECT_EQ(store_->schema_version(), 5);
+  EXPECT_EQ(store_->schema_version(), 6);
   store_->put_worker({"w1", "10.0.0.1", "{}", WorkerStatus::kReady, "{}", 5, 1});
   store_.reset();
   Store again(db_->target());  // the same data, no second migration
-  EXPECT_EQ(again.schema_version(), 5);
+  EXPECT_EQ(again.schema_version(), 6);
   ASSERT_TRUE(again.worker("w1").has_value());
   EXPECT_EQ(again.worker("w1")->address, "10.0.0.1");
 }
@@ -224,6 +224,30 @@ TEST_P(StoreTest, AssignmentBumpsNotifyListenersOnCommit) {
   }
   EXPECT_FALSE(listener->await_notification(300)) << "a rolled-back bump was heard";
   EXPECT_FALSE(stranger_listener->await_notification(0)) << "another schema's store was woken";
+}
+
+TEST_P(StoreTest, ModelRemovalsWaitInTheStoreUntilTaken) {
+  EXPECT_FALSE(store_->ask_model_removal("nobody", "k1")) << "no such worker";
+  store_->put_worker({"w1", "a1", "{}", WorkerStatus::kReady, "{}", 10, 1});
+  store_->put_worker({"w2", "a2", "{}", WorkerStatus::kReady, "{}", 10, 1});
+  const std::int64_t v0 = store_->assignment_version();
+  EXPECT_TRUE(store_->ask_model_removal("w1", "k2"));
+  EXPECT_TRUE(store_->ask_model_removal("w1", "k1"));
+  EXPECT_TRUE(store_->ask_model_removal("w1", "k1"));  // asked twice: once
+  EXPECT_TRUE(store_->ask_model_removal("w2", "k3"));
+  const std::int64_t v1 = store_->assignment_version();
+  EXPECT_GT(v1, v0) << "asking moves the version (every server republishes its board)";
+  Store other(db_->target());  // what another server on the database sees
+  EXPECT_EQ(other.model_removals(),
+            (std::map<std::string, std::set<std::string>>{{"w1", {"k1", "k2"}}, {"w2", {"k3"}}}));
+  EXPECT_EQ(other.take_model_removals("w1"), (std::vector<std::string>{"k1", "k2"}));
+  EXPECT_GT(store_->assignment_version(), v1) << "taking moves it too";
+  EXPECT_TRUE(store_->take_model_removals("w1").empty()) << "handed over once";
+  const std::int64_t v2 = store_->assignment_version();
+  EXPECT_TRUE(store_->take_model_removals("w1").empty());
+  EXPECT_EQ(store_->assignment_version(), v2) << "taking nothing changes nothing";
+  EXPECT_TRUE(store_->remove_worker("w2"));
+  EXPECT_TRUE(store_->model_removals().empty()) << "a removed worker's requests go with it";
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::ValuesIn(test::store_backends()),
