@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <random>
+#include <set>
 
 namespace ggfleet::server {
 
@@ -33,6 +35,23 @@ double number(const json& j, const char* key) {
 
 }  // namespace
 
+Measurements::Measurements(std::string writer) : writer_(std::move(writer)) {
+  if (writer_.empty()) {
+    std::random_device random;
+    char name[32];
+    std::snprintf(name, sizeof name, "writer-%08x%08x", random(), random());
+    writer_ = name;
+  }
+}
+
+void Measurements::adopt(const std::string& instance, Summary& s) const {
+  const auto st = from_store_.find(instance);
+  if (st == from_store_.end()) return;
+  s.placement = st->second.placement;
+  s.deviating = st->second.deviating;
+  s.memory_over = st->second.memory_over;
+}
+
 void Measurements::add(Sums& s, const Timings& t) {
   ++s.requests;
   if (t.generated_tokens >= kMinGeneratedTokens && t.generation_s > 0) {
@@ -51,12 +70,7 @@ void Measurements::record(const std::string& instance, const Timings& t) {
   std::lock_guard<std::mutex> lock(mu_);
   auto [it, fresh] = mine_.try_emplace(instance);
   Summary& s = it->second;
-  if (fresh) {  // continue what was stored (by this server before a restart, or another)
-    if (const auto st = from_store_.find(instance); st != from_store_.end()) {
-      s = summary_from(st->second);
-      from_store_.erase(st);
-    }
-  }
+  if (fresh) adopt(instance, s);
   add(t.alone ? s.alone : s.shared, t);
   if (t.alone && t.generated_tokens >= kMinGeneratedTokens && t.generation_s > 0) {
     s.recent.emplace_back(t.generated_tokens, t.generation_s);
@@ -81,18 +95,70 @@ void Measurements::memory(const std::string& instance, const std::string& what, 
   std::lock_guard<std::mutex> lock(mu_);
   auto [it, fresh] = mine_.try_emplace(instance);
   Summary& s = it->second;
-  if (fresh) {
-    if (const auto st = from_store_.find(instance); st != from_store_.end()) {
-      s = summary_from(st->second);
-      from_store_.erase(st);
-    }
-  }
-  auto [m, added] = s.memory.try_emplace(what, bytes, bytes);
-  const double before = m->second.first;
-  m->second.first = bytes;
+  if (fresh) adopt(instance, s);
+  const std::int64_t now = store::now_ms();
+  auto [m, added] = s.memory.try_emplace(what, Memory{bytes, bytes, now});
+  const double before = m->second.latest;
+  m->second.latest = bytes;
+  m->second.at_ms = now;
   // Written when it moves (a new peak, or 1 % from what was written), not every heartbeat.
-  if (added || bytes > m->second.second || std::abs(bytes - before) > 0.01 * before) s.dirty = true;
-  m->second.second = std::max(m->second.second, bytes);
+  if (added || bytes > m->second.peak || std::abs(bytes - before) > 0.01 * before) s.dirty = true;
+  m->second.peak = std::max(m->second.peak, bytes);
+}
+
+void Measurements::merge(Summary& a, const Summary& b) {
+  for (auto [x, y] : {std::pair{&a.alone, &b.alone}, {&a.shared, &b.shared}}) {
+    x->requests += y->requests;
+    x->generation_samples += y->generation_samples;
+    x->generated_tokens += y->generated_tokens;
+    x->generation_s += y->generation_s;
+    x->prompt_samples += y->prompt_samples;
+    x->prompt_tokens += y->prompt_tokens;
+    x->prompt_s += y->prompt_s;
+  }
+  a.recent.insert(a.recent.end(), b.recent.begin(), b.recent.end());
+  while (a.recent.size() > kWindow) a.recent.pop_front();
+  if (b.flushed_ms > a.flushed_ms) {
+    a.deviating = b.deviating;
+    a.flushed_ms = b.flushed_ms;
+  }
+  if (a.placement.empty()) a.placement = b.placement;
+  for (const auto& [what, m] : b.memory) {
+    auto [x, added] = a.memory.try_emplace(what, m);
+    if (added) continue;
+    if (m.at_ms > x->second.at_ms) {
+      x->second.latest = m.latest;
+      x->second.at_ms = m.at_ms;
+    }
+    x->second.peak = std::max(x->second.peak, m.peak);
+  }
+  for (const std::string& d : b.memory_over) {
+    if (std::find(a.memory_over.begin(), a.memory_over.end(), d) == a.memory_over.end())
+      a.memory_over.push_back(d);
+  }
+  if (!b.history.empty()) {
+    std::vector<json> points(a.history.begin(), a.history.end());
+    points.insert(points.end(), b.history.begin(), b.history.end());
+    std::stable_sort(points.begin(), points.end(), [](const json& p, const json& q) {
+      return p.value("time_ms", std::int64_t{0}) < q.value("time_ms", std::int64_t{0});
+    });
+    const std::size_t drop = points.size() > kHistory ? points.size() - kHistory : 0;
+    a.history.assign(points.begin() + static_cast<std::ptrdiff_t>(drop), points.end());
+  }
+}
+
+std::optional<Measurements::Summary> Measurements::combined(const std::string& instance) const {
+  const auto mine = mine_.find(instance);
+  const auto others = from_store_.find(instance);
+  if (mine == mine_.end()) {
+    if (others == from_store_.end()) return std::nullopt;
+    return others->second;
+  }
+  Summary s = mine->second;
+  if (others != from_store_.end() && (s.placement.empty() || others->second.placement.empty() ||
+                                      s.placement == others->second.placement))
+    merge(s, others->second);
+  return s;
 }
 
 namespace {
@@ -125,14 +191,10 @@ std::vector<std::pair<std::string, double>> Measurements::estimates(const json& 
 }
 
 json Measurements::memory_view(const std::string& instance, const json& assignment) const {
-  std::map<std::string, std::pair<double, double>> measured;
+  std::map<std::string, Memory> measured;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (const auto it = mine_.find(instance); it != mine_.end()) {
-      measured = it->second.memory;
-    } else if (const auto st = from_store_.find(instance); st != from_store_.end()) {
-      measured = summary_from(st->second).memory;
-    }
+    if (const std::optional<Summary> s = combined(instance)) measured = s->memory;
   }
   json names = json::object();  // "WORKER:GPU" -> the device's name in llama.cpp's order
   const json devices = layout_of(assignment).value("devices", json::array());
@@ -151,8 +213,8 @@ json Measurements::memory_view(const std::string& instance, const json& assignme
                 {"peak_bytes", nullptr}};
     if (!host) row["gpu"] = std::stoi(what.substr(colon + 1));
     if (const auto m = measured.find(what); m != measured.end()) {
-      row["measured_bytes"] = m->second.first;
-      row["peak_bytes"] = m->second.second;
+      row["measured_bytes"] = m->second.latest;
+      row["peak_bytes"] = m->second.peak;
     }
     out.push_back(std::move(row));
   }
@@ -186,10 +248,16 @@ json Measurements::summary_json(const Summary& s) {
   json recent = json::array();
   for (const auto& [tokens, seconds] : s.recent) recent.push_back({tokens, seconds});
   json memory = json::object();
-  for (const auto& [what, m] : s.memory) memory[what] = {m.first, m.second};
-  return {{"alone", sums_json(s.alone)},  {"shared", sums_json(s.shared)}, {"recent", recent},
-          {"deviating", s.deviating},     {"placement", s.placement},      {"memory", memory},
-          {"memory_over", s.memory_over}, {"history", s.history}};
+  for (const auto& [what, m] : s.memory) memory[what] = {m.latest, m.peak, m.at_ms};
+  return {{"alone", sums_json(s.alone)},
+          {"shared", sums_json(s.shared)},
+          {"recent", recent},
+          {"deviating", s.deviating},
+          {"placement", s.placement},
+          {"memory", memory},
+          {"memory_over", s.memory_over},
+          {"history", s.history},
+          {"flushed_ms", s.flushed_ms}};
 }
 
 Measurements::Summary Measurements::summary_from(const json& j) {
@@ -207,8 +275,10 @@ Measurements::Summary Measurements::summary_from(const json& j) {
   const json memory = j.value("memory", json::object());
   if (memory.is_object()) {
     for (const auto& [what, m] : memory.items()) {
-      if (m.is_array() && m.size() == 2 && m[0].is_number() && m[1].is_number())
-        s.memory[what] = {m[0].get<double>(), m[1].get<double>()};
+      // [latest, peak, at_ms] ([latest, peak] from before several servers)
+      if (m.is_array() && m.size() >= 2 && m[0].is_number() && m[1].is_number())
+        s.memory[what] = {m[0].get<double>(), m[1].get<double>(),
+                          m.size() > 2 && m[2].is_number_integer() ? m[2].get<std::int64_t>() : 0};
     }
   }
   for (const json& d : j.value("memory_over", json::array())) {
@@ -219,6 +289,9 @@ Measurements::Summary Measurements::summary_from(const json& j) {
         s.history.size() < kHistory)
       s.history.push_back(h);
   }
+  const auto flushed = j.find("flushed_ms");
+  if (flushed != j.end() && flushed->is_number_integer())
+    s.flushed_ms = flushed->get<std::int64_t>();
   return s;
 }
 
@@ -235,27 +308,24 @@ std::string Measurements::placement_in(const json& a) {
 
 std::map<std::string, Measurements::Delivered> Measurements::delivered() const {
   std::lock_guard<std::mutex> lock(mu_);
+  std::set<std::string> ids;
+  for (const auto& [id, s] : mine_) ids.insert(id);
+  for (const auto& [id, s] : from_store_) ids.insert(id);
   std::map<std::string, Delivered> out;
-  auto put = [&](const std::string& id, const Summary& s) {
+  for (const std::string& id : ids) {
+    const Summary s = *combined(id);
     out[id] = {s.placement,          s.alone.generation_samples, s.alone.generated_tokens,
                s.alone.generation_s, s.alone.prompt_samples,     s.alone.prompt_tokens,
                s.alone.prompt_s};
-  };
-  for (const auto& [id, body] : from_store_) put(id, summary_from(body));
-  for (const auto& [id, s] : mine_) put(id, s);
+  }
   return out;
 }
 
 json Measurements::view(const std::string& instance) const {
   std::lock_guard<std::mutex> lock(mu_);
-  Summary s;
-  if (const auto it = mine_.find(instance); it != mine_.end()) {
-    s = it->second;
-  } else if (const auto st = from_store_.find(instance); st != from_store_.end()) {
-    s = summary_from(st->second);
-  } else {
-    return nullptr;
-  }
+  const std::optional<Summary> found = combined(instance);
+  if (!found) return nullptr;
+  const Summary& s = *found;
   double recent_tokens = 0, recent_s = 0;
   for (const auto& [tokens, seconds] : s.recent) {
     recent_tokens += tokens;
@@ -348,21 +418,40 @@ void Measurements::flush(store::Store& store) {
       for (const auto& [what, estimated] : estimates(assignment)) {
         const auto m = s.memory.find(what);
         if (m == s.memory.end() || estimated <= 0 ||
-            m->second.second <= (1 + kMemoryOver) * estimated ||
+            m->second.peak <= (1 + kMemoryOver) * estimated ||
             std::find(s.memory_over.begin(), s.memory_over.end(), what) != s.memory_over.end())
           continue;
         s.memory_over.push_back(what);
         over[id].push_back(what);
         char msg[256];
         std::snprintf(msg, sizeof msg, "%s: measured %.1f MiB, estimated %.1f MiB (+%.1f %%)",
-                      what.c_str(), m->second.second / 1048576.0, estimated / 1048576.0,
-                      100 * (m->second.second / estimated - 1));
+                      what.c_str(), m->second.peak / 1048576.0, estimated / 1048576.0,
+                      100 * (m->second.peak / estimated - 1));
         store.event("instance.memory_over_estimate", id, msg);
       }
     }
-    store.put_measurement(id, summary_json(s).dump());
+    s.flushed_ms = store::now_ms();
+    store.put_measurement(id, writer_, summary_json(s).dump());
   }
-  const std::map<std::string, std::string> stored = store.measurements();
+  // The other writers' rows, each instance's for its current placement merged into one.
+  std::map<std::string, Summary> others;
+  for (const auto& [id, rows] : store.measurements()) {
+    const auto a = assignments.find(id);
+    if (a == assignments.end()) continue;  // deleted since the instances were read
+    std::string placement;
+    bool parsed = false;
+    for (const auto& [writer, body] : rows) {
+      if (writer == writer_) continue;
+      const Summary s = summary_from(json::parse(body, nullptr, false));
+      if (!parsed) {
+        placement = placement_of(*a->second);
+        parsed = true;
+      }
+      if (!s.placement.empty() && s.placement != placement) continue;  // another layout's
+      auto [o, first] = others.try_emplace(id, s);
+      if (!first) merge(o->second, s);
+    }
+  }
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [id, now] : deviating) {
     if (const auto it = mine_.find(id); it != mine_.end()) it->second.deviating = now;
@@ -392,11 +481,7 @@ void Measurements::flush(store::Store& store) {
     }
     it->second.placement = placement;
   }
-  // The other rows: written by other servers, or by this one before a restart.
-  from_store_.clear();
-  for (const auto& [id, body] : stored) {
-    if (!mine_.count(id)) from_store_[id] = json::parse(body, nullptr, false);
-  }
+  from_store_ = std::move(others);
 }
 
 void Measurements::download(const std::string& instance, json progress) {

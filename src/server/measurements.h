@@ -2,7 +2,10 @@
 // llama-server's own `timings` of the requests the proxy relayed. Requests that ran alone on
 // their instance (single-stream, as the planner predicts) are kept apart from those that shared
 // it with others. Summaries live in memory (the proxy's hot path never waits for the store) and
-// are written to the store, one row per instance, by flush().
+// are written to the store by flush(), one row per instance and writer (this object: one start
+// of one server). Several servers proxy and hear heartbeats for the same instances: what each
+// shows is the sum of every writer's row for the instance's current placement, its own included,
+// so no server's requests or memory reports overwrite another's.
 #pragma once
 
 #include <chrono>
@@ -11,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,6 +26,10 @@ namespace ggfleet::server {
 
 class Measurements {
  public:
+  // `writer` names this object's rows in the store; a fresh random name when empty.
+  explicit Measurements(std::string writer = "");
+  const std::string& writer() const { return writer_; }
+
   // Generation speed counts requests that generated at least this many tokens; prompt speed,
   // requests that processed at least this many prompt tokens (shorter ones are mostly fixed
   // cost, and the planner predicts a 512-token prompt).
@@ -73,12 +81,18 @@ class Measurements {
 
   // Writes the summaries that changed to the store (a summary whose instance was placed anew since
   // starts again: its numbers belonged to the old layout), forgets instances that are gone, reads
-  // those written by other servers, and records an event when an instance's recent
-  // single-stream generation speed moves more than kDeviation away from its prediction
-  // (instance.speed_deviation) or back within it (instance.speed_ok).
+  // the rows of the other writers (other servers, or this one before a restart) for each
+  // instance's current placement, and records an event when the recent single-stream generation
+  // speed this writer measured moves more than kDeviation away from the prediction
+  // (instance.speed_deviation) or back within it (instance.speed_ok). A writer starts from the
+  // state the others announced, so one that takes over an instance does not announce it again.
   void flush(store::Store& store);
 
  private:
+  struct Memory {
+    double latest = 0, peak = 0;
+    std::int64_t at_ms = 0;  // when `latest` was reported
+  };
   struct Sums {
     double requests = 0;  // every request counted here
     double generation_samples = 0, generated_tokens = 0, generation_s = 0;
@@ -90,12 +104,21 @@ class Measurements {
     bool deviating = false;                        // the event was raised and not yet cleared
     bool dirty = false;                            // changed since the last flush
     std::string placement;                         // of the instance when last flushed
-    std::map<std::string, std::pair<double, double>> memory;  // "WORKER:GPU" -> (latest, peak)
-    std::vector<std::string> memory_over;                     // devices whose excess was announced
+    std::map<std::string, Memory> memory;          // "WORKER:GPU" -> its figures
+    std::vector<std::string> memory_over;          // devices whose excess was announced
     // The last kHistory requests with a rate: {time_ms, generation_tokens_per_s,
     // prompt_tokens_per_s (each null below the sample thresholds), alone}.
     std::deque<nlohmann::json> history;
+    std::int64_t flushed_ms = 0;  // when its row was last written
   };
+  // `b` (another writer's row of the same instance and placement) added to `a`: sums and
+  // windows joined, the later of the two latest memory figures, the larger peak, the announced
+  // state of the row written last.
+  static void merge(Summary& a, const Summary& b);
+  // A new summary of this writer continues the others' announced state. REQUIRES: mu_.
+  void adopt(const std::string& instance, Summary& s) const;
+  // This writer's summary and the others' together; nullopt when neither has one. REQUIRES: mu_.
+  std::optional<Summary> combined(const std::string& instance) const;
   // (what, estimated bytes) of every device of an assignment's plan and of its main's host.
   static std::vector<std::pair<std::string, double>> estimates(const nlohmann::json& assignment);
   static void add(Sums& s, const Timings& t);
@@ -105,10 +128,11 @@ class Measurements {
   static Summary summary_from(const nlohmann::json& j);
 
   mutable std::mutex mu_;
-  std::map<std::string, Summary> mine_;               // measured by this server's proxy
-  std::map<std::string, nlohmann::json> from_store_;  // other servers' summaries
-  std::map<std::string, nlohmann::json> downloads_;   // instance -> its download's progress
-  std::chrono::steady_clock::time_point last_read_;   // of the store's rows, by flush()
+  std::string writer_;
+  std::map<std::string, Summary> mine_;        // measured by this server's proxy and heartbeats
+  std::map<std::string, Summary> from_store_;  // the other writers' rows, merged
+  std::map<std::string, nlohmann::json> downloads_;  // instance -> its download's progress
+  std::chrono::steady_clock::time_point last_read_;  // of the store's rows, by flush()
 };
 
 }  // namespace ggfleet::server

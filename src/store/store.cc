@@ -55,6 +55,14 @@ const std::vector<std::string> kMigrations = {
     // server may take the request, any may be the one the worker heartbeats to).
     R"(CREATE TABLE model_removals (worker TEXT NOT NULL REFERENCES workers(name) ON DELETE CASCADE,
          key TEXT NOT NULL, requested_ms BIGINT NOT NULL, PRIMARY KEY (worker, key)))",
+    // 7: measurements per instance and writer (a start of a server): several servers measure the
+    // same instance, and each row is one's own (the rows so far keep their numbers as writer '').
+    R"(CREATE TABLE measurements_by_writer (instance TEXT NOT NULL, writer TEXT NOT NULL,
+         body TEXT NOT NULL, updated_ms BIGINT NOT NULL, PRIMARY KEY (instance, writer));
+       INSERT INTO measurements_by_writer (instance, writer, body, updated_ms)
+         SELECT instance, '', body, updated_ms FROM measurements;
+       DROP TABLE measurements;
+       ALTER TABLE measurements_by_writer RENAME TO measurements)",
 };
 
 // Splits a migration into statements (libpq and sqlite3_prepare take one at a time).
@@ -484,22 +492,24 @@ bool Store::delete_instance(const std::string& id) {
   return deleted;
 }
 
-void Store::put_measurement(const std::string& instance, const std::string& body) {
+void Store::put_measurement(const std::string& instance, const std::string& writer,
+                            const std::string& body) {
   transaction([&] {
     // Only for an instance that still exists (it may have been deleted since it was measured).
     if (db().exec("SELECT 1 FROM instances WHERE id = $1", {instance}).rows.empty()) return;
     db().exec(
-        "INSERT INTO measurements (instance, body, updated_ms) VALUES ($1, $2, $3) ON CONFLICT "
-        "(instance) DO UPDATE SET body = excluded.body, updated_ms = excluded.updated_ms",
-        {instance, body, now_ms()});
+        "INSERT INTO measurements (instance, writer, body, updated_ms) VALUES ($1, $2, $3, $4) ON "
+        "CONFLICT (instance, writer) DO UPDATE SET body = excluded.body, updated_ms = "
+        "excluded.updated_ms",
+        {instance, writer, body, now_ms()});
   });
 }
 
-std::map<std::string, std::string> Store::measurements() {
+std::map<std::string, std::map<std::string, std::string>> Store::measurements() {
   return locked([&](Db& db) {
-    const Rows r = db.exec("SELECT instance, body FROM measurements");
-    std::map<std::string, std::string> out;
-    for (std::size_t i = 0; i < r.rows.size(); ++i) out[r.text(i, 0)] = r.text(i, 1);
+    const Rows r = db.exec("SELECT instance, writer, body FROM measurements");
+    std::map<std::string, std::map<std::string, std::string>> out;
+    for (std::size_t i = 0; i < r.rows.size(); ++i) out[r.text(i, 0)][r.text(i, 1)] = r.text(i, 2);
     return out;
   });
 }

@@ -162,10 +162,11 @@ class Store {
   std::vector<ClaimRow> claims();
   std::string next_id(const std::string& counter);  // "1", "2", ... per counter, never reused
 
-  // Measurements: one JSON body per instance (written only while the instance exists; deleted
-  // with it), all of them by instance id.
-  void put_measurement(const std::string& instance, const std::string& body);
-  std::map<std::string, std::string> measurements();
+  // Measurements: one JSON body per instance and writer (a start of a server), written only while
+  // the instance exists and deleted with it; all of them, instance -> writer -> body.
+  void put_measurement(const std::string& instance, const std::string& writer,
+                       const std::string& body);
+  std::map<std::string, std::map<std::string, std::string>> measurements();
   // Calibration: named JSON documents of what the fleet learned (they outlive instances).
   void put_calibration(const std::string& name, const std::string& body);  // replaces
   std::optional<std::string> calibration(const std::string& name);

@@ -6,6 +6,10 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+#include <tuple>
+
 #include "server/learning.h"
 #include "store/test_db.h"
 
@@ -183,6 +187,50 @@ TEST_F(MeasurementsTest, MemoryNextToTheEstimateAndANewPlacementStartsAgain) {
   EXPECT_TRUE(m.memory_view("chat-1", a)[0]["measured_bytes"].is_null());
   EXPECT_EQ(m.delivered().at("chat-1").placement, "8");
   EXPECT_EQ(m.view("chat-1")["samples"], 0);
+}
+
+// Two servers measure one instance: one proxies requests, the worker reports memory to both (its
+// heartbeats moved). Each shows the requests of both and the latest memory, and neither's row
+// overwrites the other's (before, each wrote the instance's one row: last writer won).
+TEST_F(MeasurementsTest, SeveralServersAddUpInsteadOfOverwriting) {
+  store::InstanceRow i = *store_->instance("chat-1");
+  i.assignment_json = assignment("7");
+  store_->put_instance(i);
+  const json a = json::parse(i.assignment_json);
+  Measurements one, two;
+  EXPECT_NE(one.writer(), two.writer());
+  for (int k = 0; k < 10; ++k) one.record("chat-1", timing(10, 0.2, true));  // 50 tokens/s
+  for (int k = 0; k < 30; ++k) two.record("chat-1", timing(10, 0.1, true));  // 100 tokens/s
+  one.memory("chat-1", "w0:0", 1100.0 * 1048576);
+  one.flush(*store_);
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  two.memory("chat-1", "w0:0", 900.0 * 1048576);  // reported later, to the other server
+  two.flush(*store_);
+  one.record("chat-1", timing(10, 0.2, true));  // (a change: `one` reads the others again)
+  one.flush(*store_);
+  // `two` read `one`'s row before its last request; `one` read everything.
+  for (const auto& [m, samples, tokens, seconds] :
+       {std::tuple{&one, 41, 410.0, 5.2}, std::tuple{&two, 40, 400.0, 5.0}}) {
+    const json v = m->view("chat-1");
+    EXPECT_EQ(v["samples"], samples) << v.dump();
+    EXPECT_DOUBLE_EQ(v["generation_tokens_per_s"].get<double>(), tokens / seconds) << v.dump();
+    EXPECT_EQ(v["history"].size(), static_cast<std::size_t>(samples));
+    const json memory = m->memory_view("chat-1", a);
+    EXPECT_DOUBLE_EQ(memory[0]["measured_bytes"].get<double>(), 900.0 * 1048576);
+    EXPECT_DOUBLE_EQ(memory[0]["peak_bytes"].get<double>(), 1100.0 * 1048576);
+    EXPECT_EQ(m->delivered().at("chat-1").generation_samples, samples);
+  }
+  EXPECT_EQ(store_->measurements().at("chat-1").size(), 2u);
+  Measurements third;  // another server, or one of these restarted
+  third.flush(*store_);
+  EXPECT_EQ(third.view("chat-1")["samples"], 41);
+  // The memory event was announced once (by `one`), not again by the others.
+  third.memory("chat-1", "w0:0", 1200.0 * 1048576);
+  third.flush(*store_);
+  int announced = 0;
+  for (const std::string& e : events())
+    announced += e.find("memory_over_estimate") != std::string::npos;
+  EXPECT_EQ(announced, 1) << ::testing::PrintToString(events());
 }
 
 }  // namespace

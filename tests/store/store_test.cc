@@ -27,13 +27,37 @@ class StoreTest : public ::testing::TestWithParam<std::string> {
 
 TEST_P(StoreTest, MigratesOnceAndReopens) {
   EXPECT_EQ(store_->backend(), GetParam());
-  EXPECT_EQ(store_->schema_version(), 6);
+  EXPECT_EQ(store_->schema_version(), 7);
   store_->put_worker({"w1", "10.0.0.1", "{}", WorkerStatus::kReady, "{}", 5, 1});
   store_.reset();
   Store again(db_->target());  // the same data, no second migration
-  EXPECT_EQ(again.schema_version(), 6);
+  EXPECT_EQ(again.schema_version(), 7);
   ASSERT_TRUE(again.worker("w1").has_value());
   EXPECT_EQ(again.worker("w1")->address, "10.0.0.1");
+}
+
+// Migration 7 keeps the measurements written before it (one row per instance) as writer ''.
+TEST_P(StoreTest, MeasurementsFromBeforeWritersAreKept) {
+  store_->put_worker({"w1", "a1", "{}", WorkerStatus::kReady, "{}", 10, 1});
+  ASSERT_TRUE(store_->create_deployment({"chat", "/m.gguf", "{}", 1, 1, 1}));
+  InstanceRow i;
+  i.id = "chat-1";
+  i.deployment = "chat";
+  store_->put_instance(i);
+  store_.reset();
+  {  // the table as schema 6 had it, with a row
+    const std::unique_ptr<Db> db = open_db(db_->target());
+    db->exec("DROP TABLE measurements");
+    db->exec(
+        "CREATE TABLE measurements (instance TEXT PRIMARY KEY, body TEXT NOT NULL, updated_ms "
+        "BIGINT NOT NULL)");
+    db->exec("INSERT INTO measurements VALUES ('chat-1', '{\"samples\":3}', 5)");
+    db->exec("DELETE FROM schema_migrations WHERE version = 7");
+  }
+  Store again(db_->target());
+  EXPECT_EQ(again.schema_version(), 7);
+  EXPECT_EQ(again.measurements(), (std::map<std::string, std::map<std::string, std::string>>{
+                                      {"chat-1", {{"", R"({"samples":3})"}}}}));
 }
 
 TEST_P(StoreTest, WorkersDeploymentsInstancesClaims) {
@@ -70,12 +94,14 @@ TEST_P(StoreTest, WorkersDeploymentsInstancesClaims) {
   EXPECT_DOUBLE_EQ(store_->instance(i.id)->predicted_tokens_per_s, 12.5);
   EXPECT_EQ(store_->instance(i.id)->generation, 2);
   EXPECT_NE(store_->next_id("instances"), store_->next_id("instances"));
-  // A measurement is kept per existing instance, replaced by the next one.
-  store_->put_measurement(i.id, R"({"samples":1})");
-  store_->put_measurement(i.id, R"({"samples":2})");
-  store_->put_measurement("no-such-instance", R"({"samples":1})");
+  // A measurement is kept per existing instance and writer, replaced by that writer's next one.
+  store_->put_measurement(i.id, "s1", R"({"samples":1})");
+  store_->put_measurement(i.id, "s1", R"({"samples":2})");
+  store_->put_measurement(i.id, "s2", R"({"samples":5})");
+  store_->put_measurement("no-such-instance", "s1", R"({"samples":1})");
   EXPECT_EQ(store_->measurements(),
-            (std::map<std::string, std::string>{{i.id, R"({"samples":2})"}}));
+            (std::map<std::string, std::map<std::string, std::string>>{
+                {i.id, {{"s1", R"({"samples":2})"}, {"s2", R"({"samples":5})"}}}}));
 
   // Calibration documents are named, replaced, and outlive the instances they came from.
   EXPECT_FALSE(store_->calibration("fleet").has_value());
