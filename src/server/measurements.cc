@@ -123,6 +123,10 @@ void Measurements::merge(Summary& a, const Summary& b) {
     a.flushed_ms = b.flushed_ms;
   }
   if (a.placement.empty()) a.placement = b.placement;
+  if (b.download_at_ms > a.download_at_ms) {
+    a.download = b.download;
+    a.download_at_ms = b.download_at_ms;
+  }
   for (const auto& [what, m] : b.memory) {
     auto [x, added] = a.memory.try_emplace(what, m);
     if (added) continue;
@@ -257,7 +261,9 @@ json Measurements::summary_json(const Summary& s) {
           {"memory", memory},
           {"memory_over", s.memory_over},
           {"history", s.history},
-          {"flushed_ms", s.flushed_ms}};
+          {"flushed_ms", s.flushed_ms},
+          {"download", s.download},
+          {"download_at_ms", s.download_at_ms}};
 }
 
 Measurements::Summary Measurements::summary_from(const json& j) {
@@ -292,6 +298,12 @@ Measurements::Summary Measurements::summary_from(const json& j) {
   const auto flushed = j.find("flushed_ms");
   if (flushed != j.end() && flushed->is_number_integer())
     s.flushed_ms = flushed->get<std::int64_t>();
+  const auto download = j.find("download");
+  const auto download_at = j.find("download_at_ms");
+  if (download_at != j.end() && download_at->is_number_integer()) {
+    s.download = download != j.end() && download->is_object() ? *download : json();
+    s.download_at_ms = download_at->get<std::int64_t>();
+  }
   return s;
 }
 
@@ -377,7 +389,6 @@ void Measurements::flush(store::Store& store) {
       }
       ++it;
     }
-    std::erase_if(downloads_, [&](const auto& kv) { return !alive.count(kv.first); });
   }
   std::map<std::string, bool> deviating;      // instance -> its new state, where it changed
   std::map<std::string, std::string> placed;  // instance -> placement, where it changed
@@ -486,17 +497,27 @@ void Measurements::flush(store::Store& store) {
 
 void Measurements::download(const std::string& instance, json progress) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (progress.is_null()) {
-    downloads_.erase(instance);
-  } else {
-    downloads_[instance] = std::move(progress);
+  auto it = mine_.find(instance);
+  if (it == mine_.end()) {
+    // Most reports have no download: no summary is started for them, unless a download some
+    // writer showed ended.
+    const auto others = from_store_.find(instance);
+    if (progress.is_null() && (others == from_store_.end() || others->second.download.is_null()))
+      return;
+    it = mine_.try_emplace(instance).first;
+    adopt(instance, it->second);
   }
+  Summary& s = it->second;
+  if (progress == s.download && s.download_at_ms > 0) return;
+  s.download = std::move(progress);
+  s.download_at_ms = store::now_ms();
+  s.dirty = true;
 }
 
 json Measurements::download_view(const std::string& instance) const {
   std::lock_guard<std::mutex> lock(mu_);
-  const auto it = downloads_.find(instance);
-  return it != downloads_.end() ? it->second : json();
+  const std::optional<Summary> s = combined(instance);
+  return s ? s->download : json();
 }
 
 }  // namespace ggfleet::server

@@ -59,7 +59,8 @@ class Measurements {
   // measured bytes and the peak (null until measured). `assignment` is the instance's.
   nlohmann::json memory_view(const std::string& instance, const nlohmann::json& assignment) const;
 
-  // The download progress its main worker reported last (null: none under way).
+  // The download progress its main worker reported last (null: none under way), to whichever
+  // server: the latest report of any writer.
   void download(const std::string& instance, nlohmann::json progress);
   nlohmann::json download_view(const std::string& instance) const;
 
@@ -110,6 +111,8 @@ class Measurements {
     // prompt_tokens_per_s (each null below the sample thresholds), alone}.
     std::deque<nlohmann::json> history;
     std::int64_t flushed_ms = 0;  // when its row was last written
+    nlohmann::json download;      // the last download progress reported (null: none)
+    std::int64_t download_at_ms = 0;
   };
   // `b` (another writer's row of the same instance and placement) added to `a`: sums and
   // windows joined, the later of the two latest memory figures, the larger peak, the announced
@@ -131,7 +134,6 @@ class Measurements {
   std::string writer_;
   std::map<std::string, Summary> mine_;        // measured by this server's proxy and heartbeats
   std::map<std::string, Summary> from_store_;  // the other writers' rows, merged
-  std::map<std::string, nlohmann::json> downloads_;  // instance -> its download's progress
   std::chrono::steady_clock::time_point last_read_;  // of the store's rows, by flush()
 };
 

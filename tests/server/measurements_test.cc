@@ -231,6 +231,22 @@ TEST_F(MeasurementsTest, SeveralServersAddUpInsteadOfOverwriting) {
   for (const std::string& e : events())
     announced += e.find("memory_over_estimate") != std::string::npos;
   EXPECT_EQ(announced, 1) << ::testing::PrintToString(events());
+  // A download reported to one server shows on the others; its end (null) too.
+  const json progress = {{"done_bytes", 5}, {"total_bytes", 10}};
+  two.download("chat-1", progress);
+  two.flush(*store_);
+  EXPECT_EQ(two.download_view("chat-1"), progress);
+  third.record("chat-1", timing(10, 0.2, true));  // (a change: `third` reads the others again)
+  third.flush(*store_);
+  EXPECT_EQ(third.download_view("chat-1"), progress);
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  third.download("chat-1", nullptr);
+  third.flush(*store_);
+  EXPECT_TRUE(third.download_view("chat-1").is_null());
+  Measurements fourth;
+  fourth.flush(*store_);
+  EXPECT_TRUE(fourth.download_view("chat-1").is_null()) << fourth.download_view("chat-1");
+  EXPECT_TRUE(one.download_view("chat-1").is_null()) << "nothing new for `one` yet";
 }
 
 }  // namespace
