@@ -469,7 +469,9 @@ void Server::publish_assignments() {
     next->version = store_->assignment_version();
     next->by_worker = assignments_by_worker(store_->instances(), store_->claims());
     next->removals = store_->model_removals();
+    next->keys_version = store_->keys_version();
   });
+  bool keys_deleted = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     next->changed_at =
@@ -491,7 +493,12 @@ void Server::publish_assignments() {
       if (!assignments_ || assignment_digest(*before) != assignment_digest(after))
         next->changed_at[name] = next->version;
     }
+    keys_deleted = assignments_ && assignments_->keys_version != next->keys_version;
     assignments_ = std::move(next);
+  }
+  if (keys_deleted) {  // (by another server: this one forgot them when it deleted one)
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    key_cache_.clear();
   }
   ++routes_generation_;  // instances moved: the proxy reads where they listen again
   assign_cv_.notify_all();
@@ -506,7 +513,7 @@ std::optional<Principal> Server::cached_bearer(const std::string& header) {
 std::optional<Principal> Server::cached_principal(const std::string& hash) {
   // Valid keys are remembered for a minute (the proxy's hot path must not read the store);
   // deleting a key through this server forgets them all at once, through another server sharing
-  // the database within the minute.
+  // the database as soon as this one publishes the board that says so (PostgreSQL's NOTIFY).
   std::lock_guard<std::mutex> lock(cache_mu_);
   const auto it = key_cache_.find(hash);
   if (it != key_cache_.end() &&

@@ -205,6 +205,7 @@ class Server {
     // Cache files an admin asked each worker to remove (in the store until handed over): a
     // worker listed here gets its next heartbeat answered by the store's path, which hands them.
     std::map<std::string, std::set<std::string>> removals;
+    std::int64_t keys_version = 0;  // moves when any server deletes an API key
     // Whether `worker`'s list changed after version `since`.
     bool news_for(const std::string& worker, std::int64_t since) const {
       const auto it = changed_at.find(worker);

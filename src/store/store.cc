@@ -598,8 +598,21 @@ std::vector<KeyRow> Store::keys() {
 }
 
 bool Store::delete_key(const std::string& id) {
-  return locked(
-      [&](Db& db) { return db.exec("DELETE FROM api_keys WHERE id = $1", {id}).affected > 0; });
+  bool deleted = false;
+  transaction([&] {
+    deleted = db().exec("DELETE FROM api_keys WHERE id = $1", {id}).affected > 0;
+    if (!deleted) return;
+    next_id("keys");            // the servers that remember keys forget them
+    bump_assignment_version();  // (and hear of it now)
+  });
+  return deleted;
+}
+
+std::int64_t Store::keys_version() {
+  return locked([](Db& db) {
+    const Rows r = db.exec("SELECT value FROM counters WHERE name = 'keys'");
+    return r.rows.empty() ? std::int64_t{0} : r.integer(0, 0);
+  });
 }
 
 void Store::event(const std::string& kind, const std::string& subject, const std::string& message) {

@@ -175,7 +175,10 @@ class Store {
   void put_key(const KeyRow& k);
   std::optional<KeyRow> key_by_hash(const std::string& hash);
   std::vector<KeyRow> keys();
+  // Deleting a key moves keys_version() and the assignment version (servers sharing the database
+  // hear of it and forget the keys they remember).
   bool delete_key(const std::string& id);
+  std::int64_t keys_version();
 
   // Events. Oldest first after `after_id`, at most `limit`; with `newest_first`, the newest
   // first, before `before_id` when it is > 0 (pages back in time). `subject` ("" = any) filters.

@@ -744,5 +744,26 @@ TEST_F(HighAvailability, CacheRemovalAskedOfAnotherServerReachesTheWorker) {
   }
 }
 
+// A key revoked through one server stops working on the others at once. (Each server remembers
+// valid keys for a minute, and deleting one forgot them only on the server that deleted it: the
+// key kept working on the others for up to a minute, and this test failed so.)
+TEST_F(HighAvailability, KeyRevokedOnOneServerStopsWorkingOnEvery) {
+  for (int k = 0; k < kServers; ++k) start(k);
+  const Reply made = Api(ports_[0]).post("/v1/keys", kAdmin, {{"name", "alice"}, {"role", "user"}});
+  ASSERT_EQ(made.status, 201) << made.body.dump();
+  const std::string key = made.body["key"].get<std::string>();
+  for (int k = 0; k < kServers; ++k)  // every server has seen it valid, and remembers it
+    ASSERT_EQ(Api(ports_[static_cast<std::size_t>(k)]).get("/v1/models", key).status, 200);
+  ASSERT_EQ(Api(ports_[0])
+                .send("DELETE", "/v1/keys/" + made.body["id"].get<std::string>(), kAdmin)
+                .status,
+            200);
+  for (int k = 0; k < kServers; ++k) {
+    const auto at = static_cast<std::size_t>(k);
+    EXPECT_TRUE(wait_for([&] { return Api(ports_[at]).get("/v1/models", key).status == 401; }, 5))
+        << "server " << k << " still takes the revoked key";
+  }
+}
+
 }  // namespace
 }  // namespace ggfleet::test
