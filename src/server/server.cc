@@ -493,7 +493,8 @@ void Server::publish_assignments() {
       if (!assignments_ || assignment_digest(*before) != assignment_digest(after))
         next->changed_at[name] = next->version;
     }
-    keys_deleted = assignments_ && assignments_->keys_version != next->keys_version;
+    // (Also on the first board: keys remembered before it may have been deleted since.)
+    keys_deleted = !assignments_ || assignments_->keys_version != next->keys_version;
     assignments_ = std::move(next);
   }
   if (keys_deleted) {  // (by another server: this one forgot them when it deleted one)
