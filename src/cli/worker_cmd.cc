@@ -2,14 +2,19 @@
 
 #include "cluster/units.h"
 
+#include <fcntl.h>
 #include <httplib.h>
 #include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -17,6 +22,7 @@
 #include "model/synth.h"
 #include "server/auth.h"
 #include "server/server.h"
+#include "store/store.h"
 
 namespace ggfleet::cli {
 namespace {
@@ -77,6 +83,30 @@ int run_worker(worker::AgentConfig config) {
   return code;
 }
 
+// The admin key a previous `ggfleet start` generated and kept in `file`, if the store at `db` still
+// holds it (one revoked since is not brought back); "" otherwise.
+std::string saved_admin_key(const std::string& file, const std::string& db) {
+  std::ifstream in(file);
+  std::string key;
+  if (!in || !std::getline(in, key) || key.empty() || !std::filesystem::exists(db)) return "";
+  store::Store store(db, 1);
+  return store.key_by_hash(server::sha256_hex(key)) ? key : "";
+}
+
+// Keeps `key` in `file`, readable and writable by its owner only (written whole, then renamed).
+void save_admin_key(const std::string& file, const std::string& key) {
+  const std::string part = file + ".part";
+  const int fd = ::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) throw std::runtime_error("cannot write " + part + ": " + std::strerror(errno));
+  const std::string line = key + "\n";
+  const bool written = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+  const bool closed = ::close(fd) == 0;
+  if (!written || !closed || std::rename(part.c_str(), file.c_str()) != 0) {
+    std::remove(part.c_str());
+    throw std::runtime_error("cannot write " + file);
+  }
+}
+
 // `ggfleet start` itself; run_start wraps it so that any failure (a busy port, a store that
 // cannot be opened) ends with a message and the signal watcher released, never std::terminate.
 int serve_start(const StartOptions& o, std::atomic<bool>& stop) {
@@ -113,17 +143,23 @@ int serve_start(const StartOptions& o, std::atomic<bool>& stop) {
   } catch (const cluster::UnitError& e) {
     throw std::invalid_argument(std::string("--listen: ") + e.what());
   }
+  // The all-in-one keeps the admin key it generated in its data directory, so that starting it
+  // again on the same directory needs no --admin-key.
+  const std::string key_file = o.data_dir + "/admin-key";
   sc.admin_key = o.admin_key;
+  if (sc.admin_key.empty() && !std::getenv("GGFLEET_ADMIN_KEY"))
+    sc.admin_key = saved_admin_key(key_file, o.data_dir + "/ggfleet.db");
   sc.join_token = server::new_secret("ggj_");
   server::Server srv(sc);
   const int port = srv.start();
+  if (!srv.generated_admin_key().empty()) save_admin_key(key_file, srv.generated_admin_key());
   const std::string admin =
-      o.admin_key.empty()
+      sc.admin_key.empty()
           ? (srv.generated_admin_key().empty()
                  ? std::string(std::getenv("GGFLEET_ADMIN_KEY") ? std::getenv("GGFLEET_ADMIN_KEY")
                                                                 : "")
                  : srv.generated_admin_key())
-          : o.admin_key;
+          : sc.admin_key;
   worker::AgentConfig wc;
   wc.server = "http://" + sc.host + ":" + std::to_string(port);
   wc.join_token = sc.join_token;
@@ -148,7 +184,8 @@ int serve_start(const StartOptions& o, std::atomic<bool>& stop) {
     api.set_read_timeout(120);
     const httplib::Headers auth = {{"Authorization", "Bearer " + admin}};
     if (admin.empty())
-      throw std::runtime_error("this data directory has an admin key already: pass --admin-key");
+      throw std::runtime_error("this data directory has an admin key already and " + key_file +
+                               " does not hold it: pass --admin-key");
     const std::string name = "local-model";
     auto existing = api.Get(("/v1/deployments/" + name).c_str(), auth);
     if (!existing || existing->status == 404) {
@@ -165,6 +202,17 @@ int serve_start(const StartOptions& o, std::atomic<bool>& stop) {
       const auto r = api.Get("/v1/models", auth);
       ready =
           r && r->status == 200 && json::parse(r->body)["data"][0].value("ready_instances", 0) > 0;
+      if (ready) {
+        // Ready means it answers: on a data directory used before, the store says "running"
+        // for the instance of the last start until the worker reports again.
+        const auto probe = api.Post("/v1/chat/completions", auth,
+                                    json{{"model", name},
+                                         {"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                                         {"max_tokens", 1}}
+                                        .dump(),
+                                    "application/json");
+        ready = probe && probe->status == 200;
+      }
       if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(500));
     }
     if (!ready) throw std::runtime_error("the instance did not become ready; see `ggfleet events`");
@@ -173,7 +221,7 @@ int serve_start(const StartOptions& o, std::atomic<bool>& stop) {
         << "\nggfleet is serving " << name << " at " << endpoint << "/v1 (OpenAI-compatible)\n"
         << (srv.generated_admin_key().empty()
                 ? ""
-                : "admin key (shown once): " + srv.generated_admin_key() + "\n")
+                : "admin key: " + srv.generated_admin_key() + " (kept in " + key_file + ")\n")
         << "try:\n  curl " << endpoint << "/v1/chat/completions -H 'Authorization: Bearer " << admin
         << "' -H 'Content-Type: application/json' -d '{\"model\": \"" << name
         << "\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}], \"max_tokens\": 8}'\n"
