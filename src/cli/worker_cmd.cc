@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -150,6 +151,7 @@ int serve_start(const StartOptions& o, std::atomic<bool>& stop) {
   if (sc.admin_key.empty() && !std::getenv("GGFLEET_ADMIN_KEY"))
     sc.admin_key = saved_admin_key(key_file, o.data_dir + "/ggfleet.db");
   sc.join_token = server::new_secret("ggj_");
+  const std::int64_t started_ms = store::now_ms();
   server::Server srv(sc);
   const int port = srv.start();
   if (!srv.generated_admin_key().empty()) save_admin_key(key_file, srv.generated_admin_key());
@@ -203,8 +205,20 @@ int serve_start(const StartOptions& o, std::atomic<bool>& stop) {
       ready =
           r && r->status == 200 && json::parse(r->body)["data"][0].value("ready_instances", 0) > 0;
       if (ready) {
-        // Ready means it answers: on a data directory used before, the store says "running"
-        // for the instance of the last start until the worker reports again.
+        // Ready means running as this start's worker reported it, and answering: on a data
+        // directory used before, the store says "running" for the last start's instance until the
+        // worker reports again (loading first).
+        const auto list = api.Get(("/v1/instances?deployment=" + name).c_str(), auth);
+        const json instances =
+            list && list->status == 200
+                ? json::parse(list->body, nullptr, false).value("instances", json::array())
+                : json::array();
+        ready = std::any_of(instances.begin(), instances.end(), [&](const json& one) {
+          return one.value("state", "") == "running" &&
+                 one.value("updated_ms", std::int64_t{0}) >= started_ms;
+        });
+      }
+      if (ready) {
         const auto probe = api.Post("/v1/chat/completions", auth,
                                     json{{"model", name},
                                          {"messages", {{{"role", "user"}, {"content", "Hi"}}}},
