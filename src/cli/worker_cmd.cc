@@ -198,6 +198,15 @@ int serve_start(const StartOptions& o, std::atomic<bool>& stop) {
       if (!r || r->status != 201)
         throw std::runtime_error("deploy failed: " + (r ? r->body : httplib::to_string(r.error())));
     }
+    // One chat request to the deployment through the endpoint.
+    auto chat = [&](const std::string& content, int max_tokens) {
+      return api.Post("/v1/chat/completions", auth,
+                      json{{"model", name},
+                           {"messages", {{{"role", "user"}, {"content", content}}}},
+                           {"max_tokens", max_tokens}}
+                          .dump(),
+                      "application/json");
+    };
     std::cout << "waiting for " << name << " to be ready..." << std::endl;
     bool ready = false;
     for (int i = 0; i < 600 && !stop && !ready; ++i) {
@@ -219,12 +228,7 @@ int serve_start(const StartOptions& o, std::atomic<bool>& stop) {
         });
       }
       if (ready) {
-        const auto probe = api.Post("/v1/chat/completions", auth,
-                                    json{{"model", name},
-                                         {"messages", {{{"role", "user"}, {"content", "Hi"}}}},
-                                         {"max_tokens", 1}}
-                                        .dump(),
-                                    "application/json");
+        const auto probe = chat("Hi", 1);
         ready = probe && probe->status == 200;
       }
       if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -241,12 +245,7 @@ int serve_start(const StartOptions& o, std::atomic<bool>& stop) {
         << "\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}], \"max_tokens\": 8}'\n"
         << std::endl;
     if (o.once) {
-      const auto r = api.Post("/v1/chat/completions", auth,
-                              json{{"model", name},
-                                   {"messages", {{{"role", "user"}, {"content", "Hello"}}}},
-                                   {"max_tokens", 8}}
-                                  .dump(),
-                              "application/json");
+      const auto r = chat("Hello", 8);
       if (!r || r->status != 200)
         throw std::runtime_error("completion failed: " +
                                  (r ? r->body : httplib::to_string(r.error())));

@@ -310,9 +310,12 @@ TEST(Security, InstanceKeyReachesOnlyItsWorker) {
   ASSERT_EQ(deploy(f, kAdmin, f.model()).status, 201);
   const std::string id = assigned_instance(f);
   ASSERT_FALSE(id.empty());
-  const Reply mine = f.api().get("/v1/workers/w1/assignments?since=0", w1);
-  ASSERT_EQ(mine.status, 200);
-  ASSERT_EQ(mine.body["instances"].size(), 1u);
+  // (the board the answer comes from is published just after the store says assigned)
+  Reply mine;
+  ASSERT_TRUE(f.eventually([&] {
+    mine = f.api().get("/v1/workers/w1/assignments?since=0", w1);
+    return mine.status == 200 && mine.body["instances"].size() == 1u;
+  })) << mine.body.dump();
   const std::string key = mine.body["instances"][0].value("instance_key", "");
   EXPECT_EQ(key.rfind("ggi_", 0), 0u) << mine.body.dump();
   for (const std::string& who : {std::string(kAdmin), user}) {
