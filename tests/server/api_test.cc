@@ -403,8 +403,14 @@ TEST(Api, LongPollsParkWithoutHoldingThreads) {
   const std::int64_t version =
       f.api().get("/v1/workers/w1/assignments", key).body.value("version", std::int64_t{-1});
   const std::string poll = "/v1/workers/w1/assignments?since=" + std::to_string(version) + "&wait=";
-  ASSERT_TRUE(f.eventually([&] {  // the first board is published: a poll waits
-    return !f.api().get(poll + "1", key).body.contains("retry_after_ms");
+  // Until a poll waits a whole second: the gateway has parked it, so the first board is
+  // published and the key is cached (publishing the first board forgets the keys a server knew;
+  // before it, the control plane answers a poll at once, with nothing to wait on).
+  ASSERT_TRUE(f.eventually([&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Reply r = f.api().get(poll + "1", key);
+    return r.status == 200 && !r.body.contains("retry_after_ms") &&
+           std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(900);
   }));
   constexpr int kPolls = 40;
   std::atomic<int> waited{0}, early{0};
