@@ -11,6 +11,12 @@ one layout at a time:
   choice     the planner's own layout
   main       the best layout with another main worker (deployment option "main")
   single     the best layout on one worker (allow_distributed: false)
+  whole      the best layout without experts in host RAM (expert_offload: false; MoE models)
+  single-whole  both: one worker, whole blocks on its CPU
+
+LAYOUTS picks which and in what order (default choice,main,single; `choice` first for the
+chosen/best ratio). A mixture-of-experts run: PRESET=qwen3-30b-a3b-q4_k_m BLOCKS=16 TYPE=-
+FILL=random (random weights: zero weights route every token to the same experts).
 
 For each: the plan (POST /v1/plan, before anything ran: the planner's ranking), the instance's
 prediction, llama-server's timings of single-stream completions through the server's OpenAI
@@ -44,6 +50,9 @@ REQUESTS = int(os.environ.get("REQUESTS", "5"))  # measured per layout, after on
 MAX_TOKENS = int(os.environ.get("MAX_TOKENS", "32"))
 PRESET = os.environ.get("PRESET", "llama3-70b-q4_k_m")
 BLOCKS = os.environ.get("BLOCKS", "20")
+TYPE = os.environ.get("TYPE", "q4_0")  # "-": the preset's own tensor types
+FILL = os.environ.get("FILL", "")  # "random": random weights (synth's FILL)
+CONTEXT = int(os.environ.get("CONTEXT", "4096"))
 # DECLARE="NVIDIA H200" tries the flow on a machine without a GPU (llama.cpp's CPU backend
 # serves declared GPUs; with a small PRESET/BLOCKS and VRAM slices, CORES to fit the machine).
 DECLARE = os.environ.get("DECLARE", "")
@@ -112,13 +121,15 @@ def layout_text(plan):
     lay = plan["layout"]
     devs = ", ".join(f"{d['name']}={d.get('worker', '?')}:{d.get('layers', '?')}"
                      for d in lay.get("devices", []))
-    return f"main {lay['main_worker']}; {devs}; {lay.get('cpu_layers', 0)} CPU layers"
+    experts = lay.get("host_expert_blocks", 0)
+    return (f"main {lay['main_worker']}; {devs}; {lay.get('cpu_layers', 0)} CPU layers"
+            + (f"; experts of {experts} blocks in host RAM" if experts else ""))
 
 
 def run_layout(tag, model, options):
     plan = api("POST", "/v1/plan", {"model": model, "options": options})
     rec = {"tag": tag, "options": options, "plan": plan}
-    name = f"m70-{tag}"
+    name = f"m-{tag}"
     api("POST", "/v1/deployments", {"name": name, "model": model, "options": options})
     log(tag, "deployed:", layout_text(plan))
     t0 = time.time()
@@ -165,13 +176,13 @@ def summary(results, probes):
     for (name, cores, vram), (n, bw) in zip(WORKERS, probes):
         lines.append(f"worker {name}: cores {cores} ({n}), GPU 0 slice {vram}, CPU {bw:.1f} GB/s (probe)")
     lines.append("")
-    lines.append(f"{'layout':8} {'pred tg':>8} {'meas tg':>8} {'err':>6} {'pred pp':>8} {'meas pp':>8} "
+    lines.append(f"{'layout':12} {'pred tg':>8} {'meas tg':>8} {'err':>6} {'pred pp':>8} {'meas pp':>8} "
                  f"{'err':>6}  layout")
     for r in results:
         p = r["plan"]["prediction"]
         tg, pp = r["measured_generation_tokens_per_s"], r["measured_prompt_tokens_per_s"]
         ptg, ppp = p["generation_tokens_per_s"], p["prompt_tokens_per_s"]
-        lines.append(f"{r['tag']:8} {ptg:8.2f} {tg or 0:8.2f} {100 * (tg / ptg - 1) if tg else 0:+5.0f}% "
+        lines.append(f"{r['tag']:12} {ptg:8.2f} {tg or 0:8.2f} {100 * (tg / ptg - 1) if tg else 0:+5.0f}% "
                      f"{ppp:8.1f} {pp or 0:8.1f} {100 * (pp / ppp - 1) if pp else 0:+5.0f}%  "
                      f"{layout_text(r['plan'])}")
     lines.append("")
@@ -211,22 +222,32 @@ def main():
         if bw > 0:
             args += ["--cpu-bandwidth", f"{bw}GB/s"]
         start(name, cores, args)
-    model = subprocess.run([SYNTH, PRESET, f"{WORK}/models", BLOCKS, "q4_0"],
+    model = subprocess.run([SYNTH, PRESET, f"{WORK}/models-{PRESET}-{BLOCKS}{FILL}", BLOCKS, TYPE]
+                           + ([FILL] if FILL else []),
                            capture_output=True, text=True, check=True).stdout.strip()
     wait("3 workers", lambda: len([w for w in api("GET", "/v1/workers")["workers"]
                                    if w.get("status") == "ready"]) == 3, 60)
     json.dump(api("GET", "/v1/workers"), open(f"{OUT}/workers.json", "w"), indent=1)
-    base = {"context": 4096}
+    base = {"context": CONTEXT}
     choice = api("POST", "/v1/plan", {"model": model, "options": base})
+    json.dump(choice, open(f"{OUT}/plan.json", "w"), indent=1)
     main_name = choice["layout"]["main_worker"]
     others = [a for a in choice.get("alternatives", []) if a["layout"]["main_worker"] != main_name
               and any(d.get("remote") for d in a["layout"].get("devices", []))]
-    other = max(others, key=lambda a: a["prediction"]["generation_tokens_per_s"])["layout"]["main_worker"]
-    layouts = [("choice", base), ("main", dict(base, main=other)),
-               ("single", dict(base, allow_distributed=False))]
-    only = os.environ.get("ONLY", "").split(",")  # e.g. ONLY=single: those layouts alone
-    layouts = [(t, o) for t, o in layouts if only == [""] or t in only]
-    results = []
+    options = {"choice": base,
+               "single": dict(base, allow_distributed=False),
+               "whole": dict(base, expert_offload=False),
+               "single-whole": dict(base, allow_distributed=False, expert_offload=False)}
+    if others:
+        best_other = max(others, key=lambda a: a["prediction"]["generation_tokens_per_s"])
+        options["main"] = dict(base, main=best_other["layout"]["main_worker"])
+    wanted = os.environ.get("LAYOUTS", os.environ.get("ONLY", "")) or "choice,main,single"
+    layouts = [(t, options[t]) for t in wanted.split(",") if t in options]
+    # PREVIOUS=DIR/results.json: results of an earlier run on the same fleet (a run split over two
+    # slots of the machine); its layouts are not run again and the summary covers both.
+    results = json.load(open(os.environ["PREVIOUS"]))["results"] if os.environ.get("PREVIOUS") else []
+    done = {r["tag"] for r in results}
+    layouts = [(t, o) for t, o in layouts if t not in done]
     for tag, options in layouts:
         try:
             results.append(run_layout(tag, model, options))
