@@ -203,6 +203,12 @@ def summary(results, probes):
         lines.append(f"measured ranking: " + " > ".join(
             r["tag"] for r in sorted(measured, key=lambda r: -r["measured_generation_tokens_per_s"])))
         lines.append(f"chosen layout's measured speed / best measured: {ratio:.3f} (best: {best['tag']})")
+        # Options that lead the planner to the very layout it chose deploy it again: their
+        # difference is the spread of one layout, not a better choice.
+        same = [r["tag"] for r in measured if r is not results[0]
+                and layout_text(r["plan"]) == layout_text(results[0]["plan"])]
+        if same:
+            lines.append(f"  the same layout as choice, deployed again: {', '.join(same)}")
     return "\n".join(lines) + "\n"
 
 
