@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cmath>
@@ -50,14 +51,120 @@ struct SplitMix {
 };
 
 std::uint16_t f32_to_f16_bits(float f) {
-  // Only used for small finite values in [-1, 1]: exact rounding is not needed.
+  // Only used for small finite values in [-1, 1]: exact rounding is not needed, but values below
+  // f16's smallest normal (6.1e-5, the scales of K-quants) keep their subnormal form.
   std::uint32_t x;
   std::memcpy(&x, &f, 4);
   const std::uint32_t sign = (x >> 16) & 0x8000;
   const int exp = static_cast<int>((x >> 23) & 0xff) - 127 + 15;
-  if (exp <= 0) return static_cast<std::uint16_t>(sign);
+  if (exp <= 0) {
+    if (exp < -10) return static_cast<std::uint16_t>(sign);
+    const std::uint32_t mantissa = (x & 0x7fffff) | 0x800000;
+    return static_cast<std::uint16_t>(sign | (mantissa >> (14 - exp)));
+  }
   return static_cast<std::uint16_t>(sign | (static_cast<std::uint32_t>(exp) << 10) |
                                     ((x >> 13) & 0x3ff));
+}
+
+// Where a quantized block keeps its scales, and what random data puts there. Random bytes in a
+// block's f16 scale give scales of any magnitude, infinities and NaNs: every activation of the
+// model becomes NaN, and a mixture of experts then routes every token to the same experts (as
+// with zero weights), which makes expert offload look far faster than it is. The scales below
+// give weights of about +-0.05 with a mean near zero (mins offset the unsigned quants).
+struct ScaleField {
+  enum Kind : std::uint8_t {
+    kHalf,   // an f16 at `offset`
+    kE8M0,   // MXFP4's exponent byte: 2^(e-128) per unit
+    kUE4M3,  // NVFP4's four unsigned e4m3 sub-block scales
+    kIq1m,   // IQ1_M's f16 spread over the top nibbles of four u16 scales at `offset`
+  };
+  Kind kind;
+  std::uint16_t offset;
+  float value;
+};
+
+struct BlockScales {
+  GgmlType type;
+  std::array<ScaleField, 2> fields;
+  std::size_t count;
+};
+
+using SF = ScaleField;
+constexpr BlockScales kBlockScales[] = {
+    {GgmlType::Q4_0, {SF{SF::kHalf, 0, 0.006f}}, 1},
+    {GgmlType::Q4_1, {SF{SF::kHalf, 0, 0.004f}, SF{SF::kHalf, 2, -0.03f}}, 2},
+    {GgmlType::Q5_0, {SF{SF::kHalf, 0, 0.003f}}, 1},
+    {GgmlType::Q5_1, {SF{SF::kHalf, 0, 0.002f}, SF{SF::kHalf, 2, -0.031f}}, 2},
+    {GgmlType::Q8_0, {SF{SF::kHalf, 0, 0.0004f}}, 1},
+    {GgmlType::Q8_1, {SF{SF::kHalf, 0, 0.0004f}, SF{SF::kHalf, 2, 0.0f}}, 2},
+    {GgmlType::Q1_0, {SF{SF::kHalf, 0, 0.02f}}, 1},
+    {GgmlType::Q2_0, {SF{SF::kHalf, 0, 0.015f}}, 1},
+    {GgmlType::Q2_K, {SF{SF::kHalf, 80, 0.001f}, SF{SF::kHalf, 82, 0.0015f}}, 2},
+    {GgmlType::Q3_K, {SF{SF::kHalf, 108, 0.0004f}}, 1},
+    {GgmlType::Q4_K, {SF{SF::kHalf, 0, 0.00005f}, SF{SF::kHalf, 2, 0.000375f}}, 2},
+    {GgmlType::Q5_K, {SF{SF::kHalf, 0, 0.000025f}, SF{SF::kHalf, 2, 0.0003875f}}, 2},
+    {GgmlType::Q6_K, {SF{SF::kHalf, 208, 0.000012f}}, 1},
+    {GgmlType::IQ2_XXS, {SF{SF::kHalf, 0, 0.0003f}}, 1},
+    {GgmlType::IQ2_XS, {SF{SF::kHalf, 0, 0.0003f}}, 1},
+    {GgmlType::IQ2_S, {SF{SF::kHalf, 0, 0.0003f}}, 1},
+    {GgmlType::IQ3_XXS, {SF{SF::kHalf, 0, 0.0001f}}, 1},
+    {GgmlType::IQ3_S, {SF{SF::kHalf, 0, 0.0001f}}, 1},
+    {GgmlType::IQ1_S, {SF{SF::kHalf, 0, 0.003f}}, 1},
+    {GgmlType::IQ1_M, {SF{SF::kIq1m, 48, 0.003f}}, 1},
+    {GgmlType::IQ4_NL, {SF{SF::kHalf, 0, 0.0004f}}, 1},
+    {GgmlType::IQ4_XS, {SF{SF::kHalf, 0, 0.000012f}}, 1},
+    {GgmlType::TQ1_0, {SF{SF::kHalf, 52, 0.02f}}, 1},
+    {GgmlType::TQ2_0, {SF{SF::kHalf, 64, 0.02f}}, 1},
+    {GgmlType::MXFP4, {SF{SF::kE8M0, 0, 0.0f}}, 1},
+    {GgmlType::NVFP4, {SF{SF::kUE4M3, 0, 0.0f}}, 1},
+};
+
+const BlockScales* block_scales(GgmlType type) {
+  for (const BlockScales& b : kBlockScales) {
+    if (b.type == type) return &b;
+  }
+  return nullptr;
+}
+
+// Whether byte `in_block` of a block lies in one of its scale fields.
+bool touches_scale(const BlockScales& b, std::uint64_t in_block) {
+  for (std::size_t i = 0; i < b.count; ++i) {
+    const std::uint64_t width = b.fields[i].kind == ScaleField::kHalf   ? 2
+                                : b.fields[i].kind == ScaleField::kE8M0 ? 1
+                                : b.fields[i].kind == ScaleField::kIq1m ? 8
+                                                                        : 4;
+    if (in_block >= b.fields[i].offset && in_block < b.fields[i].offset + width) return true;
+  }
+  return false;
+}
+
+// The byte at `in_block` of a block whose random byte is `random` and whose scales vary by
+// `jitter` (0.75..1.25): the scale's byte where a scale field lies, else `random`.
+std::byte scale_byte(const BlockScales& b, std::uint32_t in_block, std::byte random, float jitter) {
+  for (std::size_t i = 0; i < b.count; ++i) {
+    const ScaleField& f = b.fields[i];
+    const std::uint16_t h = f32_to_f16_bits(f.value * jitter);
+    switch (f.kind) {
+      case ScaleField::kHalf:
+        if (in_block == f.offset) return static_cast<std::byte>(h & 0xff);
+        if (in_block == f.offset + 1u) return static_cast<std::byte>(h >> 8);
+        break;
+      case ScaleField::kE8M0:  // values up to 12 units: 2^-8 per unit keeps them under 0.05
+        if (in_block == f.offset) return std::byte{120};
+        break;
+      case ScaleField::kUE4M3:  // 2^-6 per unit (exponent 1, no mantissa), values up to 6
+        if (in_block >= f.offset && in_block < f.offset + 4u) return std::byte{0x08};
+        break;
+      case ScaleField::kIq1m:  // nibble k of the f16 is the top nibble of u16 k (its high byte)
+        if (in_block >= f.offset && in_block < f.offset + 8u && (in_block - f.offset) % 2 == 1) {
+          const std::uint32_t k = (in_block - f.offset) / 2;
+          const auto nibble = static_cast<std::uint8_t>((h >> (4 * k)) & 0xf);
+          return static_cast<std::byte>((static_cast<std::uint8_t>(random) & 0x0f) | (nibble << 4));
+        }
+        break;
+    }
+  }
+  return random;
 }
 
 // Random bytes for tensor `index` at `offset`: reproducible for (seed, index, offset) whatever the
@@ -72,6 +179,8 @@ void random_fill(std::uint64_t seed, GgmlType type, std::size_t index, std::uint
   const auto small_float = [](std::uint64_t r) {
     return (static_cast<float>(r >> 40) / static_cast<float>(1ULL << 24) - 0.5f) * 0.1f;
   };
+  const BlockScales* scales = block_scales(type);
+  const std::uint64_t block_bytes = traits(type).block_bytes;
   for (std::size_t i = 0; i < out.size(); ++i) {
     const std::uint64_t pos = offset + i;
     std::byte b;
@@ -93,6 +202,14 @@ void random_fill(std::uint64_t seed, GgmlType type, std::size_t index, std::uint
       b = static_cast<std::byte>((pos % 2) ? (h >> 8) : (h & 0xff));
     } else {
       b = static_cast<std::byte>(word_at(pos / 8) >> (8 * (pos % 8)));
+      if (scales != nullptr && touches_scale(*scales, pos % block_bytes)) {
+        const std::uint64_t block = pos / block_bytes;
+        // One jitter per block, from a word no data byte uses (the top bit of the word index).
+        const float jitter = 0.75f + 0.5f *
+                                         static_cast<float>(word_at(block | (1ULL << 63)) >> 40) /
+                                         static_cast<float>(1ULL << 24);
+        b = scale_byte(*scales, static_cast<std::uint32_t>(pos % block_bytes), b, jitter);
+      }
     }
     out[i] = b;
   }

@@ -104,5 +104,68 @@ INSTANTIATE_TEST_SUITE_P(Presets, LlamaLoad,
                            return name;
                          });
 
+// `--fill random` models compute finite numbers in the real llama.cpp: speed runs of mixtures of
+// experts need tokens routed to different experts, and a NaN anywhere (random bytes in a quantized
+// block's f16 scale are infinite or NaN one time in 32) routes every token to the same experts, as
+// zero weights do. llama-server (on a unix socket, no port) gives each generated token's
+// log-probability; NaN ones come back as null.
+class RandomWeights : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RandomWeights, GiveFiniteLogProbabilities) {
+  const std::string bin = test::llama_cpp_dir() + "/bin";
+  GGFLEET_REQUIRE_PATH(bin + "/llama-server");
+  test::TempDir dir;
+  model::SynthOptions o;
+  o.blocks = 4;
+  o.embedding = 512;
+  o.vocab = 2000;
+  o.fill = gguf::Fill::kRandom;
+  const std::string model = model::synth(GetParam(), dir.path().string(), o).front();
+  const std::string sock = dir.file("s.sock");
+  const std::string out = dir.file("completion.json");
+  const std::string log = dir.file("server.log");
+  const std::string body =
+      R"({"prompt": "one two three four", "n_predict": 4, "n_probs": 2, "temperature": 0})";
+  test::write_file(dir.file("run.sh"), "'" + bin + "/llama-server' -m '" + model + "' --host '" +
+                                           sock + "' -c 512 -t 2 > '" + log +
+                                           "' 2>&1 &\n"
+                                           "pid=$!\n"
+                                           "for i in $(seq 120); do\n"
+                                           "  curl -sf --unix-socket '" +
+                                           sock +
+                                           "' http://local/health > /dev/null && break\n"
+                                           "  sleep 0.5\n"
+                                           "done\n"
+                                           "curl -sf --unix-socket '" +
+                                           sock + "' http://local/completion -d '" + body +
+                                           "' > '" + out +
+                                           "'\n"
+                                           "rc=$?\n"
+                                           "kill $pid; wait $pid\n"
+                                           "exit $rc\n");
+  const test::CommandResult r = test::run_command("bash '" + dir.file("run.sh") + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output << test::read_file(log);
+  const nlohmann::json j = nlohmann::json::parse(test::read_file(out));
+  const nlohmann::json& probs = j.at("completion_probabilities");
+  ASSERT_EQ(probs.size(), 4u) << j.dump();
+  for (const nlohmann::json& token : probs) {
+    ASSERT_TRUE(token.at("logprob").is_number()) << GetParam() << ": " << token.dump();
+    // Small random weights give nearly even odds over the vocabulary (log 2000 = 7.6).
+    EXPECT_LT(std::abs(token.at("logprob").get<double>() + 7.6), 3.0) << token.dump();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, RandomWeights,
+                         ::testing::Values("llama3-8b-q4_0", "qwen2.5-72b-q4_k_m",
+                                           "qwen3-30b-a3b-q4_k_m", "gemma3-27b-q4_k_m",
+                                           "deepseek-r1-ud-iq2_xxs"),
+                         [](const auto& param_info) {
+                           std::string name = param_info.param;
+                           for (char& c : name) {
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           }
+                           return name;
+                         });
+
 }  // namespace
 }  // namespace ggfleet
