@@ -40,27 +40,37 @@ struct Row {
   std::int32_t ngl = 99;
   std::uint32_t n_cpu_moe = 0;
   std::uint32_t threads = 16;
+  bool mmap = true;       // llama-bench -lm mmap (the default) or none (llama.cpp's own buffers)
   double tg = 0, pp = 0;  // measured tokens/s
   double tg_predicted = 0, pp_predicted = 0;
   std::uint64_t gpu_bytes = 0;  // estimated
 };
 
-void read_rows(const std::string& path, std::vector<Row>& rows) {
+// Reads llama-bench rows into `rows`, one per configuration: (-ngl, -ncmoe), and with `by_mode`
+// also threads and load mode (the EXTRA runs of bench/run_expert_offload).
+void read_rows(const std::string& path, std::vector<Row>& rows, bool by_mode = false) {
   std::ifstream in(path);
   if (!in) throw std::runtime_error("cannot read " + path);
   const nlohmann::json all = nlohmann::json::parse(in);
   for (const nlohmann::json& t : all) {
     const std::int32_t ngl = t.at("n_gpu_layers").get<std::int32_t>();
     const std::uint32_t moe = t.value("n_cpu_moe", 0u);
+    const std::uint32_t threads = t.value("n_threads", 16u);
+    // "auto" maps the file wherever the devices can (CUDA can): only "none" copies into buffers.
+    const bool mmap = t.value("load_mode", std::string("auto")) != "none";
     Row* row = nullptr;
-    for (Row& r : rows)
-      if (r.ngl == ngl && r.n_cpu_moe == moe) row = &r;
+    for (Row& r : rows) {
+      if (r.ngl == ngl && r.n_cpu_moe == moe &&
+          (!by_mode || (r.threads == threads && r.mmap == mmap)))
+        row = &r;
+    }
     if (row == nullptr) {
       rows.push_back({});
       row = &rows.back();
       row->ngl = ngl;
       row->n_cpu_moe = moe;
-      row->threads = t.value("n_threads", 16u);
+      row->threads = threads;
+      row->mmap = mmap;
     }
     // Several sweeps: the faster of them (a shared host's slow spells only ever slow a run down).
     double& rate = t.at("n_gen").get<int>() > 0 ? row->tg : row->pp;
@@ -120,13 +130,13 @@ int main(int argc, char** argv) {
     w.gpus = {cluster::catalog_gpu("NVIDIA H200").value()};
     cl.workers.push_back(w);
 
-    std::printf("%-22s %10s %9s %9s %7s %9s %9s %7s\n", "layout", "GPU MiB", "tg meas", "tg pred",
-                "err", "pp meas", "pp pred", "err");
-    for (Row& r : rows) {
+    // Predicts `r` (and prints it, with the prediction's parts when asked).
+    auto predict_row = [&](Row& r, const std::string& name) {
       estimate::Layout l;
       l.devices.push_back({"CUDA0", estimate::Backend::kCuda, false, 140ull << 30, 0});
       l.gpu_layers = r.ngl > static_cast<std::int32_t>(blocks) ? -1 : r.ngl;
       l.context.context_tokens = 512 + 64;
+      l.context.mmap = r.mmap;
       if (r.n_cpu_moe > 0) {
         l.experts.assign(m.blocks(), estimate::kExpertsWithBlock);
         for (std::uint32_t b = 0; b < r.n_cpu_moe && b < m.blocks(); ++b)
@@ -146,9 +156,6 @@ int main(int argc, char** argv) {
       const perf::Prediction pp = perf::predict(m, l, e, s);
       r.pp_predicted = pp.prompt_tokens_per_s;
       r.gpu_bytes = e.devices[0].total_bytes;
-      const std::string name = r.n_cpu_moe > 0
-                                   ? "experts of " + std::to_string(r.n_cpu_moe) + " on CPU"
-                                   : "-ngl " + std::to_string(r.ngl);
       std::printf("%-22s %10.0f %9.2f %9.2f %6.1f%% %9.1f %9.1f %6.1f%%\n", name.c_str(),
                   static_cast<double>(r.gpu_bytes) / (1 << 20), r.tg, r.tg_predicted,
                   100 * (r.tg_predicted / r.tg - 1), r.pp, r.pp_predicted,
@@ -156,6 +163,29 @@ int main(int argc, char** argv) {
       for (std::size_t i = 0; parts && i < tg.parts.size() && i < pp.parts.size(); ++i)
         std::printf("    %-36s tg %8.3f ms  pp %8.2f ms\n", tg.parts[i].what.c_str(),
                     1e3 * tg.parts[i].generation_s, 1e3 * pp.parts[i].prompt_s);
+    };
+    auto row_name = [](const Row& r) {
+      return r.n_cpu_moe > 0 ? "experts of " + std::to_string(r.n_cpu_moe) + " on CPU"
+                             : "-ngl " + std::to_string(r.ngl);
+    };
+    std::printf("%-22s %10s %9s %9s %7s %9s %9s %7s\n", "layout", "GPU MiB", "tg meas", "tg pred",
+                "err", "pp meas", "pp pred", "err");
+    for (Row& r : rows) predict_row(r, row_name(r));
+    // The EXTRA runs: threads and load mode (mapped file against llama.cpp's pinned buffers).
+    std::vector<Row> extra;
+    for (std::size_t at = 0; at <= prefix.size();) {
+      const std::size_t comma = std::min(prefix.find(',', at), prefix.size());
+      const std::string one = prefix.substr(at, comma - at);
+      for (const char* kind : {"extra-cmoe.json", "extra-ngl.json"}) {
+        if (fs::exists(dir + "/" + one + kind)) read_rows(dir + "/" + one + kind, extra, true);
+      }
+      at = comma + 1;
+    }
+    if (!extra.empty())
+      std::printf(
+          "\nthreads and load mode (-lm mmap: the mapped file; none: llama.cpp's buffers)\n");
+    for (Row& r : extra) {
+      predict_row(r, row_name(r) + " t" + std::to_string(r.threads) + (r.mmap ? " mmap" : " none"));
     }
     // For each whole-block level: the best layout (by measured, by predicted generation speed)
     // among those that need no more VRAM.

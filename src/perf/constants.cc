@@ -31,6 +31,10 @@ const std::vector<ConstantField>& constant_fields() {
       {"codebook_read_factor", &Constants::codebook_read_factor, F::kNone,
        "not fitted by perf_calibrate (bench/data/perf has no codebook I-quants): set by hand to "
        "the H200 runs of a deepseek-r1 shape with IQ3_XXS experts, bench/data/expert-offload/ds-*"},
+      {"op_offload_pinned_bandwidth_bytes_per_s",
+       &Constants::op_offload_pinned_bandwidth_bytes_per_s, F::kNone,
+       "not fitted by perf_calibrate (bench/data/perf loads weights mapped): set by hand to the "
+       "H200 runs of bench/data/expert-offload/r2-extra-* (8 CPU blocks, -lm none against mmap)"},
       {"rpc_load_bandwidth_bytes_per_s", &Constants::rpc_load_bandwidth_bytes_per_s, F::kNone,
        "not fitted: issue 4's observation of weights loaded over RPC on two H200 (0.3 GB/s)"},
   };

@@ -195,6 +195,11 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
       n_prompt, std::max(1u, std::min(layout.context.ubatch_tokens, layout.context.batch_tokens)));
   const double n_ubatches = std::ceil(n_prompt / ubatch);
   const double width_efficiency = width / (width + c.gpu_matmul_half_width);
+  // Op offload copies the CPU's weights to the GPU per micro-batch: from the mapped file (pageable
+  // memory) at one rate, from llama.cpp's own pinned host buffers (--no-mmap next to a CUDA GPU)
+  // at several times that.
+  const double op_offload_bw = layout.context.mmap ? c.op_offload_bandwidth_bytes_per_s
+                                                   : c.op_offload_pinned_bandwidth_bytes_per_s;
   // Share of a layer's routed experts that one micro-batch touches (random routing): llama.cpp's
   // op offload copies only the experts in use.
   const double expert_share =
@@ -279,7 +284,7 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
       double per_ubatch;
       if (main_gpu >= 0 && ubatch >= kOpOffloadMinBatch) {
         const cluster::Gpu& g = *gpus[static_cast<std::size_t>(main_gpu)];
-        per_ubatch = all / c.op_offload_bandwidth_bytes_per_s +
+        per_ubatch = all / op_offload_bw +
                      flops / (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
       } else {
         per_ubatch = flops / (threads * c.cpu_thread_flops);
@@ -322,7 +327,7 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     double per_ubatch;
     if (experts_offload) {
       const cluster::Gpu& g = *gpus[static_cast<std::size_t>(main_gpu)];
-      per_ubatch = to.all_bytes / c.op_offload_bandwidth_bytes_per_s +
+      per_ubatch = to.all_bytes / op_offload_bw +
                    flops / (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
     } else {
       per_ubatch = flops / (threads * c.cpu_thread_flops);

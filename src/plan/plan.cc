@@ -52,6 +52,8 @@ bool place_replica(std::uint32_t i, const estimate::ModelMemory& m, const cluste
     plan.rejected = rejections(*chosen, found, filter, state, r);
     plan.notes = download_notes(*chosen, found, state, r);
     if (std::optional<std::string> note = offload_note(*chosen)) plan.notes.push_back(*note);
+    if (std::optional<std::string> note = pinned_note(rep.chosen, state, m, r, c))
+      plan.notes.push_back(*note);
   }
   plan.replicas.push_back(std::move(rep));
   return true;

@@ -77,7 +77,9 @@ TEST(Plan, SeedCaseWholeBlocksChoosesWorker1AndSaysByHowMuch) {
   EXPECT_EQ(c.layout.devices.size(), 3u);  // all three L40S
   EXPECT_GT(c.cpu_layers(), 0u);           // 183 GB does not fit in 141 GB of VRAM
   EXPECT_TRUE(c.layout.experts.empty());
-  EXPECT_TRUE(p.notes.empty());
+  // No comparison with experts in host RAM (not asked for); the pinned-buffer note may stand.
+  for (const std::string& note : p.notes)
+    EXPECT_EQ(note.find("would give"), std::string::npos) << note;
   const Candidate* other = alternative(p, "main worker2, same GPUs");
   ASSERT_NE(other, nullptr);
   EXPECT_GT(c.prediction.generation_tokens_per_s, 1.3 * other->prediction.generation_tokens_per_s);
@@ -221,6 +223,52 @@ workers:
   ASSERT_EQ(p.rejected.size(), 1u);
   EXPECT_EQ(p.rejected[0].worker, "small");
   EXPECT_NE(p.rejected[0].reason.find("slower"), std::string::npos) << p.rejected[0].reason;
+}
+
+// Experts in the main's RAM next to its GPU: the plan says what llama.cpp's pinned buffers
+// (mmap: false) would give prompts; not when the request already asks for them, nor when the
+// main's RAM cannot hold the copy.
+TEST(Plan, HostWeightsNoteWhatPinnedBuffersGivePrompts) {
+  const std::string fleet = R"(
+workers:
+  - name: solo
+    cpu: {cores: 16, memory_bandwidth: 100GB/s}
+    ram: {total: RAM}
+    gpus: [{name: NVIDIA T4}]
+)";
+  auto with_ram = [&](const std::string& ram) {
+    std::string text = fleet;
+    text.replace(text.find("RAM}"), 3, ram);
+    return cluster::parse_cluster(text);
+  };
+  auto pinned_note = [](const Plan& p) -> std::string {
+    for (const std::string& n : p.notes)
+      if (n.find("--no-mmap") != std::string::npos) return n;
+    return "";
+  };
+  const estimate::ModelMemory& m = Models::get("qwen3-30b-a3b-q4_k_m");
+  Request r = request(8192);
+  const Plan p = make_plan(m, with_ram("128GiB"), r);
+  ASSERT_TRUE(p.feasible) << p.reason;
+  ASSERT_GT(p.replicas[0].chosen.estimate.host_expert_blocks, 0u);
+  const std::string note = pinned_note(p);
+  EXPECT_NE(note.find("pinned buffers"), std::string::npos) << note;
+  EXPECT_NE(note.find("prompts " + std::to_string(static_cast<int>(std::lround(
+                                       p.replicas[0].chosen.prediction.prompt_tokens_per_s)))),
+            std::string::npos)
+      << note;
+  // Deployed with mmap: false, it predicts the faster prompts itself and says nothing more.
+  r.context.mmap = false;
+  const Plan copied = make_plan(m, with_ram("128GiB"), r);
+  ASSERT_TRUE(copied.feasible) << copied.reason;
+  EXPECT_EQ(pinned_note(copied), "");
+  EXPECT_GT(copied.replicas[0].chosen.prediction.prompt_tokens_per_s,
+            1.5 * p.replicas[0].chosen.prediction.prompt_tokens_per_s);
+  // 2 GiB of RAM holds the mapped pages the plan needs but not a copy of the experts.
+  const Plan small = make_plan(m, with_ram("2GiB"), request(8192));
+  if (small.feasible) {
+    EXPECT_EQ(pinned_note(small), "");
+  }
 }
 
 TEST(Plan, SlowRemoteLinkLosesToAFewCpuLayers) {
