@@ -106,13 +106,17 @@ int main(int argc, char** argv) {
     if (arg == "--prefix") prefix = value;
   }
   try {
-    std::vector<Row> rows;
-    for (std::size_t at = 0; at <= prefix.size();) {  // "P1,P2": several sweeps of one model
+    // "P1,P2": several sweeps of one model.
+    std::vector<std::string> prefixes;
+    for (std::size_t at = 0; at <= prefix.size();) {
       const std::size_t comma = std::min(prefix.find(',', at), prefix.size());
-      const std::string one = prefix.substr(at, comma - at);
+      prefixes.push_back(prefix.substr(at, comma - at));
+      at = comma + 1;
+    }
+    std::vector<Row> rows;
+    for (const std::string& one : prefixes) {
       read_rows(dir + "/" + one + "cmoe.json", rows);
       read_rows(dir + "/" + one + "ngl.json", rows);
-      at = comma + 1;
     }
     const fs::path work = fs::temp_directory_path() / "ggfleet-expert-offload";
     model::SynthOptions o;
@@ -173,13 +177,10 @@ int main(int argc, char** argv) {
     for (Row& r : rows) predict_row(r, row_name(r));
     // The EXTRA runs: threads and load mode (mapped file against llama.cpp's pinned buffers).
     std::vector<Row> extra;
-    for (std::size_t at = 0; at <= prefix.size();) {
-      const std::size_t comma = std::min(prefix.find(',', at), prefix.size());
-      const std::string one = prefix.substr(at, comma - at);
+    for (const std::string& one : prefixes) {
       for (const char* kind : {"extra-cmoe.json", "extra-ngl.json"}) {
         if (fs::exists(dir + "/" + one + kind)) read_rows(dir + "/" + one + kind, extra, true);
       }
-      at = comma + 1;
     }
     if (!extra.empty())
       std::printf(

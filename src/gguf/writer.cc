@@ -126,42 +126,44 @@ const BlockScales* block_scales(GgmlType type) {
   return nullptr;
 }
 
-// Whether byte `in_block` of a block lies in one of its scale fields.
-bool touches_scale(const BlockScales& b, std::uint64_t in_block) {
-  for (std::size_t i = 0; i < b.count; ++i) {
-    const std::uint64_t width = b.fields[i].kind == ScaleField::kHalf   ? 2
-                                : b.fields[i].kind == ScaleField::kE8M0 ? 1
-                                : b.fields[i].kind == ScaleField::kIq1m ? 8
-                                                                        : 4;
-    if (in_block >= b.fields[i].offset && in_block < b.fields[i].offset + width) return true;
+std::uint32_t field_bytes(ScaleField::Kind kind) {
+  switch (kind) {
+    case ScaleField::kHalf:
+      return 2;
+    case ScaleField::kE8M0:
+      return 1;
+    case ScaleField::kUE4M3:
+      return 4;
+    case ScaleField::kIq1m:
+      return 8;
   }
-  return false;
+  return 0;
 }
 
-// The byte at `in_block` of a block whose random byte is `random` and whose scales vary by
-// `jitter` (0.75..1.25): the scale's byte where a scale field lies, else `random`.
-std::byte scale_byte(const BlockScales& b, std::uint32_t in_block, std::byte random, float jitter) {
+// The byte at `in_block` of a block whose random byte is `random`: the scale's byte where a scale
+// field lies, else `random`. `jitter()` (0.75..1.25, one per block) is asked only for f16 scales.
+template <typename Jitter>
+std::byte scale_byte(const BlockScales& b, std::uint32_t in_block, std::byte random,
+                     const Jitter& jitter) {
   for (std::size_t i = 0; i < b.count; ++i) {
     const ScaleField& f = b.fields[i];
-    const std::uint16_t h = f32_to_f16_bits(f.value * jitter);
+    if (in_block < f.offset || in_block >= f.offset + field_bytes(f.kind)) continue;
+    const std::uint32_t at = in_block - f.offset;
     switch (f.kind) {
-      case ScaleField::kHalf:
-        if (in_block == f.offset) return static_cast<std::byte>(h & 0xff);
-        if (in_block == f.offset + 1u) return static_cast<std::byte>(h >> 8);
-        break;
+      case ScaleField::kHalf: {
+        const std::uint16_t h = f32_to_f16_bits(f.value * jitter());
+        return static_cast<std::byte>(at == 0 ? (h & 0xff) : (h >> 8));
+      }
       case ScaleField::kE8M0:  // values up to 12 units: 2^-8 per unit keeps them under 0.05
-        if (in_block == f.offset) return std::byte{120};
-        break;
+        return std::byte{120};
       case ScaleField::kUE4M3:  // 2^-6 per unit (exponent 1, no mantissa), values up to 6
-        if (in_block >= f.offset && in_block < f.offset + 4u) return std::byte{0x08};
-        break;
-      case ScaleField::kIq1m:  // nibble k of the f16 is the top nibble of u16 k (its high byte)
-        if (in_block >= f.offset && in_block < f.offset + 8u && (in_block - f.offset) % 2 == 1) {
-          const std::uint32_t k = (in_block - f.offset) / 2;
-          const auto nibble = static_cast<std::uint8_t>((h >> (4 * k)) & 0xf);
-          return static_cast<std::byte>((static_cast<std::uint8_t>(random) & 0x0f) | (nibble << 4));
-        }
-        break;
+        return std::byte{0x08};
+      case ScaleField::kIq1m: {  // nibble k of the f16 is the top nibble of u16 k (its high byte)
+        if (at % 2 == 0) return random;
+        const std::uint16_t h = f32_to_f16_bits(f.value * jitter());
+        const auto nibble = static_cast<std::uint8_t>((h >> (4 * (at / 2))) & 0xf);
+        return static_cast<std::byte>((static_cast<std::uint8_t>(random) & 0x0f) | (nibble << 4));
+      }
     }
   }
   return random;
@@ -202,12 +204,12 @@ void random_fill(std::uint64_t seed, GgmlType type, std::size_t index, std::uint
       b = static_cast<std::byte>((pos % 2) ? (h >> 8) : (h & 0xff));
     } else {
       b = static_cast<std::byte>(word_at(pos / 8) >> (8 * (pos % 8)));
-      if (scales != nullptr && touches_scale(*scales, pos % block_bytes)) {
-        const std::uint64_t block = pos / block_bytes;
+      if (scales != nullptr) {
         // One jitter per block, from a word no data byte uses (the top bit of the word index).
-        const float jitter = 0.75f + 0.5f *
-                                         static_cast<float>(word_at(block | (1ULL << 63)) >> 40) /
-                                         static_cast<float>(1ULL << 24);
+        const auto jitter = [&] {
+          const std::uint64_t r = word_at((pos / block_bytes) | (1ULL << 63));
+          return 0.75f + 0.5f * static_cast<float>(r >> 40) / static_cast<float>(1ULL << 24);
+        };
         b = scale_byte(*scales, static_cast<std::uint32_t>(pos % block_bytes), b, jitter);
       }
     }

@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include "plan/eval.h"
+
 namespace ggfleet::plan {
 namespace {
 
@@ -15,8 +17,9 @@ std::string rate(double tokens_per_s) {
 double predicted_on(const estimate::ModelMemory& model, const Candidate& c,
                     const cluster::Cluster& cluster, const Request& request,
                     const perf::Constants& constants) {
-  perf::Scenario s{&cluster, c.main_worker, c.places, request.threads, request.prompt_tokens, 0};
-  return perf::predict_rates(model, c.layout, c.estimate, s, constants).first;
+  return perf::predict_rates(model, c.layout, c.estimate,
+                             scenario_for(cluster, c.main_worker, c.places, request), constants)
+      .first;
 }
 
 bool same_layout(const Candidate& a, const Candidate& b) {

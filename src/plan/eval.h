@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "cluster/cluster.h"
@@ -45,5 +46,12 @@ struct Eval {
   std::uint32_t other_cpu_blocks = 0, other_host_expert_blocks = 0;
   double other_tg = 0;
 };
+
+// The speed model's scenario for a layout with main `main` on `places` of `cl`, with the request's
+// threads and prompt length.
+inline perf::Scenario scenario_for(const cluster::Cluster& cl, const std::string& main,
+                                   const std::vector<perf::DevicePlace>& places, const Request& r) {
+  return perf::Scenario{&cl, main, places, r.threads, r.prompt_tokens, 0};
+}
 
 }  // namespace ggfleet::plan

@@ -61,13 +61,8 @@ Candidate candidate_of(const Eval& ev, const std::string& label, const cluster::
   out.layout = ev.layout;
   out.places = ev.places;
   out.estimate = ev.estimate;
-  perf::Scenario s;
-  s.cluster = &cl;
-  s.main_worker = ev.main->name;
-  s.places = ev.places;
-  s.threads = r.threads;
-  s.prompt_tokens = r.prompt_tokens;
-  out.prediction = perf::predict(m, ev.layout, ev.estimate, s, c);
+  out.prediction =
+      perf::predict(m, ev.layout, ev.estimate, scenario_for(cl, ev.main->name, ev.places, r), c);
   out.prediction.download_s = download_s(*ev.main, r);
   out.prediction.startup_s += out.prediction.download_s;
   return out;
@@ -172,13 +167,8 @@ std::optional<std::string> pinned_note(const Candidate& chosen, const cluster::C
   copied.context.mmap = false;
   const estimate::Estimate e = estimate::estimate(m, copied);
   if (main->ram_bytes > 0 && e.host.total_bytes > main->free_ram_bytes()) return std::nullopt;
-  perf::Scenario s;
-  s.cluster = &cl;
-  s.main_worker = chosen.main_worker;
-  s.places = chosen.places;
-  s.threads = r.threads;
-  s.prompt_tokens = r.prompt_tokens;
-  const perf::Prediction p = perf::predict(m, copied, e, s, c);
+  const perf::Prediction p =
+      perf::predict(m, copied, e, scenario_for(cl, chosen.main_worker, chosen.places, r), c);
   if (p.prompt_tokens_per_s < 1.5 * chosen.prediction.prompt_tokens_per_s) return std::nullopt;
   return "prompts " + rate(chosen.prediction.prompt_tokens_per_s) + " tokens/s from the mapped " +
          "file; with mmap: false (--no-mmap) the weights in " + main->name + "'s RAM sit in " +

@@ -98,13 +98,8 @@ std::optional<Eval> SplitRepair::finish(Eval ev) {
   const cluster::Worker& main = *ev.main;
   if (main.ram_bytes > 0 && ev.estimate.host.total_bytes > main.free_ram_bytes())
     return std::nullopt;
-  perf::Scenario s;
-  s.cluster = &cl_;
-  s.main_worker = main.name;
-  s.places = ev.places;
-  s.threads = r_.threads;
-  s.prompt_tokens = r_.prompt_tokens;
-  std::tie(ev.tg, ev.pp) = perf::predict_rates(m_, ev.layout, ev.estimate, s, c_);
+  std::tie(ev.tg, ev.pp) = perf::predict_rates(m_, ev.layout, ev.estimate,
+                                               scenario_for(cl_, main.name, ev.places, r_), c_);
   ev.load = load_after(ev);
   return ev;
 }
