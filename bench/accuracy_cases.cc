@@ -108,9 +108,19 @@ std::vector<std::string> server_args(const accuracy::Case& c, const std::string&
     a.push_back("-ts");
     a.push_back(ts);
   }
-  if (c.n_cpu_moe > 0) {
+  if (c.n_cpu_moe > 0 && c.experts_device < 0) {
     a.push_back("--n-cpu-moe");
     a.push_back(std::to_string(c.n_cpu_moe));
+  } else if (c.n_cpu_moe > 0) {
+    // llama.cpp names a local GPU's buffer "CUDA<i>", an RPC server's "RPC<j>[host:port]", j
+    // counting the devices of that one server (each of ours has one).
+    const auto d = static_cast<std::size_t>(c.experts_device);
+    const std::string buffer = cuda ? "CUDA" + std::to_string(d) : "RPC0[" + rpc.at(d) + "]";
+    std::string alternatives;
+    for (std::uint32_t b = 0; b < c.n_cpu_moe; ++b)
+      alternatives += (alternatives.empty() ? "" : "|") + std::to_string(b);
+    a.push_back("-ot");
+    a.push_back("blk\\.(" + alternatives + ")\\.ffn_(up|down|gate)_exps=" + buffer);
   }
   if (cuda && c.devices > 0) {
     std::string dev;
@@ -176,7 +186,10 @@ std::string Case::id() const {
     << "_np" << parallel << "_ngl"
     << (gpu_layers < 0 ? std::string("all") : std::to_string(gpu_layers)) << "_d" << devices;
   for (double t : tensor_split) o << "_" << t;
-  if (n_cpu_moe > 0) o << "_cmoe" << n_cpu_moe;
+  if (n_cpu_moe > 0 && experts_device >= 0)
+    o << "_moe" << n_cpu_moe << "to" << experts_device;
+  else if (n_cpu_moe > 0)
+    o << "_cmoe" << n_cpu_moe;
   return o.str();
 }
 
@@ -252,6 +265,12 @@ std::vector<Case> cases(bool quick) {
     add({"qwen3-30b-a3b-q4_k_m", 4, 8192, "f16", true, 1, -1, 1, {}, n});
   for (const std::uint32_t n : {2u, 4u})
     add({"deepseek-r1-ud-iq2_xxs", 4, 8192, "f16", true, 1, -1, 1, {}, n});
+  // Experts moved to another device (a lender's GPU) by an -ot rule: qwen3's first blocks' to
+  // the second device, deepseek-r1's only MoE block's (the last) to the first.
+  add({"qwen3-30b-a3b-q4_k_m", 4, 8192, "f16", true, 1, -1, 2, {1, 1}, 2, 1});
+  add({"qwen3-30b-a3b-q4_k_m", 4, 8192, "f16", true, 4, -1, 2, {3, 1}, 3, 1});
+  add({"deepseek-r1-ud-iq2_xxs", 4, 8192, "f16", true, 1, -1, 2, {1, 1}, 4, 0});
+  add({"deepseek-r1-ud-iq2_xxs", 4, 32768, "q8_0", true, 4, -1, 2, {1, 3}, 4, 0});
   for (const char* p : {"qwen3-30b-a3b-q4_k_m", "deepseek-r1-ud-iq2_xxs"}) {
     add({p, 4, 8192, "f16", true, 1, -1, 2, {1, 1}, 4});
     add({p, 4, 8192, "f16", true, 1, -1, 2, {1, 1}, 2});
@@ -347,7 +366,7 @@ estimate::Layout layout_for(const Case& c, bool cuda, std::uint64_t free_bytes_p
   if (c.n_cpu_moe > 0) {
     l.experts.assign(c.blocks, estimate::kExpertsWithBlock);
     for (std::uint32_t b = 0; b < c.blocks && b < c.n_cpu_moe; ++b)
-      l.experts[b] = estimate::kExpertsOnHost;
+      l.experts[b] = c.experts_device < 0 ? estimate::kExpertsOnHost : c.experts_device;
   }
   return l;
 }

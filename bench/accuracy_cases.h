@@ -23,7 +23,10 @@ struct Case {
   std::uint32_t devices = 1;         // 0 = CPU only; else RPC servers (CPU) or local GPUs (CUDA)
   std::vector<double> tensor_split;  // empty = llama.cpp's default (equal free memory)
   std::uint32_t n_cpu_moe = 0;       // --n-cpu-moe: blocks whose experts stay in host RAM
-  std::string id() const;            // stable name, used for log files
+  // With n_cpu_moe: the device index the first n_cpu_moe blocks' experts go to instead of host
+  // RAM (an -ot rule naming that device's buffer), -1 = host RAM.
+  std::int32_t experts_device = -1;
+  std::string id() const;  // stable name, used for log files
 };
 
 // Buffer sizes llama.cpp reported, by component, for the host and each device (llama.cpp's order).

@@ -95,8 +95,11 @@ int main(int argc, char** argv) {
       }
       std::cout << "echo " << c.id() << "\ntimeout 300 $LLAMA/llama-server";
       for (const std::string& a :
-           accuracy::server_args(c, "$(cat " + model + "/path)", 52090, {}, true))
-        std::cout << " " << a;
+           accuracy::server_args(c, "$(cat " + model + "/path)", 52090, {}, true)) {
+        // Rules such as -ot blk\.(0|1)\...=CUDA1 hold shell characters: single-quote them.
+        const bool plain = a.rfind("$(", 0) == 0 || a.find_first_of("()|\\") == std::string::npos;
+        std::cout << " " << (plain ? a : "'" + a + "'");
+      }
       std::cout << " > " << commands_dir << "/" << c.id()
                 << ".log 2>&1 &\npid=$!\nfor i in $(seq 1 600); do "
                 << "grep -q 'server is listening\\|all slots are idle' " << commands_dir << "/"

@@ -3,6 +3,8 @@
 //
 //   build/release/bench/expert_offload bench/data/expert-offload [--blocks 16] [--cpu-bandwidth
 //   140e9] [--preset qwen3-30b-a3b-q4_k_m] [--prefix ""] [--parts]
+//   build/release/bench/expert_offload bench/data/moe-batches --batches qwen-gpu.json [--blocks
+//   16] [--preset ...]     prompt speed per micro-batch (bench/run_moe_batches), nothing else
 //
 // Reads DIR/PREFIXcmoe.json and DIR/PREFIXngl.json (llama-bench JSON; --prefix ",r2-" reads two
 // sweeps and keeps each configuration's faster result), rebuilds the model's shape
@@ -40,8 +42,9 @@ struct Row {
   std::int32_t ngl = 99;
   std::uint32_t n_cpu_moe = 0;
   std::uint32_t threads = 16;
-  bool mmap = true;       // llama-bench -lm mmap (the default) or none (llama.cpp's own buffers)
-  double tg = 0, pp = 0;  // measured tokens/s
+  bool mmap = true;  // llama-bench -lm mmap (the default) or none (llama.cpp's own buffers)
+  std::uint32_t ubatch = 512, prompt = 512;  // -ub, -p
+  double tg = 0, pp = 0;                     // measured tokens/s
   double tg_predicted = 0, pp_predicted = 0;
   std::uint64_t gpu_bytes = 0;  // estimated
 };
@@ -58,9 +61,10 @@ void read_rows(const std::string& path, std::vector<Row>& rows, bool by_mode = f
     const std::uint32_t threads = t.value("n_threads", 16u);
     // "auto" maps the file wherever the devices can (CUDA can): only "none" copies into buffers.
     const bool mmap = t.value("load_mode", std::string("auto")) != "none";
+    const std::uint32_t ubatch = t.value("n_ubatch", 512u);
     Row* row = nullptr;
     for (Row& r : rows) {
-      if (r.ngl == ngl && r.n_cpu_moe == moe &&
+      if (r.ngl == ngl && r.n_cpu_moe == moe && r.ubatch == ubatch &&
           (!by_mode || (r.threads == threads && r.mmap == mmap)))
         row = &r;
     }
@@ -71,7 +75,10 @@ void read_rows(const std::string& path, std::vector<Row>& rows, bool by_mode = f
       row->n_cpu_moe = moe;
       row->threads = threads;
       row->mmap = mmap;
+      row->ubatch = ubatch;
     }
+    if (t.at("n_prompt").get<std::uint32_t>() > 0)
+      row->prompt = t.at("n_prompt").get<std::uint32_t>();
     // Several sweeps: the faster of them (a shared host's slow spells only ever slow a run down).
     double& rate = t.at("n_gen").get<int>() > 0 ? row->tg : row->pp;
     rate = std::max(rate, t.at("avg_ts").get<double>());
@@ -83,7 +90,7 @@ void read_rows(const std::string& path, std::vector<Row>& rows, bool by_mode = f
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << "usage: expert_offload DIR [--blocks N] [--cpu-bandwidth BYTES_PER_S] [--preset "
-                 "NAME] [--prefix P] [--parts]\n";
+                 "NAME] [--prefix P] [--parts] [--batches FILE]\n";
     return 2;
   }
   const std::string dir = argv[1];
@@ -92,6 +99,7 @@ int main(int argc, char** argv) {
   std::string preset = "qwen3-30b-a3b-q4_k_m";  // bench/run_expert_offload's default
   std::string prefix;
   bool parts = false;
+  std::string batches;  // one llama-bench file of -ub runs: print its rows only
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--parts") {
@@ -104,6 +112,7 @@ int main(int argc, char** argv) {
     if (arg == "--blocks") blocks = static_cast<std::uint32_t>(std::stoul(value));
     if (arg == "--preset") preset = value;
     if (arg == "--prefix") prefix = value;
+    if (arg == "--batches") batches = value;
   }
   try {
     // "P1,P2": several sweeps of one model.
@@ -114,7 +123,9 @@ int main(int argc, char** argv) {
       at = comma + 1;
     }
     std::vector<Row> rows;
+    if (!batches.empty()) read_rows(dir + "/" + batches, rows);
     for (const std::string& one : prefixes) {
+      if (!batches.empty()) break;
       read_rows(dir + "/" + one + "cmoe.json", rows);
       read_rows(dir + "/" + one + "ngl.json", rows);
     }
@@ -141,6 +152,7 @@ int main(int argc, char** argv) {
       l.gpu_layers = r.ngl > static_cast<std::int32_t>(blocks) ? -1 : r.ngl;
       l.context.context_tokens = 512 + 64;
       l.context.mmap = r.mmap;
+      l.context.ubatch_tokens = r.ubatch;
       if (r.n_cpu_moe > 0) {
         l.experts.assign(m.blocks(), estimate::kExpertsWithBlock);
         for (std::uint32_t b = 0; b < r.n_cpu_moe && b < m.blocks(); ++b)
@@ -156,7 +168,7 @@ int main(int argc, char** argv) {
       const perf::Prediction tg = perf::predict(m, l, e, s);
       r.tg_predicted = tg.generation_tokens_per_s;
       s.depth_tokens = 0;
-      s.prompt_tokens = 512;
+      s.prompt_tokens = r.prompt;
       const perf::Prediction pp = perf::predict(m, l, e, s);
       r.pp_predicted = pp.prompt_tokens_per_s;
       r.gpu_bytes = e.devices[0].total_bytes;
@@ -168,13 +180,16 @@ int main(int argc, char** argv) {
         std::printf("    %-36s tg %8.3f ms  pp %8.2f ms\n", tg.parts[i].what.c_str(),
                     1e3 * tg.parts[i].generation_s, 1e3 * pp.parts[i].prompt_s);
     };
-    auto row_name = [](const Row& r) {
-      return r.n_cpu_moe > 0 ? "experts of " + std::to_string(r.n_cpu_moe) + " on CPU"
-                             : "-ngl " + std::to_string(r.ngl);
+    auto row_name = [&](const Row& r) {
+      const std::string ub = batches.empty() ? "" : " ub " + std::to_string(r.ubatch);
+      return (r.n_cpu_moe > 0 ? "experts of " + std::to_string(r.n_cpu_moe) + " on CPU"
+                              : "-ngl " + std::to_string(r.ngl)) +
+             ub;
     };
     std::printf("%-22s %10s %9s %9s %7s %9s %9s %7s\n", "layout", "GPU MiB", "tg meas", "tg pred",
                 "err", "pp meas", "pp pred", "err");
     for (Row& r : rows) predict_row(r, row_name(r));
+    if (!batches.empty()) return 0;
     // The EXTRA runs: threads and load mode (mapped file against llama.cpp's pinned buffers).
     std::vector<Row> extra;
     for (const std::string& one : prefixes) {

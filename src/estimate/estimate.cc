@@ -191,7 +191,13 @@ std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
   }
   if (a.head_count_kv_per_block[il] > 0) {
     attn += fa ? kv_cells * dequant_bytes_per_cell : kv_cells * tokens * a.head_count * 4;
-    attn += copied_cache_bytes;
+    // With MLA the projected query (heads x key_length_mla floats per token) is freed before the
+    // copies of the host cache arrive, and ggml-alloc places them in that block when they fit
+    // (best fit): the peak then does not grow (bench/data/cuda-alloc-peaks, deepseek_d0 at 8k
+    // cells; at 32k cells and four streams they do not fit and add to it).
+    const std::uint64_t query_hole =
+        a.is_mla() ? std::uint64_t{a.head_count} * a.key_length_mla * f32 : 0;
+    if (copied_cache_bytes > query_hole) attn += copied_cache_bytes;
   }
   return std::max(ffn, attn);
 }
@@ -387,16 +393,15 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
   // Op offload: with layers left on the CPU, a local CUDA GPU runs their large matrix products,
   // so the host only prepares inputs, and the first GPU holds the weights it is handed: for MoE
   // blocks their largest expert tensor, for dense blocks about one hidden state (measured on
-  // H200). Expert products are offloaded only when each expert sees at least 32 tokens on
-  // average.
+  // H200). llama.cpp offloads a product when its batch has at least 32 tokens, expert products
+  // included (however few reach each expert); a block's feed-forward part has fewer rows where
+  // only the output rows reach it (the last block).
   std::int32_t offload_gpu = -1;
   for (std::size_t d = 0; d < n_dev && offload_gpu < 0; ++d) {
     if (!layout.devices[d].remote && layout.devices[d].backend == Backend::kCuda)
       offload_gpu = static_cast<std::int32_t>(d);
   }
   const bool op_offload = cpu_has_blocks && offload_gpu >= 0 && tokens >= 32;
-  const bool experts_offloaded =
-      p.experts.count > 0 && tokens * p.experts.used / p.experts.count >= 32;
   auto peak_of = [&](auto pick, bool cuda) {
     std::uint64_t peak = 0;
     for (std::uint32_t il = 0; il < blocks; ++il) {
@@ -406,7 +411,8 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
       const std::uint64_t heads_kv = p.attention.head_count_kv_per_block[il];
       const std::uint64_t per_cell =
           p.attention.key_length + (p.attention.is_mla() ? 0 : p.attention.value_length);
-      const std::uint64_t dequant = cuda && quantized_kv ? 2 * heads_kv * per_cell : 0;
+      const std::uint64_t dequant =
+          cuda && quantized_kv && !p.attention.is_mla() ? 2 * heads_kv * per_cell : 0;
       const std::uint64_t ffn_tokens = il + 1 == blocks ? output_rows : tokens;
       const std::uint64_t cells = swa ? kv.swa_cells : kv.cells;
       // A CPU block whose products a GPU runs (op offload): its attention follows the query onto
@@ -423,7 +429,7 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
       std::uint64_t weights_in = 0;
       if (cuda && where[il] < 0) {
         const std::uint64_t experts = m.layers[il].largest_expert_bytes;
-        weights_in = experts_offloaded && experts > 0 ? experts : hidden;
+        weights_in = ffn_tokens >= 32 && experts > 0 ? experts : hidden;
       }
       peak = std::max(peak, block_activation_bytes(p, il, tokens, ffn_tokens, e.flash_attention,
                                                    cells, dequant * kv.streams, copied, weights_in,
@@ -432,16 +438,16 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
     return peak;
   };
   // Routed experts that live apart from their block run where they are, except that a local GPU's
-  // op offload takes host-held ones when each expert sees at least 32 tokens (and then receives
-  // the expert weights). The peak of those products on `runs_on` (-1 = the host).
-  const bool host_experts_offloaded = offload_gpu >= 0 && tokens >= 32 && experts_offloaded;
+  // op offload takes host-held ones when the block's feed-forward batch has at least 32 tokens
+  // (and then receives the expert weights). The peak of those products on `runs_on` (-1 = the
+  // host).
   auto routed_peak = [&](std::int32_t runs_on) {
     std::uint64_t peak = 0;
     for (std::uint32_t il = 0; il < blocks && !layout.experts.empty(); ++il) {
       if (experts_at[il] == where[il]) continue;
-      const bool offloaded = experts_at[il] < 0 && host_experts_offloaded;
-      if ((offloaded ? offload_gpu : experts_at[il]) != runs_on) continue;
       const std::uint64_t ffn_tokens = il + 1 == blocks ? output_rows : tokens;
+      const bool offloaded = experts_at[il] < 0 && offload_gpu >= 0 && ffn_tokens >= 32;
+      if ((offloaded ? offload_gpu : experts_at[il]) != runs_on) continue;
       const std::uint64_t routed = routed_activation_bytes(p, il, ffn_tokens);
       if (routed == 0) continue;
       peak = std::max(peak, routed + (offloaded ? m.layers[il].largest_expert_bytes : 0));
@@ -476,6 +482,11 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
         bytes += (kPipelineCopies - 1) * (hidden + device_mask) + (first_with_blocks ? hidden : 0);
       }
       first_with_blocks = false;
+    } else if (const std::uint64_t routed = routed_peak(static_cast<std::int32_t>(d)); routed > 0) {
+      // A device that holds only other blocks' experts (an -ot rule naming it) runs their
+      // products on copies of the normed inputs it receives (measured on CPU-backed RPC: the
+      // products plus two hidden states).
+      bytes = routed + 2 * hidden;
     }
     if (u.has_output) bytes += logits;
     u.compute_bytes = bytes;

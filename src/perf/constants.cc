@@ -35,6 +35,18 @@ const std::vector<ConstantField>& constant_fields() {
        &Constants::op_offload_pinned_bandwidth_bytes_per_s, F::kNone,
        "not fitted by perf_calibrate (bench/data/perf loads weights mapped): set by hand to the "
        "H200 runs of bench/data/expert-offload/r2-extra-* (8 CPU blocks, -lm none against mmap)"},
+      {"gpu_matmul_half_rows", &Constants::gpu_matmul_half_rows, F::kNone,
+       "not fitted by perf_calibrate (bench/data/perf ran every prompt at -ub 512): set by hand to "
+       "the H200 runs of bench/data/moe-batches (all-GPU prompts at -ub 32 to 2048, a dense model "
+       "and two mixtures of experts)"},
+      {"gpu_expert_matmul_efficiency", &Constants::gpu_expert_matmul_efficiency, F::kNone,
+       "not fitted by perf_calibrate (bench/data/perf ran every prompt at -ub 512): set by hand to "
+       "the H200 runs of bench/data/moe-batches (all-GPU prompts at -ub 32 to 2048, a dense model "
+       "and two mixtures of experts)"},
+      {"gpu_expert_matmul_half_rows", &Constants::gpu_expert_matmul_half_rows, F::kNone,
+       "not fitted by perf_calibrate (bench/data/perf ran every prompt at -ub 512): set by hand to "
+       "the H200 runs of bench/data/moe-batches (all-GPU prompts at -ub 32 to 2048, a dense model "
+       "and two mixtures of experts)"},
       {"rpc_load_bandwidth_bytes_per_s", &Constants::rpc_load_bandwidth_bytes_per_s, F::kNone,
        "not fitted: issue 4's observation of weights loaded over RPC on two H200 (0.3 GB/s)"},
   };

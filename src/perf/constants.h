@@ -23,10 +23,13 @@ struct Constants {
   double rpc_call_s = 300e-6;  // per run of layers on an RPC device and evaluation, beyond the RTT
   double rpc_layer_s = 20e-6;  // per layer on an RPC device and evaluation (graph serialisation)
   // Prompt processing (micro-batches).
-  double gpu_matmul_efficiency = 0.25;            // of the FP16 dense peak, very wide matrices
-  double gpu_matmul_half_width = 4096;            // embedding width at which it is half that
-  double gpu_layer_prompt_s = 100e-6;             // per offloaded layer and micro-batch
-  double op_offload_bandwidth_bytes_per_s = 7e9;  // CPU weights copied to the main GPU
+  double gpu_matmul_efficiency = 0.25;  // of the FP16 dense peak, very wide matrices
+  double gpu_matmul_half_width = 4096;  // embedding width at which it is half that
+  double gpu_matmul_half_rows = 64;     // rows (tokens) per product at which it is half its peak
+  double gpu_expert_matmul_efficiency = 0.4;  // routed experts' grouped products, of the dense
+  double gpu_expert_matmul_half_rows = 16;    // tokens per expert at which that is half its peak
+  double gpu_layer_prompt_s = 100e-6;         // per offloaded layer and micro-batch
+  double op_offload_bandwidth_bytes_per_s = 7e9;          // CPU weights copied to the main GPU
   double op_offload_pinned_bandwidth_bytes_per_s = 50e9;  // the same from pinned host buffers
   double cpu_thread_flops = 70e9;                         // one CPU thread's quantized matmul rate
   double rpc_transfer_bandwidth_bytes_per_s = 1e9;        // activations through the RPC protocol

@@ -195,6 +195,22 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
       n_prompt, std::max(1u, std::min(layout.context.ubatch_tokens, layout.context.batch_tokens)));
   const double n_ubatches = std::ceil(n_prompt / ubatch);
   const double width_efficiency = width / (width + c.gpu_matmul_half_width);
+  // A GPU's matrix products run faster the more rows (tokens) each has: efficiency
+  // rows / (rows + half), relative to the 512-token micro-batch the rest of the calibration was
+  // fitted at. Dense products have a micro-batch's rows; routed experts (grouped products, at a
+  // fraction of the dense efficiency) only the tokens routed to each, ubatch x used / count on
+  // average (H200, -ub 32..2048: bench/data/moe-batches).
+  const double at_512 = 512.0 / (512.0 + c.gpu_matmul_half_rows);
+  const double dense_efficiency = (ubatch / (ubatch + c.gpu_matmul_half_rows)) / at_512;
+  const double expert_rows =
+      p.experts.count > 0 ? ubatch * p.experts.used / p.experts.count : ubatch;
+  const double expert_efficiency = c.gpu_expert_matmul_efficiency *
+                                   (expert_rows / (expert_rows + c.gpu_expert_matmul_half_rows)) /
+                                   at_512;
+  auto gpu_matmul_s = [&](const cluster::Gpu& g, double dense_flops, double expert_flops) {
+    return (dense_flops / dense_efficiency + expert_flops / expert_efficiency) /
+           (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
+  };
   // Op offload copies the CPU's weights to the GPU per micro-batch: from the mapped file (pageable
   // memory) at one rate, from llama.cpp's own pinned host buffers (--no-mmap next to a CUDA GPU)
   // at several times that.
@@ -242,29 +258,31 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
 
   // Work per device: the layers it holds.
   for (const Segment& seg : segments) {
-    double read = 0, all = 0, params = 0, attn = 0;
+    double read = 0, all = 0, params = 0, expert_params = 0, attn = 0;
     for (std::uint32_t l = seg.first; l <= seg.last; ++l) {
       const bool moved = is_moved(l);
       read += cost[l].active_read_bytes - (moved ? cost[l].expert_active_read_bytes : 0.0) +
               cost[l].kv_bytes_per_token * depth;
       all += cost[l].all_bytes - cost[l].expert_bytes * (moved ? 1.0 : 1.0 - expert_share);
       if (l < blocks) {
-        params += cost[l].active_params - (moved ? cost[l].expert_active_params : 0.0);
+        params += cost[l].active_params - cost[l].expert_active_params;
+        if (!moved) expert_params += cost[l].expert_active_params;
         attn += attention_flops(p, ubatch, depth);
       }
     }
     const std::uint32_t layers = seg.last - seg.first + 1;
     // Prompt FLOPs per micro-batch: only the last token of a prompt needs the output head.
-    const double flops = 2.0 * params * ubatch + attn +
-                         (seg.last == blocks ? 2.0 * cost[blocks].active_params : 0.0);
+    const double dense_flops = 2.0 * params * ubatch + attn +
+                               (seg.last == blocks ? 2.0 * cost[blocks].active_params : 0.0);
+    const double expert_flops = 2.0 * expert_params * ubatch;
+    const double flops = dense_flops + expert_flops;
     if (seg.device >= 0) {
       const auto d = static_cast<std::size_t>(seg.device);
       PartTime& part = dev_parts[d];
       const cluster::Gpu& g = *gpus[d];
       const double bw = g.memory_bandwidth_bytes_per_s * c.gpu_bandwidth_efficiency;
       const double read_s = read / bw;
-      const double matmul_s =
-          n_ubatches * flops / (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
+      const double matmul_s = n_ubatches * gpu_matmul_s(g, dense_flops, expert_flops);
       part.layers += layers;
       part.read_bytes += read;
       part.bandwidth_bytes_per_s = bw / g.generation_time_factor;
@@ -284,8 +302,7 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
       double per_ubatch;
       if (main_gpu >= 0 && ubatch >= kOpOffloadMinBatch) {
         const cluster::Gpu& g = *gpus[static_cast<std::size_t>(main_gpu)];
-        per_ubatch = all / op_offload_bw +
-                     flops / (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
+        per_ubatch = all / op_offload_bw + gpu_matmul_s(g, dense_flops, expert_flops);
       } else {
         per_ubatch = flops / (threads * c.cpu_thread_flops);
       }
@@ -300,10 +317,10 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
 
   // Moved experts: a device reads its share at its bandwidth; the main's CPU at its own, and for
   // prompts either its threads multiply them or its first local GPU does, on copies of the
-  // experts a micro-batch uses, when each expert sees enough tokens (llama.cpp's op offload).
-  const bool experts_offload = main_gpu >= 0 && ubatch >= kOpOffloadMinBatch &&
-                               p.experts.count > 0 &&
-                               ubatch * p.experts.used / p.experts.count >= kOpOffloadMinBatch;
+  // experts a micro-batch uses, when the micro-batch has enough tokens (llama.cpp's op offload
+  // counts the tokens of the batch, not those per expert: bench/data/moe-batches shows qwen3's
+  // CPU experts taken by the GPU at 16 tokens per expert).
+  const bool experts_offload = main_gpu >= 0 && ubatch >= kOpOffloadMinBatch;
   for (std::size_t t = 0; t < moved_to.size(); ++t) {
     const Moved& to = moved_to[t];
     if (to.blocks == 0) continue;
@@ -313,8 +330,7 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
       const cluster::Gpu& g = *gpus[t];
       const double read_s =
           to.read_bytes / (g.memory_bandwidth_bytes_per_s * c.gpu_bandwidth_efficiency);
-      const double matmul_s =
-          n_ubatches * flops / (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
+      const double matmul_s = n_ubatches * gpu_matmul_s(g, 0, flops);
       part.read_bytes += to.read_bytes;
       part.generation_s += read_s * g.generation_time_factor;
       part.prompt_s += matmul_s * g.prompt_time_factor;
@@ -327,8 +343,7 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
     double per_ubatch;
     if (experts_offload) {
       const cluster::Gpu& g = *gpus[static_cast<std::size_t>(main_gpu)];
-      per_ubatch = to.all_bytes / op_offload_bw +
-                   flops / (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
+      per_ubatch = to.all_bytes / op_offload_bw + gpu_matmul_s(g, 0, flops);
     } else {
       per_ubatch = flops / (threads * c.cpu_thread_flops);
     }

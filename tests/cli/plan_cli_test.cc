@@ -44,9 +44,10 @@ TEST_F(PlanCli, SeedCaseJson) {
   // Every block on the GPUs, the experts of those they cannot hold in worker1's RAM.
   EXPECT_EQ(j["layout"]["cpu_layers"].get<int>(), 0);
   EXPECT_GT(j["layout"]["host_expert_blocks"].size(), 10u);
-  ASSERT_EQ(j["notes"].size(), 1u);
+  ASSERT_EQ(j["notes"].size(), 2u);  // experts against whole blocks; mmap: false for prompts
   EXPECT_NE(j["notes"][0].get<std::string>().find("whole blocks on the CPU would give"),
             std::string::npos);
+  EXPECT_NE(j["notes"][1].get<std::string>().find("pinned buffers"), std::string::npos);
   ASSERT_EQ(j["layout"]["devices"].size(), 3u);
   for (const auto& d : j["layout"]["devices"]) {
     for (const char* key : {"worker", "gpu", "layers", "vram_bytes"})

@@ -96,7 +96,9 @@ TEST(Accuracy, CudaLogsFromH200) {
 // gemma3-27b's last of three 10.6 %); a device receives only the attention masks its own blocks
 // read; the GPU that runs the CPU blocks' products (op offload) also runs their attention on
 // copies of the host cache, and holds a copied expert tensor only during the feed-forward part
-// (four sequences, 32k context: llama3-8b 4.2 % under, qwen3-30b-a3b 3.6 % over).
+// (four sequences, 32k context: llama3-8b 4.2 % under, qwen3-30b-a3b 3.6 % over); with MLA the
+// copies of the host cache go into the block the projected query freed when they fit (deepseek's
+// CPU-only case was 10 % over), and a quantized latent cache needs no f16 copy in the buffer.
 TEST(Accuracy, EveryDeviceMeetsTheGoalOnH200ButTheKnownMisses) {
   const std::set<std::string> known_misses = {
       // Fragmentation of the compute buffer around the offloaded FFN (ggml-alloc's holes).
@@ -105,8 +107,7 @@ TEST(Accuracy, EveryDeviceMeetsTheGoalOnH200ButTheKnownMisses) {
       // Without flash attention, and the f16 copies of a quantized 32k cache: holes again.
       "qwen3-30b-a3b-q4_k_m_b4_c8192_f16_nofa_np1_nglall_d1 CUDA0",
       "qwen3-30b-a3b-q4_k_m_b4_c32768_q8_0_fa_np1_nglall_d1 CUDA0",
-      // MLA: the query's parts are not all alive at once; a quantized latent cache copied in.
-      "deepseek-r1-ud-iq2_xxs_b4_c8192_f16_fa_np1_nglall_d0 CUDA0",
+      // MLA with a quantized 32k cache and four sequences, op offload of a CPU block: holes.
       "deepseek-r1-ud-iq2_xxs_b4_c32768_q8_0_fa_np4_ngl4_d2_2_1 CUDA0",
   };
   std::size_t checked = 0;
@@ -132,15 +133,15 @@ TEST(Accuracy, EveryDeviceMeetsTheGoalOnH200ButTheKnownMisses) {
   EXPECT_EQ(checked + known_misses.size(), 140u);  // bench/data/estimate_accuracy_cuda.txt
 }
 
-// Routed experts in host RAM (--n-cpu-moe), the cases with one H200 (two-GPU cases were not
-// lent a machine): every device meets the goal but the rows named below.
+// Routed experts in host RAM (--n-cpu-moe) or on another GPU (-ot), one and two GPUs (two
+// emulated on one H200 with GGML_CUDA_DEVICES=2, which reproduces the buffers of two real H200 in
+// the three dense cases run both ways): every device meets the goal but the row named below.
 TEST(Accuracy, ExpertsInHostRamOnH200ButTheKnownMisses) {
   const std::set<std::string> known_misses = {
-      // Over, not under (2.8 % and 2.4 %): MLA's compute buffer with a quantized 32k cache and
-      // four sequences, and with op offload of the dense CPU blocks; the moved experts are those
-      // of the last block, whose feed-forward part sees one row.
-      "deepseek-r1-ud-iq2_xxs_b4_c32768_q8_0_fa_np4_nglall_d1_cmoe4 CUDA0",
-      "deepseek-r1-ud-iq2_xxs_b4_c8192_f16_fa_np1_ngl3_d1_cmoe4 CUDA0",
+      // Over, not under (35 MiB, 12 %): the first of two GPUs runs every block's host experts
+      // (op offload); ggml-alloc frees the gate and up outputs before the largest (down) tensor
+      // arrives here, but not where the same GPU also holds whole CPU blocks.
+      "qwen3-30b-a3b-q4_k_m_b4_c8192_f16_fa_np1_nglall_d2_1_1_cmoe4 CUDA0",
   };
   std::size_t checked = 0;
   for_each_h200_log([&](const Case& c, const Measured& theirs, const Measured& ours) {
@@ -161,7 +162,7 @@ TEST(Accuracy, ExpertsInHostRamOnH200ButTheKnownMisses) {
     for (std::size_t d = 0; d < ours.devices.size(); ++d)
       check(ours.device_names[d], theirs.devices[d], ours.devices[d]);
   });
-  EXPECT_EQ(checked, 26u);  // 13 cases, host and CUDA0
+  EXPECT_EQ(checked, 50u);  // 13 one-GPU cases (host, CUDA0), 8 two-GPU cases (host, CUDA0, CUDA1)
 }
 
 TEST(Accuracy, CpuWithRpcServers) {

@@ -222,6 +222,48 @@ TEST(Experts, MovedExpertsKeepEveryByteAndTurnPipelineParallelismOff) {
   EXPECT_THROW(estimate(qwen, l), LayoutError);
 }
 
+// llama.cpp's CUDA op offload counts a product's batch tokens, not the tokens per expert: with
+// deepseek-r1's 256 experts a 256-token micro-batch gives each only 8, and still the GPU takes the
+// host-held experts and receives a copy of the largest expert tensor (llama-bench -v on H200,
+// bench/data/moe-batches/ds-cmoe.err: CUDA0 compute 1475 MiB at -ub 256). Only the last block,
+// whose feed-forward part sees one row per sequence, keeps its experts on the host.
+TEST(Experts, OpOffloadTakesHostExpertsFromThirtyTwoBatchTokens) {
+  test::TempDir dir;
+  const ModelMemory ds = preset("deepseek-r1-ud-iq2_xxs", 6, dir);
+  Layout l;
+  l.devices = {{"CUDA0", Backend::kCuda, false, 140ull << 30}};
+  l.context.context_tokens = 2048;
+  l.context.ubatch_tokens = 256;
+  place_experts(ds, {false, 5, {}}, l);  // MoE blocks 3 and 4 (0-2 are dense)
+  std::uint64_t largest = 0;
+  for (std::uint32_t b = 3; b < 5; ++b)
+    largest = std::max(largest, ds.layers[b].largest_expert_bytes);
+  ASSERT_GT(largest, 512ull << 20);
+  const Estimate e = estimate(ds, l);
+  EXPECT_GT(e.devices[0].compute_bytes, largest);
+  EXPECT_NEAR(static_cast<double>(e.devices[0].compute_bytes) / kMiB, 1475, 0.05 * 1475);
+  // Below 32 tokens the host multiplies them itself.
+  l.context.ubatch_tokens = 16;
+  EXPECT_LT(estimate(ds, l).devices[0].compute_bytes, largest);
+}
+
+// A device that holds only other blocks' experts (an -ot rule naming it) runs their products:
+// qwen3's blocks 0-2 on RPC0 with their experts on RPC1, which holds no block (CPU build with two
+// RPC servers: RPC1 compute 76.27 MiB).
+TEST(Experts, DeviceWithOnlyMovedExpertsHasTheirComputeBuffer) {
+  test::TempDir dir;
+  const ModelMemory qwen = preset("qwen3-30b-a3b-q4_k_m", 4, dir);
+  Layout l;
+  l.devices = {rpc("RPC0"), rpc("RPC1")};
+  l.tensor_split = {3, 1};
+  l.context.context_tokens = 8192;
+  l.context.parallel = 4;
+  l.experts = {1, 1, 1, kExpertsWithBlock};
+  const Estimate e = estimate(qwen, l);
+  ASSERT_EQ(e.devices[1].layers, 1u);  // the output layer only
+  EXPECT_NEAR(static_cast<double>(e.devices[1].compute_bytes) / kMiB, 76.27, 0.05 * 76.27);
+}
+
 TEST(Fit, MaxGpuLayersAndSplit) {
   test::TempDir dir;
   const ModelMemory llama = preset("llama3-8b-q4_0", 8, dir);
