@@ -129,12 +129,14 @@ int main(int argc, char** argv) {
     }
     std::string log;
     std::vector<std::string> endpoints;
+    // RPC servers as a live run starts them (logs of an earlier run with the same --port-base
+    // name the same endpoints).
+    if (!cuda) endpoints = accuracy::rpc_endpoints(c, port_base);
     if (!from_logs.empty()) {
       log = accuracy::read_all(from_logs + "/" + c.id() + ".log");
     } else {
       log = accuracy::run_case(c, llama_bin, model_paths[key],
                                (fs::path(work) / (c.id() + ".log")).string(), port_base);
-      endpoints = accuracy::rpc_endpoints(c, port_base);
     }
     const accuracy::Measured theirs =
         accuracy::parse_log(log, endpoints, cuda ? std::max<std::uint32_t>(c.devices, 1) : 0);
