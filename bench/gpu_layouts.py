@@ -13,6 +13,8 @@ one layout at a time:
   single     the best layout on one worker (allow_distributed: false)
   whole      the best layout without experts in host RAM (expert_offload: false; MoE models)
   single-whole  both: one worker, whole blocks on its CPU
+  pinned     the planner's layout loaded into llama.cpp's own buffers (mmap: false): the host's
+             weights sit in pinned memory the GPU copies from faster for prompts
 
 LAYOUTS picks which and in what order (default choice,main,single; `choice` first for the
 chosen/best ratio). A mixture-of-experts run: PRESET=qwen3-30b-a3b-q4_k_m BLOCKS=16 TYPE=-
@@ -243,7 +245,8 @@ def main():
     options = {"choice": base,
                "single": dict(base, allow_distributed=False),
                "whole": dict(base, expert_offload=False),
-               "single-whole": dict(base, allow_distributed=False, expert_offload=False)}
+               "single-whole": dict(base, allow_distributed=False, expert_offload=False),
+               "pinned": dict(base, mmap=False)}
     if others:
         best_other = max(others, key=lambda a: a["prediction"]["generation_tokens_per_s"])
         options["main"] = dict(base, main=best_other["layout"]["main_worker"])

@@ -471,9 +471,10 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
               3 * hidden + device_mask;
       // When the block before this device's first one has its experts in host RAM (a CPU
       // block, or another device's block with moved experts), that block's tail (weighting and
-      // summing its experts' outputs) runs here, on a copy of its down projection's output.
+      // summing its experts' outputs) runs here, on a copy of its down projection's output;
+      // not where a local GPU takes host experts (op offload: the tail stays there).
       const auto before = static_cast<std::uint32_t>(u.first_block);
-      if (!op_offload && before > 0 && experts_at[before - 1] < 0 &&
+      if (!(offload_gpu >= 0 && tokens >= 32) && before > 0 && experts_at[before - 1] < 0 &&
           routed_activation_bytes(p, before - 1, tokens) > 0) {
         bytes += std::uint64_t{p.embedding_length} * p.experts.used * 4 * tokens;
       }

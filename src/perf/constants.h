@@ -26,7 +26,8 @@ struct Constants {
   double gpu_matmul_efficiency = 0.25;  // of the FP16 dense peak, very wide matrices
   double gpu_matmul_half_width = 4096;  // embedding width at which it is half that
   double gpu_matmul_half_rows = 64;     // rows (tokens) per product at which it is half its peak
-  double gpu_expert_matmul_efficiency = 0.4;  // routed experts' grouped products, of the dense
+  double gpu_expert_matmul_efficiency = 0.4;  // routed experts' grouped products: this share of
+                                              // the dense products' efficiency
   double gpu_expert_matmul_half_rows = 16;    // tokens per expert at which that is half its peak
   double gpu_layer_prompt_s = 100e-6;         // per offloaded layer and micro-batch
   double op_offload_bandwidth_bytes_per_s = 7e9;          // CPU weights copied to the main GPU

@@ -202,18 +202,20 @@ Prediction run(const estimate::ModelMemory& m, const estimate::Layout& layout,
   // average (H200, -ub 32..2048: bench/data/moe-batches).
   const double at_512 = 512.0 / (512.0 + c.gpu_matmul_half_rows);
   const double dense_efficiency = (ubatch / (ubatch + c.gpu_matmul_half_rows)) / at_512;
+  // An expert that a micro-batch reaches gets at least one row.
   const double expert_rows =
-      p.experts.count > 0 ? ubatch * p.experts.used / p.experts.count : ubatch;
+      p.experts.count > 0 ? std::max(1.0, ubatch * p.experts.used / p.experts.count) : ubatch;
   const double expert_efficiency = c.gpu_expert_matmul_efficiency *
                                    (expert_rows / (expert_rows + c.gpu_expert_matmul_half_rows)) /
                                    at_512;
   auto gpu_matmul_s = [&](const cluster::Gpu& g, double dense_flops, double expert_flops) {
-    return (dense_flops / dense_efficiency + expert_flops / expert_efficiency) /
+    return (dense_flops / dense_efficiency +
+            (expert_flops > 0 ? expert_flops / expert_efficiency : 0.0)) /
            (g.fp16_flops * c.gpu_matmul_efficiency * width_efficiency);
   };
   // Op offload copies the CPU's weights to the GPU per micro-batch: from the mapped file (pageable
-  // memory) at one rate, from llama.cpp's own pinned host buffers (--no-mmap next to a CUDA GPU)
-  // at several times that.
+  // memory) at one rate, from llama.cpp's own pinned host buffers (--load-mode none next to a CUDA
+  // GPU) at several times that.
   const double op_offload_bw = layout.context.mmap ? c.op_offload_bandwidth_bytes_per_s
                                                    : c.op_offload_pinned_bandwidth_bytes_per_s;
   // Share of a layer's routed experts that one micro-batch touches (random routing): llama.cpp's

@@ -13,8 +13,10 @@
 //     per remote layer (graph serialisation), and the activations (and logits, when the output is
 //     remote) over the link;
 //   - for prompts: matrix products at the device's FP16 rate times an efficiency that grows with
-//     the embedding width; the CPU layers' products either copied to the main's first local GPU
-//     (llama.cpp's op offload, when the main has one) or computed by the CPU threads.
+//     the embedding width and with the rows of each product (the micro-batch's tokens; for routed
+//     experts, grouped products at a lower efficiency, the tokens per expert); the CPU layers'
+//     products either copied to the main's first local GPU (llama.cpp's op offload, when the main
+//     has one) or computed by the CPU threads.
 // Every constant that is not physics lives in src/perf/calibration.json with the measurements it
 // was fitted to (bench/perf_calibrate refits it from bench/data/perf).
 #pragma once

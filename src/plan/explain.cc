@@ -171,7 +171,7 @@ std::optional<std::string> pinned_note(const Candidate& chosen, const cluster::C
       perf::predict(m, copied, e, scenario_for(cl, chosen.main_worker, chosen.places, r), c);
   if (p.prompt_tokens_per_s < 1.5 * chosen.prediction.prompt_tokens_per_s) return std::nullopt;
   return "prompts " + rate(chosen.prediction.prompt_tokens_per_s) + " tokens/s from the mapped " +
-         "file; with mmap: false (--no-mmap) the weights in " + main->name + "'s RAM sit in " +
+         "file; with mmap: false (--load-mode none) the weights in " + main->name + "'s RAM sit in " +
          "pinned buffers the GPU copies from faster: " + rate(p.prompt_tokens_per_s) +
          " tokens/s (" + cluster::format_bytes(e.host.copied_bytes) +
          " of RAM, generation the same)";

@@ -55,7 +55,7 @@ std::optional<std::string> offload_note(const Eval& chosen);
 
 // For a chosen layout that leaves weights in the main's RAM next to a local CUDA GPU and maps the
 // file (the default): the prompt speed the same layout would have with the weights in llama.cpp's
-// pinned buffers instead (deployment option mmap: false, --no-mmap), when that is at least 1.5x
+// pinned buffers instead (deployment option mmap: false, --load-mode none), when that is at least 1.5x
 // as fast and the main's free RAM holds the copy. Generation is the same either way.
 std::optional<std::string> pinned_note(const Candidate& chosen, const cluster::Cluster& cl,
                                        const estimate::ModelMemory& m, const Request& r,

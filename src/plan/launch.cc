@@ -99,7 +99,8 @@ Command command(const ServerLaunch& s, const std::string& binary) {
   if (s.kv_unified) a.push_back("-kvu");
   if (!s.kv_offload) a.push_back("--no-kv-offload");
   if (s.swa_full) a.push_back("--swa-full");
-  if (!s.mmap) a.push_back("--no-mmap");
+  // The pinned llama.cpp has no --no-mmap any more (llama-server exits on it): load mode none.
+  if (!s.mmap) a.insert(a.end(), {"--load-mode", "none"});
   if (s.threads > 0) a.insert(a.end(), {"-t", std::to_string(s.threads)});
   if (!s.alias.empty()) a.insert(a.end(), {"--alias", s.alias});
   a.insert(a.end(), {"--host", s.host, "--port", std::to_string(s.port), "--metrics"});

@@ -224,9 +224,10 @@ TEST(Experts, MovedExpertsKeepEveryByteAndTurnPipelineParallelismOff) {
 
 // llama.cpp's CUDA op offload counts a product's batch tokens, not the tokens per expert: with
 // deepseek-r1's 256 experts a 256-token micro-batch gives each only 8, and still the GPU takes the
-// host-held experts and receives a copy of the largest expert tensor (llama-bench -v on H200,
-// bench/data/moe-batches/ds-cmoe.err: CUDA0 compute 1475 MiB at -ub 256). Only the last block,
-// whose feed-forward part sees one row per sequence, keeps its experts on the host.
+// host-held experts and receives a copy of the largest expert tensor (llama-bench -v on H200 with
+// the experts of all six blocks on the host: CUDA0 compute 1475 MiB at -ub 256,
+// bench/data/moe-batches/README.md). A last block, whose feed-forward part sees one row per
+// sequence in llama-server, would keep its experts on the host; here it keeps them on the GPU.
 TEST(Experts, OpOffloadTakesHostExpertsFromThirtyTwoBatchTokens) {
   test::TempDir dir;
   const ModelMemory ds = preset("deepseek-r1-ud-iq2_xxs", 6, dir);

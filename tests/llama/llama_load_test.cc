@@ -11,6 +11,7 @@
 #include "gguf/reader.h"
 #include "model/profile.h"
 #include "model/synth.h"
+#include "plan/launch.h"
 #include "test_util.h"
 
 namespace ggfleet {
@@ -166,6 +167,59 @@ INSTANTIATE_TEST_SUITE_P(Presets, RandomWeights,
                            }
                            return name;
                          });
+
+// Every option ggfleet's launch can write, at once, starts the real llama-server: a flag the
+// pinned llama.cpp does not know makes it exit at start (mmap: false wrote --no-mmap, which it
+// dropped for --load-mode; every deployment with mmap: false failed on the H200 fleet).
+TEST(LaunchArguments, EveryOptionStartsTheRealLlamaServer) {
+  const std::string bin = test::llama_cpp_dir() + "/bin";
+  GGFLEET_REQUIRE_PATH(bin + "/llama-server");
+  test::TempDir dir;
+  model::SynthOptions o;
+  o.blocks = 4;
+  o.embedding = 512;
+  o.vocab = 2000;
+  plan::ServerLaunch s;
+  s.model = model::synth("qwen3-30b-a3b-q4_k_m", dir.path().string(), o).front();
+  s.host = dir.file("s.sock");  // llama-server listens on a unix socket for a host ending .sock
+  s.port = 1;
+  s.gpu_layers = 0;
+  s.host_expert_blocks = {1, 2};  // an -ot rule, not --n-cpu-moe
+  s.context_tokens = 1024;
+  s.parallel = 2;
+  s.flash_attention = true;
+  s.cache_type_k = "q8_0";
+  s.cache_type_v = "q8_0";
+  s.batch_tokens = 1024;
+  s.ubatch_tokens = 256;
+  s.kv_unified = true;
+  s.kv_offload = false;
+  s.swa_full = true;
+  s.mmap = false;
+  s.threads = 2;
+  s.alias = "every-option";
+  const plan::Command c = plan::command(s, bin + "/llama-server");
+  const std::string log = dir.file("server.log");
+  test::write_file(dir.file("run.sh"), c.line() + " > '" + log +
+                                           "' 2>&1 &\n"
+                                           "pid=$!\n"
+                                           "for i in $(seq 120); do\n"
+                                           "  curl -sf --unix-socket '" +
+                                           s.host +
+                                           "' http://local/health > /dev/null && break\n"
+                                           "  kill -0 $pid 2> /dev/null || exit 3\n"
+                                           "  sleep 0.5\n"
+                                           "done\n"
+                                           "curl -sf --unix-socket '" +
+                                           s.host +
+                                           "' http://local/v1/models\n"
+                                           "rc=$?\n"
+                                           "kill $pid; wait $pid\n"
+                                           "exit $rc\n");
+  const test::CommandResult r = test::run_command("bash '" + dir.file("run.sh") + "'");
+  ASSERT_EQ(r.exit_code, 0) << c.line() << "\n" << test::read_file(log);
+  EXPECT_NE(r.output.find("every-option"), std::string::npos) << r.output;
+}
 
 }  // namespace
 }  // namespace ggfleet

@@ -171,7 +171,7 @@ TEST_F(PerfModel, ExpertsInHostRamCostTheCpuOnlyTheirReads) {
 }
 
 // Prompts with weights on the CPU: a local GPU multiplies them on copies (op offload), which come
-// several times faster from llama.cpp's pinned buffers (--no-mmap) than from the mapped file
+// several times faster from llama.cpp's pinned buffers (--load-mode none) than from the mapped file
 // (H200: 7,367 against 1,679 tokens/s with the experts of 8 blocks in host RAM,
 // bench/data/expert-offload/r2-extra-*); generation reads them in place either way.
 TEST_F(PerfModel, OpOffloadCopiesFromPinnedBuffersFaster) {

@@ -114,7 +114,8 @@ TEST(Plan, SeedCaseChoosesWorker1KeepsExpertsOnItsCpuAndSaysByHowMuch) {
   // what llama.cpp's pinned buffers would give prompts (the GPU takes the host experts of every
   // 512-token micro-batch: op offload).
   ASSERT_EQ(p.notes.size(), 2u);
-  EXPECT_NE(p.notes[1].find("with mmap: false (--no-mmap)"), std::string::npos) << p.notes[1];
+  EXPECT_NE(p.notes[1].find("with mmap: false (--load-mode none)"), std::string::npos)
+      << p.notes[1];
   const std::string& note = p.notes[0];
   EXPECT_EQ(note.rfind("experts of " + std::to_string(c.estimate.host_expert_blocks) +
                            " blocks on worker1's CPU: ",
@@ -234,6 +235,8 @@ workers:
 // (mmap: false) would give prompts; not when the request already asks for them, nor when the
 // main's RAM cannot hold the copy.
 TEST(Plan, HostWeightsNoteWhatPinnedBuffersGivePrompts) {
+  // A GPU fast enough that the copy, not its grouped expert products, bounds the prompt (on a T4
+  // pinned buffers give less than the note's 1.5x).
   const std::string fleet = R"(
 workers:
   - name: solo
@@ -248,7 +251,7 @@ workers:
   };
   auto pinned_note = [](const Plan& p) -> std::string {
     for (const std::string& n : p.notes)
-      if (n.find("--no-mmap") != std::string::npos) return n;
+      if (n.find("--load-mode none") != std::string::npos) return n;
     return "";
   };
   const estimate::ModelMemory& m = Models::get("qwen3-30b-a3b-q4_k_m");
