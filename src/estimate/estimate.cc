@@ -402,7 +402,7 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
     if (!layout.devices[d].remote && layout.devices[d].backend == Backend::kCuda)
       offload_gpu = static_cast<std::int32_t>(d);
   }
-  const bool op_offload = cpu_has_blocks && offload_gpu >= 0 && tokens >= 32;
+  const bool op_offload = cpu_has_blocks && offload_gpu >= 0 && tokens >= kOpOffloadMinBatch;
   auto peak_of = [&](auto pick, bool cuda) {
     std::uint64_t peak = 0;
     for (std::uint32_t il = 0; il < blocks; ++il) {
@@ -430,7 +430,7 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
       std::uint64_t weights_in = 0;
       if (cuda && where[il] < 0) {
         const std::uint64_t experts = m.layers[il].largest_expert_bytes;
-        weights_in = ffn_tokens >= 32 && experts > 0 ? experts : hidden;
+        weights_in = ffn_tokens >= kOpOffloadMinBatch && experts > 0 ? experts : hidden;
       }
       peak = std::max(peak, block_activation_bytes(p, il, tokens, ffn_tokens, e.flash_attention,
                                                    cells, dequant * kv.streams, copied, weights_in,
@@ -447,7 +447,8 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
     for (std::uint32_t il = 0; il < blocks && !layout.experts.empty(); ++il) {
       if (experts_at[il] == where[il]) continue;
       const std::uint64_t ffn_tokens = il + 1 == blocks ? output_rows : tokens;
-      const bool offloaded = experts_at[il] < 0 && offload_gpu >= 0 && ffn_tokens >= 32;
+      const bool offloaded =
+          experts_at[il] < 0 && offload_gpu >= 0 && ffn_tokens >= kOpOffloadMinBatch;
       if ((offloaded ? offload_gpu : experts_at[il]) != runs_on) continue;
       const std::uint64_t routed = routed_activation_bytes(p, il, ffn_tokens);
       if (routed == 0) continue;
@@ -474,8 +475,8 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
       // summing its experts' outputs) runs here, on a copy of its down projection's output;
       // not where a local GPU takes host experts (op offload: the tail stays there).
       const auto before = static_cast<std::uint32_t>(u.first_block);
-      if (!(offload_gpu >= 0 && tokens >= 32) && before > 0 && experts_at[before - 1] < 0 &&
-          routed_activation_bytes(p, before - 1, tokens) > 0) {
+      if (!(offload_gpu >= 0 && tokens >= kOpOffloadMinBatch) && before > 0 &&
+          experts_at[before - 1] < 0 && routed_activation_bytes(p, before - 1, tokens) > 0) {
         bytes += std::uint64_t{p.embedding_length} * p.experts.used * 4 * tokens;
       }
       if (e.pipeline_parallel) {

@@ -11,6 +11,10 @@
 
 namespace ggfleet::estimate {
 
+// llama.cpp's CUDA backend runs a product of CPU-held weights (experts included) on the GPU from
+// this many tokens in the product's batch (op offload; GGML_OP_OFFLOAD_MIN_BATCH's default).
+constexpr std::uint32_t kOpOffloadMinBatch = 32;
+
 // The compute backend behind a device: it decides weight padding and compute-buffer shapes.
 enum class Backend { kCpu, kCuda };
 

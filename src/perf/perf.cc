@@ -7,8 +7,8 @@
 namespace ggfleet::perf {
 namespace {
 
-constexpr double kActivationBytes = 4;            // f32 hidden state per value
-constexpr std::uint32_t kOpOffloadMinBatch = 32;  // llama.cpp offloads CPU matmuls from this batch
+constexpr double kActivationBytes = 4;  // f32 hidden state per value
+using estimate::kOpOffloadMinBatch;     // llama.cpp offloads CPU matmuls from this batch
 // A worker to itself (an rpc-server on the main's own host): loopback TCP.
 constexpr cluster::Link kLoopback{20e9, 10e-6, 1};
 

@@ -110,6 +110,30 @@ INSTANTIATE_TEST_SUITE_P(Presets, LlamaLoad,
 // block's f16 scale are infinite or NaN one time in 32) routes every token to the same experts, as
 // zero weights do. llama-server (on a unix socket, no port) gives each generated token's
 // log-probability; NaN ones come back as null.
+// Starts `server_line` (a llama-server listening on the unix socket `sock`, its output to `log`),
+// waits for /health (gives up when the server exits), runs `then` (a shell command), stops the
+// server; the result is `then`'s.
+test::CommandResult serve_then(const test::TempDir& dir, const std::string& server_line,
+                               const std::string& sock, const std::string& log,
+                               const std::string& then) {
+  test::write_file(dir.file("run.sh"), server_line + " > '" + log +
+                                           "' 2>&1 &\n"
+                                           "pid=$!\n"
+                                           "for i in $(seq 120); do\n"
+                                           "  curl -sf --unix-socket '" +
+                                           sock +
+                                           "' http://local/health > /dev/null && break\n"
+                                           "  kill -0 $pid 2> /dev/null || exit 3\n"
+                                           "  sleep 0.5\n"
+                                           "done\n" +
+                                           then +
+                                           "\n"
+                                           "rc=$?\n"
+                                           "kill $pid; wait $pid\n"
+                                           "exit $rc\n");
+  return test::run_command("bash '" + dir.file("run.sh") + "'");
+}
+
 class RandomWeights : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(RandomWeights, GiveFiniteLogProbabilities) {
@@ -127,24 +151,11 @@ TEST_P(RandomWeights, GiveFiniteLogProbabilities) {
   const std::string log = dir.file("server.log");
   const std::string body =
       R"({"prompt": "one two three four", "n_predict": 4, "n_probs": 2, "temperature": 0})";
-  test::write_file(dir.file("run.sh"), "'" + bin + "/llama-server' -m '" + model + "' --host '" +
-                                           sock + "' -c 512 -t 2 > '" + log +
-                                           "' 2>&1 &\n"
-                                           "pid=$!\n"
-                                           "for i in $(seq 120); do\n"
-                                           "  curl -sf --unix-socket '" +
-                                           sock +
-                                           "' http://local/health > /dev/null && break\n"
-                                           "  sleep 0.5\n"
-                                           "done\n"
-                                           "curl -sf --unix-socket '" +
-                                           sock + "' http://local/completion -d '" + body +
-                                           "' > '" + out +
-                                           "'\n"
-                                           "rc=$?\n"
-                                           "kill $pid; wait $pid\n"
-                                           "exit $rc\n");
-  const test::CommandResult r = test::run_command("bash '" + dir.file("run.sh") + "'");
+  const test::CommandResult r = serve_then(
+      dir, "'" + bin + "/llama-server' -m '" + model + "' --host '" + sock + "' -c 512 -t 2", sock,
+      log,
+      "curl -sf --unix-socket '" + sock + "' http://local/completion -d '" + body + "' > '" + out +
+          "'");
   ASSERT_EQ(r.exit_code, 0) << r.output << test::read_file(log);
   const nlohmann::json j = nlohmann::json::parse(test::read_file(out));
   const nlohmann::json& probs = j.at("completion_probabilities");
@@ -200,23 +211,8 @@ TEST(LaunchArguments, EveryOptionStartsTheRealLlamaServer) {
   s.alias = "every-option";
   const plan::Command c = plan::command(s, bin + "/llama-server");
   const std::string log = dir.file("server.log");
-  test::write_file(dir.file("run.sh"), c.line() + " > '" + log +
-                                           "' 2>&1 &\n"
-                                           "pid=$!\n"
-                                           "for i in $(seq 120); do\n"
-                                           "  curl -sf --unix-socket '" +
-                                           s.host +
-                                           "' http://local/health > /dev/null && break\n"
-                                           "  kill -0 $pid 2> /dev/null || exit 3\n"
-                                           "  sleep 0.5\n"
-                                           "done\n"
-                                           "curl -sf --unix-socket '" +
-                                           s.host +
-                                           "' http://local/v1/models\n"
-                                           "rc=$?\n"
-                                           "kill $pid; wait $pid\n"
-                                           "exit $rc\n");
-  const test::CommandResult r = test::run_command("bash '" + dir.file("run.sh") + "'");
+  const test::CommandResult r = serve_then(
+      dir, c.line(), s.host, log, "curl -sf --unix-socket '" + s.host + "' http://local/v1/models");
   ASSERT_EQ(r.exit_code, 0) << c.line() << "\n" << test::read_file(log);
   EXPECT_NE(r.output.find("every-option"), std::string::npos) << r.output;
 }
