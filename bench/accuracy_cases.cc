@@ -282,6 +282,32 @@ std::vector<Case> cases(bool quick) {
   return out;
 }
 
+std::vector<Case> held_out_cases() {
+  const char* llama = "llama3-8b-q4_0";
+  const char* qwen = "qwen3-30b-a3b-q4_k_m";
+  const char* ds = "deepseek-r1-ud-iq2_xxs";
+  const char* gemma = "gemma3-27b-q4_k_m";
+  return {
+      // Dense blocks on the CPU whose products a GPU runs.
+      {llama, 6, 16384, "f16", true, 2, 0, 1, {}, 0},
+      {llama, 6, 4096, "q8_0", true, 1, 3, 1, {}, 0},
+      {gemma, 7, 16384, "f16", true, 2, 4, 1, {}, 0},
+      {gemma, 7, 8192, "q8_0", true, 1, 0, 1, {}, 0},
+      // Attention after an MoE block on the same GPU.
+      {qwen, 6, 16384, "f16", false, 1, -1, 1, {}, 0},
+      {qwen, 6, 16384, "q8_0", true, 1, -1, 1, {}, 0},
+      {qwen, 6, 65536, "q4_0", true, 2, -1, 1, {}, 0},
+      // Host experts of GPU blocks, and MoE blocks on the CPU.
+      {qwen, 6, 16384, "f16", true, 1, -1, 2, {1, 1}, 3},
+      {qwen, 6, 8192, "f16", true, 2, -1, 1, {}, 6},
+      {qwen, 6, 16384, "f16", true, 1, 4, 1, {}, 0},
+      // MLA blocks on the CPU with a quantized cache.
+      {ds, 5, 16384, "q8_0", true, 2, 3, 1, {}, 0},
+      {ds, 4, 65536, "q8_0", true, 1, 2, 1, {}, 0},
+      {ds, 5, 32768, "q4_0", true, 4, 0, 1, {}, 0},
+  };
+}
+
 Measured parse_log(const std::string& log, const std::vector<std::string>& rpc_endpoints,
                    std::uint32_t local_gpus) {
   Measured m;

@@ -48,6 +48,11 @@ struct Measured {
 // The matrix. `quick` = the part CI runs.
 std::vector<Case> cases(bool quick);
 
+// Configurations outside the matrix (other block counts, contexts, streams and offload levels)
+// that check the compute-buffer rules read off ggml-alloc traces of matrix cases
+// (bench/data/cuda-alloc-trace) on cases they were not read from.
+std::vector<Case> held_out_cases();
+
 // Parses a llama-server log (-lv 4). Device buffers are matched to devices by name: "CUDA<i>",
 // or "RPC<k>[host:port]" in the order of `rpc_endpoints`.
 Measured parse_log(const std::string& log, const std::vector<std::string>& rpc_endpoints,

@@ -7,6 +7,8 @@
 //                           logs to DIR (run it on the GPU machine; see bench/run_cuda_matrix;
 //                           with one GPU, GGML_CUDA_DEVICES=2 makes two CUDA devices of it)
 //   ... --from-logs DIR --cuda   compare against logs saved from such a run (bench/data/cuda)
+//   ... --held-out          the held-out cases instead of the matrix (accuracy_cases.h;
+//                           logs in bench/data/cuda-held-out)
 //   ... --only TEXT         run only the cases whose id contains TEXT
 //   ... --max-devices N     skip cases with more devices (the GPU machine has 2 GPUs)
 //   ... --check             exit 1 if any device misses the goal (max(2%, 32 MiB), at most 1%
@@ -43,7 +45,7 @@ std::string fmt(double v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, check = false, cuda = false;
+  bool quick = false, check = false, cuda = false, held_out = false;
   std::uint32_t max_devices = 3;
   int port_base = 53090;  // the CI test uses 30090
   std::string only;       // run only cases whose id contains this
@@ -59,6 +61,8 @@ int main(int argc, char** argv) {
       quick = true;
     else if (a == "--check")
       check = true;
+    else if (a == "--held-out")
+      held_out = true;
     else if (a == "--cuda")
       cuda = true;
     else if (a == "--from-logs" && i + 1 < argc)
@@ -74,12 +78,13 @@ int main(int argc, char** argv) {
     else if (a == "--max-devices" && i + 1 < argc)
       max_devices = static_cast<std::uint32_t>(std::stoul(argv[++i]));
     else {
-      std::cerr << "usage: estimate_accuracy [--quick] [--check] [--cuda] [--from-logs DIR] "
-                   "[--commands DIR] [--work DIR]\n";
+      std::cerr << "usage: estimate_accuracy [--quick | --held-out] [--check] [--cuda] "
+                   "[--from-logs DIR] [--commands DIR] [--work DIR] [--only TEXT]\n";
       return 2;
     }
   }
-  const std::vector<accuracy::Case> matrix = accuracy::cases(quick);
+  const std::vector<accuracy::Case> matrix =
+      held_out ? accuracy::held_out_cases() : accuracy::cases(quick);
 
   if (!commands_dir.empty()) {
     // A script for the GPU machine: $LLAMA (bin dir) and $SYNTH (ggfleet-synth) come from the

@@ -150,20 +150,48 @@ std::uint64_t routed_activation_bytes(const model::Profile& p, std::uint32_t il,
   return (3 * p.experts.feed_forward_length + p.embedding_length) * p.experts.used * row;
 }
 
+// The same when a GPU runs a GPU block's routed experts on copies of their host-held weights (op
+// offload), which it receives for each product in turn (`weight_bytes`: the largest). The block's
+// attention used resident weights and cache, so the gate and up outputs lie low; the down
+// projection's weight arrives after they are freed and ggml-alloc places it and the output right
+// above the activation (bench/data/cuda-alloc-trace, qwen3_d2_cmoe4: activation 12, weight 108,
+// output 32 MiB, contiguous from 24 MiB) instead of above all three products. The peak is the
+// larger of the up product (gate and up outputs and a weight) and the down product (activation,
+// weight, output).
+std::uint64_t routed_copy_bytes(const model::Profile& p, std::uint32_t il, std::uint64_t ffn_tokens,
+                                std::uint64_t weight_bytes) {
+  if (routed_activation_bytes(p, il, ffn_tokens) == 0) return 0;
+  const std::uint64_t ff = p.experts.feed_forward_length;
+  const std::uint64_t rows = std::uint64_t{4} * ffn_tokens * p.experts.used;
+  return weight_bytes + std::max(2 * ff, ff + p.embedding_length) * rows;
+}
+
+// What a GPU that runs a CPU block's products (op offload) receives for them.
+struct CopiedInputs {
+  std::uint64_t cache_bytes = 0;           // the layer's K and V views (and f16 copies)
+  std::uint64_t f16_cache_bytes = 0;       // MLA: f16 forms of quantized K and V view copies
+  std::uint64_t stacked_weight_bytes = 0;  // a weight alive above all feed-forward outputs
+  std::uint64_t gate_up_weight_bytes = 0;  // dense: the gate and up weights copied in turn
+  std::uint64_t down_weight_bytes = 0;     // dense: the down weight copied after them
+  std::uint64_t attn_output_bytes = 0;     // dense: the attention output projection's copy
+};
+
 // Peak activation bytes of one block for a micro-batch of `tokens`, excluding what every block
 // keeps live (the residual stream, inputs), which the callers add.
 // `dequant_bytes_per_cell`: CUDA's flash attention reads a quantized cache through f16 copies of
 // the layer's K and V, this many bytes per cell (0 otherwise).
 // `ffn_tokens`: the rows that reach the feed-forward part. The last block gathers only the rows
 // whose logits are wanted before its FFN (llama-server reserves one per sequence), so there it is
-// far fewer than `tokens`. `copied_cache_bytes` and `copied_weight_bytes`: what a GPU that runs
-// a CPU block's products receives for its attention and for its feed-forward part (see the caller).
+// far fewer than `tokens`. `copied`: what a GPU that runs a CPU block's products receives (see
+// the caller).
 // `experts_here`: false when the block's routed experts live elsewhere (Layout::experts).
+// `below_bytes`: the weighted expert outputs of the block before, when it ran its experts on the
+// same device (0 otherwise): see below.
 std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
                                      std::uint64_t tokens, std::uint64_t ffn_tokens, bool fa,
                                      std::uint64_t kv_cells, std::uint64_t dequant_bytes_per_cell,
-                                     std::uint64_t copied_cache_bytes,
-                                     std::uint64_t copied_weight_bytes, bool experts_here) {
+                                     const CopiedInputs& copied, bool experts_here,
+                                     std::uint64_t below_bytes) {
   const model::Attention& a = p.attention;
   const std::uint64_t row = 4 * ffn_tokens;  // one f32 element per FFN row
   std::uint64_t ffn = 0;
@@ -175,10 +203,25 @@ std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
     // GGML_SCHED_DEBUG on the CPU build (without the sum, a 137 MiB device was 3.5 MiB under).
     ffn += experts_here ? routed_activation_bytes(p, il, ffn_tokens)
                         : std::uint64_t{p.embedding_length} * (p.experts.used + 1) * row;
+    // A CPU block whose products a GPU runs stacks the expert weight it receives above all of
+    // its feed-forward outputs: its attention ran there too, on copies of its weights and cache,
+    // and the holes they leave below are too small for the products (bench/data/cuda-alloc-trace,
+    // qwen3_d0: the activation lands above the mask at 44.5 MiB, not in the 24 MiB the gate and
+    // up outputs free).
+    ffn += copied.stacked_weight_bytes;
+  } else if (copied.gate_up_weight_bytes > 0) {
+    // A dense CPU block whose products a GPU runs: the gate weight's copy and output, then the up
+    // weight's copy in its place and the up output above; then the activation, the down weight's
+    // copy and the output. Both above a hole that the attention output projection's copy left
+    // under the residual (bench/data/cuda-alloc-trace, llama3_d0: 33 or 42 MiB of residuals,
+    // mask and hole, weight 31.5, outputs 28 + 28 MiB).
+    const std::uint64_t ff = p.feed_forward_length;
+    ffn = std::max(2 * ff * row + copied.gate_up_weight_bytes,
+                   (ff + p.embedding_length) * row + copied.down_weight_bytes) +
+          copied.attn_output_bytes;
   } else {
-    ffn = 3 * p.feed_forward_length * row;
+    ffn = 3 * p.feed_forward_length * row + copied.stacked_weight_bytes;
   }
-  ffn += copied_weight_bytes;
   const std::uint64_t f32 = 4 * tokens;
   std::uint64_t attn = 0;
   if (a.is_mla()) {
@@ -198,7 +241,37 @@ std::uint64_t block_activation_bytes(const model::Profile& p, std::uint32_t il,
     // cells; at 32k cells and four streams they do not fit and add to it).
     const std::uint64_t query_hole =
         a.is_mla() ? std::uint64_t{a.head_count} * a.key_length_mla * f32 : 0;
-    if (copied_cache_bytes > query_hole) attn += copied_cache_bytes;
+    if (copied.cache_bytes > query_hole) attn += copied.cache_bytes;
+    // MLA with flash attention on copies of a quantized cache: ggml-cuda sizes the attention's
+    // latent output (heads x kv_lora_rank floats per token) and f16 forms of the K and V copies
+    // into one tensor. It goes where the projected and the absorbed query were freed (the query
+    // the attention reads is their concatenation) when it fits there, as with an f16 cache; when
+    // not, it lands above the whole query, and the copies lie in holes below
+    // (bench/data/cuda-alloc-trace, deepseek_np4_ngl4_q8_0: 196 MiB above 48 + 128 + 144 MiB of
+    // query parts; with 162 MiB, at two streams of 8k cells, it fits: bench/data/cuda-held-out).
+    if (a.is_mla() && fa && copied.f16_cache_bytes > 0) {
+      const std::uint64_t output =
+          std::uint64_t{a.head_count} * a.kv_lora_rank * f32 + copied.f16_cache_bytes;
+      const std::uint64_t freed =
+          std::uint64_t{a.head_count} * (a.key_length_mla + a.kv_lora_rank) * f32;
+      if (output > freed) {
+        attn = std::max(attn, std::uint64_t{a.head_count} *
+                                      (a.key_length_mla + a.kv_lora_rank + a.key_length) * f32 +
+                                  output);
+      }
+    }
+    // After an MoE block, ggml-alloc has put the residual it hands on above that block's weighted
+    // expert outputs, so this block's attention scores (without flash attention) or flash
+    // attention's output with its f16 copies of a quantized cache (ggml-cuda sizes them into the
+    // one tensor) start above both (bench/data/cuda-alloc-trace: qwen3_c8192_nofa, the 512 MiB
+    // scores from 62.8 MiB; qwen3_c32768_q8, 72 MiB from 84.1). Measured for grouped-query
+    // attention, not for MLA.
+    if (below_bytes > 0 && !a.is_mla()) {
+      const std::uint64_t scores = fa ? kv_cells * dequant_bytes_per_cell +
+                                            std::uint64_t{a.head_count} * a.value_length * f32
+                                      : kv_cells * tokens * a.head_count * 4;
+      attn = std::max(attn, below_bytes + scores);
+    }
   }
   return std::max(ffn, attn);
 }
@@ -420,21 +493,42 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
       // that GPU, which receives copies of the layer's K and V views of the host cache (with MLA
       // both views are whole latent rows), and, for a quantized cache, f16 copies of them
       // (measured on H200 with ggml-alloc's debug output).
-      std::uint64_t copied = 0;
+      CopiedInputs copied;
       if (cuda && where[il] < 0 && heads_kv > 0 && !is_recurrent_layer(p, il)) {
         const std::uint64_t layer = kv_layer_bytes(p, c, kv, il, 1);
-        copied = p.attention.is_mla() ? 2 * layer : layer;
-        if (quantized_kv && p.attention.is_mla())
-          copied += 2 * std::uint64_t{p.attention.kv_lora_rank} * cells * kv.streams;
+        copied.cache_bytes = p.attention.is_mla() ? 2 * layer : layer;
+        if (quantized_kv && p.attention.is_mla()) {
+          copied.cache_bytes += 2 * std::uint64_t{p.attention.kv_lora_rank} * cells * kv.streams;
+          copied.f16_cache_bytes =
+              2 * std::uint64_t{p.attention.key_length + p.attention.kv_lora_rank} * cells *
+              kv.streams;
+        }
       }
-      std::uint64_t weights_in = 0;
       if (cuda && where[il] < 0) {
-        const std::uint64_t experts = m.layers[il].largest_expert_bytes;
-        weights_in = ffn_tokens >= kOpOffloadMinBatch && experts > 0 ? experts : hidden;
+        const LayerMemory& l = m.layers[il];
+        const bool ffn_offloaded = ffn_tokens >= kOpOffloadMinBatch;
+        if (ffn_offloaded && l.largest_expert_bytes > 0) {
+          copied.stacked_weight_bytes = l.largest_expert_bytes;
+        } else if (ffn_offloaded && l.ffn_gate_up_bytes > 0) {
+          copied.gate_up_weight_bytes = l.ffn_gate_up_bytes;
+          copied.down_weight_bytes = l.ffn_down_bytes;
+          copied.attn_output_bytes = l.attn_output_bytes;
+        } else {
+          copied.stacked_weight_bytes = hidden;  // the feed-forward part stays on the CPU
+        }
       }
+      // (On CUDA, where the traces come from; a CPU-backed RPC server's measured buffer is 19 MiB
+      // smaller than this would make it for qwen3 without flash attention.)
+      const bool after_moe_here = cuda && il > 0 && pick(il - 1) && where[il - 1] == where[il] &&
+                                  experts_at[il - 1] == where[il - 1];
+      const std::uint64_t below =
+          after_moe_here ? routed_activation_bytes(p, il - 1, tokens) > 0
+                               ? std::uint64_t{p.embedding_length} * p.experts.used * 4 * tokens
+                               : 0
+                         : 0;
       peak = std::max(peak, block_activation_bytes(p, il, tokens, ffn_tokens, e.flash_attention,
-                                                   cells, dequant * kv.streams, copied, weights_in,
-                                                   experts_at[il] == where[il]));
+                                                   cells, dequant * kv.streams, copied,
+                                                   experts_at[il] == where[il], below));
     }
     return peak;
   };
@@ -450,9 +544,13 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
       const bool offloaded =
           experts_at[il] < 0 && offload_gpu >= 0 && ffn_tokens >= kOpOffloadMinBatch;
       if ((offloaded ? offload_gpu : experts_at[il]) != runs_on) continue;
-      const std::uint64_t routed = routed_activation_bytes(p, il, ffn_tokens);
-      if (routed == 0) continue;
-      peak = std::max(peak, routed + (offloaded ? m.layers[il].largest_expert_bytes : 0));
+      // Where the GPU also runs whole CPU blocks, their attention (first in the graph) leaves
+      // the mask high and every later feed-forward part stacks above it as in a CPU block
+      // (bench/data/cuda-alloc-trace, qwen3_ngl3_cmoe4).
+      const std::uint64_t weight = offloaded ? m.layers[il].largest_expert_bytes : 0;
+      peak = std::max(peak, offloaded && !op_offload
+                                ? routed_copy_bytes(p, il, ffn_tokens, weight)
+                                : routed_activation_bytes(p, il, ffn_tokens) + weight);
     }
     return peak;
   };

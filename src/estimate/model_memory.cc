@@ -92,8 +92,13 @@ ModelMemory ModelMemory::from(const gguf::Model& model, model::Profile profile) 
       LayerMemory& l = m.layers[static_cast<std::size_t>(tm.layer)];
       l.cpu_bytes += tm.cpu_bytes;
       l.cuda_bytes += tm.cuda_bytes;
-      if (t.name.find("_exps.") != std::string_view::npos)
+      const std::string_view name = t.name;
+      if (name.find("_exps.") != std::string_view::npos)
         l.largest_expert_bytes = std::max(l.largest_expert_bytes, tm.cuda_bytes);
+      if (name.ends_with(".ffn_up.weight") || name.ends_with(".ffn_gate.weight"))
+        l.ffn_gate_up_bytes = std::max(l.ffn_gate_up_bytes, tm.cuda_bytes);
+      if (name.ends_with(".ffn_down.weight")) l.ffn_down_bytes = tm.cuda_bytes;
+      if (name.ends_with(".attn_output.weight")) l.attn_output_bytes = tm.cuda_bytes;
       if (tm.expert) {
         l.expert_cpu_bytes += tm.cpu_bytes;
         l.expert_cuda_bytes += tm.cuda_bytes;

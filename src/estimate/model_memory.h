@@ -31,6 +31,12 @@ struct LayerMemory {
   std::uint64_t cpu_bytes = 0;
   std::uint64_t cuda_bytes = 0;
   std::uint64_t largest_expert_bytes = 0;  // largest routed-expert tensor (ffn_*_exps)
+  // CUDA bytes of the dense feed-forward weights (the larger of ffn_gate and ffn_up, and ffn_down)
+  // and of the attention output projection (attn_output.weight): what a GPU receives, one product
+  // at a time, when it runs a CPU block's products.
+  std::uint64_t ffn_gate_up_bytes = 0;
+  std::uint64_t ffn_down_bytes = 0;
+  std::uint64_t attn_output_bytes = 0;
   // Of cpu_bytes and cuda_bytes: the routed-expert tensors (they may live elsewhere: see
   // Layout::experts).
   std::uint64_t expert_cpu_bytes = 0;
