@@ -4,7 +4,7 @@
 //                                                      RPC servers (CPU backend) on 127.0.0.1
 //   build/release/bench/estimate_accuracy --quick      the part CI runs
 //   ... --commands DIR      print a shell script that runs the matrix on local CUDA GPUs, writing
-//                           logs to DIR (run it on the GPU machine; see bench/run_cuda_matrix;
+//                           logs to DIR (run it on the GPU machine with $LLAMA and $SYNTH set;
 //                           with one GPU, GGML_CUDA_DEVICES=2 makes two CUDA devices of it)
 //   ... --from-logs DIR --cuda   compare against logs saved from such a run (bench/data/cuda)
 //   ... --held-out          the held-out cases instead of the matrix (accuracy_cases.h;

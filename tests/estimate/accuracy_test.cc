@@ -160,7 +160,8 @@ TEST(Accuracy, ExpertsInHostRamOnH200) {
 // contexts, streams and offload levels): every row meets the goal but one, which the rules do not
 // cover: dense CPU blocks with a quantized cache, where the rotation of the query for the quantized
 // keys and flash attention's f16 copies leave a larger hole under the feed-forward part (12.6 MiB,
-// 1.57 % under). It must stay under: if it passes, take it off.
+// 1.57 % under). It must stay that: if it passes, take it off; if it drifts further under, the
+// rules got worse.
 TEST(Accuracy, HeldOutCasesOnH200ButTheKnownMiss) {
   const std::string known_miss = "llama3-8b-q4_0_b6_c4096_q8_0_fa_np1_ngl3_d1 CUDA0";
   const std::size_t rows = for_each_h200_row(
@@ -168,6 +169,7 @@ TEST(Accuracy, HeldOutCasesOnH200ButTheKnownMiss) {
       [&](const Case&, const std::string& row, const Verdict& v, double theirs, double ours) {
         if (row == known_miss) {
           EXPECT_FALSE(v.pass) << row << " now meets the goal: take it off the known misses";
+          EXPECT_GT(v.error_pct, -2.0) << row << ": further under than the 1.57 % measured";
           return;
         }
         EXPECT_TRUE(v.pass) << row << ": llama.cpp " << theirs << " MiB, ours " << ours << " MiB";
