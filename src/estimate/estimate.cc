@@ -150,6 +150,12 @@ std::uint64_t routed_activation_bytes(const model::Profile& p, std::uint32_t il,
   return (3 * p.experts.feed_forward_length + p.embedding_length) * p.experts.used * row;
 }
 
+// The routed experts' weighted outputs for `rows` tokens (one hidden state per used expert), which
+// the block sums into its feed-forward output.
+std::uint64_t weighted_expert_outputs_bytes(const model::Profile& p, std::uint64_t rows) {
+  return std::uint64_t{p.embedding_length} * p.experts.used * 4 * rows;
+}
+
 // The same when a GPU runs a GPU block's routed experts on copies of their host-held weights (op
 // offload), which it receives for each product in turn (`weight_bytes`: the largest). The block's
 // attention used resident weights and cache, so the gate and up outputs lie low; the down
@@ -480,7 +486,8 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
     if (!layout.devices[d].remote && layout.devices[d].backend == Backend::kCuda)
       offload_gpu = static_cast<std::int32_t>(d);
   }
-  const bool op_offload = cpu_has_blocks && offload_gpu >= 0 && tokens >= kOpOffloadMinBatch;
+  const bool gpu_takes_cpu_products = offload_gpu >= 0 && tokens >= kOpOffloadMinBatch;
+  const bool op_offload = cpu_has_blocks && gpu_takes_cpu_products;
   auto peak_of = [&](auto pick, bool cuda) {
     std::uint64_t peak = 0;
     for (std::uint32_t il = 0; il < blocks; ++il) {
@@ -524,13 +531,10 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
       }
       // (On CUDA, where the traces come from; a CPU-backed RPC server's measured buffer is 19 MiB
       // smaller than this would make it for qwen3 without flash attention.)
-      const bool after_moe_here = cuda && where[il] >= 0 && il > 0 && pick(il - 1) &&
-                                  where[il - 1] == where[il] && experts_at[il - 1] == where[il - 1];
-      const std::uint64_t below =
-          after_moe_here ? routed_activation_bytes(p, il - 1, tokens) > 0
-                               ? std::uint64_t{p.embedding_length} * p.experts.used * 4 * tokens
-                               : 0
-                         : 0;
+      const bool after_moe_here =
+          cuda && where[il] >= 0 && il > 0 && pick(il - 1) && where[il - 1] == where[il] &&
+          experts_at[il - 1] == where[il - 1] && routed_activation_bytes(p, il - 1, tokens) > 0;
+      const std::uint64_t below = after_moe_here ? weighted_expert_outputs_bytes(p, tokens) : 0;
       peak = std::max(peak, block_activation_bytes(p, il, tokens, ffn_tokens, e.flash_attention,
                                                    cells, dequant * kv.streams, copied,
                                                    experts_at[il] == where[il], below));
@@ -578,9 +582,9 @@ Estimate estimate(const ModelMemory& m, const Layout& layout) {
       // summing its experts' outputs) runs here, on a copy of its down projection's output;
       // not where a local GPU takes host experts (op offload: the tail stays there).
       const auto before = static_cast<std::uint32_t>(u.first_block);
-      if (!(offload_gpu >= 0 && tokens >= kOpOffloadMinBatch) && before > 0 &&
-          experts_at[before - 1] < 0 && routed_activation_bytes(p, before - 1, tokens) > 0) {
-        bytes += std::uint64_t{p.embedding_length} * p.experts.used * 4 * tokens;
+      if (!gpu_takes_cpu_products && before > 0 && experts_at[before - 1] < 0 &&
+          routed_activation_bytes(p, before - 1, tokens) > 0) {
+        bytes += weighted_expert_outputs_bytes(p, tokens);
       }
       if (e.pipeline_parallel) {
         // Four copies of every input that crosses into the device; the first device also keeps

@@ -134,16 +134,22 @@ test::CommandResult serve_then(const test::TempDir& dir, const std::string& serv
   return test::run_command("bash '" + dir.file("run.sh") + "'");
 }
 
+// A preset shrunk to four blocks, a 512-wide embedding and 2,000 tokens: quick to load.
+model::SynthOptions small_model() {
+  model::SynthOptions o;
+  o.blocks = 4;
+  o.embedding = 512;
+  o.vocab = 2000;
+  return o;
+}
+
 class RandomWeights : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(RandomWeights, GiveFiniteLogProbabilities) {
   const std::string bin = test::llama_cpp_dir() + "/bin";
   GGFLEET_REQUIRE_PATH(bin + "/llama-server");
   test::TempDir dir;
-  model::SynthOptions o;
-  o.blocks = 4;
-  o.embedding = 512;
-  o.vocab = 2000;
+  model::SynthOptions o = small_model();
   o.fill = gguf::Fill::kRandom;
   const std::string model = model::synth(GetParam(), dir.path().string(), o).front();
   const std::string sock = dir.file("s.sock");
@@ -186,12 +192,8 @@ TEST(LaunchArguments, EveryOptionStartsTheRealLlamaServer) {
   const std::string bin = test::llama_cpp_dir() + "/bin";
   GGFLEET_REQUIRE_PATH(bin + "/llama-server");
   test::TempDir dir;
-  model::SynthOptions o;
-  o.blocks = 4;
-  o.embedding = 512;
-  o.vocab = 2000;
   plan::ServerLaunch s;
-  s.model = model::synth("qwen3-30b-a3b-q4_k_m", dir.path().string(), o).front();
+  s.model = model::synth("qwen3-30b-a3b-q4_k_m", dir.path().string(), small_model()).front();
   s.host = dir.file("s.sock");  // llama-server listens on a unix socket for a host ending .sock
   s.port = 1;
   s.gpu_layers = 0;
